@@ -1,0 +1,256 @@
+"""Readers of 2D maps: per-element EDS maps in a folder, and HAADF images.
+
+A map folder holds one file per element whose stem is the element symbol
+(``Ge.tif``, ``O.png``, ``Si.npy``, ``Te.csv``; a line name may follow after
+``_``, ``-`` or a space, e.g. ``Ge_K.tif``). Values are atomic fractions in
+[0, 1] or atomic percent in [0, 100]; percent is detected when any value of
+any map exceeds 1, and every map is then divided by 100.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..bundle import ELEMENT_SYMBOLS, check_element
+from ..errors import InputError
+
+#: Image files read as 2D maps.
+MAP_EXTENSIONS = (".tif", ".tiff", ".png", ".npy", ".csv")
+
+_STEM = re.compile(r"^([A-Za-z]{1,2})(?:[ _\-].*)?$")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one 2D image (TIFF, PNG, NPY or CSV) as float64.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    ndarray, shape (rows, cols)
+        float64 values as stored (no rescaling).
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, not 2D (e.g. an RGB picture or a stack),
+        or NaN / infinite values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such file", path=p)
+    ext = p.suffix.lower()
+    try:
+        if ext in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(p)
+        elif ext == ".png":
+            from PIL import Image
+
+            with Image.open(p) as img:
+                if img.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+                    raise InputError(f"PNG mode {img.mode} is a colour picture, not a "
+                                     "quantitative map", path=p,
+                                     hint="export a greyscale (8/16-bit) or float map")
+                arr = np.asarray(img)
+        elif ext == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif ext == ".csv":
+            arr = _read_csv(p)
+        else:
+            raise InputError(f"unknown image type {p.suffix!r}", path=p,
+                             hint="use TIFF, PNG, NPY or CSV")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each library fails its own way on a bad file
+        raise InputError(f"cannot read image: {' '.join(str(exc).split())}", path=p) from None
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim != 2:
+        raise InputError(f"image has shape {arr.shape}; expected one 2D map", path=p,
+                         hint="save a single greyscale map per file")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InputError(f"image dtype {arr.dtype} is not real numbers", path=p)
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise InputError(f"map contains {bad} NaN or infinite values", path=p,
+                         hint="fill or mask the bad pixels before converting")
+    return arr
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    with open(path, encoding="utf-8-sig") as fh:
+        first = fh.readline()
+    delimiter = next((d for d in (",", ";", "\t") if d in first), None)
+    try:
+        return np.loadtxt(path, delimiter=delimiter, ndmin=2, encoding="utf-8-sig")
+    except ValueError as exc:
+        raise InputError(f"CSV is not a table of numbers ({exc})", path=path) from None
+
+
+@dataclass
+class ElementMaps:
+    """Element maps read from a folder.
+
+    Attributes
+    ----------
+    elements : list of str
+        Symbols, in output order.
+    fractions : dict of str to ndarray, shape (Rx, Ry)
+        float32 atomic fractions in [0, 1].
+    was_percent : bool
+        True when the files held percent (and were divided by 100).
+    files : dict of str to Path
+        The file each map came from.
+    """
+
+    elements: list[str]
+    fractions: dict[str, np.ndarray]
+    was_percent: bool
+    files: dict[str, Path]
+
+
+def find_map_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Map files in a folder, keyed by the element symbol of their stem.
+
+    Parameters
+    ----------
+    folder : path-like
+
+    Returns
+    -------
+    dict of str to Path
+        In the order of the sorted file names.
+
+    Raises
+    ------
+    InputError
+        Missing folder, no map files, two files for one element, or a file
+        whose stem is not an element symbol.
+    """
+    p = Path(folder)
+    if not p.is_dir():
+        raise InputError("no such folder" if not p.exists() else "not a folder", path=p,
+                         hint="give --eds a folder of per-element maps or a spectrum image")
+    files: dict[str, Path] = {}
+    for f in sorted(p.iterdir()):
+        if not f.is_file() or f.suffix.lower() not in MAP_EXTENSIONS or f.name.startswith("."):
+            continue
+        m = _STEM.match(f.stem)
+        symbol = m.group(1).capitalize() if m else None
+        if symbol not in ELEMENT_SYMBOLS:
+            raise InputError(f"map file {f.name!r} is not named after an element", path=p,
+                             hint="name each map by its element symbol (Ge.tif, O.png) "
+                                  "or select maps with --elements")
+        if symbol in files:
+            raise InputError(f"two maps for {symbol}: {files[symbol].name} and {f.name}",
+                             path=p, hint="keep one file per element")
+        files[symbol] = f
+    if not files:
+        raise InputError("folder has no element maps (" + ", ".join(MAP_EXTENSIONS) + ")",
+                         path=p, hint="name each map by its element symbol, e.g. Ge.tif")
+    return files
+
+
+def read_map_folder(folder: str | os.PathLike,
+                    elements: Sequence[str] | None = None) -> ElementMaps:
+    """Read per-element maps from a folder as atomic fractions.
+
+    Parameters
+    ----------
+    folder : path-like
+        Folder with one map per element (see the module docstring).
+    elements : sequence of str, optional
+        Elements to read, in this order; default: every map found, sorted by
+        file name. With ``elements`` given, other files in the folder are
+        ignored (even ones not named after an element).
+
+    Returns
+    -------
+    ElementMaps
+        Maps as float32 atomic fractions in [0, 1].
+
+    Raises
+    ------
+    InputError
+        Unknown element, missing map, maps of different shapes, values < 0,
+        > 100, NaN or infinite.
+    """
+    p = Path(folder)
+    if elements is not None:
+        elements = [check_element(e) for e in elements]
+        if not p.is_dir():
+            raise InputError("no such folder", path=p)
+        available = {}
+        for f in sorted(p.iterdir()):
+            m = _STEM.match(f.stem)
+            if (f.is_file() and f.suffix.lower() in MAP_EXTENSIONS and m
+                    and m.group(1).capitalize() in elements):
+                available.setdefault(m.group(1).capitalize(), f)
+        missing = [e for e in elements if e not in available]
+        if missing:
+            raise InputError(f"no map for {', '.join(missing)}", path=p,
+                             hint="add <Element>.tif (or .png/.npy/.csv) or drop it from "
+                                  "--elements")
+        files = {e: available[e] for e in elements}
+    else:
+        files = find_map_files(p)
+        elements = list(files)
+    raw = {e: read_image(f) for e, f in files.items()}
+    shapes = {e: a.shape for e, a in raw.items()}
+    if len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{e} {s[0]}x{s[1]}" for e, s in shapes.items())
+        raise InputError(f"maps differ in shape ({listing})", path=p,
+                         hint="all maps of one scan must share its grid")
+    fractions, was_percent = to_fractions(raw, p)
+    return ElementMaps(list(elements), fractions, was_percent, files)
+
+
+def to_fractions(maps: dict[str, np.ndarray], source=None) -> tuple[dict[str, np.ndarray], bool]:
+    """Convert maps in atomic fraction or percent to float32 fractions.
+
+    Percent is assumed when any value of any map exceeds 1 (a fraction never
+    does); all maps are then divided by 100, so one scan's maps stay on one
+    scale.
+
+    Parameters
+    ----------
+    maps : dict of str to ndarray, shape (Rx, Ry)
+    source : path-like, optional
+        Named in error messages.
+
+    Returns
+    -------
+    fractions : dict of str to ndarray, shape (Rx, Ry), float32 in [0, 1]
+    was_percent : bool
+
+    Raises
+    ------
+    InputError
+        Negative values, values above 100, NaN or infinite values.
+    """
+    for name, arr in maps.items():
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"map {name} contains NaN or infinite values", path=source,
+                             hint="fill or mask the bad pixels before converting")
+        if arr.min() < 0:
+            raise InputError(f"map {name} has negative values (min {arr.min():.4g})",
+                             path=source, hint="EDS maps must be atomic fractions or percent")
+        if arr.max() > 100:
+            raise InputError(f"map {name} has values above 100 (max {arr.max():.4g}); "
+                             "neither atomic fraction nor percent", path=source,
+                             hint="export quantified maps (at.%), not counts")
+    was_percent = any(arr.max() > 1 for arr in maps.values())
+    # Divide in float64, then store float32, so x/100 is rounded once.
+    fractions = {name: (np.asarray(arr, np.float64) / (100.0 if was_percent else 1.0))
+                 .astype(np.float32) for name, arr in maps.items()}
+    return fractions, was_percent

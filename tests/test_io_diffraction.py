@@ -1,0 +1,225 @@
+"""Round trips of every diffraction reader: write with the format's own library, read back."""
+
+from __future__ import annotations
+
+import warnings
+
+import h5py
+import mrcfile
+import numpy as np
+import pytest
+
+from stem2eds.errors import InputError
+from stem2eds.io import find_4d_datasets, open_diffraction
+
+RX, RY, QX, QY = 5, 4, 6, 7
+
+
+@pytest.fixture
+def scan(rng) -> np.ndarray:
+    """(Rx, Ry, Qx, Qy) uint16 patterns with distinct values everywhere."""
+    return rng.integers(0, 60000, size=(RX, RY, QX, QY), dtype=np.uint16)
+
+
+def _read_all(source) -> np.ndarray:
+    """Read a source back in two-row blocks (exercising the block path)."""
+    blocks = [block for _, block in source.iter_rows(2)]
+    return np.concatenate(blocks)
+
+
+def test_mrc_3d_stack_is_c_order(tmp_path, scan):
+    path = tmp_path / "scan.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(scan.reshape(RX * RY, QX, QY))
+    with open_diffraction(path, scan_shape=(RX, RY)) as src:
+        assert src.shape == (RX, RY, QX, QY) and src.dtype == np.uint16
+        got = _read_all(src)
+    # pattern k of the stack is scan position (k // Ry, k % Ry)
+    frames = scan.reshape(RX * RY, QX, QY)
+    for k in (0, 1, RY, RX * RY - 1):
+        np.testing.assert_array_equal(got[k // RY, k % RY], frames[k])
+    np.testing.assert_array_equal(got, scan)
+
+
+def test_mrc_4d_volume_stack(tmp_path, scan):
+    path = tmp_path / "scan4d.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(scan)
+    with open_diffraction(path) as src:
+        assert src.scan_shape == (RX, RY)
+        np.testing.assert_array_equal(_read_all(src), scan)
+
+
+def test_mrc_stack_without_scan_shape_says_what_to_pass(tmp_path, scan):
+    path = tmp_path / "scan.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(scan.reshape(RX * RY, QX, QY))
+    with pytest.raises(InputError, match="--scan-shape"):
+        open_diffraction(path)
+    with pytest.raises(InputError, match=rf"has {RX * RY} frames but --scan-shape 3x3 needs 9"):
+        open_diffraction(path, scan_shape=(3, 3))
+
+
+@pytest.mark.parametrize("layout", ["4d", "3d"])
+def test_npy_memory_mapped(tmp_path, scan, layout):
+    path = tmp_path / "scan.npy"
+    np.save(path, scan if layout == "4d" else scan.reshape(-1, QX, QY))
+    with open_diffraction(path, scan_shape=None if layout == "4d" else (RX, RY)) as src:
+        assert isinstance(src._array, np.memmap)  # noqa: SLF001 - lazy, not loaded
+        np.testing.assert_array_equal(_read_all(src), scan)
+
+
+def test_hdf5_plain_auto_found_and_named(tmp_path, scan):
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f["meta/angle"] = np.zeros(3)
+        f.create_dataset("some/where/patterns", data=scan, chunks=(1, 1, QX, QY))
+    with open_diffraction(path) as src:
+        assert src.reader == "h5py (/some/where/patterns)"
+        np.testing.assert_array_equal(_read_all(src), scan)
+    with open_diffraction(path, dataset="/some/where/patterns") as src:
+        np.testing.assert_array_equal(src.read_rows(1, 3), scan[1:3])
+
+
+def test_hdf5_several_4d_datasets_are_listed(tmp_path, scan):
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = scan
+        f["b/c"] = scan
+    with h5py.File(path, "r") as f:
+        assert find_4d_datasets(f) == ["/a", "/b/c"]
+    with pytest.raises(InputError, match=r"2 4D datasets: /a, /b/c.*--dataset"):
+        open_diffraction(path)
+    with open_diffraction(path, dataset="b/c") as src:
+        np.testing.assert_array_equal(_read_all(src), scan)
+    with pytest.raises(InputError, match="no dataset 'nope'"):
+        open_diffraction(path, dataset="nope")
+
+
+def test_hdf5_3d_stack_with_dataset_and_scan_shape(tmp_path, scan):
+    path = tmp_path / "stack.h5"
+    with h5py.File(path, "w") as f:
+        f["frames"] = scan.reshape(-1, QX, QY)
+    with open_diffraction(path, dataset="frames", scan_shape=(RX, RY)) as src:
+        np.testing.assert_array_equal(_read_all(src), scan)
+
+
+def test_py4dstem_emd1_layout_with_calibration(tmp_path, scan):
+    """py4DSTEM (emdfile, EMD 1.0) layout: datacube/data + dim0..dim3 + calibration metadata."""
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["emd_group_type"] = "file"
+        f.attrs["version_major"] = 1
+        root = f.create_group("experiment")
+        root.attrs["emd_group_type"] = "root"
+        cube = root.create_group("datacube")
+        cube.attrs["emd_group_type"] = "array"
+        cube.create_dataset("data", data=scan)
+        for i, (n, unit) in enumerate(zip(scan.shape, ["pixels"] * 4)):
+            d = cube.create_dataset(f"dim{i}", data=np.arange(n, dtype=float))
+            d.attrs["name"] = f"dim{i}"
+            d.attrs["units"] = unit
+        cal = cube.create_group("metadatabundle/calibration")
+        cal.attrs["emd_group_type"] = "metadata"
+        cal.create_dataset("R_pixel_size", data=1.053)
+        cal.create_dataset("R_pixel_units", data="nm")
+        cal.create_dataset("Q_pixel_size", data=0.1451)
+        cal.create_dataset("Q_pixel_units", data="A^-1")
+    with open_diffraction(path) as src:
+        np.testing.assert_array_equal(_read_all(src), scan)
+        assert src.calibration["r_pixel_size"] == pytest.approx(1.053)
+        assert src.calibration["r_pixel_unit"] == "nm"
+        assert src.calibration["q_pixel_size"] == pytest.approx(0.1451)
+        assert src.calibration["q_pixel_unit"] == "A^-1"
+
+
+def test_emd_dim_vectors_give_calibration(tmp_path, scan):
+    """EMD-style dim vectors with units beside the data give the pixel sizes."""
+    path = tmp_path / "dims.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("data/scan")
+        g["data"] = scan
+        for i, (n, step, unit) in enumerate(zip(scan.shape, (2.0, 2.0, 0.25, 0.25),
+                                                ("nm", "nm", "1/nm", "1/nm")), start=1):
+            g[f"dim{i}"] = np.arange(n) * step
+            g[f"dim{i}"].attrs["units"] = unit
+        g.attrs["beam_energy"] = 300.0
+    with open_diffraction(path) as src:
+        assert src.calibration == {"r_pixel_size": 2.0, "r_pixel_unit": "nm",
+                                   "q_pixel_size": 0.25, "q_pixel_unit": "1/nm",
+                                   "beam_energy_kev": 300.0}
+
+
+def _hyperspy_scan(scan):
+    import hyperspy.api as hs
+
+    s = hs.signals.Signal2D(scan)
+    for ax in s.axes_manager.navigation_axes:
+        ax.scale, ax.units = 1.5, "nm"
+    for ax in s.axes_manager.signal_axes:
+        ax.scale, ax.units = 0.1, "1/nm"
+    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", 200.0)
+    return s
+
+
+@pytest.mark.parametrize("ext,reader", [("hspy", "rsciio HSPY"), ("emd", "rsciio EMD")])
+def test_rsciio_formats_written_by_hyperspy(tmp_path, scan, ext, reader):
+    path = tmp_path / f"scan.{ext}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _hyperspy_scan(scan).save(path)
+    with open_diffraction(path) as src:
+        assert src.reader == reader
+        assert src.shape == scan.shape and src.dtype == scan.dtype
+        np.testing.assert_array_equal(_read_all(src), scan)
+        assert src.calibration["r_pixel_size"] == pytest.approx(1.5)
+        assert src.calibration["q_pixel_size"] == pytest.approx(0.1)
+    if ext == "hspy":
+        assert src.calibration["beam_energy_kev"] == 200.0
+
+
+def test_rsciio_blockfile(tmp_path, scan):
+    """Blockfile (NanoMegas/ASTAR) holds uint8 patterns; rsciio writes and reads it."""
+    data = (scan[..., :QX, :QX] % 256).astype(np.uint8)  # blockfile patterns are square
+    path = tmp_path / "scan.blo"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _hyperspy_scan(data).save(path)
+    with open_diffraction(path) as src:
+        assert src.reader == "rsciio Blockfile" and src.dtype == np.uint8
+        np.testing.assert_array_equal(_read_all(src), data)
+        assert src.calibration["r_pixel_size"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "file is empty"),
+    (b"garbage" * 200, "not a readable MRC file: Map ID string not found"),
+    (b"x" * 50, "not a readable MRC file"),
+])
+def test_bad_mrc(tmp_path, content, message):
+    path = tmp_path / "bad.mrc"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        open_diffraction(path, scan_shape=(2, 2))
+
+
+def test_truncated_mrc(tmp_path, scan):
+    path = tmp_path / "cut.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(scan.reshape(-1, QX, QY))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputError, match="truncated"):
+        open_diffraction(path, scan_shape=(RX, RY))
+
+
+def test_unknown_and_missing_files(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        open_diffraction(tmp_path / "nope.mrc")
+    odd = tmp_path / "scan.xyz"
+    odd.write_bytes(b"123")
+    with pytest.raises(InputError, match="unknown diffraction file type '.xyz'"):
+        open_diffraction(odd)
+    not_h5 = tmp_path / "scan.h5"
+    not_h5.write_bytes(b"not hdf5 at all")
+    with pytest.raises(InputError, match="not a readable HDF5 file"):
+        open_diffraction(not_h5)
