@@ -1,0 +1,39 @@
+"""``stem2eds predict``: predict EDS maps (and HAADF) of a scan with a trained run."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from . import add_command
+
+    p = add_command(
+        subparsers, "predict", help="predict EDS maps of a scan with a trained run",
+        description="""
+            Predict the EDS atomic-fraction map of every element (and HAADF, when the
+            run was trained on it) for a raw scan bundle. The scan is preprocessed on
+            the fly with the run's stored settings and streamed through the model in
+            batches, so scans larger than memory work. Writes PRED.h5 with eds/<El>
+            (Rx', Ry') float32 atomic fractions, haadf, and attributes elements,
+            scan_name, model, run_dir, stem2eds_version.
+            """,
+        example="""
+            stem2eds predict runs/0033 scan_0034.h5 --out pred_0034.h5
+            """)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by stem2eds train")
+    p.add_argument("bundle", metavar="BUNDLE", help="raw scan bundle to predict")
+    p.add_argument("--out", required=True, metavar="PRED.h5", help="prediction file to write")
+    p.add_argument("--batch", type=int, default=1024, help="patterns per batch")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="where the model runs")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import InputError
+    from ..predict import predict_bundle
+
+    if args.batch < 1:
+        raise InputError(f"--batch must be positive, got {args.batch}")
+    print(predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
+                         device=args.device))
+    return 0

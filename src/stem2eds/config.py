@@ -1,0 +1,277 @@
+"""Training configuration: one dataclass, read from TOML and CLI flags, saved in every run.
+
+Example ``train.toml``::
+
+    model = "radial"
+    targets = ["eds", "haadf"]
+    learning_rate = 1e-4
+    max_epochs = 200
+    split = "blocks"
+
+    [loss_weights]
+    eds = 1.0
+    haadf = 0.5
+
+    [preprocess]
+    bin_factor = 4
+    scaling = "sqrt"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import InputError, atomic_output
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+TARGETS = ("eds", "haadf")
+LOSSES = ("mae", "mse", "huber")
+SPLITS = ("random", "blocks")
+DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
+
+
+def _default_preprocess():
+    # Imported here so that reading a config does not import the preprocessing stack.
+    from .preprocess import PreprocessSettings
+    return PreprocessSettings()
+
+
+def _default_model() -> str:
+    from .models import DEFAULT_MODEL
+    return DEFAULT_MODEL
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run.
+
+    Attributes
+    ----------
+    model : str
+        Registered model name (``stem2eds.models.MODELS``); default ``"radial"``.
+    model_params : dict
+        Hyperparameters passed to the model class (its defaults otherwise).
+    targets : tuple of str
+        ``("eds",)`` or ``("eds", "haadf")`` (HAADF as auxiliary output).
+    loss_weights : dict
+        Weight of each target's loss, e.g. ``{"eds": 1.0, "haadf": 0.5}``.
+    loss : {"mae", "mse", "huber"}
+        Per-target loss (the paper: MAE).
+    learning_rate : float
+        Adam learning rate (the paper: 1e-4).
+    batch_size, max_epochs, patience : int
+        Mini-batch size; epoch limit; epochs without validation improvement
+        before early stopping.
+    split : {"random", "blocks"}
+        Train/validation split of probe positions: random, or square blocks of
+        ``block_size`` positions so neighbours (which share blurred EDS signal)
+        do not leak across the split.
+    val_fraction : float
+        Fraction of positions held out for validation (0.2 = the paper's 80:20).
+    block_size : int
+        Side of the blocks of ``split = "blocks"``, in probe positions.
+    seed : int
+        Seed of the split, initial weights and shuffling.
+    device : {"auto", "cpu", "cuda"}
+        Accelerator; ``auto`` uses a GPU when present.
+    strategy : str
+        Lightning strategy (``"auto"``, ``"ddp"``, ...).
+    devices : int or "auto"
+        Devices per node.
+    num_nodes : int
+        Nodes for multi-node DDP.
+    num_workers : int
+        DataLoader worker processes (0 = load in the training process).
+    threads : int
+        CPU threads used by torch (0 = all cores, at most 8).
+    preprocess : PreprocessSettings
+        How raw bundles are preprocessed (``stem2eds.preprocess``); the
+        resolved settings (scale, beam radius) are stored in ``run.json``.
+    """
+
+    model: str = field(default_factory=_default_model)
+    model_params: dict[str, Any] = field(default_factory=dict)
+    targets: tuple[str, ...] = ("eds",)
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"eds": 1.0, "haadf": 1.0})
+    loss: str = "mae"
+    learning_rate: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 200
+    patience: int = 10
+    split: str = "random"
+    val_fraction: float = 0.2
+    block_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    strategy: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    num_workers: int = 0
+    threads: int = 0
+    preprocess: Any = field(default_factory=_default_preprocess)
+
+    def __post_init__(self) -> None:
+        from .models import MODELS
+        from .preprocess import PreprocessSettings
+
+        if isinstance(self.preprocess, Mapping):
+            self.preprocess = PreprocessSettings.from_dict(dict(self.preprocess))
+        if isinstance(self.targets, str):
+            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
+        self.targets = tuple(self.targets)
+        self.loss_weights = {**{"eds": 1.0, "haadf": 1.0},
+                             **{k: float(v) for k, v in dict(self.loss_weights).items()}}
+        self.model_params = dict(self.model_params)
+        if self.model not in MODELS:
+            raise InputError(f"unknown model {self.model!r}",
+                             hint=f"choose one of {', '.join(MODELS)}")
+        bad = [t for t in self.targets if t not in TARGETS]
+        if bad or "eds" not in self.targets or len(set(self.targets)) != len(self.targets):
+            raise InputError(f"targets {','.join(self.targets)!r} not understood",
+                             hint="use 'eds' or 'eds,haadf'")
+        bad = [k for k in self.loss_weights if k not in TARGETS]
+        if bad or any(not (w >= 0 and math.isfinite(w)) for w in self.loss_weights.values()):
+            raise InputError(f"loss_weights {self.loss_weights} must map eds/haadf to "
+                             "non-negative numbers")
+        _choice("loss", self.loss, LOSSES)
+        _choice("split", self.split, SPLITS)
+        _choice("device", self.device, DEVICES)
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise InputError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("batch_size", "max_epochs", "patience", "block_size", "num_nodes"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("num_workers", "threads", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+            setattr(self, name, int(getattr(self, name)))
+        if not 0 < self.val_fraction < 1:
+            raise InputError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.devices != "auto":
+            try:
+                self.devices = int(self.devices)
+            except (TypeError, ValueError):
+                raise InputError(f"devices must be a number or 'auto', got {self.devices!r}") \
+                    from None
+
+    # -- conversions --------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/TOML-safe dictionary (the preprocess settings nested)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["targets"] = list(self.targets)
+        out["preprocess"] = self.preprocess.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source=None) -> "TrainConfig":
+        """Build from a dictionary; unknown keys are an InputError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}", path=source,
+                             hint=f"known: {', '.join(sorted(names))}")
+        try:
+            return cls(**dict(data))
+        except InputError as exc:
+            raise InputError(exc.message, path=source, hint=exc.hint) from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"bad training settings: {exc}", path=source) from None
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a TOML file (see the module docstring for an example)."""
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("no such configuration file", path=p)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"not valid TOML ({exc})", path=p) from None
+        return cls.from_dict(data, source=p)
+
+    def to_toml(self, path: str | os.PathLike) -> Path:
+        """Write the configuration as TOML (atomically); returns the path."""
+        text = dumps_toml(self.to_dict())
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+        return Path(path)
+
+    def replace(self, **overrides: Any) -> "TrainConfig":
+        """A copy with some settings changed (``None`` values are ignored).
+
+        ``preprocess`` may be a PreprocessSettings or a dict of its fields to change.
+        """
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}")
+        if isinstance(changes.get("preprocess"), Mapping):
+            merged = {**self.preprocess.to_dict(), **changes["preprocess"]}
+            changes["preprocess"] = type(self.preprocess).from_dict(merged)
+        data = {**self.to_dict(), **changes}
+        return type(self).from_dict(data)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} {value!r} not understood", hint=f"use one of {', '.join(allowed)}")
+
+
+# -- TOML writing -------------------------------------------------------------
+# The standard library reads TOML but cannot write it; our settings are flat
+# values plus one level of tables, which this small writer covers exactly.
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps_toml(data: Mapping[str, Any]) -> str:
+    """Serialise a dict of scalars, lists and one level of tables to TOML.
+
+    ``None`` values are left out (TOML has no null); readers fall back to the
+    default, which is ``None`` for every optional setting.
+    """
+    lines, tables = [], []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, table in tables:
+        lines.append(f"\n[{key}]")
+        for sub, value in table.items():
+            if value is None:
+                continue
+            if isinstance(value, Mapping):
+                raise TypeError(f"nested table {key}.{sub} not supported")
+            lines.append(f"{sub} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,106 @@
+"""Azimuthal statistics of diffraction patterns as a fixed torch layer.
+
+Diffraction from amorphous and polycrystalline material is close to
+rotation-invariant about the unscattered beam, so the intensity as a function
+of scattering angle (one ring per detector-pixel radius) carries most of the
+signal. Per ring we take the mean (the radial profile), the standard
+deviation and the maximum: Bragg spots from crystallites raise the latter two
+while barely moving the mean.
+
+Written in torch rather than with ``stem2eds.preprocess.radial_profile``
+(numpy) because the statistics sit inside the models: they run on the same
+device as the network, in the same batches, and the maximum passes gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def ring_index(detector_shape: tuple[int, int]) -> torch.Tensor:
+    """Ring number of every detector pixel about the detector centre.
+
+    Parameters
+    ----------
+    detector_shape : (Qx, Qy)
+
+    Returns
+    -------
+    Tensor, shape (Qx * Qy,), int64
+        ``floor(r)`` with ``r`` the distance in pixels from the centre
+        ``((Qx - 1) / 2, (Qy - 1) / 2)`` of centred patterns.
+    """
+    qx, qy = detector_shape
+    rows = torch.arange(qx, dtype=torch.float64) - (qx - 1) / 2
+    cols = torch.arange(qy, dtype=torch.float64) - (qy - 1) / 2
+    radius = torch.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2)
+    return radius.floor().long().reshape(-1)
+
+
+def n_rings(detector_shape: tuple[int, int]) -> int:
+    """Number of rings :func:`ring_index` produces (up to the detector corners)."""
+    qx, qy = detector_shape
+    return int(math.floor(math.hypot((qx - 1) / 2, (qy - 1) / 2))) + 1
+
+
+class RingStatistics(nn.Module):
+    """Per-ring mean, standard deviation and maximum of centred patterns.
+
+    The mean and the mean of squares are one matrix product each with a fixed
+    (Qx*Qy, R) averaging matrix; the maximum is a ``scatter_reduce``. No
+    per-pattern Python loop.
+
+    Parameters
+    ----------
+    detector_shape : (Qx, Qy)
+        Shape of the (centred, binned) patterns.
+    statistics : sequence of {"mean", "std", "max"}
+        Which statistics to return, in this order.
+
+    Notes
+    -----
+    Input: (n, Qx, Qy) float patterns. Output: (n, S, R) with S the number of
+    statistics and R = :func:`n_rings`.
+    """
+
+    def __init__(self, detector_shape: tuple[int, int],
+                 statistics: tuple[str, ...] = ("mean", "std", "max")):
+        super().__init__()
+        unknown = set(statistics) - {"mean", "std", "max"}
+        if unknown:
+            raise ValueError(f"unknown ring statistics {sorted(unknown)}")
+        self.detector_shape = tuple(int(v) for v in detector_shape)
+        self.statistics = tuple(statistics)
+        index = ring_index(self.detector_shape)
+        rings = n_rings(self.detector_shape)
+        counts = torch.bincount(index, minlength=rings).double()
+        average = torch.zeros(index.numel(), rings, dtype=torch.float64)
+        average[torch.arange(index.numel()), index] = 1.0
+        average /= counts.clamp(min=1)
+        # Buffers (not parameters): saved with the weights, moved with .to(device).
+        self.register_buffer("average", average.float(), persistent=False)
+        self.register_buffer("index", index, persistent=False)
+        self.n_rings = rings
+
+    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        flat = patterns.reshape(patterns.shape[0], -1)
+        mean = flat @ self.average
+        out = []
+        for name in self.statistics:
+            if name == "mean":
+                out.append(mean)
+            elif name == "std":
+                mean_sq = (flat * flat) @ self.average
+                # Clamp before sqrt: rounding can make the variance slightly negative,
+                # and sqrt'(0) is infinite, so add a tiny floor for the gradient.
+                out.append(torch.sqrt((mean_sq - mean * mean).clamp(min=0) + 1e-12))
+            else:
+                index = self.index.expand(flat.shape[0], -1)
+                peak = torch.zeros(flat.shape[0], self.n_rings, dtype=flat.dtype,
+                                   device=flat.device)
+                out.append(peak.scatter_reduce(1, index, flat, reduce="amax",
+                                               include_self=False))
+        return torch.stack(out, dim=1)

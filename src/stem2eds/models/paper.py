@@ -1,0 +1,70 @@
+"""The paper's CNN: Conv2D + ReLU + MaxPool blocks, Flatten, Dense, Dropout, Dense.
+
+The reference architecture of "Prediction of EDS Maps from 4DSTEM Diffraction
+Patterns Using Convolutional Neural Networks". The paper names the layer
+types, not every size; the channel counts below are the usual doubling
+scheme, and the number of blocks adapts to the input size so any (Qx, Qy)
+works.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+
+class PaperCNN(nn.Module):
+    """2D CNN regressing targets from whole diffraction patterns.
+
+    Parameters
+    ----------
+    input_shape : (Qx, Qy)
+        Detector shape of the preprocessed patterns.
+    n_outputs : int
+        Number of regressed values.
+    channels : sequence of int
+        Output channels of each Conv2D(3x3) + ReLU + MaxPool(2) block; blocks
+        are dropped from the end when the input is too small to pool again.
+    dense : int
+        Width of the hidden dense layer.
+    dropout : float
+        Dropout rate before the output layer.
+
+    Notes
+    -----
+    Input (n, Qx, Qy) float32; output (n, n_outputs), linear.
+    """
+
+    name = "paper"
+    trainable = True
+
+    def __init__(self, input_shape: tuple[int, int], n_outputs: int,
+                 channels: Sequence[int] = (16, 32, 64, 128), dense: int = 128,
+                 dropout: float = 0.3):
+        super().__init__()
+        self.hparams: dict[str, Any] = dict(channels=list(channels), dense=dense,
+                                            dropout=dropout)
+        qx, qy = (int(v) for v in input_shape)
+        blocks: list[nn.Module] = []
+        width = 1
+        for out in channels:
+            if min(qx, qy) < 2:
+                break
+            blocks += [nn.Conv2d(width, out, kernel_size=3, padding=1), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            width, qx, qy = out, qx // 2, qy // 2
+        if not blocks:
+            raise ValueError(f"input {tuple(input_shape)} too small for the paper CNN")
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * qx * qy, dense), nn.ReLU(),
+                                  nn.Dropout(dropout), nn.Linear(dense, n_outputs))
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The final dense layer (its bias is set to the target means before training)."""
+        return self.head[-1]
+
+    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(patterns.unsqueeze(1)))

@@ -1,0 +1,144 @@
+"""Training: split, datasets, the train() API, the run directory, resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.errors import InputError
+
+ELEMENTS = ("Ge", "Sb", "Te")
+
+
+def make_raw_scan(path: Path, seed: int = 0, scan_shape=(12, 10), detector: int = 32,
+                  haadf: bool = True) -> Path:
+    """A small raw bundle whose diffraction depends on composition.
+
+    Compositions are smooth random fields (rows sum to 1). Each pattern has a
+    central beam disk (drifting across the scan, as descan does) and an
+    amorphous ring whose radius grows with the Ge fraction and whose
+    intensity grows with Te, with Poisson noise: a radial signal a model can
+    learn, but not trivially.
+    """
+    rng = np.random.default_rng(seed)
+    rx, ry = scan_shape
+    rows, cols = np.mgrid[0:rx, 0:ry]
+    fields = []
+    for _ in ELEMENTS:
+        kx, ky, ph = rng.uniform(0.2, 0.7), rng.uniform(0.2, 0.7), rng.uniform(0, 6.3)
+        fields.append(1.0 + 0.8 * np.sin(kx * rows + ph) * np.cos(ky * cols - ph))
+    comp = np.stack(fields)
+    comp /= comp.sum(axis=0, keepdims=True)                     # (E, Rx, Ry), sums to 1
+    q = np.arange(detector) - (detector - 1) / 2
+    origin = np.stack([0.02 * rows + 0.3, -0.015 * cols + 0.2], axis=-1)  # descan, px
+    qr = q[None, None, :, None] - origin[..., 0, None, None]
+    qc = q[None, None, None, :] - origin[..., 1, None, None]
+    radius = np.hypot(qr, qc)                                    # (Rx, Ry, Q, Q)
+    ring_r = (6.0 + 6.0 * comp[0])[..., None, None]
+    ring_i = (30.0 + 60.0 * comp[2])[..., None, None]
+    expected = ring_i * np.exp(-0.5 * ((radius - ring_r) / 1.5) ** 2)
+    expected += 2000.0 * (radius < 2.5) + 3.0
+    patterns = rng.poisson(expected).astype(np.uint16)
+    z = np.array([32, 51, 52])[:, None, None]
+    with create_bundle(path, scan_shape=scan_shape, detector_shape=(detector, detector),
+                       dtype=np.uint16, elements=ELEMENTS, scan_name=path.stem,
+                       calibration=Calibration(1.0, 0.1, "nm", "1/nm", 200.0)) as b:
+        b.write_patterns(0, patterns.reshape(-1, detector, detector))
+        b.write_eds({el: comp[i] for i, el in enumerate(ELEMENTS)})
+        if haadf:
+            b.write_haadf((z * comp).sum(axis=0) * 10.0 + rng.normal(0, 0.2, scan_shape) + 5)
+    return path
+
+
+def small_config(**overrides):
+    from stem2eds.config import TrainConfig
+    from stem2eds.preprocess import PreprocessSettings
+
+    base = dict(max_epochs=3, patience=5, batch_size=32, learning_rate=3e-3, threads=1,
+                device="cpu", preprocess=PreprocessSettings(bin_factor=1, eds_kernel=3))
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def raw_scan(tmp_path_factory) -> Path:
+    return make_raw_scan(tmp_path_factory.mktemp("raw") / "scan_a.h5", seed=1)
+
+
+# -- split -------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["random", "blocks"])
+def test_split_fraction_and_determinism(mode):
+    from stem2eds.dataset import split_positions
+
+    mask = split_positions((40, 30), mode, 0.2, seed=3, block_size=5)
+    assert mask.shape == (40, 30) and mask.dtype == bool
+    assert abs(mask.mean() - 0.2) < 0.03
+    assert np.array_equal(mask, split_positions((40, 30), mode, 0.2, seed=3, block_size=5))
+    assert not np.array_equal(mask, split_positions((40, 30), mode, 0.2, seed=4, block_size=5))
+
+
+def test_block_split_keeps_neighbours_together():
+    from stem2eds.dataset import split_positions
+
+    def mixed_neighbours(mask):
+        return (mask[1:] != mask[:-1]).sum() + (mask[:, 1:] != mask[:, :-1]).sum()
+
+    blocks = split_positions((40, 40), "blocks", 0.2, seed=0, block_size=8)
+    random = split_positions((40, 40), "random", 0.2, seed=0)
+    # A block split has only block edges between the sets; a random one has
+    # a boundary around almost every validation position.
+    assert mixed_neighbours(blocks) < 0.3 * mixed_neighbours(random)
+    for r0 in range(0, 40, 8):
+        for c0 in range(0, 40, 8):
+            block = blocks[r0:r0 + 8, c0:c0 + 8]
+            assert block.all() or not block.any()
+
+
+def test_split_rejects_single_position():
+    from stem2eds.dataset import split_positions
+
+    with pytest.raises(InputError):
+        split_positions((1, 1))
+
+
+# -- config -------------------------------------------------------------------
+
+def test_config_toml_round_trip(tmp_path):
+    from stem2eds.config import TrainConfig
+
+    cfg = small_config(targets=("eds", "haadf"), loss_weights={"haadf": 0.25}, split="blocks",
+                       model_params={"hidden": 16})
+    path = cfg.to_toml(tmp_path / "c.toml")
+    back = TrainConfig.from_toml(path)
+    assert back.to_dict() == cfg.to_dict()
+    assert back.loss_weights == {"eds": 1.0, "haadf": 0.25}
+    assert back.replace(seed=5).seed == 5 and back.seed == cfg.seed
+
+
+@pytest.mark.parametrize("text, match", [
+    ("model = 'nope'", "unknown model"),
+    ("targets = ['haadf']", "targets"),
+    ("learning_rate = -1.0", "learning_rate"),
+    ("split = 'diagonal'", "split"),
+    ("epochs = 3", "unknown training setting"),
+    ("[preprocess]\nbin_factor = 0", "bin factor"),
+    ("model = ", "TOML"),
+])
+def test_config_rejects_bad_values(tmp_path, text, match):
+    from stem2eds.config import TrainConfig
+
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=match):
+        TrainConfig.from_toml(path)
