@@ -1,0 +1,153 @@
+"""EDS spectrum images quantified with exspy's Cliff-Lorimer; HAADF from microscope files."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from stem2eds.errors import InputError
+from stem2eds.io import parse_k_factors, quantify_spectrum_image, read_haadf_from_file
+
+ELEMENTS = ["Ge", "O", "Si"]
+K_FACTORS = {"Ge": 1.6, "O": 2.0, "Si": 1.1}  # deliberately not 1: they must be applied
+RX, RY = 4, 3
+RESOLUTION_MNKA_EV = 130.0
+
+
+def _fwhm_kev(energy_kev: float) -> float:
+    """Detector peak FWHM at an energy (Fiori & Newbury, the model exspy uses)."""
+    return math.sqrt(2.5 * (energy_kev - 5.8987) * 1000 + RESOLUTION_MNKA_EV**2) / 1000
+
+
+def make_spectrum_image(atomic: np.ndarray, k_factors=K_FACTORS, counts=1e5,
+                        background=2.0, store_k=None):
+    """An EDS_TEM spectrum image whose Ka lines follow Cliff-Lorimer exactly.
+
+    Parameters
+    ----------
+    atomic : ndarray, shape (Rx, Ry, E)
+        Atomic fractions of ``ELEMENTS`` per position.
+
+    Returns
+    -------
+    exspy EDSTEMSpectrum, data shape (Rx, Ry, channels)
+    """
+    import exspy
+
+    weight = np.asarray(exspy.material.atomic_to_weight(
+        [atomic[..., i] * 100 for i in range(len(ELEMENTS))], ELEMENTS)) / 100
+    energy = np.arange(2048) * 0.01  # keV, 0..20.47
+    data = np.full(atomic.shape[:2] + energy.shape, background)
+    for i, element in enumerate(ELEMENTS):
+        line = exspy.material.elements[element].Atomic_properties.Xray_lines.Ka
+        sigma = _fwhm_kev(line.energy_keV) / (2 * math.sqrt(2 * math.log(2)))
+        # Cliff-Lorimer: C_a / C_b = k_ab I_a / I_b, so I_a is proportional to C_a / k_a
+        area = counts * weight[i] / k_factors[element]
+        peak = np.exp(-0.5 * ((energy - line.energy_keV) / sigma) ** 2) * 0.01 / (
+            sigma * math.sqrt(2 * math.pi))
+        data += area[..., None] * peak
+    s = exspy.signals.EDSTEMSpectrum(data)
+    axis = s.axes_manager.signal_axes[0]
+    axis.scale, axis.offset, axis.units = 0.01, 0.0, "keV"
+    s.set_microscope_parameters(beam_energy=200, energy_resolution_MnKa=RESOLUTION_MNKA_EV)
+    s.add_elements(ELEMENTS)
+    s.add_lines([f"{e}_Ka" for e in ELEMENTS])
+    if store_k is not None:
+        s.metadata.set_item("Sample.kfactors", [store_k[e] for e in ELEMENTS])
+    return s
+
+
+@pytest.fixture
+def atomic(rng) -> np.ndarray:
+    """(Rx, Ry, 3) atomic fractions with clearly different ranks per position."""
+    a = rng.dirichlet([4.0, 2.0, 1.0], size=(RX, RY))
+    return a
+
+
+def _save(s, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.save(path)
+    return path
+
+
+def test_cliff_lorimer_recovers_atomic_fractions(tmp_path, atomic):
+    path = _save(make_spectrum_image(atomic), tmp_path / "si.hspy")
+    result = quantify_spectrum_image(path, ["O", "Si", "Ge"], K_FACTORS)
+    assert result.elements == ["O", "Si", "Ge"]
+    assert result.xray_lines == {"O": "O_Ka", "Si": "Si_Ka", "Ge": "Ge_Ka"}
+    assert result.k_factor_source == "flags"
+    got = np.stack([result.fractions[e] for e in ELEMENTS], axis=-1)
+    assert got.dtype == np.float32 and got.shape == (RX, RY, 3)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+    # noise-free lines: only the finite integration window and the spectrum's
+    # flat background separate the result from the truth
+    np.testing.assert_allclose(got, atomic, atol=0.01)
+    assert np.array_equal(np.argsort(got, -1), np.argsort(atomic, -1))
+
+
+def test_k_factors_from_file_metadata(tmp_path, atomic):
+    path = _save(make_spectrum_image(atomic, store_k=K_FACTORS), tmp_path / "si.hspy")
+    result = quantify_spectrum_image(path)
+    assert result.elements == ["Ge", "O", "Si"] and result.k_factor_source == "file metadata"
+    assert result.k_factors == K_FACTORS
+    got = np.stack([result.fractions[e] for e in ELEMENTS], axis=-1)
+    np.testing.assert_allclose(got, atomic, atol=0.01)
+
+
+def test_wrong_k_factors_change_the_answer(tmp_path, atomic):
+    """The k-factors are really used: k = 1 everywhere gives another composition."""
+    path = _save(make_spectrum_image(atomic), tmp_path / "si.hspy")
+    ones = quantify_spectrum_image(path, ELEMENTS, {e: 1.0 for e in ELEMENTS})
+    got = np.stack([ones.fractions[e] for e in ELEMENTS], axis=-1)
+    assert np.abs(got - atomic).max() > 0.05
+
+
+def test_missing_k_factor_and_beam_energy(tmp_path, atomic):
+    path = _save(make_spectrum_image(atomic), tmp_path / "si.hspy")
+    with pytest.raises(InputError, match="no k-factor for Si_Ka"):
+        quantify_spectrum_image(path, ELEMENTS, {"Ge": 1.0, "O": 1.0})
+    s = make_spectrum_image(atomic)
+    del s.metadata.Acquisition_instrument
+    path2 = _save(s, tmp_path / "no_energy.hspy")
+    with pytest.raises(InputError, match="--beam-energy"):
+        quantify_spectrum_image(path2, ELEMENTS, K_FACTORS)
+    assert quantify_spectrum_image(path2, ELEMENTS, K_FACTORS, beam_energy_kev=200).elements
+
+
+def test_not_a_spectrum_image(tmp_path, rng):
+    import hyperspy.api as hs
+
+    path = _save(hs.signals.Signal2D(rng.random((5, 5))), tmp_path / "image.hspy")
+    with pytest.raises(InputError, match="no EDS spectrum image"):
+        quantify_spectrum_image(path, ELEMENTS, K_FACTORS)
+
+
+def test_parse_k_factors():
+    assert parse_k_factors("O=1.0, si=1.25,Ge_La=2") == {"O": 1.0, "Si": 1.25, "Ge_La": 2.0}
+    for bad, message in (("O", "not ELEMENT=VALUE"), ("O=x", "not a number"),
+                         ("O=-1", "must be positive"), ("Qq=1", "unknown element")):
+        with pytest.raises(InputError, match=message):
+            parse_k_factors(bad)
+
+
+def test_haadf_from_microscope_file(tmp_path, rng):
+    import hyperspy.api as hs
+
+    haadf = rng.random((RX, RY))
+    other = hs.signals.Signal2D(rng.random((RX, RY)))
+    other.metadata.General.title = "DF4"
+    image = hs.signals.Signal2D(haadf)
+    image.metadata.General.title = "HAADF"
+    path = _save(image, tmp_path / "haadf.hspy")
+    np.testing.assert_array_equal(read_haadf_from_file(path), haadf)
+    emd = tmp_path / "images.emd"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image.save(emd)
+    np.testing.assert_array_equal(read_haadf_from_file(emd), haadf)
+    bad = _save(other, tmp_path / "df4.hspy")
+    np.testing.assert_array_equal(read_haadf_from_file(bad), other.data)  # the only image
