@@ -73,9 +73,11 @@ def _mean_std(summary: Mapping[str, Any] | None, metric: str, element: str) -> s
         else f"{mean:.3f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th{' class=l' if i == 0 else ''}>{h}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{' class=l' if i == 0 else ''}>{c}</td>"
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text: bool = False) -> str:
+    """An HTML table; numbers right-aligned, the first column (or all, ``text``) left."""
+    head = "".join(f"<th{' class=l' if i == 0 or text else ''}>{h}</th>"
+                   for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{' class=l' if i == 0 or text else ''}>{c}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -180,7 +182,7 @@ def _settings_table(metrics: Mapping[str, Any]) -> str:
     pre = metrics.get("preprocess")
     if pre:
         rows.append(["preprocessing", html.escape(json.dumps(pre))])
-    return _table(["setting", "value"], rows)
+    return _table(["setting", "value"], rows, text=True)
 
 
 def render_report(metrics: Mapping[str, Any],
