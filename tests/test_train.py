@@ -142,3 +142,149 @@ def test_config_rejects_bad_values(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(InputError, match=match):
         TrainConfig.from_toml(path)
+
+
+# -- train() and the run folder ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(raw_scan, tmp_path_factory) -> Path:
+    from stem2eds.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "radial"
+    return train([raw_scan], run, small_config(targets=("eds", "haadf"), max_epochs=4),
+                 quiet=True)
+
+
+def test_run_folder_contents(trained_run):
+    from safetensors.torch import load_file
+
+    from stem2eds.config import TrainConfig
+
+    run = trained_run
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["model"] == "radial"
+    assert info["elements"] == list(ELEMENTS) and info["targets"] == ["eds", "haadf"]
+    assert info["output_columns"] == list(ELEMENTS) + ["haadf"]
+    assert info["target_scales"]["haadf"] > 0
+    assert info["preprocess"]["scale"] > 0 and info["preprocess"]["beam_radius"] > 0
+    assert info["split"]["mode"] == "random"
+    assert info["split"]["n_train"] + info["split"]["n_val"] == 120
+    assert info["training"]["epochs_run"] == 4
+    masks = np.load(run / "split.npz")
+    assert masks["val_mask_0"].shape == (12, 10)
+    assert masks["val_mask_0"].sum() == info["split"]["n_val"] == 24
+    weights = load_file(str(run / "weights.safetensors"))
+    assert any(k.startswith("head.") for k in weights)
+    assert TrainConfig.from_toml(run / "config.toml").targets == ("eds", "haadf")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    rows = (run / "logs" / "metrics.csv").read_text().splitlines()
+    assert "train_loss" in rows[0] and "val_loss" in rows[0]
+    assert (run / "figures" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_training_beats_the_mean_predictor(raw_scan, tmp_path):
+    """The best validation MAE is below that of predicting the training mean."""
+    from stem2eds.train import train
+
+    run = train([raw_scan], tmp_path / "run", small_config(max_epochs=15, patience=15),
+                quiet=True)
+    info = json.loads((run / "run.json").read_text())
+    val = np.load(run / "split.npz")["val_mask_0"]
+    with open_bundle(run / info["preprocessed"][0]) as scan:
+        eds = scan.eds()                                     # (E, Rx, Ry)
+    mean_mae = np.abs(eds[:, val] - eds[:, ~val].mean(axis=1, keepdims=True)).mean()
+    assert info["training"]["best_val_loss"] < 0.8 * mean_mae
+
+
+def test_ridge_trains_closed_form(raw_scan, tmp_path):
+    from stem2eds.train import train
+
+    run = train([raw_scan], tmp_path / "ridge", small_config(model="ridge"), quiet=True)
+    info = json.loads((run / "run.json").read_text())
+    assert info["training"]["method"].startswith("closed form")
+    assert info["training"]["alpha"] > 0
+    assert info["training"]["val_loss"] < 0.1
+
+
+def test_same_seed_same_weights(raw_scan, tmp_path):
+    from safetensors.torch import load_file
+
+    from stem2eds.train import train
+
+    runs = [train([raw_scan], tmp_path / f"r{i}", small_config(max_epochs=2), quiet=True)
+            for i in range(2)]
+    a, b = (load_file(str(r / "weights.safetensors")) for r in runs)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_train_errors_leave_no_run(run_cli, raw_scan, tmp_path):
+    no_haadf = make_raw_scan(tmp_path / "nohaadf.h5", haadf=False)
+    code, _, err = run_cli("train", no_haadf, "--out", tmp_path / "r1", "--targets", "eds,haadf",
+                           "--quiet")
+    assert code == 2 and "haadf" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r1").exists()
+    code, _, err = run_cli("train", raw_scan, "--out", tmp_path / "r2", "--resume")
+    assert code == 2 and "nothing to resume" in err
+    code, _, err = run_cli("train", raw_scan, "--out", tmp_path / "r3", "--model", "resnet")
+    assert code == 2 and "unknown model" in err
+    code, _, err = run_cli("train", tmp_path / "missing.h5", "--out", tmp_path / "r4")
+    assert code == 2 and "no such file" in err
+
+
+def test_cli_train_refuses_existing_run(run_cli, raw_scan, trained_run):
+    code, _, err = run_cli("train", raw_scan, "--out", trained_run, "--quiet")
+    assert code == 2 and "--resume" in err
+
+
+def test_cli_train_blocks_split(run_cli, raw_scan, tmp_path):
+    code, out, err = run_cli("train", raw_scan, "--out", tmp_path / "run", "--epochs", "2",
+                             "--split", "blocks", "--bin", "2", "--lr", "1e-3",
+                             "--threads", "1", "--device", "cpu")
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "run")
+    assert "epoch 2/2" in err        # plain progress lines outside a terminal
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["split"]["mode"] == "blocks"
+    assert info["input_shape"] == [16, 16]
+    assert info["preprocess"]["bin_factor"] == 2
+
+
+# -- resume after a kill --------------------------------------------------------
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stem2eds", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes(raw_scan, tmp_path):
+    """SIGKILL a training after its first checkpoint, then --resume finishes it."""
+    run = tmp_path / "run"
+    env = {**os.environ, "CI": "1"}
+    proc = subprocess.Popen(
+        _cli("train", raw_scan, "--out", run, "--epochs", "1000", "--patience", "1000",
+             "--bin", "1", "--threads", "1", "--device", "cpu", "--quiet"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # let the checkpoint file be complete (written then renamed)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (run / "weights.safetensors").exists()
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert killed_at >= 0
+    target = killed_at + 3
+    out = subprocess.run(_cli("train", raw_scan, "--out", run, "--resume", "--epochs", target,
+                              "--threads", "1", "--device", "cpu"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    # Resumed from the checkpoint: the first epoch printed is the one after it.
+    epochs = [line for line in out.stderr.splitlines() if line.startswith("epoch ")]
+    assert epochs[0].startswith(f"epoch {killed_at + 2}/{target}")
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["training"]["epochs_run"] == target
+    assert (run / "weights.safetensors").is_file()

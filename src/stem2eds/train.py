@@ -214,7 +214,8 @@ def _preprocess_all(bundles: Sequence[Path], run_dir: Path, config: TrainConfig,
     return outs, settings
 
 
-def _check_raw_bundles(bundles: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+def _check_raw_bundles(bundles: Sequence[str | os.PathLike],
+                       targets: Sequence[str]) -> tuple[list[Path], list[str]]:
     if not bundles:
         raise InputError("no training bundles given")
     paths = [Path(b) for b in bundles]
@@ -225,6 +226,9 @@ def _check_raw_bundles(bundles: Sequence[str | os.PathLike]) -> tuple[list[Path]
                 raise InputError(f"bundle is {scan.kind!r}; train takes raw bundles and "
                                  "preprocesses them itself", path=p,
                                  hint="pass the bundle made by convert or simulate")
+            if "haadf" in targets and not scan.has("haadf"):
+                raise InputError("targets include haadf but the bundle has none", path=p,
+                                 hint="train with --targets eds")
             if elements is None:
                 elements = scan.elements
             elif scan.elements != elements:
@@ -257,7 +261,6 @@ def _prepare_run_dir(run_dir: Path, resume: bool, config: TrainConfig) -> TrainC
             (run_dir / n).exists() for n in ("run.json", "checkpoints", "weights.safetensors")):
         raise InputError("folder already holds a training run", path=run_dir,
                          hint="pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return config
 
 
@@ -337,8 +340,9 @@ def train(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
     """
     config = config or TrainConfig()
     run_dir = Path(run_dir)
-    paths, elements = _check_raw_bundles(bundles)
     config = _prepare_run_dir(run_dir, resume, config)
+    paths, elements = _check_raw_bundles(bundles, config.targets)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _set_threads(config)
     started = time.perf_counter()
     child = _is_child_process()
