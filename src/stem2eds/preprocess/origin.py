@@ -1,0 +1,310 @@
+"""Unscattered-beam origin: sub-pixel measurement per pattern and a smooth fit over the scan.
+
+The direct (unscattered) disk moves across the detector as the probe scans
+(descan). :func:`find_origins` measures its centre in every pattern of a batch
+at once; :func:`fit_origins` fits a plane or second-order polynomial of the
+origin against scan position, rejecting outliers, so a few bad measurements
+(empty, low-dose or strongly diffracting patterns) do not move any pattern.
+
+Coordinates are detector pixels ``(row, column)`` of the input patterns, with
+pixel centres at integer positions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+#: Factor by which the coarse search bins the detector (to about 64 px across).
+_COARSE_TARGET = 64
+#: Aperture radius beyond the disk radius (px) for the centre of mass: covers
+#: the blurred disk edge while keeping out most Bragg spots and diffuse signal.
+APERTURE_MARGIN = 2.0
+
+
+@dataclass
+class OriginBatch:
+    """Origins measured in one batch of patterns.
+
+    Attributes
+    ----------
+    origins : ndarray, shape (n, 2)
+        Disk centres (row, column) in detector pixels; NaN where a pattern
+        has no measurable disk (e.g. no counts at all).
+    disk_sum : ndarray, shape (2h+1, 2h+1)
+        Sum of the windows cut around the rounded origins (for the probe
+        radius of the mean pattern); ``h`` is :attr:`half_window`.
+    n_summed : int
+        Number of windows in ``disk_sum``.
+    half_window : int
+    probe_radius : float
+        Disk radius (px) used for the aperture (given, or measured on the batch).
+    """
+
+    origins: np.ndarray
+    disk_sum: np.ndarray
+    n_summed: int
+    half_window: int
+    probe_radius: float
+
+
+def _coarse_centres(patterns: np.ndarray, sigma: float) -> np.ndarray:
+    """Integer disk positions (n, 2) from the argmax of binned, smoothed patterns.
+
+    Binning and a Gaussian of about half the disk radius (``sigma``, input
+    px) make the extended disk win over point-like Bragg spots and hot
+    pixels: a spot's peak falls with the square of the smoothing width, the
+    disk's not until the width reaches its radius.
+    """
+    n, qx, qy = patterns.shape
+    f = max(1, min(qx, qy) // _COARSE_TARGET)
+    bx, by = qx // f, qy // f
+    small = patterns[:, :bx * f, :by * f].reshape(n, bx, f, by, f).sum(axis=(2, 4), dtype=np.float32)
+    s = max(1.0, sigma / f)
+    small = ndimage.gaussian_filter(small, sigma=(0, s, s), mode="constant")
+    flat = small.reshape(n, -1).argmax(axis=1)
+    rows, cols = np.divmod(flat, by)
+    # centre of the binned pixel in input pixel coordinates
+    centres = np.stack([rows * f + (f - 1) / 2, cols * f + (f - 1) / 2], axis=1)
+    return np.rint(centres).astype(np.int64)
+
+
+def _batch_radius(patterns: np.ndarray) -> float:
+    """Disk radius (px) of the batch's mean pattern, where Bragg spots average out."""
+    qx, qy = patterns.shape[1:]
+    mean = patterns.mean(axis=0, dtype=np.float64)[None]
+    centre = _coarse_centres(mean, 2.0 * max(1, min(qx, qy) // _COARSE_TARGET))
+    h0 = max(6, min(qx, qy) // 6)
+    return disk_radius(_gather_windows(mean, centre, h0)[0])
+
+
+def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Median over the last two axes of ``values`` (n, W, W) where ``mask`` (n, W, W) holds."""
+    filled = np.where(mask, values, np.nan).reshape(len(values), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, handled
+        return np.nanmedian(filled, axis=1)[:, None]
+
+
+def _gather_windows(patterns: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
+    """Cut (n, 2h+1, 2h+1) windows around integer centres, zero outside the detector."""
+    n, qx, qy = patterns.shape
+    offs = np.arange(-half, half + 1)
+    rows = centres[:, 0:1] + offs  # (n, W)
+    cols = centres[:, 1:2] + offs
+    valid = (((rows >= 0) & (rows < qx))[:, :, None] & ((cols >= 0) & (cols < qy))[:, None, :])
+    k = np.arange(n)[:, None, None]
+    win = patterns[k, np.clip(rows, 0, qx - 1)[:, :, None], np.clip(cols, 0, qy - 1)[:, None, :]]
+    return np.where(valid, win, 0).astype(np.float32)
+
+
+def disk_radius(image: np.ndarray) -> float:
+    """Radius (px) of the bright disk in a (H, W) image, from its half-maximum area.
+
+    The background is the median of the image border; the disk is the set of
+    pixels above half way between background and the (lightly smoothed)
+    maximum. The radius is ``sqrt(area / pi)``, which is insensitive to a
+    blurred edge.
+    """
+    img = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), 1.0)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    bg = float(np.median(border))
+    peak = float(img.max())
+    if not peak > bg:
+        return float("nan")
+    area = np.count_nonzero(img > bg + 0.5 * (peak - bg))
+    return float(np.sqrt(area / np.pi))
+
+
+def find_origins(patterns: np.ndarray, probe_radius: float | None = None,
+                 n_iter: int = 4) -> OriginBatch:
+    """Sub-pixel centre of the unscattered disk in each pattern of a batch.
+
+    Vectorised over the batch: (1) coarse integer position from the argmax of
+    the binned pattern smoothed on the scale of the disk; (2) disk radius
+    from the half-maximum area of the windows aligned on (1) (unless given); (3) iterated centre of mass of
+    saturating weights inside a circular aperture of ``r + 2`` px centred on
+    the current estimate: on the lightly smoothed window, weight
+    ``clip((I - bg) / (0.5 (L - bg)), 0, 1)`` with ``bg`` the median of a ring
+    outside the aperture and ``L`` the disk's plateau (median of its inner
+    60 %). The weight is 1 across the disk and graded over its edge, so shot
+    noise inside the disk and Bragg spots brighter than the disk carry no
+    weight, and the aperture keeps out spots beyond the disk.
+
+    Parameters
+    ----------
+    patterns : ndarray, shape (n, Qx, Qy)
+        Diffraction patterns (any numeric dtype, counts).
+    probe_radius : float, optional
+        Disk radius in px; measured from the batch when None.
+    n_iter : int
+        Centre-of-mass iterations (the aperture is re-centred each time).
+
+    Returns
+    -------
+    OriginBatch
+        ``origins`` (n, 2) as (row, column) detector pixels, NaN where a
+        pattern has no counts near its brightest spot.
+    """
+    patterns = np.asarray(patterns)
+    if patterns.ndim != 3:
+        raise ValueError(f"patterns must be (n, Qx, Qy), got shape {patterns.shape}")
+    n, qx, qy = patterns.shape
+    if probe_radius is None:
+        # the mean pattern is blurred by descan, so its radius only sets the
+        # smoothing; the radius itself comes from windows aligned per pattern
+        rough = _batch_radius(patterns)
+        if not np.isfinite(rough):
+            rough = min(qx, qy) / 16
+        coarse = _coarse_centres(patterns, max(rough / 2, 1.0))
+        h0 = int(np.ceil(1.5 * rough)) + 4
+        probe_radius = disk_radius(_gather_windows(patterns, coarse, h0).mean(axis=0))
+        if not np.isfinite(probe_radius):
+            probe_radius = rough
+    coarse = _coarse_centres(patterns, max(float(probe_radius) / 2, 1.0))
+    aperture = float(probe_radius) + APERTURE_MARGIN
+    half = int(np.ceil(aperture)) + 3
+    offs = np.arange(-half, half + 1, dtype=np.float64)
+    dist_local = np.hypot(offs[:, None], offs[None, :])
+    ring = dist_local > aperture + 0.5  # background pixels, relative to the window centre
+
+    inner = 0.6 * float(probe_radius)
+    centre = coarse.astype(np.float64)
+    win_centre = coarse
+    windows = _gather_windows(patterns, coarse, half)
+    smooth = ndimage.gaussian_filter(windows, sigma=(0, 1, 1), mode="nearest")
+    for it in range(n_iter):
+        if it == 1:
+            # re-cut the windows around the first estimate so the aperture
+            # and the background ring sit well inside them
+            win_centre = np.rint(np.nan_to_num(centre, nan=0.0)).astype(np.int64)
+            win_centre[:, 0] = np.clip(win_centre[:, 0], 0, qx - 1)
+            win_centre[:, 1] = np.clip(win_centre[:, 1], 0, qy - 1)
+            windows = _gather_windows(patterns, win_centre, half)
+            smooth = ndimage.gaussian_filter(windows, sigma=(0, 1, 1), mode="nearest")
+        rel = np.nan_to_num(centre - win_centre)  # estimate relative to the window centre
+        d2 = ((offs[None, :, None] - rel[:, 0, None, None]) ** 2
+              + (offs[None, None, :] - rel[:, 1, None, None]) ** 2)
+        bg = np.median(smooth[:, ring], axis=1)[:, None, None]
+        # plateau level of the disk: median of its inner part
+        level = _masked_median(smooth, d2 <= inner ** 2)[:, :, None]
+        # Saturating weights: 1 inside the disk, graded across its edge, 0
+        # outside. Shot noise inside the disk and Bragg spots brighter than
+        # the disk then carry no weight; only the edge position matters.
+        contrast = np.maximum(level - bg, 1e-12)
+        weights = np.clip((smooth - bg) / (0.5 * contrast), 0, 1) * (d2 <= aperture ** 2)
+        weights = np.where(level > bg, weights, 0)
+        total = weights.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            com_r = (weights.sum(axis=2) * offs).sum(axis=1) / total
+            com_c = (weights.sum(axis=1) * offs).sum(axis=1) / total
+        new = np.stack([com_r, com_c], axis=1) + win_centre
+        centre = np.where(total[:, None] > 0, new, np.nan)
+    final = np.rint(np.nan_to_num(centre, nan=0.0)).astype(np.int64)
+    ok = np.all(np.isfinite(centre), axis=1)
+    disk_sum = _gather_windows(patterns[ok], final[ok], half).sum(axis=0) if ok.any() \
+        else np.zeros((2 * half + 1,) * 2, np.float32)
+    return OriginBatch(centre, disk_sum.astype(np.float64), int(ok.sum()), half,
+                       float(probe_radius))
+
+
+@dataclass
+class OriginFit:
+    """A smooth model of the origin against scan position.
+
+    Attributes
+    ----------
+    method : str
+        ``"plane"``, ``"poly2"`` or ``"none"`` (measured origins kept, gaps
+        filled with the median).
+    fitted : ndarray, shape (Rx, Ry, 2)
+        Fitted origins (row, column) in detector pixels.
+    coefficients : ndarray, shape (2, P)
+        Per axis (row, column), coefficients of ``1, u, v[, u^2, u v, v^2]``
+        with ``u, v`` the scan row and column scaled to [0, 1].
+    inliers : ndarray of bool, shape (Rx, Ry)
+    rms_residual : float
+        RMS distance (px) between measured and fitted origins over inliers.
+    """
+
+    method: str
+    fitted: np.ndarray
+    coefficients: np.ndarray
+    inliers: np.ndarray
+    rms_residual: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_outliers(self) -> int:
+        return int(self.inliers.size - self.inliers.sum())
+
+    @property
+    def drift(self) -> tuple[float, float]:
+        """Peak-to-peak range (row, column) of the fitted origin, in px."""
+        span = np.ptp(self.fitted.reshape(-1, 2), axis=0)
+        return float(span[0]), float(span[1])
+
+
+def _design(shape: tuple[int, int], method: str) -> np.ndarray:
+    rx, ry = shape
+    u, v = np.meshgrid(np.arange(rx) / max(rx - 1, 1), np.arange(ry) / max(ry - 1, 1),
+                       indexing="ij")
+    u, v = u.ravel(), v.ravel()
+    cols = [np.ones_like(u), u, v]
+    if method == "poly2":
+        cols += [u * u, u * v, v * v]
+    return np.stack(cols, axis=1)
+
+
+def fit_origins(origins: np.ndarray, method: str = "plane", n_sigma: float = 3.5,
+                max_iter: int = 20) -> OriginFit:
+    """Least-squares fit of origin vs scan position with iterative outlier rejection.
+
+    Parameters
+    ----------
+    origins : ndarray, shape (Rx, Ry, 2)
+        Measured origins (row, column) in detector pixels; NaN = missing.
+    method : {"plane", "poly2", "none"}
+    n_sigma : float
+        A position is an outlier when its residual distance exceeds
+        ``n_sigma`` robust standard deviations (from the median residual,
+        which for Gaussian errors is 1.177 sigma per axis).
+    max_iter : int
+
+    Returns
+    -------
+    OriginFit
+    """
+    origins = np.asarray(origins, dtype=np.float64)
+    rx, ry, _ = origins.shape
+    flat = origins.reshape(-1, 2)
+    finite = np.all(np.isfinite(flat), axis=1)
+    if not finite.any():
+        raise ValueError("no pattern has a measurable unscattered disk")
+    if method == "none":
+        med = np.median(flat[finite], axis=0)
+        fitted = np.where(finite[:, None], flat, med).reshape(rx, ry, 2)
+        return OriginFit("none", fitted, med[:, None], finite.reshape(rx, ry), 0.0)
+    if method not in ("plane", "poly2"):
+        raise ValueError(f"unknown origin fit {method!r}")
+    design = _design((rx, ry), method)
+    inliers = finite.copy()
+    if inliers.sum() <= design.shape[1]:
+        # too few positions to fit a surface: a constant is all the data supports
+        design = design[:, :1]
+    coef = np.zeros((design.shape[1], 2))
+    for _ in range(max_iter):
+        coef, *_ = np.linalg.lstsq(design[inliers], flat[inliers], rcond=None)
+        resid = np.full(len(flat), np.inf)
+        resid[finite] = np.linalg.norm(flat[finite] - design[finite] @ coef, axis=1)
+        sigma = max(np.median(resid[inliers]) / 1.177, 1e-3)
+        new = finite & (resid <= n_sigma * sigma)
+        if np.array_equal(new, inliers) or new.sum() <= design.shape[1]:
+            break
+        inliers = new
+    fitted = (design @ coef).reshape(rx, ry, 2)
+    rms = float(np.sqrt(np.mean(resid[inliers] ** 2))) if inliers.any() else float("nan")
+    return OriginFit(method, fitted, coef.T, inliers.reshape(rx, ry), rms)

@@ -1,0 +1,510 @@
+"""Settings and the streaming driver: raw bundle -> preprocessed bundle.
+
+Three passes over the patterns, never holding the 4D scan in memory:
+
+1. measure the origin of every pattern (and the probe radius from the mean
+   disk), then fit origin vs scan position;
+2. centre, remove the beam, bin, scale every pattern and write it (and the
+   virtual ADF image, for registration);
+3. when the scale is not given, divide the written (binned, 16x smaller)
+   patterns by the percentile found in pass 2.
+
+:func:`iter_preprocessed` runs passes 1-2 on any raw bundle with fixed
+settings, so prediction sees exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from ..bundle import (CALIBRATION, EDS, EDS_RAW, HAADF, TRUTH, Calibration, ScanBundle,
+                      create_bundle, open_bundle)
+from ..errors import InputError
+from ..progress import track
+from .maps import EDS_FILTERS, check_crop, crop_maps, filter_maps, preprocess_maps
+from .origin import OriginFit, disk_radius, find_origins, fit_origins
+from .patterns import SCALINGS, TopValues, finish_patterns, centre_patterns, normalise
+
+ORIGIN_FITS = ("plane", "poly2", "none")
+#: Groups of a raw bundle holding maps that are not yet on the scan grid.
+EDS_UNREGISTERED = "eds_unregistered"
+HAADF_UNREGISTERED = "haadf_unregistered"
+
+
+@dataclass
+class PreprocessSettings:
+    """Every choice of the preprocessing, stored in the output and reused at prediction.
+
+    Attributes
+    ----------
+    bin_factor : int
+        Detector binning (sum of ``f x f`` pixels); 4 turns 256x256 into 64x64.
+    scaling : {"none", "sqrt", "log"}
+        Intensity scaling after binning (log is ``log1p`` of counts).
+    beam_radius : float or None
+        Radius of the zeroed central disk in input detector px; None:
+        ``probe_radius * beam_margin``.
+    beam_margin : float
+        Margin on the measured probe radius for the default beam radius.
+    origin_fit : {"plane", "poly2", "none"}
+        Model of the origin vs scan position (descan); ``none`` uses each
+        pattern's measured origin.
+    crop : (r0, r1, c0, c1) or None
+        Scan region kept (end exclusive); None keeps the whole scan.
+    eds_filter : {"gaussian", "median", "none"}
+    eds_kernel : int
+        Filter window (odd, scan px); 7 is the paper's 7x7 Gaussian.
+    eds_sigma : float or None
+        Gaussian sigma in scan px; None derives it from the kernel (OpenCV).
+    scale : float or None
+        Divisor mapping processed values into [0, 1]; None fits it on this
+        scan as the ``scale_percentile`` of the processed values.
+    scale_percentile : float
+    probe_radius : float or None
+        Measured disk radius (input px); filled in by preprocessing.
+    detector_shape : (Qx, Qy) or None
+        Input detector; filled in by preprocessing.
+    """
+
+    bin_factor: int = 4
+    scaling: str = "none"
+    beam_radius: float | None = None
+    beam_margin: float = 1.25
+    origin_fit: str = "plane"
+    crop: tuple[int, int, int, int] | None = None
+    eds_filter: str = "gaussian"
+    eds_kernel: int = 7
+    eds_sigma: float | None = None
+    scale: float | None = None
+    scale_percentile: float = 99.9
+    probe_radius: float | None = None
+    detector_shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop is not None:
+            self.crop = tuple(int(v) for v in self.crop)  # type: ignore[assignment]
+        if self.detector_shape is not None:
+            self.detector_shape = tuple(int(v) for v in self.detector_shape)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InputError for impossible values."""
+        if int(self.bin_factor) < 1:
+            raise InputError(f"bin factor must be >= 1, got {self.bin_factor}")
+        if self.scaling not in SCALINGS:
+            raise InputError(f"unknown scaling {self.scaling!r}",
+                             hint=f"choose one of {', '.join(SCALINGS)}")
+        if self.origin_fit not in ORIGIN_FITS:
+            raise InputError(f"unknown origin fit {self.origin_fit!r}",
+                             hint=f"choose one of {', '.join(ORIGIN_FITS)}")
+        if self.eds_filter not in EDS_FILTERS:
+            raise InputError(f"unknown EDS filter {self.eds_filter!r}",
+                             hint=f"choose one of {', '.join(EDS_FILTERS)}")
+        if int(self.eds_kernel) < 1 or int(self.eds_kernel) % 2 == 0:
+            raise InputError(f"EDS filter kernel must be odd and positive, got {self.eds_kernel}")
+        if self.beam_radius is not None and self.beam_radius < 0:
+            raise InputError(f"beam radius must be >= 0, got {self.beam_radius}")
+        if self.scale is not None and not self.scale > 0:
+            raise InputError(f"scale must be positive, got {self.scale}")
+        if self.crop is not None and len(self.crop) != 4:
+            raise InputError(f"crop must be (r0, r1, c0, c1), got {self.crop}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        out = asdict(self)
+        for key in ("crop", "detector_shape"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSettings":
+        """Inverse of :meth:`to_dict`; unknown keys are an InputError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown preprocessing setting(s) {', '.join(unknown)}")
+        return cls(**dict(data))
+
+    @property
+    def resolved(self) -> bool:
+        """True when scale and beam radius are known (what prediction needs)."""
+        return self.scale is not None and self.beam_radius is not None
+
+
+def load_settings(path: str | os.PathLike) -> PreprocessSettings:
+    """Settings from a JSON file or from a preprocessed bundle's ``preprocess`` attribute."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such settings file", path=p)
+    if p.suffix.lower() in (".h5", ".hdf5"):
+        with open_bundle(p) as scan:
+            data = scan.json_attr("preprocess")
+        if data is None:
+            raise InputError("bundle has no preprocessing settings", path=p,
+                             hint="pass a bundle written by 'stem2eds preprocess'")
+        return PreprocessSettings.from_dict(data)
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not a JSON settings file ({exc})", path=p) from None
+    if not isinstance(data, dict):
+        raise InputError("settings JSON must be an object", path=p)
+    return PreprocessSettings.from_dict(data.get("preprocess", data))
+
+
+def raw_calibration(scan: ScanBundle) -> Calibration:
+    """Calibration of the input detector: undoes the binning recorded in a preprocessed bundle."""
+    cal = scan.calibration
+    if scan.kind == "preprocessed" and "raw_q_pixel_size" in scan.file.attrs:
+        cal.q_pixel_size = float(scan.file.attrs["raw_q_pixel_size"])
+    return cal
+
+
+# -- streaming ---------------------------------------------------------------
+
+def iter_region(scan: ScanBundle, crop=None, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream the patterns of a scan region in C order, whole region rows at a time.
+
+    Yields
+    ------
+    start : int
+        Flat index in the cropped scan of the first pattern.
+    patterns : ndarray, shape (n, Qx, Qy)
+    """
+    r0, r1, c0, c1 = check_crop(crop, scan.scan_shape)
+    width = c1 - c0
+    ds = scan.diffraction
+    if batch >= width:
+        rows = batch // width
+        for i in range(r0, r1, rows):
+            block = ds[i:min(i + rows, r1), c0:c1]
+            yield (i - r0) * width, block.reshape(-1, *block.shape[2:])
+    else:
+        for i in range(r0, r1):
+            for j in range(c0, c1, batch):
+                yield (i - r0) * width + (j - c0), ds[i, j:min(j + batch, c1)]
+
+
+def _n_batches(crop_box, batch: int) -> int:
+    r0, r1, c0, c1 = crop_box
+    width = c1 - c0
+    if batch >= width:
+        return -(-(r1 - r0) // (batch // width))
+    return (r1 - r0) * -(-width // batch)
+
+
+@dataclass
+class OriginMeasurement:
+    """Measured and fitted origins of a scan region.
+
+    Attributes
+    ----------
+    measured : ndarray, shape (Rx', Ry', 2)
+    fit : OriginFit
+    probe_radius : float
+        Disk radius (input px) at half maximum of the mean disk.
+    """
+
+    measured: np.ndarray
+    fit: OriginFit
+    probe_radius: float
+
+    @property
+    def fitted(self) -> np.ndarray:
+        return self.fit.fitted
+
+
+def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int = 256,
+                    quiet: bool = True) -> OriginMeasurement:
+    """Pass 1: origin of every pattern in the (cropped) scan, the probe radius and the fit."""
+    box = check_crop(settings.crop, scan.scan_shape)
+    shape = (box[1] - box[0], box[3] - box[2])
+    measured = np.full((shape[0] * shape[1], 2), np.nan)
+    disk_sum, n_sum = None, 0
+    # The aperture radius comes from the first rows (at most 256 patterns,
+    # whatever ``batch`` is), so every pattern is measured the same way in
+    # preprocessing and at prediction, whatever block it falls in.
+    _, sample = next(iter_region(scan, box, 256))
+    radius = find_origins(sample).probe_radius
+    del sample
+    for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
+                                 description="finding origins", quiet=quiet):
+        found = find_origins(patterns, radius)
+        measured[start:start + len(patterns)] = found.origins
+        disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
+        n_sum += found.n_summed
+    if n_sum == 0:
+        raise InputError("no diffraction pattern has counts: cannot find the unscattered beam",
+                         path=scan.path)
+    probe_radius = disk_radius(disk_sum / n_sum)
+    measured = measured.reshape(shape[0], shape[1], 2)
+    try:
+        fit = fit_origins(measured, settings.origin_fit)
+    except ValueError as exc:
+        raise InputError(str(exc), path=scan.path) from None
+    return OriginMeasurement(measured, fit, probe_radius)
+
+
+def _resolve_beam_radius(settings: PreprocessSettings, probe_radius: float) -> float:
+    if settings.beam_radius is not None:
+        return float(settings.beam_radius)
+    if not np.isfinite(probe_radius):
+        raise InputError("could not measure the probe radius", hint="pass --beam-radius PX")
+    return float(probe_radius * settings.beam_margin)
+
+
+def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: np.ndarray,
+                       beam_radius: float, batch: int, quiet: bool, adf: np.ndarray | None = None
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+    """Pass 2: (start, unscaled processed patterns); fills ``adf`` (flat) when given."""
+    box = check_crop(settings.crop, scan.scan_shape)
+    flat_origins = origins.reshape(-1, 2)
+    qx, qy = scan.detector_shape
+    if adf is not None:
+        from .register import annular_sum
+    for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
+                                 description="preprocessing patterns", quiet=quiet):
+        centred = centre_patterns(patterns, flat_origins[start:start + len(patterns)])
+        if adf is not None:
+            adf[start:start + len(patterns)] = annular_sum(centred, beam_radius, min(qx, qy) / 2)
+        yield start, finish_patterns(centred, beam_radius, settings.bin_factor, settings.scaling)
+
+
+def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int = 1024,
+                      origins: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream the preprocessed patterns of a RAW bundle without writing a file.
+
+    The origins of this scan are measured and fitted first (one streamed
+    pass; descan differs between scans), then every pattern goes through the
+    same functions as in :func:`preprocess_bundle`, with the given scale.
+
+    Parameters
+    ----------
+    scan : ScanBundle
+        A raw bundle (Rx, Ry, Qx, Qy).
+    settings : PreprocessSettings
+        Resolved settings (``scale`` set, typically those of the training
+        data); a missing ``beam_radius`` is measured on this scan.
+    batch : int
+        Patterns per block.
+    origins : ndarray, shape (Rx', Ry', 2), optional
+        Origins to use instead of measuring them.
+
+    Yields
+    ------
+    start : int
+        Flat index in the cropped scan of the block's first pattern.
+    patterns : ndarray, shape (n, Qx/bin, Qy/bin), float32 in [0, 1]
+    """
+    if settings.scale is None:
+        raise InputError("preprocessing scale is not set",
+                         hint="use the settings of the training bundle (stem2eds preprocess "
+                              "writes them), or pass --scale")
+    _check_detector(scan, settings)
+    beam_radius = settings.beam_radius
+    if origins is None or beam_radius is None:
+        found = measure_origins(scan, settings, batch)
+        origins = found.fitted if origins is None else origins
+        beam_radius = _resolve_beam_radius(settings, found.probe_radius)
+    for start, values in _processed_batches(scan, settings, origins, beam_radius, batch, True):
+        yield start, normalise(values, settings.scale)
+
+
+def _check_detector(scan: ScanBundle, settings: PreprocessSettings) -> None:
+    qx, qy = scan.detector_shape
+    f = int(settings.bin_factor)
+    if qx % f or qy % f:
+        raise InputError(f"bin factor {f} does not divide the {qx}x{qy} detector",
+                         path=scan.path, hint="choose a divisor such as 1, 2, 4 or 8")
+    if settings.detector_shape is not None and tuple(settings.detector_shape) != (qx, qy):
+        raise InputError(f"detector is {qx}x{qy} but the settings were made for "
+                         f"{settings.detector_shape[0]}x{settings.detector_shape[1]}",
+                         path=scan.path, hint="preprocess scans from the same detector setup")
+
+
+def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
+                      settings: PreprocessSettings | None = None, *, quiet: bool = False,
+                      register: bool = False, batch: int = 256) -> PreprocessSettings:
+    """Preprocess a raw bundle into a preprocessed bundle (streamed, atomic).
+
+    Parameters
+    ----------
+    src : path-like
+        Raw bundle (``kind = "raw"``).
+    out : path-like
+        Output bundle (``kind = "preprocessed"``); only written on success.
+    settings : PreprocessSettings, optional
+        Defaults to ``PreprocessSettings()``.
+    quiet : bool
+        No progress output.
+    register : bool
+        Resample ``eds_unregistered``/``haadf_unregistered`` maps onto the
+        scan grid (see :mod:`stem2eds.preprocess.register`) instead of using
+        ``eds``/``haadf``.
+    batch : int
+        Patterns per streamed block (memory ~ ``batch * Qx * Qy * 40`` bytes).
+
+    Returns
+    -------
+    PreprocessSettings
+        The settings with scale, beam radius, probe radius and detector shape
+        filled in, as stored in the output's ``preprocess`` attribute.
+        Measurements (origin drift, registration shift, ...) are in
+        :attr:`last_report` of this module's :data:`REPORT`.
+    """
+    settings = PreprocessSettings(**asdict(settings or PreprocessSettings()))
+    report: dict[str, Any] = {}
+    with open_bundle(src) as scan:
+        if scan.kind != "raw":
+            raise InputError(f"bundle is {scan.kind!r}, expected a raw bundle", path=scan.path,
+                             hint="preprocess the raw bundle made by 'stem2eds convert' "
+                                  "or 'stem2eds simulate'")
+        _check_detector(scan, settings)
+        box = check_crop(settings.crop, scan.scan_shape)
+        if register and EDS_UNREGISTERED not in scan.file and HAADF_UNREGISTERED not in scan.file:
+            raise InputError("--register needs maps in 'eds_unregistered' or "
+                             "'haadf_unregistered'", path=scan.path)
+        if not register and EDS not in scan.file and EDS_UNREGISTERED in scan.file:
+            raise InputError("EDS maps are not on the scan grid (eds_unregistered)",
+                             path=scan.path, hint="add --register")
+        found = measure_origins(scan, settings, batch, quiet)
+        beam_radius = _resolve_beam_radius(settings, found.probe_radius)
+        settings.beam_radius = beam_radius
+        settings.probe_radius = float(found.probe_radius)
+        settings.detector_shape = tuple(scan.detector_shape)
+        qx, qy = scan.detector_shape
+        qb = (qx // settings.bin_factor, qy // settings.bin_factor)
+        shape = (box[1] - box[0], box[3] - box[2])
+        raw_cal = scan.calibration
+        cal = Calibration(**asdict(raw_cal))
+        cal.q_pixel_size = raw_cal.q_pixel_size * settings.bin_factor
+        prov = {"command": "preprocess", "source": str(Path(src).resolve()),
+                "source_scan": scan.name, "source_provenance": scan.provenance}
+        adf = np.zeros(shape[0] * shape[1]) if register else None
+        with create_bundle(out, scan_shape=shape, detector_shape=qb, dtype=np.float32,
+                           elements=scan.elements, calibration=cal, scan_name=scan.name,
+                           provenance=prov, kind="preprocessed") as builder:
+            top = TopValues(shape[0] * shape[1] * qb[0] * qb[1], settings.scale_percentile) \
+                if settings.scale is None else None
+            for start, values in _processed_batches(scan, settings, found.fitted, beam_radius,
+                                                    batch, quiet, adf):
+                if top is None:
+                    builder.write_patterns(start, normalise(values, settings.scale))
+                else:
+                    top.add(values)
+                    builder.write_patterns(start, values)
+            if top is not None:
+                scale = top.result()
+                if not scale > 0:
+                    raise InputError(f"the {settings.scale_percentile} percentile of the "
+                                     "processed patterns is 0: nothing left to scale",
+                                     path=scan.path,
+                                     hint="lower --beam-radius or check the data")
+                settings.scale = scale
+                _normalise_in_place(builder.diffraction, scale, batch)
+            _write_maps(scan, builder, settings, box, register, adf, report)
+            _write_calibration(builder, found, settings)
+            builder.set_attrs(preprocess=settings.to_dict(),
+                              raw_q_pixel_size=float(raw_cal.q_pixel_size))
+        drift = found.fit.drift
+        report.update(origin_drift_px=drift, origin_rms_residual_px=found.fit.rms_residual,
+                      origin_outliers=found.fit.n_outliers, probe_radius_px=found.probe_radius,
+                      beam_radius_px=beam_radius, scale=settings.scale,
+                      scan_shape=shape, detector_shape=qb)
+    REPORT.clear()
+    REPORT.update(report)
+    return settings
+
+
+#: What the last :func:`preprocess_bundle` call measured (origin drift, probe
+#: radius, scale, registration shift), for the command line and reports.
+REPORT: dict[str, Any] = {}
+
+
+def _normalise_in_place(ds, scale: float, batch: int) -> None:
+    """Pass 3: divide the written (binned) patterns by the scale, one block of rows at a time."""
+    rx, ry = ds.shape[:2]
+    rows = max(1, batch // ry)
+    for i in range(0, rx, rows):
+        ds[i:i + rows] = normalise(ds[i:i + rows], scale)
+
+
+def _write_maps(scan: ScanBundle, builder, settings: PreprocessSettings, box, register: bool,
+                adf: np.ndarray | None, report: dict) -> None:
+    crop = box
+    elements = scan.elements
+    haadf = None
+    eds_raw = None
+    if register:
+        from .register import register_bundle_maps
+
+        shape = (box[1] - box[0], box[3] - box[2])
+        eds_raw, haadf, reg = register_bundle_maps(scan, adf.reshape(shape))
+        report["registration"] = reg.to_dict()
+        builder.set_attrs(registration=reg.to_dict())
+        # registered maps are already on the cropped grid
+        if eds_raw is not None:
+            blurred = filter_maps(eds_raw, settings.eds_filter, settings.eds_kernel,
+                                  settings.eds_sigma)
+    else:
+        if EDS in scan.file and elements:
+            raw_full = scan.eds()
+            blurred = preprocess_maps(raw_full, settings)
+            eds_raw = crop_maps(raw_full, crop)
+        if HAADF in scan.file:
+            haadf = crop_maps(scan.haadf, crop)
+    if eds_raw is not None:
+        builder.write_maps(EDS, dict(zip(elements, blurred)))
+        builder.write_maps(EDS_RAW, dict(zip(elements, eds_raw)))
+    if haadf is not None:
+        builder.write_haadf(haadf)
+    if TRUTH in scan.file:
+        truth = {name: crop_maps(scan.file[TRUTH][name][()], crop) for name in scan.file[TRUTH]}
+        builder.write_maps(TRUTH, truth)
+    if "simulation" in scan.file:
+        _copy_cropped(scan.file["simulation"], builder.file, scan.scan_shape, crop)
+
+
+def _copy_cropped(group, out_file, scan_shape, crop) -> None:
+    """Copy a group, cropping every dataset whose first two axes are the scan's."""
+    r0, r1, c0, c1 = crop
+
+    def visit(name, obj):
+        import h5py
+
+        if isinstance(obj, h5py.Dataset):
+            data = obj[()]
+            if data.ndim >= 2 and data.shape[:2] == tuple(scan_shape):
+                data = data[r0:r1, c0:c1]
+            ds = out_file.create_dataset(f"{group.name}/{name}", data=data)
+            for key, value in obj.attrs.items():
+                ds.attrs[key] = value
+
+    out_group = out_file.require_group(group.name)
+    for key, value in group.attrs.items():
+        out_group.attrs[key] = value
+    group.visititems(visit)
+
+
+def _write_calibration(builder, found: OriginMeasurement, settings: PreprocessSettings) -> None:
+    fit = found.fit
+    builder.write_array(f"{CALIBRATION}/origin", found.measured.astype(np.float32),
+                        axes="Rx,Ry,(row,col)", unit="px of the input detector",
+                        description="measured unscattered-beam origin, NaN where none")
+    builder.write_array(f"{CALIBRATION}/origin_fit", fit.fitted.astype(np.float32),
+                        axes="Rx,Ry,(row,col)", unit="px of the input detector",
+                        method=fit.method, coefficients=fit.coefficients,
+                        rms_residual_px=fit.rms_residual, n_outliers=fit.n_outliers)
+    builder.write_array(f"{CALIBRATION}/origin_inliers", fit.inliers)
+    grp = builder.file[CALIBRATION]
+    grp.attrs["probe_radius_px"] = float(found.probe_radius)
+    grp.attrs["beam_radius_px"] = float(settings.beam_radius)
+    grp.attrs["scale"] = float(settings.scale)
+    grp.attrs["bin_factor"] = int(settings.bin_factor)
