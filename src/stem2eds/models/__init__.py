@@ -50,6 +50,8 @@ def build_model(name: str, input_shape: tuple[int, int], n_outputs: int,
         return cls(tuple(input_shape), int(n_outputs), **(hparams or {}))
     except TypeError as exc:
         raise InputError(f"bad hyperparameters for model {name!r}: {exc}") from None
+    except ValueError as exc:  # e.g. an input too small for the architecture
+        raise InputError(f"model {name!r}: {exc}") from None
 
 
 __all__ = ["MODELS", "DEFAULT_MODEL", "get_model", "build_model",

@@ -1,0 +1,118 @@
+"""Models: ring statistics layer, the registry, shapes, invariances, the ridge fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stem2eds.errors import InputError
+from stem2eds.models import DEFAULT_MODEL, MODELS, build_model, get_model
+from stem2eds.models._radial import RingStatistics, n_rings, ring_index
+
+
+def _reference_ring_stats(patterns: np.ndarray):
+    """Per-ring mean / std / max with an explicit loop over rings (slow, obvious)."""
+    q = patterns.shape[1]
+    c = (q - 1) / 2
+    r = np.floor(np.hypot(*np.meshgrid(np.arange(q) - c, np.arange(q) - c, indexing="ij")))
+    rings = int(r.max()) + 1
+    out = np.zeros((len(patterns), 3, rings))
+    for k in range(rings):
+        vals = patterns[:, r == k]
+        out[:, 0, k] = vals.mean(axis=1)
+        out[:, 1, k] = vals.std(axis=1)
+        out[:, 2, k] = vals.max(axis=1)
+    return out
+
+
+@pytest.mark.parametrize("q", [16, 17, 32])
+def test_ring_statistics_match_reference(q, rng):
+    patterns = rng.random((5, q, q)).astype(np.float32)
+    layer = RingStatistics((q, q))
+    got = layer(torch.from_numpy(patterns)).numpy()
+    assert got.shape == (5, 3, n_rings((q, q)))
+    np.testing.assert_allclose(got, _reference_ring_stats(patterns), rtol=1e-4, atol=1e-5)
+
+
+def test_ring_mean_agrees_with_preprocess_radial_profile(rng):
+    from stem2eds.preprocess import radial_profile
+
+    patterns = rng.random((4, 32, 32)).astype(np.float32)
+    mine = RingStatistics((32, 32), ("mean",))(torch.from_numpy(patterns))[:, 0].numpy()
+    theirs = radial_profile(patterns)          # rings inside the inscribed circle
+    np.testing.assert_allclose(mine[:, :theirs.shape[1]], theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_ring_index_is_centred():
+    idx = ring_index((4, 4)).reshape(4, 4)
+    # pixel centres at +-0.5, +-1.5 from the centre 1.5: radius 0.71, 1.58, 2.12
+    assert idx[1, 1] == idx[2, 2] == 0
+    assert idx[0, 0] == idx[3, 3] == 2
+    assert torch.equal(idx, idx.flip(0)) and torch.equal(idx, idx.T)
+
+
+def test_registry():
+    assert {"paper", "ridge", DEFAULT_MODEL} <= set(MODELS)
+    assert DEFAULT_MODEL == "radial"
+    with pytest.raises(InputError, match="unknown model"):
+        get_model("unet")
+    with pytest.raises(InputError, match="hyperparameters"):
+        build_model("radial", (32, 32), 3, {"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("shape", [(16, 16), (33, 33), (64, 48)])
+def test_models_take_any_input_size(name, shape):
+    torch.manual_seed(0)
+    net = build_model(name, shape, 6).eval()
+    out = net(torch.rand(7, *shape))
+    assert out.shape == (7, 6) and torch.isfinite(out).all()
+    assert isinstance(net.hparams, dict)
+
+
+def test_radial_model_is_rotation_invariant():
+    """Rotating a pattern by 90 degrees about the centre leaves the prediction unchanged."""
+    torch.manual_seed(0)
+    net = build_model("radial", (32, 32), 4).eval()
+    x = torch.rand(3, 32, 32)
+    with torch.no_grad():
+        a, b = net(x), net(torch.rot90(x, 1, dims=(1, 2)))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_paper_model_is_not_rotation_invariant():
+    torch.manual_seed(0)
+    net = build_model("paper", (32, 32), 4).eval()
+    x = torch.rand(3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(net(x), net(torch.rot90(x, 1, dims=(1, 2))), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["radial", "paper"])
+def test_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    net = build_model(name, (32, 32), 3).train()
+    net(torch.rand(8, 32, 32)).sum().backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+def test_ridge_recovers_a_linear_relation(rng):
+    net = build_model("ridge", (24, 24), 2)
+    patterns = torch.from_numpy(rng.random((200, 24, 24)).astype(np.float32))
+    feats = net.features(patterns).numpy()
+    true_w = rng.normal(size=(feats.shape[1], 2))
+    targets = feats @ true_w + np.array([0.3, -0.1])
+    net.fit(feats, targets)
+    pred = net(patterns).detach().numpy()
+    np.testing.assert_allclose(pred, targets, atol=0.05 * np.abs(targets).max())
+    assert np.isclose(net.alpha.item(), net.hparams["alphas"], rtol=1e-6).any()
+    # the state (coefficients, feature scaling) is what gets saved
+    assert {"weight", "bias", "feature_mean", "feature_scale"} <= set(net.state_dict())
+
+
+def test_paper_cnn_rejects_tiny_input():
+    with pytest.raises(InputError):
+        build_model("paper", (1, 1), 3)
