@@ -288,3 +288,24 @@ def test_killed_training_resumes(raw_scan, tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["training"]["epochs_run"] == target
     assert (run / "weights.safetensors").is_file()
+
+
+# -- distributed -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(raw_scan, tmp_path):
+    """Lightning DDP with 2 CPU processes through the CLI; one run folder comes out."""
+    run = tmp_path / "ddp"
+    out = subprocess.run(_cli("train", raw_scan, "--out", run, "--strategy", "ddp",
+                              "--devices", "2", "--device", "cpu", "--epochs", "2",
+                              "--bin", "1", "--threads", "1"),
+                         env={**os.environ, "CI": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(run)          # printed by rank 0 only
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert info["training"]["strategy"] == "DDPStrategy"
+    assert info["training"]["world_size"] == 2
+    assert info["training"]["epochs_run"] == 2
+    assert (run / "weights.safetensors").is_file()

@@ -191,6 +191,11 @@ def _is_child_process() -> bool:
     return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("LOCAL_RANK", "NODE_RANK"))
 
 
+def is_main_process() -> bool:
+    """False in the extra processes of a multi-process (DDP) launch."""
+    return not _is_child_process()
+
+
 def _preprocess_all(bundles: Sequence[Path], run_dir: Path, config: TrainConfig,
                     reuse: bool, quiet: bool):
     """Preprocess raw bundles into run_dir/preprocessed; returns (paths, resolved settings)."""

@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..config import TrainConfig
-    from ..train import train
+    from ..train import is_main_process, train
 
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     pre = {}
@@ -90,5 +90,6 @@ def run(args) -> int:
         num_nodes=args.num_nodes, num_workers=args.num_workers, threads=args.threads,
         preprocess=pre or None)
     run_dir = train(args.bundles, args.out, config, resume=args.resume, quiet=args.quiet)
-    print(run_dir)
+    if is_main_process():  # DDP re-runs this command in its extra processes
+        print(run_dir)
     return 0
