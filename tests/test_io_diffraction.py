@@ -102,6 +102,10 @@ def test_hdf5_3d_stack_with_dataset_and_scan_shape(tmp_path, scan):
         f["frames"] = scan.reshape(-1, QX, QY)
     with open_diffraction(path, dataset="frames", scan_shape=(RX, RY)) as src:
         np.testing.assert_array_equal(_read_all(src), scan)
+    with open_diffraction(path, scan_shape=(RX, RY)) as src:  # the only stack: found
+        np.testing.assert_array_equal(_read_all(src), scan)
+    with pytest.raises(InputError, match=r"no 4D dataset \(3D: /frames\).*--scan-shape"):
+        open_diffraction(path)
 
 
 def test_py4dstem_emd1_layout_with_calibration(tmp_path, scan):

@@ -176,9 +176,17 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
 
 
 def rows_per_block(source: DiffractionSource, block_bytes: int) -> int:
-    """How many whole scan rows fit in ``block_bytes`` (at least one)."""
+    """How many whole scan rows to read at once.
+
+    As many as fit in ``block_bytes`` (at least one), rounded down to a
+    multiple of the source's storage chunk (``source.chunk_rows``) so that no
+    chunk of a lazily loaded file is read twice; a file chunked more coarsely
+    than ``block_bytes`` is read one chunk at a time.
+    """
     row_bytes = source.scan_shape[1] * int(np.prod(source.detector_shape)) * source.dtype.itemsize
-    return max(1, int(block_bytes) // row_bytes)
+    rows = max(1, int(block_bytes) // row_bytes)
+    chunk = max(1, int(source.chunk_rows))
+    return chunk * max(1, rows // chunk)
 
 
 def copy_patterns(source: DiffractionSource, target, *, block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -226,7 +234,7 @@ def _read_eds(eds, wanted, k_table, beam_energy_kev, source: DiffractionSource,
         if maps.was_percent:
             notes.append(f"EDS maps in {path} hold percent (values above 1); divided by 100")
         info = {"kind": "element maps", "percent": maps.was_percent,
-                "files": {e: f.name for e, f in maps.files.items()}}
+                "maps": {e: f.name for e, f in maps.files.items()}}
         return {e: maps.fractions[e] for e in maps.elements}, info
     if not path.exists():
         raise InputError("no such file or folder", path=path,

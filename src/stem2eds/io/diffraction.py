@@ -10,7 +10,8 @@ detector rows, detector columns) in the file's own dtype, read block by block
   it) or a 4D volume stack, memory-mapped with ``mrcfile``;
 * NumPy ``.npy``: memory-mapped (``np.load(mmap_mode="r")``), 4D or a 3D stack;
 * HDF5 (``.h5``, ``.hdf5``, ``.hdf``, ``.emd``, ``.py4dstem``): the dataset
-  named by ``dataset`` or the only 4D dataset in the file (plain files,
+  named by ``dataset``, or the only 4D dataset in the file (or, with a scan
+  shape given and no 4D dataset, the only 3D stack) (plain files,
   py4DSTEM / EMD 1.0 layouts), read by ``h5py``; ``.emd`` files go to
   RosettaSciIO first (Velox and NCEM EMD), then to the HDF5 search;
 * everything else RosettaSciIO reads (DM3/DM4, EMPAD ``.xml``, blockfile
@@ -64,6 +65,9 @@ class DiffractionSource:
         ``beam_energy_kev``); absent when the file does not say.
     reader : str
         What read it, e.g. ``"mrcfile (3D stack)"`` or ``"rsciio EMPAD"``.
+    chunk_rows : int
+        Scan rows per storage chunk of a dask-backed source (1 otherwise):
+        reading blocks that are multiples of it reads every chunk once.
     """
 
     path: Path
@@ -72,6 +76,7 @@ class DiffractionSource:
     dtype: np.dtype
     calibration: dict[str, Any] = field(default_factory=dict)
     reader: str = ""
+    chunk_rows: int = 1
     #: Indexable along its first axis: (Rx, Ry, Qx, Qy), or (Rx*Ry, Qx, Qy) for a flat stack.
     _array: Any = field(default=None, repr=False)
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
@@ -253,7 +258,7 @@ def _open_mrc(path: Path, scan_shape) -> DiffractionSource:
     # diffraction patterns they carry no usable Q calibration, so none is read.
     kind = "4D volume stack" if data.ndim == 4 else "3D stack"
     return DiffractionSource(path, scan, det, np.dtype(data.dtype), {}, f"mrcfile ({kind})",
-                             data, mrc.close)
+                             _array=data, _close=mrc.close)
 
 
 # -- NumPy ----------------------------------------------------------------------
@@ -268,7 +273,8 @@ def _open_npy(path: Path, scan_shape) -> DiffractionSource:
     scan, det = _shapes(path, data.shape, scan_shape, ".npy array")
     mm = getattr(data, "_mmap", None)
     return DiffractionSource(path, scan, det, np.dtype(data.dtype), {}, "numpy (memory map)",
-                             data, (mm.close if mm is not None else (lambda: None)))
+                             _array=data,
+                             _close=mm.close if mm is not None else (lambda: None))
 
 
 # -- HDF5 -----------------------------------------------------------------------
@@ -317,17 +323,23 @@ def _open_hdf5(path: Path, scan_shape, dataset: str | None) -> DiffractionSource
             if len(four_d) > 1:
                 raise InputError(f"has {len(four_d)} 4D datasets: {', '.join(four_d)}", path=path,
                                  hint="choose one with --dataset PATH")
-            if not four_d:
-                raise InputError("has no 4D dataset", path=path,
-                                 hint="name a 3D stack with --dataset PATH and --scan-shape")
-            ds = f[four_d[0]]
+            stacks = _ndim_paths(f, 3)
+            if four_d:
+                ds = f[four_d[0]]
+            elif scan_shape is not None and len(stacks) == 1:
+                ds = f[stacks[0]]  # the only stack of frames, with the scan shape given
+            else:
+                raise InputError("has no 4D dataset" + (f" (3D: {', '.join(stacks)})" if stacks
+                                                        else ""), path=path,
+                                 hint="name a 3D stack of frames with --dataset PATH and "
+                                      "--scan-shape ROWSxCOLS")
         scan, det = _shapes(path, ds.shape, scan_shape, f"dataset {ds.name}")
         calibration = _hdf5_calibration(f, ds)
     except BaseException:
         f.close()
         raise
     return DiffractionSource(path, scan, det, np.dtype(ds.dtype), calibration,
-                             f"h5py ({ds.name})", ds, f.close)
+                             f"h5py ({ds.name})", _array=ds, _close=f.close)
 
 
 def _ndim_paths(f, ndim: int) -> list[str]:
@@ -492,7 +504,19 @@ def _source_from_signal(path: Path, signal: dict, scan_shape, plugin: str) -> Di
     if energy is not None and energy > 0:
         cal["beam_energy_kev"] = energy
     return DiffractionSource(path, scan, det, np.dtype(data.dtype), cal, f"rsciio {plugin}",
-                             data, lambda: _close_dask(data))
+                             chunk_rows=_dask_chunk_rows(data, scan[1]), _array=data,
+                             _close=lambda: _close_dask(data))
+
+
+def _dask_chunk_rows(data, ry: int) -> int:
+    """Scan rows in the first dask chunk (1 when chunks do not hold whole rows)."""
+    chunks = getattr(data, "chunks", None)
+    if not chunks:
+        return 1
+    first = int(chunks[0][0])
+    if data.ndim == 4:
+        return max(1, first)
+    return first // ry if first % ry == 0 else 1
 
 
 def _close_dask(data) -> None:
