@@ -223,6 +223,8 @@ def test_unknown_and_missing_files(tmp_path):
     odd.write_bytes(b"123")
     with pytest.raises(InputError, match="unknown diffraction file type '.xyz'"):
         open_diffraction(odd)
+    with pytest.raises(InputError, match="--dataset applies to HDF5 files"):
+        open_diffraction(odd, dataset="/data")
     not_h5 = tmp_path / "scan.h5"
     not_h5.write_bytes(b"not hdf5 at all")
     with pytest.raises(InputError, match="not a readable HDF5 file"):

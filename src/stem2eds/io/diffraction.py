@@ -179,6 +179,9 @@ def open_diffraction(path: str | os.PathLike, scan_shape: Sequence[int] | None =
     if p.stat().st_size == 0:
         raise InputError("file is empty", path=p)
     ext = p.suffix.lower()
+    if dataset is not None and ext not in HDF5_EXTENSIONS:
+        raise InputError(f"--dataset applies to HDF5 files, not {p.suffix or 'this'} files",
+                         path=p, hint="drop --dataset")
     if ext in MRC_EXTENSIONS:
         return _open_mrc(p, scan_shape)
     if ext in NPY_EXTENSIONS:
