@@ -36,7 +36,7 @@ REFERENCE_Q_PIXEL_NM = 0.1451
 #: Radius of the unscattered-beam disk (probe convergence) at 256 px, in px.
 REFERENCE_PROBE_RADIUS = 3.0
 #: Profile samples per detector pixel on the 1D q grid.
-_OVERSAMPLE = 8
+_OVERSAMPLE = 4
 #: Patterns rendered at once (bounds the float32 work arrays to ~40 MB at 256x256).
 _BATCH = 64
 #: Upper q for the elastic cross-section integral, 1/Angstrom (f^2 is negligible beyond).
@@ -62,8 +62,17 @@ def _disk_weights(distance: np.ndarray, radius: float) -> np.ndarray:
 def _profile_grid(detector: int, q_pixel_nm: float) -> tuple[np.ndarray, float]:
     """1D q grid (1/Angstrom) covering the detector corners with margin for origin drift."""
     step = q_pixel_nm / 10.0 / _OVERSAMPLE
-    q_top = max(np.sqrt(2.0) * detector * q_pixel_nm / 10.0, _Q_CROSS_SECTION)
+    q_top = np.sqrt(2.0) * detector * q_pixel_nm / 10.0
     return np.arange(0.0, q_top + 2 * step, step), step
+
+
+@lru_cache(maxsize=16)
+def _elastic_cross_sections(elements: tuple[str, ...], energy_kev: float) -> np.ndarray:
+    """Kinematic elastic cross-section per atom, lambda^2 int |f|^2 d^2q, Angstrom^2, shape (E,)."""
+    q = np.linspace(0.0, _Q_CROSS_SECTION, 4001)
+    f2 = scattering_factor(elements, q, energy_kev) ** 2
+    lam = electron_wavelength(energy_kev)
+    return lam ** 2 * np.trapezoid(f2 * 2.0 * np.pi * q, q, axis=1)
 
 
 def radial_profiles(composition: np.ndarray, elements: Sequence[str], q: np.ndarray,
@@ -76,7 +85,7 @@ def radial_profiles(composition: np.ndarray, elements: Sequence[str], q: np.ndar
         Atomic fractions.
     elements : sequence of str
     q : ndarray, shape (nq,)
-        Uniform grid of scattering vectors ``1/d`` in 1/Angstrom, from 0.
+        Grid of scattering vectors ``1/d`` in 1/Angstrom.
     energy_kev : float
 
     Returns
@@ -89,11 +98,9 @@ def radial_profiles(composition: np.ndarray, elements: Sequence[str], q: np.ndar
         ``exp(-attenuation * t)``.
     """
     intensity, rho = amorphous_intensity(q, composition, elements, energy_kev)
-    lam = electron_wavelength(energy_kev)
-    f2 = np.asarray(composition, dtype=np.float64) @ scattering_factor(elements, q, energy_kev) ** 2
-    dq = q[1] - q[0]
-    inside = q <= _Q_CROSS_SECTION
-    sigma_el = lam ** 2 * np.sum(f2[:, inside] * 2.0 * np.pi * q[inside], axis=1) * dq
+    # <f^2> is linear in the fractions, so is the cross-section of the mixture.
+    sigma_el = np.asarray(composition, dtype=np.float64) @ _elastic_cross_sections(
+        tuple(elements), float(energy_kev))
     return rho[:, None] * intensity, rho * sigma_el
 
 
@@ -190,36 +197,57 @@ def expected_patterns(composition: np.ndarray, thickness: np.ndarray, origins: n
         block = np.take_along_axis(pixel_profile[lo:hi], index, axis=1)
         block = block.reshape(hi - lo, detector, detector)
         beam = dose * transmitted[lo:hi]
-        for k in range(hi - lo):
+        which, centres, electrons = [], [], []
+        unscattered = beam.copy()
+        for k in np.flatnonzero(g_t[lo:hi] > 0):
             idx = lo + k
-            diffracted = 0.0
-            if g_t[idx] > 0:
-                q_xy, fraction = bragg_reflections(int(g_zone[idx]), float(g_rot[idx]),
-                                                   np.asarray(g_tilt[idx]), float(g_t[idx]),
-                                                   q_max_detector, energy_kev)
-                diffracted = float(fraction.sum())
-                _add_disks(block[k], origins[idx] + q_xy / dq, beam[k] * fraction, radius)
-            _add_disks(block[k], origins[idx][None, :], [beam[k] * (1.0 - diffracted)], radius)
+            q_xy, fraction = bragg_reflections(int(g_zone[idx]), float(g_rot[idx]),
+                                               np.asarray(g_tilt[idx]), float(g_t[idx]),
+                                               q_max_detector, energy_kev)
+            unscattered[k] *= 1.0 - fraction.sum()
+            which.append(np.full(len(fraction), k))
+            centres.append(origins[idx] + q_xy / dq)
+            electrons.append(beam[k] * fraction)
+        which.append(np.arange(hi - lo))
+        centres.append(origins[lo:hi])
+        electrons.append(unscattered)
+        _add_disks(block, np.concatenate(which), np.concatenate(centres),
+                   np.concatenate(electrons), radius)
         out[lo:hi] = block
     return out
 
 
-def _add_disks(pattern: np.ndarray, centres: np.ndarray, electrons: np.ndarray, radius: float) -> None:
-    """Add Bragg disks holding ``electrons`` each at ``centres`` (m, 2) px, in place, in windows."""
-    size = pattern.shape[0]
-    half = int(np.ceil(radius)) + 2
-    offsets = np.arange(-half, half + 1)
-    for (cr, cc), n_e in zip(centres, electrons):
-        r0, c0 = int(round(cr)), int(round(cc))
-        rr, cc_ = r0 + offsets, c0 + offsets
-        if rr[-1] < 0 or cc_[-1] < 0 or rr[0] >= size or cc_[0] >= size or n_e <= 0:
-            continue
-        d = np.hypot(rr[:, None] - cr, cc_[None, :] - cc)
-        w = _disk_weights(d, radius)
-        w *= n_e / max(w.sum(), 1e-12)
-        keep_r = (rr >= 0) & (rr < size)
-        keep_c = (cc_ >= 0) & (cc_ < size)
-        pattern[np.ix_(rr[keep_r], cc_[keep_c])] += w[np.ix_(keep_r, keep_c)].astype(np.float32)
+def _add_disks(block: np.ndarray, which: np.ndarray, centres: np.ndarray, electrons: np.ndarray,
+               radius: float) -> None:
+    """Add disks to patterns in place, each drawn in a small window around its centre.
+
+    Parameters
+    ----------
+    block : ndarray, shape (b, Q, Q)
+        Patterns to add to.
+    which : ndarray of int, shape (m,)
+        Pattern index of each disk.
+    centres : ndarray, shape (m, 2)
+        Disk centres (row, column), px, sub-pixel.
+    electrons : ndarray, shape (m,)
+        Electrons in each disk (spread over the disk, also the part off the detector).
+    radius : float
+        Disk radius, px.
+    """
+    size = block.shape[1]
+    offsets = np.arange(-(int(np.ceil(radius)) + 2), int(np.ceil(radius)) + 3)
+    start = np.rint(centres).astype(np.int64)
+    rows = start[:, 0, None] + offsets                                # (m, W)
+    cols = start[:, 1, None] + offsets
+    dist = np.hypot(rows[:, :, None] - centres[:, 0, None, None],
+                    cols[:, None, :] - centres[:, 1, None, None])      # (m, W, W)
+    weight = _disk_weights(dist, radius)
+    weight *= (np.asarray(electrons) / np.maximum(weight.sum(axis=(1, 2)), 1e-12))[:, None, None]
+    rr = np.broadcast_to(rows[:, :, None], weight.shape)
+    cc = np.broadcast_to(cols[:, None, :], weight.shape)
+    pp = np.broadcast_to(np.asarray(which)[:, None, None], weight.shape)
+    inside = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size) & (weight > 0)
+    np.add.at(block, (pp[inside], rr[inside], cc[inside]), weight[inside].astype(np.float32))
 
 
 def simulate_patterns(composition: np.ndarray, thickness: np.ndarray, origins: np.ndarray,
@@ -248,6 +276,19 @@ def simulate_patterns(composition: np.ndarray, thickness: np.ndarray, origins: n
     -------
     ndarray, shape (n, detector, detector), uint16
     """
-    expected = expected_patterns(composition, thickness, origins, **kwargs)
-    counts = rng.poisson(expected)
-    return np.minimum(counts, np.iinfo(np.uint16).max).astype(np.uint16)
+    comp = np.atleast_2d(np.asarray(composition, dtype=np.float64))
+    n = len(comp)
+    thickness = np.broadcast_to(np.asarray(thickness, dtype=np.float64), (n,))
+    origins = np.asarray(origins, dtype=np.float64).reshape(n, 2)
+    per_pattern = {k: kwargs.pop(k) for k in ("grain_thickness", "grain_zone", "grain_rotation",
+                                              "grain_tilt") if kwargs.get(k) is not None}
+    detector = int(kwargs.get("detector", REFERENCE_DETECTOR))
+    out = np.empty((n, detector, detector), dtype=np.uint16)
+    top = np.iinfo(np.uint16).max
+    # Sub-batches keep the int64 Poisson draws small.
+    for lo in range(0, n, _BATCH):
+        sl = slice(lo, min(lo + _BATCH, n))
+        extra = {k: np.asarray(v)[sl] for k, v in per_pattern.items()}
+        expected = expected_patterns(comp[sl], thickness[sl], origins[sl], **kwargs, **extra)
+        np.minimum(rng.poisson(expected), top, out=out[sl], casting="unsafe")
+    return out

@@ -1,0 +1,284 @@
+"""The driver: simulate a series of scans and write one scan bundle per scan.
+
+Each scan bundle holds, besides what a converted real scan holds
+(``diffraction`` uint16 (Rx, Ry, Qx, Qy), ``eds/<El>``, ``haadf``), the
+ground truth that later stages are tested against:
+
+* ``truth/<El>`` (Rx, Ry) float32: noise-free atomic fractions;
+* ``simulation/origin`` (Rx, Ry, 2) float32: true beam centre (row, col), px;
+* ``simulation/grain_mask`` (Rx, Ry) uint8: 1 where a crystalline grain adds Bragg disks;
+* ``simulation/grain_thickness`` (Rx, Ry) float32: crystal thickness, nm;
+* ``simulation/thickness`` (Rx, Ry) float32: film thickness, nm.
+
+Patterns are generated one block of scan rows at a time (in worker threads:
+numpy releases the GIL in the Poisson sampler) and written straight into the
+bundle, so memory does not grow with the scan. Every random draw comes from a
+generator seeded by (seed, scan, purpose[, row block]), so the same settings
+give the same bytes whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..bundle import Calibration, create_bundle
+from ..errors import InputError
+from ..progress import track
+from .composition import CompositionModel, composition_maps, latent_fields
+from .diffraction import REFERENCE_DETECTOR, default_q_pixel_size, simulate_patterns
+from .eds import simulate_eds
+from .haadf import haadf_image
+from .specimen import descan_origins, place_grains, thickness_map
+
+ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
+#: Creation time written into simulated bundles: fixed, so that same seed gives same bytes.
+FIXED_CREATED = "2000-01-01T00:00:00+00:00"
+R_PIXEL_NM = 1.053
+
+# Independent random streams per scan (SeedSequence spawn keys).
+_STREAM_SERIES, _STREAM_SPECIMEN, _STREAM_EDS, _STREAM_HAADF, _STREAM_PATTERNS = range(5)
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """Everything that defines a simulated series (stored in each bundle's provenance).
+
+    Attributes
+    ----------
+    n_scans : int
+        Number of scans (bundles), named ``scan_<first_scan + k>``.
+    scan_shape : (int, int)
+        Probe positions (Rx, Ry): scan rows, scan columns.
+    detector : int
+        Detector size in px (square); Q pixel size scales to keep the paper's
+        field of view (0.1451 1/nm at 256 px).
+    dose : float
+        Electrons per diffraction pattern.
+    seed : int
+        Seed of every random draw.
+    first_scan : int
+        Number of the first scan (the paper's series starts at 0033).
+    eds_dose : float
+        X-ray counts per nm of film for a unit-yield pure element (sets EDS noise).
+    thickness_nm : float
+        Mean film thickness, nm.
+    descan_px : float
+        Beam-centre movement across a scan, px at 256 px (scaled with ``detector``).
+    jitter_px : float
+        Per-pattern beam-centre jitter, px at 256 px.
+    grain_scan_fraction : float
+        Fraction of the scans that contain crystalline grains (at least one
+        scan with and one without when there are two scans or more).
+    max_grains : int
+        Most grains per scan that has grains.
+    energy_kev : float
+        Beam energy, keV.
+    workers : int
+        Threads generating patterns (does not change the output).
+    composition : CompositionModel
+        Parameters of the composition fields.
+    """
+
+    n_scans: int = 6
+    scan_shape: tuple[int, int] = (110, 45)
+    detector: int = 256
+    dose: float = 2e5
+    seed: int = 0
+    first_scan: int = 33
+    eds_dose: float = 10.0
+    thickness_nm: float = 30.0
+    descan_px: float = 4.0
+    jitter_px: float = 0.15
+    grain_scan_fraction: float = 0.5
+    max_grains: int = 3
+    energy_kev: float = 200.0
+    workers: int = 2
+    composition: CompositionModel = field(default_factory=CompositionModel)
+
+    def __post_init__(self):
+        rx, ry = self.scan_shape
+        checks = [(self.n_scans >= 1, "--scans must be at least 1"),
+                  (rx >= 1 and ry >= 1, "--scan-shape must be positive"),
+                  (16 <= self.detector <= 4096, "--detector must be 16..4096 px"),
+                  (self.dose > 0, "--dose must be positive (electrons per pattern)"),
+                  (self.eds_dose > 0, "--eds-dose must be positive"),
+                  (self.thickness_nm > 0, "thickness must be positive"),
+                  (self.first_scan >= 0, "--first-scan must be non-negative"),
+                  (self.workers >= 1, "--workers must be at least 1")]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def to_dict(self) -> dict:
+        """The settings that determine the output (``workers`` does not)."""
+        d = asdict(self)
+        d["scan_shape"] = list(self.scan_shape)
+        del d["workers"]
+        return d
+
+    @property
+    def q_pixel_size(self) -> float:
+        """Detector pixel in 1/nm."""
+        return default_q_pixel_size(self.detector)
+
+    def scan_names(self) -> list[str]:
+        return [f"scan_{self.first_scan + k:04d}" for k in range(self.n_scans)]
+
+
+def _rng(settings: SimulationSettings, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([settings.seed, *key]))
+
+
+def _grain_counts(settings: SimulationSettings) -> list[int]:
+    """How many grains each scan has: some scans crystalline, others not."""
+    rng = _rng(settings, _STREAM_SERIES, 1)
+    n = settings.n_scans
+    n_with = int(round(settings.grain_scan_fraction * n))
+    if n >= 2:
+        n_with = min(max(n_with, 1), n - 1)
+    with_grains = set(rng.choice(n, size=n_with, replace=False).tolist()) if n_with else set()
+    return [int(rng.integers(1, settings.max_grains + 1)) if k in with_grains else 0
+            for k in range(n)]
+
+
+def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: int,
+                  latent: dict[str, np.ndarray], grain_count: int, quiet: bool = True) -> Path:
+    """Simulate scan ``scan_index`` of the series and write it as a bundle at ``path``.
+
+    Parameters
+    ----------
+    path : path-like
+        Output ``.h5`` file (written atomically).
+    settings : SimulationSettings
+    scan_index : int
+        0-based index in the series.
+    latent : dict
+        Microstructure shared by the series (:func:`.composition.latent_fields`).
+    grain_count : int
+        Number of crystalline grains in this scan.
+    quiet : bool
+        No progress output.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    rx, ry = settings.scan_shape
+    det = settings.detector
+    scale = det / REFERENCE_DETECTOR
+    truth = composition_maps(latent, settings.scan_shape, scan_index, settings.n_scans,
+                             ELEMENTS, settings.composition)                      # (E, Rx, Ry)
+    spec_rng = _rng(settings, _STREAM_SPECIMEN, scan_index)
+    thickness = thickness_map(settings.scan_shape, spec_rng, settings.thickness_nm,
+                              r_pixel_nm=R_PIXEL_NM)
+    origins = descan_origins(settings.scan_shape, det, spec_rng, settings.descan_px * scale,
+                             settings.jitter_px * scale)
+    grains = place_grains(settings.scan_shape, thickness, spec_rng, grain_count,
+                          r_pixel_nm=R_PIXEL_NM)
+    eds = simulate_eds(truth, thickness, ELEMENTS, settings.eds_dose,
+                       _rng(settings, _STREAM_EDS, scan_index))
+    haadf = haadf_image(truth, thickness, ELEMENTS, _rng(settings, _STREAM_HAADF, scan_index),
+                        grain_thickness=grains.thickness)
+
+    comp_flat = truth.reshape(len(ELEMENTS), -1).T
+    rows_per_block = max(1, 128 // ry)
+
+    def block(i0: int) -> tuple[int, np.ndarray]:
+        sl = slice(i0 * ry, min(i0 + rows_per_block, rx) * ry)
+        patterns = simulate_patterns(
+            comp_flat[sl], thickness.reshape(-1)[sl], origins.reshape(-1, 2)[sl],
+            _rng(settings, _STREAM_PATTERNS, scan_index, i0),
+            elements=ELEMENTS, detector=det, dose=settings.dose, energy_kev=settings.energy_kev,
+            grain_thickness=grains.thickness.reshape(-1)[sl], grain_zone=grains.zone.reshape(-1)[sl],
+            grain_rotation=grains.rotation.reshape(-1)[sl], grain_tilt=grains.tilt.reshape(-1, 2)[sl])
+        return sl.start, patterns
+
+    provenance = {"command": "simulate", "simulator": "stem2eds.simulate",
+                  "settings": settings.to_dict(), "scan_index": scan_index,
+                  "grain_count": grain_count, "created": FIXED_CREATED}
+    calibration = Calibration(r_pixel_size=R_PIXEL_NM, r_pixel_unit="nm",
+                              q_pixel_size=settings.q_pixel_size, q_pixel_unit="1/nm",
+                              beam_energy_kev=settings.energy_kev)
+    starts = list(range(0, rx, rows_per_block))
+    with create_bundle(path, scan_shape=settings.scan_shape, detector_shape=(det, det),
+                       dtype=np.uint16, elements=ELEMENTS, calibration=calibration,
+                       provenance=provenance, kind="raw") as out:
+        _map_in_order(block, starts, settings.workers,
+                      lambda result: out.write_patterns(*result),
+                      description=f"simulating {path.stem}", quiet=quiet)
+        out.write_eds({e: eds[i] for i, e in enumerate(ELEMENTS)})
+        out.write_haadf(haadf)
+        out.write_maps("truth", {e: truth[i] for i, e in enumerate(ELEMENTS)})
+        sim = out.file.require_group("simulation")
+        sim.attrs["description"] = "ground truth of the simulator"
+        for name, data, unit in (("origin", origins, "px (detector row, column)"),
+                                 ("grain_mask", grains.mask, "1 = crystalline grain"),
+                                 ("grain_thickness", grains.thickness.astype(np.float32), "nm"),
+                                 ("thickness", thickness.astype(np.float32), "nm")):
+            ds = sim.create_dataset(name, data=data, track_times=False)
+            ds.attrs["unit"] = unit
+    return path
+
+
+def _map_in_order(func: Callable, items: Sequence, workers: int, consume: Callable,
+                  description: str, quiet: bool) -> None:
+    """Apply ``func`` to ``items`` in threads, consuming results in order, few in flight."""
+    if workers <= 1:
+        for item in track(items, description=description, quiet=quiet):
+            consume(func(item))
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = []
+        queue = iter(items)
+        for item in queue:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= 2 * workers:
+                break
+        for _ in track(range(len(items)), description=description, quiet=quiet):
+            consume(pending.pop(0).result())
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append(pool.submit(func, nxt))
+
+
+def simulate_series(out_dir: str | Path, settings: SimulationSettings = SimulationSettings(),
+                    quiet: bool = True) -> list[Path]:
+    """Simulate a scan series and write ``out_dir/scan_<NNNN>.h5``, one bundle per scan.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Output folder (created if missing).
+    settings : SimulationSettings
+    quiet : bool
+        No progress output.
+
+    Returns
+    -------
+    list of Path
+        The bundles, in scan order.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("output exists and is not a folder", path=out)
+    out.mkdir(parents=True, exist_ok=True)
+    latent = latent_fields(settings.scan_shape, settings.n_scans,
+                           _rng(settings, _STREAM_SERIES, 0), settings.composition)
+    counts = _grain_counts(settings)
+    return [simulate_scan(out / f"{name}.h5", settings, k, latent, counts[k], quiet=quiet)
+            for k, name in enumerate(settings.scan_names())]
+
+
+def settings_from_provenance(text: str) -> SimulationSettings:
+    """Rebuild :class:`SimulationSettings` from a bundle's provenance JSON."""
+    d = dict(json.loads(text)["settings"])
+    d["scan_shape"] = tuple(d["scan_shape"])
+    d["composition"] = CompositionModel(**d["composition"])
+    return replace(SimulationSettings(), **d)
