@@ -33,6 +33,7 @@ def make_patterns(origins, q=128, disk_radius=10.0, disk_counts=30.0, ring_radiu
     cc = np.arange(q, dtype=float)[None, None, :] - origins[:, 1, None, None]
     d = np.hypot(rr, cc)
     img = disk_counts * 0.5 * erfc((d - disk_radius) / (np.sqrt(2) * 0.8))
+    ring_counts = np.asarray(ring_counts, float).reshape(-1, 1, 1)  # scalar or one per pattern
     img += ring_counts * np.exp(-0.5 * ((d - ring_radius) / 4.0) ** 2) + background
     for _ in range(n_spots):
         ang = rng.uniform(0, 2 * np.pi, n)
@@ -224,7 +225,8 @@ def test_streaming_driver_equals_in_memory_pipeline(tmp_path):
     assert settings.scale > 0 and settings.beam_radius > 0 and settings.probe_radius > 0
     # in-memory reference: the same functions on the whole cropped stack at once
     stack = patterns[1:11, 2:10].reshape(-1, 64, 64)
-    radius = find_origins(patterns.reshape(-1, 64, 64)[:120]).probe_radius  # first rows
+    # the aperture radius comes from the region's first rows (up to 256 patterns)
+    radius = find_origins(stack[:256]).probe_radius
     measured = find_origins(stack, radius).origins.reshape(10, 8, 2)
     fitted = fit_origins(measured, "plane").fitted
     values = process_patterns(stack, fitted.reshape(-1, 2), settings.beam_radius, 4, "none")

@@ -145,6 +145,7 @@ def find_offset(reference_map: np.ndarray, map_pixel_size: float, scan_image: np
         Position of scan pixel (0, 0) on the map, in scan pixels.
     error : float
     """
+    from skimage.filters import window
     from skimage.registration import phase_cross_correlation
 
     ratio = float(scan_pixel_size) / float(map_pixel_size)
@@ -156,11 +157,31 @@ def find_offset(reference_map: np.ndarray, map_pixel_size: float, scan_image: np
     b = np.zeros(shape)
     a[:full[0], :full[1]] = _standardise(on_scan_px)
     b[:scan_image.shape[0], :scan_image.shape[1]] = _standardise(scan_image)
-    shift, error, _ = phase_cross_correlation(a, b, upsample_factor=upsample,
-                                              normalization=None)
-    # a(x) ~ b(x - shift): scan pixel y lies at map-grid position y + shift;
-    # shifts beyond half the padded size wrap around to negative offsets
-    return (float(shift[0]), float(shift[1])), float(error)
+    mask_a = np.zeros(shape, bool)
+    mask_a[:full[0], :full[1]] = True
+    mask_b = np.zeros(shape, bool)
+    mask_b[:scan_image.shape[0], :scan_image.shape[1]] = True
+    # 1) whole-pixel offset anywhere in the map, by masked normalised
+    # cross-correlation (Padfield), which does not favour large overlaps of
+    # the zero padding: a(x) ~ b(x - shift), i.e. scan pixel y lies at
+    # map-grid position y + shift
+    overlap = 0.9 * mask_b.sum() / mask_a.sum()
+    shift = phase_cross_correlation(a, b, reference_mask=mask_a, moving_mask=mask_b,
+                                    overlap_ratio=min(overlap, 0.9))[0]
+    offset = np.asarray(shift, dtype=np.float64)
+    # 2) sub-pixel refinement on equal-size, fully overlapping images: the
+    # map resampled at the current offset against the scan image, both
+    # tapered by a Hann window so the periodic correlation sees no edges
+    taper = window("hann", scan_image.shape)
+    moving = _standardise(scan_image) * taper
+    for _ in range(2):
+        crop = resample_maps(reference_map[None], map_pixel_size, scan_pixel_size,
+                             scan_image.shape, tuple(offset))[0]
+        delta, error, _ = phase_cross_correlation(_standardise(crop) * taper, moving,
+                                                  upsample_factor=upsample,
+                                                  normalization=None)
+        offset = offset + delta
+    return (float(offset[0]), float(offset[1])), float(error)
 
 
 def register_maps(maps: np.ndarray, reference_map: np.ndarray, map_pixel_size: float,
