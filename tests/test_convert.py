@@ -312,6 +312,12 @@ def test_existing_output_replaced_only_on_success(tmp_path, inputs, run_cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "scan.h5"]
 
 
+def test_missing_output_folder(tmp_path, inputs, run_cli):
+    args = _break(inputs, "unit without size")[:-2]
+    code, _, err = run_cli("convert", *args, "--out", tmp_path / "no" / "scan.h5")
+    assert code == 2 and "output folder does not exist" in err
+
+
 def test_provenance_json_is_complete(tmp_path, inputs):
     convert(inputs / "scan.mrc", tmp_path / "b.h5", scan_shape=(RX, RY), eds=inputs / "maps",
             command="stem2eds convert ...")

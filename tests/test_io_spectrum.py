@@ -89,6 +89,17 @@ def test_cliff_lorimer_recovers_atomic_fractions(tmp_path, atomic):
     assert np.array_equal(np.argsort(got, -1), np.argsort(atomic, -1))
 
 
+def test_eds_sem_signal_is_quantified_as_tem(tmp_path, atomic):
+    """Bruker files from a TEM may be typed EDS_SEM; they are quantified all the same."""
+    s = make_spectrum_image(atomic)
+    s.set_signal_type("EDS_SEM")  # exspy moves the beam energy to Acquisition_instrument.SEM
+    assert s.metadata.has_item("Acquisition_instrument.SEM.beam_energy")
+    path = _save(s, tmp_path / "sem.hspy")
+    result = quantify_spectrum_image(path, ELEMENTS, K_FACTORS)
+    got = np.stack([result.fractions[e] for e in ELEMENTS], axis=-1)
+    np.testing.assert_allclose(got, atomic, atol=0.01)
+
+
 def test_k_factors_from_file_metadata(tmp_path, atomic):
     path = _save(make_spectrum_image(atomic, store_k=K_FACTORS), tmp_path / "si.hspy")
     result = quantify_spectrum_image(path)

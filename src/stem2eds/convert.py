@@ -144,6 +144,9 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
                          hint="pass --eds FOLDER_OR_FILE")
     if out.exists() and out.is_dir():
         raise InputError("--out is a folder; give a file name such as scan.h5", path=out)
+    if not out.absolute().parent.is_dir():  # checked now, not after copying the scan
+        raise InputError("output folder does not exist", path=out.absolute().parent,
+                         hint="create it first or choose another --out")
     with open_diffraction(diffraction, scan_shape=scan_shape, dataset=dataset) as source:
         if out.exists() and out.resolve() == source.path.resolve():
             raise InputError("--out would overwrite the diffraction input", path=out)

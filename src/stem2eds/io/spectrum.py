@@ -119,8 +119,9 @@ def load_spectrum_image(path: str | os.PathLike):
 
     Returns
     -------
-    exspy EDS signal
-        Navigation shape (Rx, Ry) (``signal.data`` is (Rx, Ry, channels)).
+    exspy EDSTEMSpectrum (lazy)
+        Navigation shape (Rx, Ry) (``signal.data`` is (Rx, Ry, channels));
+        an ``EDS_SEM`` signal is retyped to ``EDS_TEM``.
 
     Raises
     ------
@@ -145,7 +146,13 @@ def load_spectrum_image(path: str | os.PathLike):
     if len(eds) > 1:
         raise InputError(f"{len(eds)} EDS spectrum images in the file", path=p,
                          hint="export the one to use to its own .hspy")
-    return eds[0]
+    si = eds[0]
+    if si.metadata.Signal.signal_type != "EDS_TEM":
+        # Cliff-Lorimer lives on exspy's EDS_TEM class (thin-film quantification);
+        # Bruker files from a TEM are sometimes typed EDS_SEM. exspy moves the
+        # SEM acquisition metadata (beam energy, detector) over to TEM itself.
+        si.set_signal_type("EDS_TEM")
+    return si
 
 
 def quantify_spectrum_image(path: str | os.PathLike, elements: Sequence[str] | None = None,
