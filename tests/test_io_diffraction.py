@@ -229,3 +229,22 @@ def test_unknown_and_missing_files(tmp_path):
     not_h5.write_bytes(b"not hdf5 at all")
     with pytest.raises(InputError, match="not a readable HDF5 file"):
         open_diffraction(not_h5)
+
+
+def test_empad_xml_and_raw(tmp_path, rng):
+    """EMPAD: an XML header beside a raw float32 file of 128x130 frames (2 footer rows).
+
+    No library writes EMPAD files, so the raw file is laid out by hand as the
+    detector software writes it; RosettaSciIO reads it.
+    """
+    rx, ry = 4, 3
+    frames = np.full((rx, ry, 130, 128), -1, np.float32)
+    frames[..., :128, :] = rng.random((rx, ry, 128, 128), dtype=np.float32)
+    frames.tofile(tmp_path / f"scan_x{ry}_y{rx}.raw")
+    (tmp_path / "scan.xml").write_text(
+        f'<root><raw_file filename="scan_x{ry}_y{rx}.raw"/><pix_x>{ry}</pix_x>'
+        f"<pix_y>{rx}</pix_y></root>")
+    with open_diffraction(tmp_path / "scan.xml") as src:
+        assert src.reader == "rsciio EMPAD"
+        assert src.shape == (rx, ry, 128, 128) and src.dtype == np.float32
+        np.testing.assert_array_equal(_read_all(src), frames[..., :128, :])
