@@ -242,7 +242,8 @@ def _break(src, case):
         tifffile.imwrite(src / "maps" / "Ge.tif", bad)
     elif case == "map shape differs from scan":
         for element in ("Ge", "Te"):
-            tifffile.imwrite(src / "maps" / f"{element}.tif", np.full((RX + 2, RY), 0.1, np.float32))
+            tifffile.imwrite(src / "maps" / f"{element}.tif",
+                             np.full((RX + 2, RY), 0.1, np.float32))
     elif case == "HAADF shape differs from scan":
         tifffile.imwrite(src / "haadf.tif", np.ones((RY, RX), np.float32))
     elif case == "unknown element":

@@ -178,6 +178,7 @@ def test_rsciio_formats_written_by_hyperspy(tmp_path, scan, ext, reader):
         np.testing.assert_array_equal(_read_all(src), scan)
         assert src.calibration["r_pixel_size"] == pytest.approx(1.5)
         assert src.calibration["q_pixel_size"] == pytest.approx(0.1)
+        assert src.calibration["q_pixel_unit"] == "1/nm"  # NCEM EMD reads back "1 / nm"
     if ext == "hspy":
         assert src.calibration["beam_energy_kev"] == 200.0
 

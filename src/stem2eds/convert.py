@@ -268,7 +268,8 @@ def _calibration(source: DiffractionSource, r_pixel, r_unit, q_pixel, q_unit,
                  beam_energy_kev) -> Calibration:
     """The file's calibration with the user's values on top."""
     values: dict[str, Any] = dict(source.calibration)
-    for prefix, size, unit, default in (("r", r_pixel, r_unit, "nm"), ("q", q_pixel, q_unit, "1/nm")):
+    for prefix, size, unit, default in (("r", r_pixel, r_unit, "nm"),
+                                        ("q", q_pixel, q_unit, "1/nm")):
         if size is not None:
             values[f"{prefix}_pixel_size"] = float(size)
             values[f"{prefix}_pixel_unit"] = unit or default

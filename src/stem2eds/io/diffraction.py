@@ -372,7 +372,7 @@ def _hdf5_calibration(f, ds) -> dict[str, Any]:
                 step, unit = _dim_step(d)
                 if step is not None:
                     cal[f"{prefix}_pixel_size"] = step
-                    cal[f"{prefix}_pixel_unit"] = unit
+                    cal[f"{prefix}_pixel_unit"] = _unit(unit)
             break
     found: dict[str, Any] = {}
     wanted = {"r_pixel_size", "r_pixel_units", "q_pixel_size", "q_pixel_units",
@@ -397,7 +397,7 @@ def _hdf5_calibration(f, ds) -> dict[str, Any]:
             cal[f"{prefix}_pixel_size"] = size
             unit = found.get(f"{prefix}_pixel_units")
             if unit is not None:
-                cal[f"{prefix}_pixel_unit"] = _text(unit)
+                cal[f"{prefix}_pixel_unit"] = _unit(_text(unit))
             if _text(cal.get(f"{prefix}_pixel_unit", "px")).lower() in ("pixels", "pixel"):
                 cal[f"{prefix}_pixel_unit"] = "px"
     energy = _scalar(found.get("beam_energy_kev", found.get("beam_energy")))
@@ -413,6 +413,11 @@ def _dim_step(d) -> tuple[float | None, str]:
     values = d[:2].astype(float)
     step = float(values[1] - values[0])
     return (step, unit) if step > 0 else (None, unit)
+
+
+def _unit(text: str) -> str:
+    """Units as one token: ``"1 / nm"`` (pint's style in RosettaSciIO) -> ``"1/nm"``."""
+    return "".join(str(text).split())
 
 
 def _scalar(value) -> float | None:
@@ -500,7 +505,7 @@ def _source_from_signal(path: Path, signal: dict, scan_shape, plugin: str) -> Di
             scale = _scalar(axis.get("scale"))
             if unit and unit not in ("<undefined>", "px", "pixels") and scale and scale > 0:
                 cal[f"{prefix}_pixel_size"] = scale
-                cal[f"{prefix}_pixel_unit"] = unit
+                cal[f"{prefix}_pixel_unit"] = _unit(unit)
                 break
     tem = signal.get("metadata", {}).get("Acquisition_instrument", {}).get("TEM", {})
     energy = _scalar(tem.get("beam_energy"))

@@ -138,8 +138,8 @@ def load_spectrum_image(path: str | os.PathLike):
     eds = [s for s in signals if str(s.metadata.Signal.signal_type).startswith("EDS")
            and s.axes_manager.navigation_dimension == 2 and s.axes_manager.signal_dimension == 1]
     if not eds:
-        kinds = ", ".join(f"{s.metadata.General.title or '?'} ({s.metadata.Signal.signal_type or 'untyped'})"
-                          for s in signals)
+        kinds = ", ".join(f"{s.metadata.General.title or '?'} "
+                          f"({s.metadata.Signal.signal_type or 'untyped'})" for s in signals)
         raise InputError(f"no EDS spectrum image with 2 scan axes in the file (found: {kinds})",
                          path=p, hint="give a Velox .emd, Bruker .bcf or an EDS_TEM .hspy, "
                                       "or a folder of element maps")
