@@ -41,7 +41,8 @@ class OriginBatch:
         Number of windows in ``disk_sum``.
     half_window : int
     probe_radius : float
-        Disk radius (px) used for the aperture (given, or measured on the batch).
+        Disk radius (px) at half maximum of the mean of the windows aligned on
+        the found origins (the given radius when no pattern had a disk).
     """
 
     origins: np.ndarray
@@ -110,15 +111,18 @@ def _gather_windows(patterns: np.ndarray, centres: np.ndarray, half: int) -> np.
     return np.where(valid, win, 0).astype(np.float32)
 
 
-def disk_radius(image: np.ndarray) -> float:
+def disk_radius(image: np.ndarray, smooth: float = 1.0) -> float:
     """Radius (px) of the bright disk in a (H, W) image, from its half-maximum area.
 
     The background is the median of the image border; the disk is the set of
-    pixels above half way between background and the (lightly smoothed)
-    maximum. The radius is ``sqrt(area / pi)``, which is insensitive to a
-    blurred edge.
+    pixels above half way between background and the maximum. The radius is
+    ``sqrt(area / pi)``, which is insensitive to a symmetric edge blur.
+    ``smooth`` (px, Gaussian sigma) tames noise in single or few patterns;
+    use 0 on a mean of many, where it would only lower the peak of a small disk.
     """
-    img = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), 1.0)
+    img = np.asarray(image, dtype=np.float64)
+    if smooth > 0:
+        img = ndimage.gaussian_filter(img, smooth)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     bg = float(np.median(border))
     peak = float(img.max())
@@ -217,6 +221,12 @@ def find_origins(patterns: np.ndarray, probe_radius: float | None = None,
     ok = np.all(np.isfinite(centre), axis=1)
     disk_sum = _gather_windows(patterns[ok], final[ok], half).sum(axis=0) if ok.any() \
         else np.zeros((2 * half + 1,) * 2, np.float32)
+    if ok.any():
+        # the windows aligned on the final origins give a sharper mean disk
+        # than the coarse alignment the aperture radius came from
+        measured = disk_radius(disk_sum / ok.sum(), smooth=0.0 if ok.sum() >= 20 else 1.0)
+        if np.isfinite(measured):
+            probe_radius = measured
     return OriginBatch(centre, disk_sum.astype(np.float64), int(ok.sum()), half,
                        float(probe_radius))
 

@@ -243,7 +243,7 @@ def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int =
     if n_sum == 0:
         raise InputError("no diffraction pattern has counts: cannot find the unscattered beam",
                          path=scan.path)
-    probe_radius = disk_radius(disk_sum / n_sum)
+    probe_radius = disk_radius(disk_sum / n_sum, smooth=0.0 if n_sum >= 20 else 1.0)
     measured = measured.reshape(shape[0], shape[1], 2)
     try:
         fit = fit_origins(measured, settings.origin_fit)
