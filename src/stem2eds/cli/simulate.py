@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--scans", type=int, default=6, help="number of scans in the series")
     p.add_argument("--scan-shape", default="110x45", help="probe positions ROWSxCOLS")
     p.add_argument("--detector", type=int, default=256, help="detector size in pixels (square)")
-    p.add_argument("--dose", type=float, default=2e5, help="electrons per diffraction pattern")
+    p.add_argument("--dose", type=float, default=2e5,
+                   help="electrons per diffraction pattern (series mean; the beam current "
+                        "varies by 5 %% from scan to scan)")
     p.add_argument("--eds-dose", type=float, default=10.0,
                    help="X-ray counts per nm of film for a unit-yield element (EDS noise)")
     p.add_argument("--seed", type=int, default=0, help="random seed")

@@ -59,7 +59,10 @@ class SimulationSettings:
         Detector size in px (square); Q pixel size scales to keep the paper's
         field of view (0.1451 1/nm at 256 px).
     dose : float
-        Electrons per diffraction pattern.
+        Electrons per diffraction pattern (mean over the series).
+    dose_variation : float
+        Relative standard deviation of the beam current from scan to scan
+        (each scan gets its own dose; recorded in its provenance).
     seed : int
         Seed of every random draw.
     first_scan : int
@@ -89,6 +92,7 @@ class SimulationSettings:
     scan_shape: tuple[int, int] = (110, 45)
     detector: int = 256
     dose: float = 2e5
+    dose_variation: float = 0.05
     seed: int = 0
     first_scan: int = 33
     eds_dose: float = 10.0
@@ -107,6 +111,7 @@ class SimulationSettings:
                   (rx >= 1 and ry >= 1, "--scan-shape must be positive"),
                   (16 <= self.detector <= 4096, "--detector must be 16..4096 px"),
                   (self.dose > 0, "--dose must be positive (electrons per pattern)"),
+                  (0 <= self.dose_variation < 0.5, "dose_variation must be in [0, 0.5)"),
                   (self.eds_dose > 0, "--eds-dose must be positive"),
                   (self.thickness_nm > 0, "thickness must be positive"),
                   (self.first_scan >= 0, "--first-scan must be non-negative"),
@@ -182,6 +187,8 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
                              settings.jitter_px * scale)
     grains = place_grains(settings.scan_shape, thickness, spec_rng, grain_count,
                           r_pixel_nm=R_PIXEL_NM)
+    dose = settings.dose * float(np.clip(1.0 + settings.dose_variation * spec_rng.standard_normal(),
+                                         0.5, 1.5))
     eds = simulate_eds(truth, thickness, ELEMENTS, settings.eds_dose,
                        _rng(settings, _STREAM_EDS, scan_index))
     haadf = haadf_image(truth, thickness, ELEMENTS, _rng(settings, _STREAM_HAADF, scan_index),
@@ -195,14 +202,14 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
         patterns = simulate_patterns(
             comp_flat[sl], thickness.reshape(-1)[sl], origins.reshape(-1, 2)[sl],
             _rng(settings, _STREAM_PATTERNS, scan_index, i0),
-            elements=ELEMENTS, detector=det, dose=settings.dose, energy_kev=settings.energy_kev,
+            elements=ELEMENTS, detector=det, dose=dose, energy_kev=settings.energy_kev,
             grain_thickness=grains.thickness.reshape(-1)[sl], grain_zone=grains.zone.reshape(-1)[sl],
             grain_rotation=grains.rotation.reshape(-1)[sl], grain_tilt=grains.tilt.reshape(-1, 2)[sl])
         return sl.start, patterns
 
     provenance = {"command": "simulate", "simulator": "stem2eds.simulate",
                   "settings": settings.to_dict(), "scan_index": scan_index,
-                  "grain_count": grain_count, "created": FIXED_CREATED}
+                  "grain_count": grain_count, "dose": dose, "created": FIXED_CREATED}
     calibration = Calibration(r_pixel_size=R_PIXEL_NM, r_pixel_unit="nm",
                               q_pixel_size=settings.q_pixel_size, q_pixel_unit="1/nm",
                               beam_energy_kev=settings.energy_kev)
