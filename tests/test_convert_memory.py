@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 
 import h5py
+import mrcfile
 import numpy as np
+import pytest
 
 from stem2eds import open_bundle
 from stem2eds.convert import convert, copy_patterns
 from stem2eds.io import DiffractionSource, open_diffraction
+from stem2eds.io import diffraction as diffraction_module
 
 SHAPE = (48, 40, 48, 48)  # 8.8 MB of uint16: big enough to see, small enough for CI
 
@@ -100,3 +104,51 @@ def test_rsciio_lazy_source_is_read_block_by_block(tmp_path):
         peak = _peak_copy_bytes(src, target, block_bytes=256 * 1024)
         np.testing.assert_array_equal(target[()], data)
     assert peak < data.nbytes / 8, f"peak {peak} bytes for a {data.nbytes}-byte scan"
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")  # pragma: no cover
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_memory_mapped_mrc_does_not_stay_resident(tmp_path, monkeypatch):
+    """Pages of the MRC memory map are let go after each block is copied.
+
+    Resident memory is sampled after every block. The first blocks warm up
+    allocator pools and HDF5 caches (a bounded ~10 MiB); from then on it must
+    stay flat while the second half of the scan (16 MiB) streams through.
+    Without releasing the pages (the control) it grows by that half.
+    """
+    shape = (64, 64, 64, 64)  # 32 MiB of uint16
+    data_bytes = int(np.prod(shape)) * 2
+    path = tmp_path / "scan.mrc"
+    with mrcfile.new_mmap(path, shape=(shape[0] * shape[1], *shape[2:]), mrc_mode=6) as m:
+        for k in range(0, len(m.data), 512):
+            m.data[k:k + 512] = k // 512 + 1
+    original = DiffractionSource.read_rows
+
+    def growth_over_second_half(out_name) -> int:
+        samples = []
+
+        def sampling(self, start, stop):
+            block = original(self, start, stop)
+            samples.append(_resident_bytes())
+            return block
+
+        monkeypatch.setattr(DiffractionSource, "read_rows", sampling)
+        convert(path, tmp_path / out_name, scan_shape=shape[:2], block_bytes=2**20)
+        monkeypatch.setattr(DiffractionSource, "read_rows", original)
+        assert len(samples) == 32
+        return samples[-1] - samples[len(samples) // 2 - 1]
+
+    growth = growth_over_second_half("a.h5")
+    assert growth < data_bytes / 16, f"resident memory grew {growth} bytes over 16 MiB read"
+    monkeypatch.setattr(diffraction_module, "_release_pages", lambda root, view: None)
+    control = growth_over_second_half("b.h5")
+    assert control > data_bytes / 4, f"control grew only {control} bytes"
+    with open_bundle(tmp_path / "a.h5") as b:
+        assert b.diffraction[0, 0, 0, 0] == 1 and b.diffraction[-1, -1, 0, 0] == 8

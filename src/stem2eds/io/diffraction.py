@@ -26,6 +26,7 @@ command-line flags override them.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,12 @@ class DiffractionSource:
             block = self._array[start * ry:stop * ry]
         else:
             block = self._array[start:stop]
-        block = np.asarray(block)  # computes a dask block; copies out of a memmap/h5py
+        if isinstance(block, np.memmap):
+            view = block
+            block = np.array(view)  # our own copy, so the mapped pages can be let go
+            _release_pages(self._array, view)
+        else:
+            block = np.asarray(block)  # reads from HDF5; computes a dask block
         return block.reshape(stop - start, ry, *self.detector_shape)
 
     def iter_rows(self, rows_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -143,6 +149,29 @@ class DiffractionSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _release_pages(root: np.memmap, view: np.ndarray) -> None:
+    """Drop the pages of ``view`` (a slice of the memory map ``root``) from this process.
+
+    Pages of a read-only file mapping stay counted in the process's resident
+    memory after they are read, so streaming a 100 GB MRC through a memory map
+    would show 100 GB resident at the end (reclaimable, but alarming and
+    pushing other data out). ``MADV_DONTNEED`` unmaps them; touching them again
+    re-reads the file. Skipped where the platform lacks ``madvise``.
+    """
+    mm = getattr(root, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    base = root.__array_interface__["data"][0]
+    pointer = view.__array_interface__["data"][0]
+    # np.memmap maps from the offset rounded down to the allocation granularity
+    pos = int(getattr(root, "offset", 0)) % mmap.ALLOCATIONGRANULARITY + (pointer - base)
+    start = pos - pos % mmap.PAGESIZE
+    stop = min(pos + view.nbytes, len(mm))
+    if 0 <= start < stop:
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 def open_diffraction(path: str | os.PathLike, scan_shape: Sequence[int] | None = None,
