@@ -216,7 +216,7 @@ def test_settings_round_trip_through_json():
 
 # -- streaming driver --------------------------------------------------------------
 
-def test_streaming_driver_equals_in_memory_pipeline(tmp_path):
+def test_streaming_driver_equals_in_memory_pipeline(tmp_path, monkeypatch):
     src = tmp_path / "raw.h5"
     origins_true, patterns, comp = make_bundle(src)
     out = tmp_path / "pre.h5"
@@ -249,7 +249,11 @@ def test_streaming_driver_equals_in_memory_pipeline(tmp_path):
         assert PreprocessSettings.from_dict(pre.json_attr("preprocess")) == settings
         assert pre.calibration.q_pixel_size == pytest.approx(0.08)
         assert raw_calibration(pre).q_pixel_size == pytest.approx(0.02)
-    # prediction path: same patterns from the raw bundle, no file written
+    # prediction path: same patterns from the raw bundle, no file written,
+    # here also transformed in chunks smaller than the read blocks
+    from stem2eds.preprocess import pipeline
+
+    monkeypatch.setattr(pipeline, "WORK_CHUNK", 7)
     with open_bundle(src) as raw:
         blocks = list(iter_preprocessed(raw, settings, batch=50))
     streamed = np.concatenate([b for _, b in blocks])
@@ -270,3 +274,16 @@ def test_given_scale_is_reused(tmp_path):
     assert 0 < np.mean(~unclipped) < 0.01
     np.testing.assert_allclose(vb[unclipped], va[unclipped] / 2, rtol=1e-5, atol=1e-7)
     assert vb.max() <= 0.5 + 1e-6 or np.all(vb[~unclipped] >= 0.5 - 1e-6)
+
+
+def test_figures_are_written(tmp_path):
+    from stem2eds.preprocess import save_figures
+
+    src = tmp_path / "raw.h5"
+    make_bundle(src, rx=6, ry=5)
+    settings = preprocess_bundle(src, tmp_path / "pre.h5", PreprocessSettings(), quiet=True)
+    with open_bundle(src) as raw:
+        paths = save_figures(raw, settings, tmp_path)
+    assert [p.name for p in paths] == ["preprocess_pattern_steps.png", "preprocess_eds_blur.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000

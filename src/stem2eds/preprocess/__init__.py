@@ -12,6 +12,7 @@ Training and prediction use the same functions with the stored settings
 prediction time.
 """
 
+from .figures import plot_eds_filter, plot_pattern_steps, save_figures
 from .maps import crop_maps, filter_maps, parse_crop, preprocess_maps
 from .origin import OriginBatch, OriginFit, disk_radius, find_origins, fit_origins
 from .patterns import (apply_scaling, beam_mask, bin_patterns, centre_patterns,
@@ -28,4 +29,5 @@ __all__ = [
     "centre_patterns", "remove_beam", "beam_mask", "bin_patterns", "apply_scaling",
     "process_patterns", "normalise", "detector_centre",
     "filter_maps", "crop_maps", "parse_crop",
+    "plot_pattern_steps", "plot_eds_filter", "save_figures",
 ]

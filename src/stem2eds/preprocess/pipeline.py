@@ -32,6 +32,9 @@ from .origin import OriginFit, disk_radius, find_origins, fit_origins
 from .patterns import SCALINGS, TopValues, finish_patterns, centre_patterns, normalise
 
 ORIGIN_FITS = ("plane", "poly2", "none")
+#: Patterns transformed at once inside a read block: bounds the float32 work
+#: arrays (~10 copies of the chunk) whatever block size the caller reads.
+WORK_CHUNK = 256
 #: Groups of a raw bundle holding maps that are not yet on the scan grid.
 EDS_UNREGISTERED = "eds_unregistered"
 HAADF_UNREGISTERED = "haadf_unregistered"
@@ -236,10 +239,11 @@ def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int =
     del sample
     for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
                                  description="finding origins", quiet=quiet):
-        found = find_origins(patterns, radius)
-        measured[start:start + len(patterns)] = found.origins
-        disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
-        n_sum += found.n_summed
+        for lo in range(0, len(patterns), WORK_CHUNK):
+            found = find_origins(patterns[lo:lo + WORK_CHUNK], radius)
+            measured[start + lo:start + lo + len(found.origins)] = found.origins
+            disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
+            n_sum += found.n_summed
     if n_sum == 0:
         raise InputError("no diffraction pattern has counts: cannot find the unscattered beam",
                          path=scan.path)
@@ -271,10 +275,17 @@ def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: 
         from .register import annular_sum
     for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
                                  description="preprocessing patterns", quiet=quiet):
-        centred = centre_patterns(patterns, flat_origins[start:start + len(patterns)])
-        if adf is not None:
-            adf[start:start + len(patterns)] = annular_sum(centred, beam_radius, min(qx, qy) / 2)
-        yield start, finish_patterns(centred, beam_radius, settings.bin_factor, settings.scaling)
+        done = []
+        for lo in range(0, len(patterns), WORK_CHUNK):
+            chunk = patterns[lo:lo + WORK_CHUNK]
+            first = start + lo
+            centred = centre_patterns(chunk, flat_origins[first:first + len(chunk)])
+            if adf is not None:
+                adf[first:first + len(chunk)] = annular_sum(centred, beam_radius,
+                                                            min(qx, qy) / 2)
+            done.append(finish_patterns(centred, beam_radius, settings.bin_factor,
+                                        settings.scaling))
+        yield start, np.concatenate(done)
 
 
 def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int = 1024,
