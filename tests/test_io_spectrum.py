@@ -109,6 +109,13 @@ def test_k_factors_from_file_metadata(tmp_path, atomic):
     np.testing.assert_allclose(got, atomic, atol=0.01)
 
 
+def test_k_factor_for_a_named_line_selects_that_line(tmp_path, atomic):
+    path = _save(make_spectrum_image(atomic), tmp_path / "si.hspy")
+    result = quantify_spectrum_image(path, ELEMENTS, {"Ge_La": 3.0, "O": 2.0, "Si": 1.1})
+    assert result.xray_lines == {"Ge": "Ge_La", "O": "O_Ka", "Si": "Si_Ka"}
+    assert result.k_factors["Ge"] == 3.0
+
+
 def test_wrong_k_factors_change_the_answer(tmp_path, atomic):
     """The k-factors are really used: k = 1 everywhere gives another composition."""
     path = _save(make_spectrum_image(atomic), tmp_path / "si.hspy")

@@ -16,6 +16,7 @@ would give compositions off by tens of percent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -182,7 +183,25 @@ def quantify_spectrum_image(path: str | os.PathLike, elements: Sequence[str] | N
     InputError
         No elements known, a missing k-factor, beam energy unknown.
     """
-    p = Path(path)
+    with _no_progress_bars():
+        return _quantify(Path(path), elements, k_factors, beam_energy_kev)
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """Silence HyperSpy's tqdm bars: the command line prints its own, one-line, output."""
+    import hyperspy.api as hs
+
+    general = hs.preferences.General
+    before = general.show_progressbar
+    general.show_progressbar = False
+    try:
+        yield
+    finally:
+        general.show_progressbar = before
+
+
+def _quantify(p: Path, elements, k_factors, beam_energy_kev) -> QuantifiedMaps:
     s = load_spectrum_image(p)
     stored = list(s.metadata.get_item("Sample.elements", default=[]) or [])
     if elements is None:
@@ -198,26 +217,29 @@ def quantify_spectrum_image(path: str | os.PathLike, elements: Sequence[str] | N
         raise InputError("the file does not say the beam energy, needed to choose X-ray lines",
                          path=p, hint="pass --beam-energy KEV")
 
-    # Keep the file's lines for the chosen elements (with their k-factors),
-    # and let exspy choose a line for elements the file has none for.
+    # Lines: those named in --k-factors (e.g. Ge_La), then the file's lines
+    # for the chosen elements, then exspy's choice for elements with none.
+    given = dict(k_factors or {})
     stored_lines = list(s.metadata.get_item("Sample.xray_lines", default=[]) or [])
     stored_k = list(s.metadata.get_item("Sample.kfactors", default=[]) or [])
     file_k = dict(zip(stored_lines, stored_k)) if len(stored_k) == len(stored_lines) else {}
-    lines = [ln for ln in stored_lines if ln.split("_")[0] in elements]
-    s.metadata.Sample.elements = sorted(elements)
-    s.metadata.Sample.xray_lines = sorted(lines)
-    s.add_lines()
-    lines = {}
-    for line in s.metadata.Sample.xray_lines:
+    preset: dict[str, str] = {}
+    for line in [k for k in given if "_" in k] + stored_lines:
         element = line.split("_")[0]
         if element in elements:
-            lines.setdefault(element, line)
-    missing_lines = [e for e in elements if e not in lines]
+            preset.setdefault(element, line)
+    s.metadata.Sample.elements = sorted(elements)
+    s.metadata.Sample.xray_lines = sorted(preset.values())
+    s.add_lines()  # adds the best line of every element that has none yet
+    line_of: dict[str, str] = dict(preset)
+    for line in s.metadata.Sample.xray_lines:
+        line_of.setdefault(line.split("_")[0], line)
+    missing_lines = [e for e in elements if e not in line_of]
     if missing_lines:
         raise InputError(f"no X-ray line found for {', '.join(missing_lines)} within the "
                          "spectrum's energy range", path=p)
+    lines = {e: line_of[e] for e in elements}
 
-    given = dict(k_factors or {})
     k_used: dict[str, float] = {}
     missing_k = []
     for element, line in lines.items():
