@@ -189,6 +189,7 @@ def test_spectrum_image_eds_and_haadf_from_file(tmp_path, rng, run_cli):
         "--elements", "Si,Ge,O", "--haadf", tmp_path / "haadf.hspy", "--out", out)
     assert code == 0, err
     assert "EDS Si,Ge,O + HAADF" in stdout
+    assert "it/s" not in err  # no HyperSpy progress bars among our one-line messages
     with open_bundle(out) as b:
         eds = b.eds()
         assert b.elements == ["Si", "Ge", "O"]
