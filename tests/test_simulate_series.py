@@ -194,3 +194,37 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, run_cli):
     code, out, err = run_cli("simulate", tmp_path / "z", "--detector", "8")
     assert code == 2 and "--detector" in err
     assert not any(tmp_path.rglob("*.h5"))
+
+
+def test_eds_quantification_is_unbiased_on_average(series):
+    d = _read(series[0])
+    bias = d["eds"].mean(axis=(1, 2)) - d["truth"].mean(axis=(1, 2))
+    assert np.all(np.abs(bias) < 0.005), dict(zip(ELEMENTS, bias))
+
+
+def test_overview_figures_are_written(series, tmp_path):
+    from stem2eds.simulate.figure import overview_figures, radial_average
+
+    paths = overview_figures(series[0], tmp_path / "simulated")
+    assert [p.name for p in paths] == ["simulated_pattern.png", "simulated_maps.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    ring = radial_average(np.ones((16, 16)), np.array([7.5, 7.5]), 8)
+    assert np.allclose(ring, 1.0)
+
+
+def test_interpolation_is_easier_than_extrapolation(series):
+    """The series evolves: training on both ends beats training on the first scan (middle scans)."""
+    def features(d):
+        prof = _radial_profiles(d["diffraction"], d["origin"])[:, 2:]
+        return np.log(np.maximum(prof / prof.sum(axis=1, keepdims=True), 1e-7))
+
+    data = [_read(p) for p in series]
+    xs = [features(d) for d in data]
+    ys = [_blur(d["eds"]).reshape(5, -1).T for d in data]
+    extrapolate = make_pipeline(StandardScaler(), Ridge(alpha=10.0)).fit(xs[0], ys[0])
+    interpolate = make_pipeline(StandardScaler(), Ridge(alpha=10.0)).fit(
+        np.vstack([xs[0], xs[-1]]), np.vstack([ys[0], ys[-1]]))
+    mae = {name: np.mean([np.abs(m.predict(x) - y).mean() for x, y in zip(xs[1:-1], ys[1:-1])])
+           for name, m in (("extrapolation", extrapolate), ("interpolation", interpolate))}
+    print("mean MAE over the middle scans:", mae)
+    assert mae["interpolation"] < mae["extrapolation"]

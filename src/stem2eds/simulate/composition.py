@@ -125,6 +125,32 @@ def latent_fields(scan_shape: Sequence[int], n_scans: int, rng: np.random.Genera
     return {name: _smooth_field(shape, scale, rng) for name, scale in _LATENT_SCALES.items()}
 
 
+def scan_window(field: np.ndarray, scan_shape: Sequence[int], scan_index: int,
+                drift: float) -> np.ndarray:
+    """The part of a series-wide field (scan plus margin) that scan ``scan_index`` sees.
+
+    The specimen drifts by ``drift`` probe steps per scan along a fixed
+    diagonal, rounded to whole steps (sub-step drift would need resampling).
+
+    Parameters
+    ----------
+    field : ndarray, shape (Rx + 2m, Ry + 2m)
+    scan_shape : (Rx, Ry)
+    scan_index : int
+    drift : float
+
+    Returns
+    -------
+    ndarray, shape (Rx, Ry)
+    """
+    rx, ry = (int(v) for v in scan_shape)
+    margin = (field.shape[0] - rx) // 2
+    shift = int(round(drift * scan_index))
+    r0 = margin - shift // 2
+    c0 = margin + shift - shift // 2
+    return field[r0:r0 + rx, c0:c0 + ry]
+
+
 def composition_maps(latent: dict[str, np.ndarray], scan_shape: Sequence[int], scan_index: int,
                      n_scans: int, elements: Sequence[str] = ("O", "Si", "Ge", "Sb", "Te"),
                      model: CompositionModel = CompositionModel()) -> np.ndarray:
@@ -150,14 +176,8 @@ def composition_maps(latent: dict[str, np.ndarray], scan_shape: Sequence[int], s
     if sorted(elements) != sorted(("O", "Si", "Ge", "Sb", "Te")):
         raise InputError(f"the Ge-Sb-Te film model needs elements O,Si,Ge,Sb,Te, got {','.join(elements)}")
     rx, ry = (int(v) for v in scan_shape)
-    full = next(iter(latent.values())).shape
-    margin = (full[0] - rx) // 2
     progress = scan_index / max(n_scans - 1, 1)                     # 0 first scan, 1 last
-    # Drift along a fixed diagonal, a whole number of steps (sub-step drift would need resampling).
-    shift = int(round(model.drift * scan_index))
-    r0 = margin - shift // 2
-    c0 = margin + shift - shift // 2
-    crop = {k: v[r0:r0 + rx, c0:c0 + ry] for k, v in latent.items()}
+    crop = {k: scan_window(v, scan_shape, scan_index, model.drift) for k, v in latent.items()}
 
     segregation = model.segregation * (1.0 + model.segregation_growth * progress)
     domains = np.tanh(model.interface_sharpness * crop["segregation"])

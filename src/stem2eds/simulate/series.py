@@ -30,7 +30,7 @@ import numpy as np
 from ..bundle import Calibration, create_bundle
 from ..errors import InputError
 from ..progress import track
-from .composition import CompositionModel, composition_maps, latent_fields
+from .composition import CompositionModel, composition_maps, latent_fields, scan_window
 from .diffraction import REFERENCE_DETECTOR, default_q_pixel_size, simulate_patterns
 from .eds import simulate_eds
 from .haadf import haadf_image
@@ -164,7 +164,8 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
     scan_index : int
         0-based index in the series.
     latent : dict
-        Microstructure shared by the series (:func:`.composition.latent_fields`).
+        Microstructure shared by the series (:func:`.composition.latent_fields`),
+        plus ``"thickness"``: the film thickness (nm) over the same area.
     grain_count : int
         Number of crystalline grains in this scan.
     quiet : bool
@@ -178,11 +179,12 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
     rx, ry = settings.scan_shape
     det = settings.detector
     scale = det / REFERENCE_DETECTOR
-    truth = composition_maps(latent, settings.scan_shape, scan_index, settings.n_scans,
+    fields = {k: v for k, v in latent.items() if k != "thickness"}
+    truth = composition_maps(fields, settings.scan_shape, scan_index, settings.n_scans,
                              ELEMENTS, settings.composition)                      # (E, Rx, Ry)
     spec_rng = _rng(settings, _STREAM_SPECIMEN, scan_index)
-    thickness = thickness_map(settings.scan_shape, spec_rng, settings.thickness_nm,
-                              r_pixel_nm=R_PIXEL_NM)
+    thickness = scan_window(latent["thickness"], settings.scan_shape, scan_index,
+                            settings.composition.drift)
     origins = descan_origins(settings.scan_shape, det, spec_rng, settings.descan_px * scale,
                              settings.jitter_px * scale)
     grains = place_grains(settings.scan_shape, thickness, spec_rng, grain_count,
@@ -278,6 +280,9 @@ def simulate_series(out_dir: str | Path, settings: SimulationSettings = Simulati
     out.mkdir(parents=True, exist_ok=True)
     latent = latent_fields(settings.scan_shape, settings.n_scans,
                            _rng(settings, _STREAM_SERIES, 0), settings.composition)
+    latent["thickness"] = thickness_map(next(iter(latent.values())).shape,
+                                        _rng(settings, _STREAM_SERIES, 2), settings.thickness_nm,
+                                        r_pixel_nm=R_PIXEL_NM)
     counts = _grain_counts(settings)
     return [simulate_scan(out / f"{name}.h5", settings, k, latent, counts[k], quiet=quiet)
             for k, name in enumerate(settings.scan_names())]

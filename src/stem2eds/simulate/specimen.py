@@ -45,9 +45,13 @@ def thickness_map(scan_shape: tuple[int, int], rng: np.random.Generator, mean_nm
                   r_pixel_nm: float = 1.053) -> np.ndarray:
     """Film thickness at each probe position: a wedge plus smooth undulation.
 
+    A series draws it once over the scan plus the drift margin (the same
+    lamella is imaged every time) and crops it per scan.
+
     Parameters
     ----------
     scan_shape : (Rx, Ry)
+        Area to cover, probe positions.
     rng : numpy.random.Generator
     mean_nm : float
         Mean thickness, nm.
