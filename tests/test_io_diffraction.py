@@ -11,6 +11,7 @@ import pytest
 
 from stem2eds.errors import InputError
 from stem2eds.io import find_4d_datasets, open_diffraction
+from stem2eds.io.diffraction import standard_units
 
 RX, RY, QX, QY = 5, 4, 6, 7
 
@@ -127,14 +128,14 @@ def test_py4dstem_emd1_layout_with_calibration(tmp_path, scan):
         cal.attrs["emd_group_type"] = "metadata"
         cal.create_dataset("R_pixel_size", data=1.053)
         cal.create_dataset("R_pixel_units", data="nm")
-        cal.create_dataset("Q_pixel_size", data=0.1451)
-        cal.create_dataset("Q_pixel_units", data="A^-1")
+        cal.create_dataset("Q_pixel_size", data=0.01451)
+        cal.create_dataset("Q_pixel_units", data="A^-1")  # py4DSTEM's 1/angstrom
     with open_diffraction(path) as src:
         np.testing.assert_array_equal(_read_all(src), scan)
         assert src.calibration["r_pixel_size"] == pytest.approx(1.053)
         assert src.calibration["r_pixel_unit"] == "nm"
         assert src.calibration["q_pixel_size"] == pytest.approx(0.1451)
-        assert src.calibration["q_pixel_unit"] == "A^-1"
+        assert src.calibration["q_pixel_unit"] == "1/nm"
 
 
 def test_emd_dim_vectors_give_calibration(tmp_path, scan):
@@ -249,3 +250,19 @@ def test_empad_xml_and_raw(tmp_path, rng):
         assert src.reader == "rsciio EMPAD"
         assert src.shape == (rx, ry, 128, 128) and src.dtype == np.float32
         np.testing.assert_array_equal(_read_all(src), frames[..., :128, :])
+
+
+@pytest.mark.parametrize("prefix,size,unit,expected", [
+    ("r", 10.53, "Å", (1.053, "nm")),
+    ("r", 0.002, "µm", (2.0, "nm")),
+    ("r", 1.0, "nm", (1.0, "nm")),
+    ("q", 0.01451, "1/Å", (0.1451, "1/nm")),
+    ("q", 0.01451, "A^-1", (0.1451, "1/nm")),
+    ("q", 0.2, "1 / nm", (0.2, "1/nm")),
+    ("q", 0.0001, "rad", (0.1, "mrad")),
+    ("q", 0.5, "cm", (0.5, "cm")),  # not a detector unit: kept as the file says
+    ("r", 3.0, "px", (3.0, "px")),
+])
+def test_standard_units(prefix, size, unit, expected):
+    got = standard_units(prefix, size, unit)
+    assert got[1] == expected[1] and got[0] == pytest.approx(expected[0])

@@ -18,7 +18,7 @@ import numpy as np
 
 from .bundle import Calibration, create_bundle, describe_source, element_list
 from .errors import InputError
-from .io.diffraction import DiffractionSource, open_diffraction
+from .io.diffraction import DiffractionSource, open_diffraction, standard_units
 from .io.maps import read_image, read_map_folder
 from .io.spectrum import parse_k_factors, quantify_spectrum_image, read_haadf_from_file
 from .progress import track
@@ -266,13 +266,13 @@ def _read_haadf(path, source: DiffractionSource) -> np.ndarray:
 
 def _calibration(source: DiffractionSource, r_pixel, r_unit, q_pixel, q_unit,
                  beam_energy_kev) -> Calibration:
-    """The file's calibration with the user's values on top."""
+    """The file's calibration with the user's values on top (R in nm, Q in 1/nm or mrad)."""
     values: dict[str, Any] = dict(source.calibration)
     for prefix, size, unit, default in (("r", r_pixel, r_unit, "nm"),
                                         ("q", q_pixel, q_unit, "1/nm")):
         if size is not None:
-            values[f"{prefix}_pixel_size"] = float(size)
-            values[f"{prefix}_pixel_unit"] = unit or default
+            values[f"{prefix}_pixel_size"], values[f"{prefix}_pixel_unit"] = \
+                standard_units(prefix, float(size), unit or default)
         elif unit is not None:
             # A unit alone would relabel the file's number (or the 1.0 of an
             # uncalibrated axis) without converting it.

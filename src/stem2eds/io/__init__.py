@@ -5,7 +5,7 @@ source of them) in the package's conventions: diffraction (Rx, Ry, Qx, Qy)
 in the file's dtype, maps (Rx, Ry), compositions as atomic fractions in [0, 1].
 """
 
-from .diffraction import DiffractionSource, find_4d_datasets, open_diffraction
+from .diffraction import DiffractionSource, find_4d_datasets, open_diffraction, standard_units
 from .maps import ElementMaps, find_map_files, read_image, read_map_folder, to_fractions
 from .spectrum import (
     QuantifiedMaps,
@@ -19,6 +19,7 @@ __all__ = [
     "DiffractionSource",
     "open_diffraction",
     "find_4d_datasets",
+    "standard_units",
     "ElementMaps",
     "find_map_files",
     "read_image",

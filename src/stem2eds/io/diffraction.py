@@ -432,7 +432,7 @@ def _hdf5_calibration(f, ds) -> dict[str, Any]:
     energy = _scalar(found.get("beam_energy_kev", found.get("beam_energy")))
     if energy is not None and energy > 0:
         cal["beam_energy_kev"] = energy
-    return cal
+    return _standardise(cal)
 
 
 def _dim_step(d) -> tuple[float | None, str]:
@@ -447,6 +447,54 @@ def _dim_step(d) -> tuple[float | None, str]:
 def _unit(text: str) -> str:
     """Units as one token: ``"1 / nm"`` (pint's style in RosettaSciIO) -> ``"1/nm"``."""
     return "".join(str(text).split())
+
+
+#: Lengths in nm. A small table rather than pint: building pint's registry
+#: takes seconds, and these are the units microscope files use. "A" is the
+#: angstrom (py4DSTEM writes "A^-1"), never the ampere, in a pixel size.
+_NM_PER = {"pm": 1e-3, "A": 0.1, "\u00c5": 0.1, "\u212b": 0.1, "angstrom": 0.1, "nm": 1.0,
+           "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "mm": 1e6, "m": 1e9}
+_MRAD_PER = {"mrad": 1.0, "rad": 1e3, "urad": 1e-3, "\u00b5rad": 1e-3, "\u03bcrad": 1e-3}
+
+
+def _standardise(cal: dict[str, Any]) -> dict[str, Any]:
+    """Calibration with R in nm and Q in 1/nm or mrad where the units allow."""
+    out = dict(cal)
+    for prefix in ("r", "q"):
+        size, unit = out.get(f"{prefix}_pixel_size"), out.get(f"{prefix}_pixel_unit")
+        if size is not None and unit is not None:
+            out[f"{prefix}_pixel_size"], out[f"{prefix}_pixel_unit"] = \
+                standard_units(prefix, float(size), unit)
+    return out
+
+
+def standard_units(prefix: str, size: float, unit: str) -> tuple[float, str]:
+    """Express a pixel size in the package's units where the unit is known.
+
+    Parameters
+    ----------
+    prefix : {"r", "q"}
+        Scan (real-space length -> ``nm``) or detector pixel (reciprocal
+        length -> ``1/nm``, angle -> ``mrad``).
+    size : float
+    unit : str
+
+    Returns
+    -------
+    (size, unit)
+        Converted, or unchanged when the unit is not one of the known ones.
+    """
+    unit = _unit(unit)
+    if prefix == "r" and unit in _NM_PER:
+        return size * _NM_PER[unit], "nm"
+    if prefix == "q":
+        inverse = unit[2:] if unit.startswith("1/") else (
+            unit[:-3] if unit.endswith("^-1") else unit[:-2] if unit.endswith("-1") else None)
+        if inverse in _NM_PER:
+            return size / _NM_PER[inverse], "1/nm"
+        if unit in _MRAD_PER:
+            return size * _MRAD_PER[unit], "mrad"
+    return size, unit
 
 
 def _scalar(value) -> float | None:
@@ -540,7 +588,8 @@ def _source_from_signal(path: Path, signal: dict, scan_shape, plugin: str) -> Di
     energy = _scalar(tem.get("beam_energy"))
     if energy is not None and energy > 0:
         cal["beam_energy_kev"] = energy
-    return DiffractionSource(path, scan, det, np.dtype(data.dtype), cal, f"rsciio {plugin}",
+    return DiffractionSource(path, scan, det, np.dtype(data.dtype), _standardise(cal),
+                             f"rsciio {plugin}",
                              chunk_rows=_dask_chunk_rows(data, scan[1]), _array=data,
                              _close=lambda: _close_dask(data))
 
