@@ -58,7 +58,8 @@ def run(args) -> int:
     from dataclasses import asdict
 
     from ..errors import InputError
-    from ..preprocess import REPORT, PreprocessSettings, load_settings, parse_crop, preprocess_bundle
+    from ..preprocess import (PreprocessSettings, load_settings, parse_crop, preprocess_bundle,
+                              summarise)
 
     base = load_settings(args.settings) if args.settings else PreprocessSettings()
     values = asdict(base)
@@ -73,18 +74,19 @@ def run(args) -> int:
     settings = PreprocessSettings.from_dict(values)
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")
-    result = preprocess_bundle(args.bundle, args.out, settings, quiet=args.quiet,
-                               register=args.register, batch=args.batch)
-    drift = REPORT["origin_drift_px"]
-    print(f"wrote {args.out}: scan {REPORT['scan_shape'][0]}x{REPORT['scan_shape'][1]}, "
-          f"patterns {REPORT['detector_shape'][0]}x{REPORT['detector_shape'][1]}")
-    print(f"origin drift (fitted, {result.origin_fit}): {drift[0]:.2f} px rows, "
-          f"{drift[1]:.2f} px columns; rms residual {REPORT['origin_rms_residual_px']:.3f} px, "
-          f"{REPORT['origin_outliers']} outlier(s)")
-    print(f"probe radius {REPORT['probe_radius_px']:.2f} px, beam radius "
-          f"{REPORT['beam_radius_px']:.2f} px, scale {REPORT['scale']:.6g}")
-    if "registration" in REPORT:
-        reg = REPORT["registration"]
+    preprocess_bundle(args.bundle, args.out, settings, quiet=args.quiet,
+                      register=args.register, batch=args.batch)
+    found = summarise(args.out)
+    drift = found["origin_drift_px"]
+    print(f"wrote {args.out}: scan {found['scan_shape'][0]}x{found['scan_shape'][1]}, "
+          f"patterns {found['detector_shape'][0]}x{found['detector_shape'][1]}")
+    print(f"origin drift (fitted, {found['origin_fit']}): {drift[0]:.2f} px rows, "
+          f"{drift[1]:.2f} px columns; rms residual {found['origin_rms_residual_px']:.3f} px, "
+          f"{found['origin_outliers']} outlier(s)")
+    print(f"probe radius {found['probe_radius_px']:.2f} px, beam radius "
+          f"{found['beam_radius_px']:.2f} px, scale {found['scale']:.6g}")
+    if "registration" in found:
+        reg = found["registration"]
         print(f"registration on {reg['reference']}: scan origin at map offset "
               f"({reg['offset'][0]:.2f}, {reg['offset'][1]:.2f}) scan px, pixel ratio "
               f"{reg['pixel_ratio']:.4g}, error {reg['error']:.3f}")

@@ -17,14 +17,14 @@ from .maps import crop_maps, filter_maps, parse_crop, preprocess_maps
 from .origin import OriginBatch, OriginFit, disk_radius, find_origins, fit_origins
 from .patterns import (apply_scaling, beam_mask, bin_patterns, centre_patterns,
                        detector_centre, normalise, process_patterns, remove_beam)
-from .pipeline import (REPORT, PreprocessSettings, iter_preprocessed, iter_region,
-                       load_settings, measure_origins, preprocess_bundle, raw_calibration)
+from .pipeline import (PreprocessSettings, iter_preprocessed, iter_region, load_settings,
+                       measure_origins, preprocess_bundle, raw_calibration, summarise)
 from .radial import radial_axis, radial_profile, ring_radii
 
 __all__ = [
     "PreprocessSettings", "preprocess_bundle", "iter_preprocessed", "preprocess_maps",
     "radial_profile", "radial_axis", "ring_radii", "raw_calibration", "load_settings",
-    "measure_origins", "iter_region", "REPORT",
+    "measure_origins", "iter_region", "summarise",
     "find_origins", "fit_origins", "disk_radius", "OriginBatch", "OriginFit",
     "centre_patterns", "remove_beam", "beam_mask", "bin_patterns", "apply_scaling",
     "process_patterns", "normalise", "detector_centre",

@@ -366,12 +366,11 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
     -------
     PreprocessSettings
         The settings with scale, beam radius, probe radius and detector shape
-        filled in, as stored in the output's ``preprocess`` attribute.
-        Measurements (origin drift, registration shift, ...) are in
-        :attr:`last_report` of this module's :data:`REPORT`.
+        filled in, as stored in the output's ``preprocess`` attribute. What
+        was measured (origins and their fit, registration offset) is in the
+        output bundle; :func:`summarise` reads it back.
     """
     settings = PreprocessSettings(**asdict(settings or PreprocessSettings()))
-    report: dict[str, Any] = {}
     with open_bundle(src) as scan:
         if scan.kind != "raw":
             raise InputError(f"bundle is {scan.kind!r}, expected a raw bundle", path=scan.path,
@@ -420,23 +419,40 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
                                      hint="lower --beam-radius or check the data")
                 settings.scale = scale
                 _normalise_in_place(builder.diffraction, scale, batch)
-            _write_maps(scan, builder, settings, box, register, adf, report)
+            _write_maps(scan, builder, settings, box, register, adf)
             _write_calibration(builder, found, settings)
             builder.set_attrs(preprocess=settings.to_dict(),
                               raw_q_pixel_size=float(raw_cal.q_pixel_size))
-        drift = found.fit.drift
-        report.update(origin_drift_px=drift, origin_rms_residual_px=found.fit.rms_residual,
-                      origin_outliers=found.fit.n_outliers, probe_radius_px=found.probe_radius,
-                      beam_radius_px=beam_radius, scale=settings.scale,
-                      scan_shape=shape, detector_shape=qb)
-    REPORT.clear()
-    REPORT.update(report)
     return settings
 
 
-#: What the last :func:`preprocess_bundle` call measured (origin drift, probe
-#: radius, scale, registration shift), for the command line and reports.
-REPORT: dict[str, Any] = {}
+def summarise(path: str | os.PathLike) -> dict[str, Any]:
+    """What preprocessing measured, read back from a preprocessed bundle.
+
+    Returns
+    -------
+    dict
+        ``scan_shape``, ``detector_shape`` (binned), ``origin_fit`` (method),
+        ``origin_drift_px`` (peak-to-peak of the fitted origin, rows and
+        columns), ``origin_rms_residual_px``, ``origin_outliers``,
+        ``probe_radius_px``, ``beam_radius_px``, ``scale`` and, after
+        registration, ``registration``.
+    """
+    with open_bundle(path) as pre:
+        fit = pre.file[f"{CALIBRATION}/origin_fit"]
+        cal = pre.file[CALIBRATION].attrs
+        fitted = fit[()].reshape(-1, 2)
+        out = {"scan_shape": list(pre.scan_shape), "detector_shape": list(pre.detector_shape),
+               "origin_fit": str(fit.attrs["method"]),
+               "origin_drift_px": [float(v) for v in np.ptp(fitted, axis=0)],
+               "origin_rms_residual_px": float(fit.attrs["rms_residual_px"]),
+               "origin_outliers": int(fit.attrs["n_outliers"]),
+               "probe_radius_px": float(cal["probe_radius_px"]),
+               "beam_radius_px": float(cal["beam_radius_px"]), "scale": float(cal["scale"])}
+        registration = pre.json_attr("registration")
+        if registration is not None:
+            out["registration"] = registration
+    return out
 
 
 def _normalise_in_place(ds, scale: float, batch: int) -> None:
@@ -448,7 +464,7 @@ def _normalise_in_place(ds, scale: float, batch: int) -> None:
 
 
 def _write_maps(scan: ScanBundle, builder, settings: PreprocessSettings, box, register: bool,
-                adf: np.ndarray | None, report: dict) -> None:
+                adf: np.ndarray | None) -> None:
     crop = box
     elements = scan.elements
     haadf = None
@@ -458,7 +474,6 @@ def _write_maps(scan: ScanBundle, builder, settings: PreprocessSettings, box, re
 
         shape = (box[1] - box[0], box[3] - box[2])
         eds_raw, haadf, reg = register_bundle_maps(scan, adf.reshape(shape))
-        report["registration"] = reg.to_dict()
         builder.set_attrs(registration=reg.to_dict())
         # registered maps are already on the cropped grid
         if eds_raw is not None:
