@@ -36,6 +36,19 @@ def test_cli_writes_bundle_and_reports(tmp_path, run_cli):
     code, _, err = run_cli("preprocess", src, "--out", tmp_path / "pre3.h5", "--settings", js,
                            "--quiet")
     assert code == 0, err
+    with open_bundle(tmp_path / "pre3.h5") as pre:
+        assert pre.json_attr("preprocess")["scale"] == 50.0
+        assert pre.detector_shape == (16, 16)
+    # the record a training run keeps: {"sources": [...], "settings": {...}}
+    nested = tmp_path / "run_settings.json"
+    nested.write_text(json.dumps({"sources": [str(src)], "settings": {"scale": 7.0}}))
+    code, stdout, err = run_cli("preprocess", src, "--out", tmp_path / "pre4.h5",
+                                "--settings", nested, "--scaling", "log", "--quiet")
+    assert code == 0, err
+    assert "scale 7" in stdout
+    with open_bundle(tmp_path / "pre4.h5") as pre:
+        s = pre.json_attr("preprocess")
+        assert s["scale"] == 7.0 and s["scaling"] == "log"
 
 
 def _assert_one_line_error(code, err, out_path, text):

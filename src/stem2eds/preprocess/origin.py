@@ -13,7 +13,7 @@ pixel centres at integer positions.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -255,7 +255,6 @@ class OriginFit:
     coefficients: np.ndarray
     inliers: np.ndarray
     rms_residual: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_outliers(self) -> int:

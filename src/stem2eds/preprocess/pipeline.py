@@ -159,7 +159,13 @@ def load_settings(path: str | os.PathLike) -> PreprocessSettings:
         raise InputError(f"not a JSON settings file ({exc})", path=p) from None
     if not isinstance(data, dict):
         raise InputError("settings JSON must be an object", path=p)
-    return PreprocessSettings.from_dict(data.get("preprocess", data))
+    # a bare settings object, or one nested as in a training run's
+    # preprocessed/settings.json ({"sources": ..., "settings": ...})
+    for key in ("preprocess", "settings"):
+        if isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    return PreprocessSettings.from_dict(data)
 
 
 def raw_calibration(scan: ScanBundle) -> Calibration:
