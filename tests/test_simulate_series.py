@@ -8,6 +8,8 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -228,3 +230,26 @@ def test_interpolation_is_easier_than_extrapolation(series):
            for name, m in (("extrapolation", extrapolate), ("interpolation", interpolate))}
     print("mean MAE over the middle scans:", mae)
     assert mae["interpolation"] < mae["extrapolation"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(segregation=st.floats(0.0, 0.4), oxygen_max=st.floats(0.0, 0.7),
+       silicon=st.floats(0.0, 0.1), front_start=st.floats(0.0, 1.0),
+       scan_index=st.integers(0, 9), seed=st.integers(0, 2 ** 16))
+def test_composition_is_always_fractions(segregation, oxygen_max, silicon, front_start,
+                                         scan_index, seed):
+    model = CompositionModel(segregation=segregation, oxygen_max=oxygen_max, silicon=silicon,
+                             front_start=front_start)
+    latent = latent_fields((12, 9), 10, np.random.default_rng(seed), model)
+    comp = composition_maps(latent, (12, 9), scan_index, 10, model=model)
+    assert comp.shape == (5, 12, 9)
+    assert np.all(comp >= 0) and np.all(comp <= 1)
+    assert np.allclose(comp.sum(axis=0), 1.0)
+
+
+def test_settings_round_trip_through_provenance(series):
+    from stem2eds.simulate.series import settings_from_provenance
+
+    with h5py.File(series[0]) as f:
+        rebuilt = settings_from_provenance(f.attrs["provenance"])
+    assert rebuilt.to_dict() == SMALL.to_dict()
