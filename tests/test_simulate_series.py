@@ -253,3 +253,21 @@ def test_settings_round_trip_through_provenance(series):
     with h5py.File(series[0]) as f:
         rebuilt = settings_from_provenance(f.attrs["provenance"])
     assert rebuilt.to_dict() == SMALL.to_dict()
+
+
+def test_failure_mid_scan_leaves_no_bundle(tmp_path, monkeypatch):
+    import stem2eds.simulate.series as series_module
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("disk on fire")
+        return np.zeros((len(args[0]), 32, 32), np.uint16)
+
+    monkeypatch.setattr(series_module, "simulate_patterns", failing)
+    settings = SimulationSettings(n_scans=1, scan_shape=(20, 10), detector=32, workers=2)
+    with pytest.raises(RuntimeError):
+        simulate_series(tmp_path / "out", settings)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -250,11 +250,17 @@ def _map_in_order(func: Callable, items: Sequence, workers: int, consume: Callab
             pending.append(pool.submit(func, item))
             if len(pending) >= 2 * workers:
                 break
-        for _ in track(range(len(items)), description=description, quiet=quiet):
-            consume(pending.pop(0).result())
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append(pool.submit(func, nxt))
+        try:
+            for _ in track(range(len(items)), description=description, quiet=quiet):
+                consume(pending.pop(0).result())
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append(pool.submit(func, nxt))
+        except BaseException:
+            # Do not finish blocks nobody will write (e.g. after Ctrl-C or a full disk).
+            for future in pending:
+                future.cancel()
+            raise
 
 
 def simulate_series(out_dir: str | Path, settings: SimulationSettings = SimulationSettings(),
