@@ -93,3 +93,24 @@ def test_preprocess_register_bundle(tmp_path, run_cli):
         assert np.abs(pre.eds()[0] - expected_ge).max() < 0.03
         np.testing.assert_allclose(pre.eds().sum(0), 1.0, atol=1e-5)
         assert pre.haadf.shape == (20, 18)
+
+
+def test_register_needs_pixel_size_and_maps(tmp_path, run_cli):
+    q = 32
+    src = tmp_path / "raw.h5"
+    patterns = make_patterns(descan(6, 5, q).reshape(-1, 2), q=q, disk_radius=3,
+                             ring_radius=10, n_spots=0)
+    with create_bundle(src, scan_shape=(6, 5), detector_shape=(q, q), dtype=np.uint16,
+                       elements=["Ge"], calibration=Calibration(1.0, 0.02, "nm", "1/nm")) as b:
+        b.write_patterns(0, patterns)
+        b.write_array("eds_unregistered/Ge", np.full((8, 8), 0.5, np.float32))  # no pixel_size
+    out = tmp_path / "pre.h5"
+    code, _, err = run_cli("preprocess", src, "--out", out, "--register", "--bin", "2")
+    assert code == 2 and "pixel_size" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    plain = tmp_path / "plain.h5"
+    with create_bundle(plain, scan_shape=(6, 5), detector_shape=(q, q), dtype=np.uint16,
+                       elements=["Ge"]) as b:
+        b.write_patterns(0, patterns)
+    code, _, err = run_cli("preprocess", plain, "--out", out, "--register", "--bin", "2")
+    assert code == 2 and "eds_unregistered" in err and not out.exists()

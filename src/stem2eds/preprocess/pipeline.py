@@ -90,6 +90,11 @@ class PreprocessSettings:
     detector_shape: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        for name in ("bin_factor", "eds_kernel"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, int(float(value)))
         if self.crop is not None:
             self.crop = tuple(int(v) for v in self.crop)  # type: ignore[assignment]
         if self.detector_shape is not None:
@@ -384,9 +389,10 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
                                   "or 'stem2eds simulate'")
         _check_detector(scan, settings)
         box = check_crop(settings.crop, scan.scan_shape)
-        if register and EDS_UNREGISTERED not in scan.file and HAADF_UNREGISTERED not in scan.file:
-            raise InputError("--register needs maps in 'eds_unregistered' or "
-                             "'haadf_unregistered'", path=scan.path)
+        if register:
+            from .register import load_unregistered
+
+            load_unregistered(scan)  # check the maps before the long pass over the patterns
         if not register and EDS not in scan.file and EDS_UNREGISTERED in scan.file:
             raise InputError("EDS maps are not on the scan grid (eds_unregistered)",
                              path=scan.path, hint="add --register")
@@ -471,37 +477,36 @@ def _normalise_in_place(ds, scale: float, batch: int) -> None:
 
 def _write_maps(scan: ScanBundle, builder, settings: PreprocessSettings, box, register: bool,
                 adf: np.ndarray | None) -> None:
-    crop = box
+    """EDS targets (filtered), raw EDS, HAADF, truth and simulation records, on the cropped grid."""
     elements = scan.elements
-    haadf = None
-    eds_raw = None
+    eds_raw = blurred = haadf = None
     if register:
         from .register import register_bundle_maps
 
         shape = (box[1] - box[0], box[3] - box[2])
         eds_raw, haadf, reg = register_bundle_maps(scan, adf.reshape(shape))
         builder.set_attrs(registration=reg.to_dict())
-        # registered maps are already on the cropped grid
         if eds_raw is not None:
+            # registered maps are already on the cropped grid
             blurred = filter_maps(eds_raw, settings.eds_filter, settings.eds_kernel,
                                   settings.eds_sigma)
-    else:
-        if EDS in scan.file and elements:
-            raw_full = scan.eds()
-            blurred = preprocess_maps(raw_full, settings)
-            eds_raw = crop_maps(raw_full, crop)
-        if HAADF in scan.file:
-            haadf = crop_maps(scan.haadf, crop)
+    # maps already on the scan grid (all of them, or those not registered)
+    if eds_raw is None and EDS in scan.file and elements:
+        raw_full = scan.eds()
+        blurred = preprocess_maps(raw_full, settings)
+        eds_raw = crop_maps(raw_full, box)
+    if haadf is None and HAADF in scan.file:
+        haadf = crop_maps(scan.haadf, box)
     if eds_raw is not None:
         builder.write_maps(EDS, dict(zip(elements, blurred)))
         builder.write_maps(EDS_RAW, dict(zip(elements, eds_raw)))
     if haadf is not None:
         builder.write_haadf(haadf)
     if TRUTH in scan.file:
-        truth = {name: crop_maps(scan.file[TRUTH][name][()], crop) for name in scan.file[TRUTH]}
+        truth = {name: crop_maps(scan.file[TRUTH][name][()], box) for name in scan.file[TRUTH]}
         builder.write_maps(TRUTH, truth)
     if "simulation" in scan.file:
-        _copy_cropped(scan.file["simulation"], builder.file, scan.scan_shape, crop)
+        _copy_cropped(scan.file["simulation"], builder.file, scan.scan_shape, box)
 
 
 def _copy_cropped(group, out_file, scan_shape, crop) -> None:

@@ -218,33 +218,40 @@ def register_maps(maps: np.ndarray, reference_map: np.ndarray, map_pixel_size: f
     return registered, Registration(offset, ratio, error, float(inside.mean()), reference)
 
 
-def register_bundle_maps(scan: ScanBundle, scan_image: np.ndarray
-                         ) -> tuple[np.ndarray | None, np.ndarray | None, Registration]:
-    """Register a raw bundle's ``eds_unregistered``/``haadf_unregistered`` maps.
-
-    Parameters
-    ----------
-    scan : ScanBundle
-    scan_image : ndarray, shape (Rx', Ry')
-        Virtual ADF of the (cropped) scan region the maps are wanted on.
+def load_unregistered(scan: ScanBundle) -> tuple[np.ndarray, list[str], float]:
+    """Read and check the maps a raw bundle stores off the scan grid.
 
     Returns
     -------
-    eds : ndarray (E, Rx', Ry') in [0, 1], or None
-    haadf : ndarray (Rx', Ry'), or None
-    Registration
+    maps : ndarray, shape (M, H, W)
+        ``eds_unregistered/<El>`` in bundle element order, then
+        ``haadf_unregistered`` when present.
+    names : list of str
+        Element symbols, and ``"haadf"``.
+    pixel_size : float
+        Map pixel size in the bundle's ``r_pixel_unit``.
+
+    Raises
+    ------
+    InputError
+        Missing maps, elements or ``pixel_size``, or EDS and HAADF on different grids.
     """
     from .pipeline import EDS_UNREGISTERED, HAADF_UNREGISTERED
 
     f = scan.file
-    scan_px = scan.calibration.r_pixel_size
+    if EDS_UNREGISTERED not in f and HAADF_UNREGISTERED not in f:
+        raise InputError(f"--register needs maps in '{EDS_UNREGISTERED}' or "
+                         f"'{HAADF_UNREGISTERED}'", path=scan.path)
     stack, names, px = [], [], None
 
     def pixel_size(obj, what):
         if "pixel_size" not in obj.attrs:
             raise InputError(f"{what} has no 'pixel_size' attribute", path=scan.path,
                              hint="store the map pixel size in the bundle's r_pixel_unit")
-        return float(obj.attrs["pixel_size"])
+        value = float(obj.attrs["pixel_size"])
+        if not value > 0:
+            raise InputError(f"{what} pixel_size must be positive, got {value}", path=scan.path)
+        return value
 
     if EDS_UNREGISTERED in f:
         grp = f[EDS_UNREGISTERED]
@@ -264,7 +271,31 @@ def register_bundle_maps(scan: ScanBundle, scan_image: np.ndarray
         px = hpx
         stack.append(f[HAADF_UNREGISTERED][()])
         names.append("haadf")
-    maps = np.stack(stack).astype(np.float32)
+    shapes = {np.shape(m) for m in stack}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise InputError(f"unregistered maps must be 2D and of one shape, got {sorted(shapes)}",
+                         path=scan.path)
+    return np.stack(stack).astype(np.float32), names, px
+
+
+def register_bundle_maps(scan: ScanBundle, scan_image: np.ndarray
+                         ) -> tuple[np.ndarray | None, np.ndarray | None, Registration]:
+    """Register a raw bundle's ``eds_unregistered``/``haadf_unregistered`` maps.
+
+    Parameters
+    ----------
+    scan : ScanBundle
+    scan_image : ndarray, shape (Rx', Ry')
+        Virtual ADF of the (cropped) scan region the maps are wanted on.
+
+    Returns
+    -------
+    eds : ndarray (E, Rx', Ry') in [0, 1], or None
+    haadf : ndarray (Rx', Ry'), or None
+    Registration
+    """
+    maps, names, px = load_unregistered(scan)
+    scan_px = scan.calibration.r_pixel_size
     if "haadf" in names:
         ref_index = names.index("haadf")
     else:
