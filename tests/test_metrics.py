@@ -98,3 +98,11 @@ def test_high_error_region():
 def test_absolute_error_map_shape_check():
     with pytest.raises(ValueError):
         metrics.absolute_error_map(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_high_error_region_smoothing_prefers_a_contiguous_patch(rng):
+    err = rng.uniform(0, 1, size=(30, 30))
+    err[rng.uniform(size=err.shape) > 0.97] = 3.0  # scattered single hot pixels
+    err[10:15, 20:25] = 2.5                         # one contiguous bad patch
+    high, _ = metrics.high_error_region(err, 0.97, smooth=1.0)
+    assert high[10:15, 20:25].sum() >= 0.8 * high.sum()

@@ -192,7 +192,8 @@ def absolute_error_map(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
 
 
 def high_error_region(error_map: np.ndarray, quantile: float = 0.95,
-                      mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      mask: np.ndarray | None = None,
+                      smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Split positions into the highest-error ones and typical ones.
 
     Parameters
@@ -203,6 +204,9 @@ def high_error_region(error_map: np.ndarray, quantile: float = 0.95,
         Positions at or above this error quantile form the high-error region.
     mask : ndarray of bool, shape (Rx, Ry), optional
         Only these positions are considered.
+    smooth : float
+        Gaussian sigma (probe positions) applied to the error map first, so
+        that a contiguous bad region wins over scattered noisy pixels.
 
     Returns
     -------
@@ -212,6 +216,12 @@ def high_error_region(error_map: np.ndarray, quantile: float = 0.95,
     """
     err = np.asarray(error_map, dtype=np.float64)
     valid = np.ones(err.shape, bool) if mask is None else np.asarray(mask, bool)
+    if smooth > 0:
+        from scipy.ndimage import gaussian_filter
+
+        # normalised convolution: positions outside the mask do not dilute the average
+        weight = gaussian_filter(valid.astype(float), smooth)
+        err = gaussian_filter(np.where(valid, err, 0.0), smooth) / np.maximum(weight, 1e-12)
     vals = err[valid]
     if vals.size == 0:
         return np.zeros(err.shape, bool), np.zeros(err.shape, bool)

@@ -169,7 +169,8 @@ def draw_figures(run: Path, doc: dict[str, Any], scored, curves) -> list[dict[st
             worst_map = err
     if worst_scan is not None:
         tgt = scored.targets[worst_scan]
-        high, typical = metrics.high_error_region(np.nan_to_num(worst_map), 0.95, tgt.evaluated)
+        high, typical = metrics.high_error_region(np.nan_to_num(worst_map), 0.95, tgt.evaluated,
+                                                  smooth=1.0)
         mean_high, mean_typ, qcal = _mean_patterns(scored.paths[worst_scan], tgt.crop, high,
                                                    typical)
         save(F.diffraction_comparison(np.nan_to_num(worst_map), high, typical, mean_high,
@@ -178,8 +179,8 @@ def draw_figures(run: Path, doc: dict[str, Any], scored, curves) -> list[dict[st
              "crystallinity_check.png",
              f"Scan {worst_scan}: diffraction of the highest-error region (paper Fig. 8 check)",
              "Left: per-position error of the scan whose worst region stands out most "
-             "(highest max/median error); the top 5 % of positions form the highest-error "
-             "region. Middle and right: mean raw diffraction pattern of that region and of "
+             "(highest max/median error); the top 5 % of positions of the error map "
+             "smoothed over about one probe position form the highest-error region (cyan). Middle and right: mean raw diffraction pattern of that region and of "
              "typical positions (40-60 % error quantile). Sharp spots or rings in the middle "
              "panel point to crystalline material the model has not seen.")
     return listed

@@ -29,12 +29,16 @@ def _colour(label: str, k: int) -> str:
     return SERIES_COLOURS.get(label, _FALLBACK[k % len(_FALLBACK)])
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
-    """Write ``fig`` as PNG atomically (temporary name, then rename)."""
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 90) -> None:
+    """Write ``fig`` as PNG atomically (temporary name, then rename).
+
+    No ``bbox_inches="tight"``: the figures lay themselves out, and the tight
+    box would draw every figure twice.
+    """
     from ..errors import atomic_output
 
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 def _extent(shape: tuple[int, int], pixel_size: float) -> list[float]:
@@ -86,8 +90,9 @@ def predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, elements: Seq
     stats = metric_arrays(pred[:, None, :] / 100, act[:, None, :] / 100)
     ncol = min(len(elements), 5)
     nrow = int(np.ceil(len(elements) / ncol))
-    fig = Figure(figsize=(3.2 * ncol, 3.2 * nrow + 0.4), layout="constrained")
+    fig = Figure(figsize=(3.3 * ncol, 3.3 * nrow + 0.5))
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.82, wspace=0.45, hspace=0.45)
     for k, el in enumerate(elements):
         ax = axes[k]
         lo = float(min(pred[k].min(), act[k].min()))
@@ -171,27 +176,34 @@ def maps_side_by_side(predicted: np.ndarray, actual: np.ndarray, elements: Seque
     pred = np.asarray(predicted, float) * 100
     act = np.asarray(actual, float) * 100
     n = len(elements)
-    fig = Figure(figsize=(2.6 * n + 0.5, 7.2), layout="constrained")
+    # No layout engine: constrained layout with 3 x E colour bars takes
+    # seconds per figure; fixed spacing is enough for this regular grid.
+    fig = Figure(figsize=(2.9 * n + 0.5, 7.6))
     axes = fig.subplots(3, n, squeeze=False)
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.06, top=0.91, wspace=0.55, hspace=0.42)
     ext = _extent(act.shape[1:], pixel_size)
     for k, el in enumerate(elements):
         lo = float(np.percentile(act[k], 1))
         hi = float(np.percentile(act[k], 99))
         if hi <= lo:
             lo, hi = float(act[k].min()), float(act[k].max()) + 1e-6
-        for row, (img, name) in enumerate(((act[k], "real (EDS)"), (pred[k], "predicted"))):
-            im = axes[row, k].imshow(img, cmap="viridis", vmin=lo, vmax=hi, extent=ext)
-            axes[row, k].set_title(f"{el} {name}", fontsize=9)
-        fig.colorbar(im, ax=axes[:2, k], label=f"{el} (at.%)", shrink=0.8)
-        err = np.abs(pred[k] - act[k])
-        im = axes[2, k].imshow(err, cmap="magma", extent=ext)
-        axes[2, k].set_title(f"{el} |error|", fontsize=9)
-        fig.colorbar(im, ax=axes[2, k], label=f"|error| {el} (at.%)", shrink=0.8)
+        panels = ((act[k], "real (EDS)", "viridis", lo, hi, f"{el} (at.%)"),
+                  (pred[k], "predicted", "viridis", lo, hi, f"{el} (at.%)"),
+                  (np.abs(pred[k] - act[k]), "|error|", "magma", None, None,
+                   f"|error| {el} (at.%)"))
+        for row, (img, name, cmap, vmin, vmax, label) in enumerate(panels):
+            ax = axes[row, k]
+            im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, extent=ext)
+            ax.set_title(f"{el} {name}", fontsize=9)
+            cbar = fig.colorbar(im, ax=ax, shrink=0.85)
+            cbar.set_label(label, fontsize=8)
+            cbar.ax.tick_params(labelsize=7)
     for ax in axes.ravel():
         ax.set_xlabel(f"x ({unit})", fontsize=8)
         ax.set_ylabel(f"y ({unit})", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"Scan {scan}: real vs predicted composition")
+    fig.suptitle(f"Scan {scan}: real vs predicted composition (real and predicted share "
+                 "one colour scale per element)")
     return fig
 
 
@@ -205,8 +217,9 @@ def correlation_matrices(predicted: np.ndarray, actual: np.ndarray, elements: Se
         Correlation matrices (e.g. from :func:`stem2eds.metrics.correlation_matrix`).
     elements : sequence of str, length E
     """
-    fig = Figure(figsize=(9, 4.2), layout="constrained")
+    fig = Figure(figsize=(10, 4.4))
     axes = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.9, bottom=0.14, top=0.86, wspace=0.25)
     for ax, mat, name in zip(axes, (actual, predicted), ("real EDS", "predicted")):
         mat = np.asarray(mat, float)
         im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -220,7 +233,7 @@ def correlation_matrices(predicted: np.ndarray, actual: np.ndarray, elements: Se
                 v = mat[i, j]
                 ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center",
                         va="center", fontsize=8, color="white" if abs(v) > 0.6 else "black")
-    fig.colorbar(im, ax=axes, label="Pearson r", shrink=0.8)
+    fig.colorbar(im, cax=fig.add_axes((0.92, 0.14, 0.015, 0.72)), label="Pearson r")
     fig.suptitle(title)
     return fig
 
@@ -241,8 +254,9 @@ def haadf_comparison(predicted: np.ndarray, actual: np.ndarray, scan: str,
     """
     pred = np.asarray(predicted, float)
     act = np.asarray(actual, float)
-    fig = Figure(figsize=(12, 3.8), layout="constrained")
+    fig = Figure(figsize=(13, 4))
     axes = fig.subplots(1, 3)
+    fig.subplots_adjust(left=0.05, right=0.96, bottom=0.14, top=0.85, wspace=0.45)
     ext = _extent(act.shape, pixel_size)
     lo, hi = np.percentile(act, [1, 99])
     for ax, img, name in zip(axes[:2], (act, pred), ("real HAADF", "predicted HAADF")):
@@ -286,16 +300,15 @@ def diffraction_comparison(error_map: np.ndarray, high: np.ndarray, typical: np.
     error_label : str
         What ``error_map`` measures, with its unit.
     """
-    fig = Figure(figsize=(13, 4), layout="constrained")
+    fig = Figure(figsize=(14, 4.3))
     axes = fig.subplots(1, 3)
+    fig.subplots_adjust(left=0.05, right=0.96, bottom=0.13, top=0.85, wspace=0.45)
     ext = _extent(np.shape(error_map), pixel_size)
     im = axes[0].imshow(error_map, cmap="magma", extent=ext)
     fig.colorbar(im, ax=axes[0], label=error_label, shrink=0.8)
     yy, xx = (np.indices(np.shape(error_map)) + 0.5) * pixel_size
-    axes[0].contour(xx, yy, high.astype(float), levels=[0.5], colors="cyan", linewidths=1)
-    axes[0].contour(xx, yy, typical.astype(float), levels=[0.5], colors="lime",
-                    linewidths=0.6)
-    axes[0].set_title("error map (cyan: highest error, green: typical)", fontsize=9)
+    axes[0].contour(xx, yy, high.astype(float), levels=[0.5], colors="cyan", linewidths=1.5)
+    axes[0].set_title("error map (cyan outline: highest-error region)", fontsize=9)
     axes[0].set_xlabel(f"x ({unit})")
     axes[0].set_ylabel(f"y ({unit})")
     qx, qy = np.shape(mean_high)

@@ -37,7 +37,9 @@ DEFINITIONS = (
     "(population std). <i>Actual</i> is the preprocessed (blurred, cropped) EDS map, the "
     "training target; the <i>truth</i> table compares with the simulator's noise-free "
     "composition instead. <b>Calibrated</b>: a per-element correction fitted on the training "
-    "positions only, applied to every prediction."
+    "positions only, applied to every prediction. A linear correction with a positive slope "
+    "cannot change Pearson r (only MAE, percentage error and R\u00b2); polynomial and isotonic "
+    "corrections can."
 )
 
 _CSS = """
