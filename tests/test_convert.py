@@ -328,3 +328,44 @@ def test_provenance_json_is_complete(tmp_path, inputs):
     assert prov["command"] == "stem2eds convert ..."
     assert prov["diffraction"]["reader"] == "mrcfile (3D stack)"
     assert prov["eds"]["kind"] == "element maps" and prov["eds"]["percent"] is False
+
+
+def test_damaged_chunk_found_while_copying_leaves_nothing(tmp_path, rng, run_cli):
+    """A corrupt chunk deep in an HDF5 file fails the copy with exit 2 and no output."""
+    scan = rng.integers(0, 100, (6, RY, 16, 16), dtype=np.uint16)
+    path = tmp_path / "damaged.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("scan", data=scan, chunks=(1, RY, 16, 16), compression="gzip")
+        info = ds.id.get_chunk_info(3)
+        offset, size = info.byte_offset, info.size
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + size] = bytes(size)
+    path.write_bytes(bytes(raw))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run_cli("convert", "--diffraction", path, "--block-mb", "0.001",
+                           "--out", out_dir / "b.h5")
+    assert code == 2, err
+    assert "cannot read scan rows 3..3" in err and "damaged or truncated" in err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_interrupt_while_copying_leaves_nothing(tmp_path, inputs, run_cli, monkeypatch):
+    from stem2eds.io import DiffractionSource
+
+    original = DiffractionSource.read_rows
+    calls = []
+
+    def interrupted(self, start, stop):
+        calls.append(start)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, start, stop)
+
+    monkeypatch.setattr(DiffractionSource, "read_rows", interrupted)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = _break(inputs, "unit without size")[:-2]
+    code, _, err = run_cli("convert", *args, "--block-mb", "0.0001", "--out", out_dir / "b.h5")
+    assert code == 130 and "interrupted" in err
+    assert list(out_dir.iterdir()) == []

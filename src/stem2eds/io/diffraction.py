@@ -110,16 +110,22 @@ class DiffractionSource:
         """
         rx, ry = self.scan_shape
         start, stop = max(0, start), min(rx, stop)
-        if len(self._array.shape) == 3:  # flat stack: pattern k is position (k // Ry, k % Ry)
-            block = self._array[start * ry:stop * ry]
-        else:
-            block = self._array[start:stop]
-        if isinstance(block, np.memmap):
-            view = block
-            block = np.array(view)  # our own copy, so the mapped pages can be let go
-            _release_pages(self._array, view)
-        else:
-            block = np.asarray(block)  # reads from HDF5; computes a dask block
+        try:
+            if len(self._array.shape) == 3:  # flat stack: pattern k is position (k // Ry, k % Ry)
+                block = self._array[start * ry:stop * ry]
+            else:
+                block = self._array[start:stop]
+            if isinstance(block, np.memmap):
+                view = block
+                block = np.array(view)  # our own copy, so the mapped pages can be let go
+                _release_pages(self._array, view)
+            else:
+                block = np.asarray(block)  # reads from HDF5; computes a dask block
+        except OSError as exc:  # a damaged chunk is found only when it is read
+            raise InputError(f"cannot read scan rows {start}..{stop - 1}: "
+                             f"{' '.join(str(exc).split())}", path=self.path,
+                             hint="the file is damaged or truncated; re-copy or re-export it"
+                             ) from None
         return block.reshape(stop - start, ry, *self.detector_shape)
 
     def iter_rows(self, rows_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
