@@ -11,7 +11,7 @@ unscattered fraction after the amorphous film (sigma_el = lambda^2 integral
 of <f^2> over the detector plane: the kinematic elastic cross-section),
 ``P_0`` the central (probe-convergence) disk at the beam origin ``q_0``,
 ``P_g`` the Bragg disks of a grain (:mod:`.crystal`) and ``I_amorphous``
-from :mod:`.amorphous`. Counts are Poisson samples of ``n``, clipped to the
+from :mod:`.amorphous`, blurred by the convergence disk. Counts are Poisson samples of ``n``, clipped to the
 16-bit range of the detector.
 
 The radial profile is computed on a fine 1D q grid and interpolated onto the
@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import InputError
 from .amorphous import amorphous_intensity
@@ -73,6 +74,34 @@ def _elastic_cross_sections(elements: tuple[str, ...], energy_kev: float) -> np.
     f2 = scattering_factor(elements, q, energy_kev) ** 2
     lam = electron_wavelength(energy_kev)
     return lam ** 2 * np.trapezoid(f2 * 2.0 * np.pi * q, q, axis=1)
+
+
+def _convergence_blur(profiles: np.ndarray, radius_samples: float) -> np.ndarray:
+    """Blur radial profiles by the probe's convergence disk.
+
+    With a convergent probe every scattering angle is smeared over the disk
+    of the unscattered beam. Far from the centre (q >> disk radius) the 2D
+    convolution of a ring with a disk reduces to a 1D convolution of the
+    profile with the disk's chord length, ``2 sqrt(R^2 - x^2)``, which is
+    what is applied here along q (reflecting at q = 0).
+
+    Parameters
+    ----------
+    profiles : ndarray, shape (n, nq)
+    radius_samples : float
+        Disk radius in samples of the q grid.
+
+    Returns
+    -------
+    ndarray, shape (n, nq), same dtype
+    """
+    half = int(np.floor(radius_samples))
+    if half < 1:
+        return profiles
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    chord = np.sqrt(np.maximum(radius_samples ** 2 - x ** 2, 0.0))
+    return ndimage.convolve1d(profiles, (chord / chord.sum()).astype(profiles.dtype), axis=1,
+                              mode="reflect")
 
 
 def radial_profiles(composition: np.ndarray, elements: Sequence[str], q: np.ndarray,
@@ -179,6 +208,7 @@ def expected_patterns(composition: np.ndarray, thickness: np.ndarray, origins: n
     optical_depth = np.maximum(attenuation * t_amorphous, 1e-12)
     scale = dose * lam ** 2 * dq ** 2 * t_amorphous * (1.0 - transmitted) / optical_depth
     pixel_profile = (scale[:, None] * density_profile).astype(np.float32)
+    pixel_profile = _convergence_blur(pixel_profile, radius * _OVERSAMPLE)
 
     out = np.empty((n, detector, detector), dtype=np.float32)
     rows = np.arange(detector, dtype=np.float32)
