@@ -287,3 +287,41 @@ def test_figures_are_written(tmp_path):
     assert [p.name for p in paths] == ["preprocess_pattern_steps.png", "preprocess_eds_blur.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+# -- properties ------------------------------------------------------------------
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.sampled_from([1, 2, 4]), st.integers(0, 2 ** 31 - 1))
+def test_binning_total_and_block_sums_hold_for_any_batch(n, factor, seed):
+    patterns = np.random.default_rng(seed).poisson(2.0, (n, 16, 24)).astype(np.uint16)
+    binned = bin_patterns(patterns, factor)
+    assert binned.shape == (n, 16 // factor, 24 // factor)
+    np.testing.assert_array_equal(binned.sum((1, 2)), patterns.sum((1, 2), dtype=np.int64))
+    i, j = 16 // factor - 1, 24 // factor - 1
+    np.testing.assert_array_equal(
+        binned[:, i, j], patterns[:, i * factor:, j * factor:].sum((1, 2), dtype=np.int64))
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(st.integers(-5, 5), st.integers(-5, 5), st.floats(0, 0.999), st.floats(0, 0.999))
+def test_centring_is_an_exact_shift(di, dj, fi, fj):
+    q = 20
+    rng = np.random.default_rng(0)
+    pattern = np.zeros((1, q, q), np.float32)
+    pattern[0, 6:14, 6:14] = rng.random((8, 8))  # content away from the edges
+    c = detector_centre((q, q))
+    origin = np.array([[c[0] + di + fi, c[1] + dj + fj]])
+    out = centre_patterns(pattern, origin)[0]
+    # output pixel (r, s) = bilinear sample of the input at (r + di + fi, s + dj + fj)
+    r, s = 9, 10
+    a, b = r + di, s + dj
+    src = pattern[0]
+    want = ((1 - fi) * (1 - fj) * src[a, b] + (1 - fi) * fj * src[a, b + 1]
+            + fi * (1 - fj) * src[a + 1, b] + fi * fj * src[a + 1, b + 1])
+    assert out[r, s] == pytest.approx(want, abs=1e-5)
+    if fi == 0 and fj == 0:
+        np.testing.assert_allclose(out, np.roll(src, (-di, -dj), axis=(0, 1)), atol=1e-6)
