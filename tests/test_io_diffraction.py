@@ -209,6 +209,14 @@ def test_bad_mrc(tmp_path, content, message):
         open_diffraction(path, scan_shape=(2, 2))
 
 
+def test_single_image_mrc(tmp_path, scan):
+    path = tmp_path / "image.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(scan[0, 0])
+    with pytest.raises(InputError, match=f"single {QX}x{QY} image"):
+        open_diffraction(path, scan_shape=(1, 1))
+
+
 def test_truncated_mrc(tmp_path, scan):
     path = tmp_path / "cut.mrc"
     with mrcfile.new(path) as mrc:

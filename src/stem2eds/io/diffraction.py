@@ -9,10 +9,10 @@ detector rows, detector columns) in the file's own dtype, read block by block
   exported by Velox; the scan shape must be given because MRC does not store
   it) or a 4D volume stack, memory-mapped with ``mrcfile``;
 * NumPy ``.npy``: memory-mapped (``np.load(mmap_mode="r")``), 4D or a 3D stack;
-* HDF5 (``.h5``, ``.hdf5``, ``.hdf``, ``.emd``, ``.py4dstem``): the dataset
-  named by ``dataset``, or the only 4D dataset in the file (or, with a scan
-  shape given and no 4D dataset, the only 3D stack) (plain files,
-  py4DSTEM / EMD 1.0 layouts), read by ``h5py``; ``.emd`` files go to
+* HDF5 (``.h5``, ``.hdf5``, ``.hdf``, ``.emd``, ``.py4dstem``) read by
+  ``h5py``: the dataset named by ``dataset``, or the only 4D dataset in the
+  file (plain files, py4DSTEM / EMD 1.0 layouts), or, with a scan shape
+  given and no 4D dataset, the only 3D stack; ``.emd`` files go to
   RosettaSciIO first (Velox and NCEM EMD), then to the HDF5 search;
 * everything else RosettaSciIO reads (DM3/DM4, EMPAD ``.xml``, blockfile
   ``.blo``, MerlinEM ``.mib``, ``.hspy``/``.zspy``, TVIPS, ...), opened with
@@ -285,9 +285,12 @@ def _open_mrc(path: Path, scan_shape) -> DiffractionSource:
                          hint="re-export or re-copy the file") from None
     try:
         data = mrc.data
-        if data is None or data.ndim < 3:
-            raise InputError(f"MRC holds a single {'x'.join(map(str, mrc.data.shape))} image, "
-                             "not a stack of diffraction patterns", path=path)
+        if data is None:
+            raise InputError("MRC file has no data block", path=path)
+        if data.ndim < 3:
+            raise InputError(f"MRC holds a single {'x'.join(map(str, data.shape))} image, "
+                             "not a stack of diffraction patterns", path=path,
+                             hint="export the 4D-STEM scan as a stack of frames")
         scan, det = _shapes(path, data.shape, scan_shape, "MRC file")
     except BaseException:
         mrc.close()
