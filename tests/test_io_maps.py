@@ -57,6 +57,8 @@ def test_folder_in_fraction_mixed_formats(tmp_path, rng):
     _write(tmp_path / "O.npy", maps["O"])
     _write(tmp_path / "Ge_K.csv", maps["Ge"])
     (tmp_path / "notes.txt").write_text("ignored: not an image type")
+    _write(tmp_path / "HAADF.tif", rng.random(SHAPE).astype(np.float32))  # exported beside
+    _write(tmp_path / "DF4 image.tif", rng.random(SHAPE).astype(np.float32))
     assert list(find_map_files(tmp_path)) == ["Ge", "O", "Si"]  # sorted by file name
     result = read_map_folder(tmp_path)
     assert result.elements == ["Ge", "O", "Si"] and not result.was_percent
@@ -123,6 +125,8 @@ def test_folder_problems(tmp_path, rng):
     tifffile.imwrite(dup / "Ge.tif", rng.random(SHAPE).astype(np.float32))
     with pytest.raises(InputError, match="two maps for Ge"):
         read_map_folder(dup)
+    with pytest.raises(InputError, match="two maps for Ge"):
+        read_map_folder(dup, ["Ge"])
 
 
 def test_rgb_and_stack_images_rejected(tmp_path, rng):

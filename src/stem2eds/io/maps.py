@@ -24,6 +24,8 @@ from ..errors import InputError
 MAP_EXTENSIONS = (".tif", ".tiff", ".png", ".npy", ".csv")
 
 _STEM = re.compile(r"^([A-Za-z]{1,2})(?:[ _\-].*)?$")
+#: Stems of other detectors' images that Velox and others export beside the maps.
+_DETECTOR_IMAGE = re.compile(r"^(HAADF|ADF|ABF|BF|DF\d*)(?:[ _\-].*)?$", re.IGNORECASE)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -119,34 +121,45 @@ class ElementMaps:
     files: dict[str, Path]
 
 
-def find_map_files(folder: str | os.PathLike) -> dict[str, Path]:
+def find_map_files(folder: str | os.PathLike,
+                   elements: Sequence[str] | None = None) -> dict[str, Path]:
     """Map files in a folder, keyed by the element symbol of their stem.
+
+    Images of other detectors exported beside the maps (``HAADF``, ``ADF``,
+    ``ABF``, ``BF``, ``DF2``, ...) are skipped.
 
     Parameters
     ----------
     folder : path-like
+    elements : sequence of str, optional
+        Only these elements, in this order; other files are skipped, even
+        ones not named after an element.
 
     Returns
     -------
     dict of str to Path
-        In the order of the sorted file names.
+        In ``elements`` order, else in the order of the sorted file names.
 
     Raises
     ------
     InputError
-        Missing folder, no map files, two files for one element, or a file
-        whose stem is not an element symbol.
+        Missing folder, no map files, two files for one element, a missing
+        element, or (without ``elements``) a file not named after an element.
     """
     p = Path(folder)
     if not p.is_dir():
         raise InputError("no such folder" if not p.exists() else "not a folder", path=p,
                          hint="give --eds a folder of per-element maps or a spectrum image")
+    wanted = None if elements is None else [check_element(e) for e in elements]
     files: dict[str, Path] = {}
     for f in sorted(p.iterdir()):
-        if not f.is_file() or f.suffix.lower() not in MAP_EXTENSIONS or f.name.startswith("."):
+        if (not f.is_file() or f.suffix.lower() not in MAP_EXTENSIONS
+                or f.name.startswith(".") or _DETECTOR_IMAGE.match(f.stem)):
             continue
         m = _STEM.match(f.stem)
         symbol = m.group(1).capitalize() if m else None
+        if wanted is not None and symbol not in wanted:
+            continue
         if symbol not in ELEMENT_SYMBOLS:
             raise InputError(f"map file {f.name!r} is not named after an element", path=p,
                              hint="name each map by its element symbol (Ge.tif, O.png) "
@@ -155,6 +168,13 @@ def find_map_files(folder: str | os.PathLike) -> dict[str, Path]:
             raise InputError(f"two maps for {symbol}: {files[symbol].name} and {f.name}",
                              path=p, hint="keep one file per element")
         files[symbol] = f
+    if wanted is not None:
+        missing = [e for e in wanted if e not in files]
+        if missing:
+            raise InputError(f"no map for {', '.join(missing)}", path=p,
+                             hint="add <Element>.tif (or .png/.npy/.csv) or drop it from "
+                                  "--elements")
+        return {e: files[e] for e in wanted}
     if not files:
         raise InputError("folder has no element maps (" + ", ".join(MAP_EXTENSIONS) + ")",
                          path=p, hint="name each map by its element symbol, e.g. Ge.tif")
@@ -186,25 +206,8 @@ def read_map_folder(folder: str | os.PathLike,
         > 100, NaN or infinite.
     """
     p = Path(folder)
-    if elements is not None:
-        elements = [check_element(e) for e in elements]
-        if not p.is_dir():
-            raise InputError("no such folder", path=p)
-        available = {}
-        for f in sorted(p.iterdir()):
-            m = _STEM.match(f.stem)
-            if (f.is_file() and f.suffix.lower() in MAP_EXTENSIONS and m
-                    and m.group(1).capitalize() in elements):
-                available.setdefault(m.group(1).capitalize(), f)
-        missing = [e for e in elements if e not in available]
-        if missing:
-            raise InputError(f"no map for {', '.join(missing)}", path=p,
-                             hint="add <Element>.tif (or .png/.npy/.csv) or drop it from "
-                                  "--elements")
-        files = {e: available[e] for e in elements}
-    else:
-        files = find_map_files(p)
-        elements = list(files)
+    files = find_map_files(p, elements)
+    elements = list(files)
     raw = {e: read_image(f) for e, f in files.items()}
     shapes = {e: a.shape for e, a in raw.items()}
     if len(set(shapes.values())) > 1:
