@@ -26,7 +26,11 @@ COMMANDS = ("convert", "simulate", "preprocess", "train", "predict",
 
 class _Formatter(argparse.RawDescriptionHelpFormatter,
                  argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    def _get_help_string(self, action):
+        # "(default: None)" / "(default: False)" say nothing; show real defaults only.
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_command(subparsers, name: str, *, help: str, description: str,
