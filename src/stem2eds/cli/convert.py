@@ -51,10 +51,13 @@ def register(subparsers) -> None:
     p.add_argument("--name", help="scan name (default: the output file's stem)")
     p.add_argument("--r-pixel", type=float, metavar="SIZE",
                    help="probe step (scan pixel size), in --r-unit")
-    p.add_argument("--r-unit", metavar="UNIT", help="unit of --r-pixel (default: nm; Å, pm, µm are converted to nm)")
+    p.add_argument("--r-unit", metavar="UNIT",
+                   help="unit of --r-pixel (default: nm; Å, pm, µm are converted to nm)")
     p.add_argument("--q-pixel", type=float, metavar="SIZE",
                    help="detector pixel size, in --q-unit")
-    p.add_argument("--q-unit", metavar="UNIT", help="unit of --q-pixel (default: 1/nm; 1/Å is converted to 1/nm, rad to mrad)")
+    p.add_argument("--q-unit", metavar="UNIT",
+                   help="unit of --q-pixel (default: 1/nm; 1/Å is converted to 1/nm, "
+                        "rad to mrad)")
     p.add_argument("--beam-energy", type=float, metavar="KEV", help="beam energy in keV")
     p.add_argument("--block-mb", type=float, default=64.0, metavar="MB",
                    help="largest block of patterns held in memory while copying, MiB")
