@@ -6,16 +6,22 @@ function ``run(args) -> int``. Heavy libraries (torch, hyperspy) are imported
 inside ``run`` so that ``stem2eds --help`` stays fast.
 
 Exit status: 0 success, 1 internal error, 2 bad input (one line on stderr),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). SIGTERM is handled like
+Ctrl-C: it raises KeyboardInterrupt, so every ``atomic_output`` removes its
+temporary file before the process exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import pickle
+import signal
 import sys
 import textwrap
+import threading
 
 from ..errors import InputError
 
@@ -70,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so cleanup runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    # Only the main thread may set handlers (the CLI can be called from a
+    # worker thread in tests or notebooks); leave the handler as it was after.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stem2eds`` command."""
     parser = build_parser()
@@ -77,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with _sigterm_as_interrupt():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
@@ -84,10 +117,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"stem2eds {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"stem2eds {args.command}: interrupted; no partial output was kept",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"stem2eds {args.command}: {'terminated' if terminated else 'interrupted'}; "
+              "no partial output was kept", file=sys.stderr)
+        return 143 if terminated else 130
+    except pickle.UnpicklingError as exc:
+        # Last line of defence: every loader uses the restricted unpickler
+        # (stem2eds.safe_load), so this is a file that tried to unpickle
+        # something other than tensors. Its content did not run.
+        if args.debug:
+            raise
+        print(f"stem2eds {args.command}: error: a file holds objects other than tensors "
+              f"and plain data and was refused ({type(exc).__name__}); "
+              "load only run folders you trust", file=sys.stderr)
+        return 2
     except OSError as exc:
         if args.debug:
             raise
