@@ -19,7 +19,7 @@ import numpy as np
 from .bundle import Calibration, create_bundle, describe_source, element_list
 from .errors import InputError
 from .io.diffraction import DiffractionSource, open_diffraction, standard_units
-from .io.maps import read_image, read_map_folder
+from .io.maps import AMBIGUOUS_MAX, read_image, read_map_folder
 from .io.spectrum import parse_k_factors, quantify_spectrum_image, read_haadf_from_file
 from .progress import track
 
@@ -79,7 +79,7 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
             q_pixel: float | None = None, q_unit: str | None = None,
             beam_energy_kev: float | None = None,
             k_factors: Mapping[str, float] | str | None = None,
-            command: str | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES,
+            eds_unit: str = "auto", command: str | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES,
             echo: Callable[[str], None] | None = None, quiet: bool = True) -> ConvertResult:
     """Convert a 4D-STEM file (+ EDS, HAADF) into a scan bundle.
 
@@ -112,6 +112,9 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
         Beam energy in keV; overrides the file's.
     k_factors : mapping or "O=1.0,Si=1.2", optional
         Cliff-Lorimer k-factors for a spectrum image.
+    eds_unit : {"auto", "fraction", "percent"}
+        Unit of a map folder; ``auto`` decides from the largest value and
+        refuses values just above 1 as ambiguous (see :mod:`stem2eds.io.maps`).
     command : str, optional
         The command line, stored in the provenance.
     block_bytes : int
@@ -151,7 +154,8 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
         if out.exists() and out.resolve() == source.path.resolve():
             raise InputError("--out would overwrite the diffraction input", path=out)
         notes: list[str] = []
-        eds_maps, eds_info = _read_eds(eds, wanted, k_table, beam_energy_kev, source, notes)
+        eds_maps, eds_info = _read_eds(eds, wanted, k_table, beam_energy_kev, source, notes,
+                                       eds_unit)
         haadf_map = _read_haadf(haadf, source) if haadf is not None else None
         for note in notes:
             echo(note)
@@ -225,17 +229,18 @@ def _check_scan_grid(shape: tuple[int, ...], source: DiffractionSource, what: st
 
 
 def _read_eds(eds, wanted, k_table, beam_energy_kev, source: DiffractionSource,
-              notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+              notes: list[str], eds_unit: str = "auto") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """EDS maps as atomic fractions, keyed by element in output order."""
     if eds is None:
         return {}, {}
     path = Path(eds)
     if path.is_dir():
-        maps = read_map_folder(path, wanted)
+        maps = read_map_folder(path, wanted, eds_unit)
         first = next(iter(maps.fractions.values()))
         _check_scan_grid(first.shape, source, "EDS maps in the folder", path)
-        if maps.was_percent:
-            notes.append(f"EDS maps in {path} hold percent (values above 1); divided by 100")
+        if maps.was_percent and eds_unit == "auto":
+            notes.append(f"EDS maps in {path} hold percent (values above "
+                         f"{AMBIGUOUS_MAX}); divided by 100")
         info = {"kind": "element maps", "percent": maps.was_percent,
                 "maps": {e: f.name for e, f in maps.files.items()}}
         return {e: maps.fractions[e] for e in maps.elements}, info

@@ -21,8 +21,9 @@ def register(subparsers) -> None:
             whole scan rows; the whole scan is never held in memory.
 
             EDS (--eds): a folder of per-element maps named by symbol (Ge.tif, O.png,
-            Si.npy, Te.csv) in atomic fraction or percent (percent is detected when a
-            value exceeds 1), or a spectrum image (Velox .emd, Bruker .bcf, .hspy)
+            Si.npy, Te.csv) in atomic fraction or percent (--eds-unit; by default
+            percent when the largest value exceeds 1.5, fraction when it is at most 1,
+            refused as ambiguous in between), or a spectrum image (Velox .emd, Bruker .bcf, .hspy)
             quantified per position with exspy's Cliff-Lorimer method.
 
             Calibrations are read from the file where it has them; the flags override.
@@ -48,6 +49,10 @@ def register(subparsers) -> None:
     p.add_argument("--k-factors", metavar="LIST",
                    help="Cliff-Lorimer k-factors for a spectrum image, e.g. O=1.0,Si=1.2,Ge=1.6 "
                         "(default: from the file's metadata)")
+    p.add_argument("--eds-unit", choices=("auto", "fraction", "percent"), default="auto",
+                   help="unit of the maps in an --eds folder; auto: fraction if every value "
+                        "is <= 1, percent if any exceeds 1.5, else refused as ambiguous; "
+                        "fraction clips values up to 1.5 to 1")
     p.add_argument("--name", help="scan name (default: the output file's stem)")
     p.add_argument("--r-pixel", type=float, metavar="SIZE",
                    help="probe step (scan pixel size), in --r-unit")
@@ -79,6 +84,7 @@ def run(args) -> int:
         eds=args.eds, haadf=args.haadf, elements=args.elements, name=args.name,
         r_pixel=args.r_pixel, r_unit=args.r_unit, q_pixel=args.q_pixel, q_unit=args.q_unit,
         beam_energy_kev=args.beam_energy, k_factors=args.k_factors,
+        eds_unit=args.eds_unit,
         command=_command_line(args),
         block_bytes=int(args.block_mb * 2**20),
         echo=None if args.quiet else (lambda line: print(f"stem2eds convert: {line}",

@@ -6,7 +6,14 @@ in the file's dtype, maps (Rx, Ry), compositions as atomic fractions in [0, 1].
 """
 
 from .diffraction import DiffractionSource, find_4d_datasets, open_diffraction, standard_units
-from .maps import ElementMaps, find_map_files, read_image, read_map_folder, to_fractions
+from .maps import (
+    ElementMaps,
+    eds_unit_of,
+    find_map_files,
+    read_image,
+    read_map_folder,
+    to_fractions,
+)
 from .spectrum import (
     QuantifiedMaps,
     load_spectrum_image,
@@ -25,6 +32,7 @@ __all__ = [
     "read_image",
     "read_map_folder",
     "to_fractions",
+    "eds_unit_of",
     "QuantifiedMaps",
     "load_spectrum_image",
     "parse_k_factors",

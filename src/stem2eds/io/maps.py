@@ -3,8 +3,16 @@
 A map folder holds one file per element whose stem is the element symbol
 (``Ge.tif``, ``O.png``, ``Si.npy``, ``Te.csv``; a line name may follow after
 ``_``, ``-`` or a space, e.g. ``Ge_K.tif``). Values are atomic fractions in
-[0, 1] or atomic percent in [0, 100]; percent is detected when any value of
-any map exceeds 1, and every map is then divided by 100.
+[0, 1] or atomic percent in [0, 100]. The unit is decided once for all maps
+of a scan (so they stay on one scale) from the largest value ``m`` of any
+map (:func:`eds_unit_of`):
+
+* ``m <= 1``: atomic fractions;
+* ``m > 1.5`` (:data:`AMBIGUOUS_MAX`): percent, divided by 100;
+* ``1 < m <= 1.5``: ambiguous, refused: it may be a fraction whose noise
+  pushes a nearly pure element above 1, or the percent map of minor
+  elements only. The user says which (``unit="fraction"``, which clips the
+  values above 1 to 1, or ``unit="percent"``; ``stem2eds convert --eds-unit``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,15 @@ import numpy as np
 
 from ..bundle import ELEMENT_SYMBOLS, check_element
 from ..errors import InputError
+
+#: Largest value of a scan's maps that is still ambiguous between a noisy
+#: atomic fraction (just above 1) and percent (a minor element, 1-1.5 at.%).
+#: Quantified fractions overshoot 1 by noise far less than 50 %, and the
+#: maps of a scan with any major element reach well above 1.5 at.%.
+AMBIGUOUS_MAX = 1.5
+
+#: Units of EDS maps accepted by :func:`to_fractions`.
+EDS_UNITS = ("auto", "fraction", "percent")
 
 #: Image files read as 2D maps.
 MAP_EXTENSIONS = (".tif", ".tiff", ".png", ".npy", ".csv")
@@ -182,7 +199,8 @@ def find_map_files(folder: str | os.PathLike,
 
 
 def read_map_folder(folder: str | os.PathLike,
-                    elements: Sequence[str] | None = None) -> ElementMaps:
+                    elements: Sequence[str] | None = None,
+                    unit: str = "auto") -> ElementMaps:
     """Read per-element maps from a folder as atomic fractions.
 
     Parameters
@@ -193,6 +211,9 @@ def read_map_folder(folder: str | os.PathLike,
         Elements to read, in this order; default: every map found, sorted by
         file name. With ``elements`` given, other files in the folder are
         ignored (even ones not named after an element).
+    unit : {"auto", "fraction", "percent"}
+        Unit of the files; ``auto`` decides by the rule of the module
+        docstring.
 
     Returns
     -------
@@ -214,22 +235,56 @@ def read_map_folder(folder: str | os.PathLike,
         listing = ", ".join(f"{e} {s[0]}x{s[1]}" for e, s in shapes.items())
         raise InputError(f"maps differ in shape ({listing})", path=p,
                          hint="all maps of one scan must share its grid")
-    fractions, was_percent = to_fractions(raw, p)
+    fractions, was_percent = to_fractions(raw, p, unit)
     return ElementMaps(list(elements), fractions, was_percent, files)
 
 
-def to_fractions(maps: dict[str, np.ndarray], source=None) -> tuple[dict[str, np.ndarray], bool]:
+def eds_unit_of(maps: dict[str, np.ndarray], source=None) -> str:
+    """Decide whether a scan's maps hold atomic fractions or percent.
+
+    Parameters
+    ----------
+    maps : dict of str to ndarray, shape (Rx, Ry)
+        Finite, non-negative values.
+    source : path-like, optional
+        Named in error messages.
+
+    Returns
+    -------
+    {"fraction", "percent"}
+
+    Raises
+    ------
+    InputError
+        When the largest value lies in (1, :data:`AMBIGUOUS_MAX`].
+    """
+    name, top = max(((n, float(a.max())) for n, a in maps.items()), key=lambda t: t[1])
+    if top <= 1.0:
+        return "fraction"
+    if top > AMBIGUOUS_MAX:
+        return "percent"
+    raise InputError(f"EDS maps are ambiguous: the largest value ({top:.4g}, map {name}) "
+                     "is just above 1, a noisy atomic fraction or a percent map of minor "
+                     "elements", path=source,
+                     hint="say which with --eds-unit fraction (values above 1 are clipped) "
+                          "or --eds-unit percent")
+
+
+def to_fractions(maps: dict[str, np.ndarray], source=None,
+                 unit: str = "auto") -> tuple[dict[str, np.ndarray], bool]:
     """Convert maps in atomic fraction or percent to float32 fractions.
 
-    Percent is assumed when any value of any map exceeds 1 (a fraction never
-    does); all maps are then divided by 100, so one scan's maps stay on one
-    scale.
+    With ``unit="auto"`` the unit is decided for all maps together by
+    :func:`eds_unit_of` (one scan's maps stay on one scale).
 
     Parameters
     ----------
     maps : dict of str to ndarray, shape (Rx, Ry)
     source : path-like, optional
         Named in error messages.
+    unit : {"auto", "fraction", "percent"}
+        ``fraction`` accepts values up to :data:`AMBIGUOUS_MAX` and clips
+        them to 1 (quantification noise); ``percent`` divides by 100.
 
     Returns
     -------
@@ -239,8 +294,15 @@ def to_fractions(maps: dict[str, np.ndarray], source=None) -> tuple[dict[str, np
     Raises
     ------
     InputError
-        Negative values, values above 100, NaN or infinite values.
+        Negative values, values above 100, NaN or infinite values, an
+        ambiguous scale with ``unit="auto"``, or fractions above
+        :data:`AMBIGUOUS_MAX`.
     """
+    if unit not in EDS_UNITS:
+        raise InputError(f"EDS unit {unit!r} is not one of {', '.join(EDS_UNITS)}",
+                         hint="use --eds-unit auto, fraction or percent")
+    if not maps:
+        raise InputError("no EDS maps", path=source)
     for name, arr in maps.items():
         if not np.all(np.isfinite(arr)):
             raise InputError(f"map {name} contains NaN or infinite values", path=source,
@@ -252,8 +314,17 @@ def to_fractions(maps: dict[str, np.ndarray], source=None) -> tuple[dict[str, np
             raise InputError(f"map {name} has values above 100 (max {arr.max():.4g}); "
                              "neither atomic fraction nor percent", path=source,
                              hint="export quantified maps (at.%), not counts")
-    was_percent = any(arr.max() > 1 for arr in maps.values())
-    # Divide in float64, then store float32, so x/100 is rounded once.
-    fractions = {name: (np.asarray(arr, np.float64) / (100.0 if was_percent else 1.0))
-                 .astype(np.float32) for name, arr in maps.items()}
+    if unit == "auto":
+        unit = eds_unit_of(maps, source)
+    was_percent = unit == "percent"
+    if not was_percent:
+        for name, arr in maps.items():
+            if arr.max() > AMBIGUOUS_MAX:
+                raise InputError(f"map {name} has values up to {arr.max():.4g}, too large "
+                                 "for atomic fractions", path=source,
+                                 hint="these look like percent: use --eds-unit percent")
+    # Divide in float64, then store float32, so x/100 is rounded once; a
+    # fraction's noise above 1 is clipped (only when the user said fraction).
+    fractions = {name: np.clip(np.asarray(arr, np.float64) / (100.0 if was_percent else 1.0),
+                               0.0, 1.0).astype(np.float32) for name, arr in maps.items()}
     return fractions, was_percent
