@@ -100,3 +100,18 @@ def test_simulate_patterns_uint16_and_deterministic():
     with pytest.raises(InputError):
         simulate_patterns(np.array([[0.5, 0.5, 0.5, 0, 0]]), [20.0], [[32, 32]],
                           np.random.default_rng(0), elements=ELEMENTS, detector=64)
+
+
+def test_noise_is_poisson_at_the_given_dose():
+    n = 200
+    args = (np.tile(GST, (n, 1)), np.full(n, 30.0), np.full((n, 2), 31.5))
+    kw = dict(elements=ELEMENTS, detector=64, dose=2e4)
+    expected = expected_patterns(*args, **kw)[0]
+    counts = simulate_patterns(*args, np.random.default_rng(1), **kw).astype(float)
+    ring = (expected > 2) & (expected < 200)                       # scattered, not the beam
+    mean, var = counts.mean(axis=0)[ring], counts.var(axis=0, ddof=1)[ring]
+    assert mean.sum() / expected[ring].sum() == pytest.approx(1.0, abs=0.01)
+    assert np.median(var / mean) == pytest.approx(1.0, abs=0.1)     # Poisson: variance = mean
+    # Twice the dose, twice the counts.
+    double = expected_patterns(args[0][:1], args[1][:1], args[2][:1], **{**kw, "dose": 4e4})[0]
+    assert np.allclose(double, 2 * expected, rtol=1e-5)

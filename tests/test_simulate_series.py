@@ -109,6 +109,12 @@ def test_origin_drifts_more_than_a_pixel_and_matches_patterns(series):
     origin = d["origin"]
     span = np.ptp(origin.reshape(-1, 2), axis=0)
     assert np.hypot(*span) > 1.0
+    # Descan is a plane over the scan plus jitter: plane residuals are small and random.
+    rr, cc = np.indices(origin.shape[:2])
+    design = np.stack([np.ones(rr.size), rr.ravel(), cc.ravel()], axis=1)
+    _, residual, *_ = np.linalg.lstsq(design, origin.reshape(-1, 2), rcond=None)
+    jitter = np.sqrt(residual / rr.size)
+    assert np.all(jitter < 0.2) and np.all(jitter > 0.01)
     # The brightest disk of each pattern sits on the recorded origin.
     pats = d["diffraction"].reshape(-1, 64, 64).astype(float)
     rr, cc = np.indices((64, 64))
