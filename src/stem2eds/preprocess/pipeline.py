@@ -29,7 +29,8 @@ from ..errors import InputError
 from ..progress import track
 from .maps import EDS_FILTERS, check_crop, crop_maps, filter_maps, preprocess_maps
 from .origin import OriginFit, disk_radius, find_origins, fit_origins
-from .patterns import SCALINGS, TopValues, finish_patterns, centre_patterns, normalise
+from .patterns import (CENTRINGS, SCALINGS, TopValues, centre_patterns, finish_patterns,
+                       normalise, process_patterns)
 
 ORIGIN_FITS = ("plane", "poly2", "none")
 #: Patterns transformed at once inside a read block: bounds the float32 work
@@ -73,6 +74,10 @@ class PreprocessSettings:
         Measured disk radius (input px); filled in by preprocessing.
     detector_shape : (Qx, Qy) or None
         Input detector; filled in by preprocessing.
+    centring : {"binned", "full"}
+        Shift patterns onto the detector centre after binning (fast, default)
+        or at the input resolution (see
+        :func:`stem2eds.preprocess.patterns.process_patterns`).
     """
 
     bin_factor: int = 4
@@ -88,6 +93,7 @@ class PreprocessSettings:
     scale_percentile: float = 99.9
     probe_radius: float | None = None
     detector_shape: tuple[int, int] | None = None
+    centring: str = "binned"
 
     def __post_init__(self) -> None:
         for name in ("bin_factor", "eds_kernel"):
@@ -108,6 +114,9 @@ class PreprocessSettings:
         if self.scaling not in SCALINGS:
             raise InputError(f"unknown scaling {self.scaling!r}",
                              hint=f"choose one of {', '.join(SCALINGS)}")
+        if self.centring not in CENTRINGS:
+            raise InputError(f"unknown centring {self.centring!r}",
+                             hint=f"choose one of {', '.join(CENTRINGS)}")
         if self.origin_fit not in ORIGIN_FITS:
             raise InputError(f"unknown origin fit {self.origin_fit!r}",
                              hint=f"choose one of {', '.join(ORIGIN_FITS)}")
@@ -183,8 +192,24 @@ def raw_calibration(scan: ScanBundle) -> Calibration:
 
 # -- streaming ---------------------------------------------------------------
 
-def iter_region(scan: ScanBundle, crop=None, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+def iter_region(scan: ScanBundle, crop=None, batch: int = 256,
+                read_ahead: int = 2) -> Iterator[tuple[int, np.ndarray]]:
     """Stream the patterns of a scan region in C order, whole region rows at a time.
+
+    Blocks are read by :class:`stem2eds.stream.PatternReader` (direct reads
+    of uncompressed chunks) in a background thread ``read_ahead`` blocks
+    ahead of the caller, so reading overlaps with processing. Each block is
+    a new array the caller may keep.
+
+    Parameters
+    ----------
+    scan : ScanBundle
+        (Rx, Ry, Qx, Qy) patterns.
+    crop : (r0, r1, c0, c1) or None
+    batch : int
+        Patterns per block (whole region rows when ``batch`` >= the region's width).
+    read_ahead : int
+        Blocks read ahead in a background thread; 0 reads in the caller's thread.
 
     Yields
     ------
@@ -192,18 +217,31 @@ def iter_region(scan: ScanBundle, crop=None, batch: int = 256) -> Iterator[tuple
         Flat index in the cropped scan of the first pattern.
     patterns : ndarray, shape (n, Qx, Qy)
     """
-    r0, r1, c0, c1 = check_crop(crop, scan.scan_shape)
+    from ..stream import PatternReader, prefetch
+
+    box = check_crop(crop, scan.scan_shape)
+    reader = PatternReader(scan.diffraction)
+    blocks = _read_blocks(reader, box, scan.scan_shape[1], batch)
+    try:
+        yield from (prefetch(blocks, read_ahead) if read_ahead > 0 else blocks)
+    finally:
+        reader.close()
+
+
+def _read_blocks(reader, box, ry: int, batch: int) -> Iterator[tuple[int, np.ndarray]]:
+    r0, r1, c0, c1 = box
     width = c1 - c0
-    ds = scan.diffraction
+    cols = np.arange(c0, c1)
     if batch >= width:
         rows = batch // width
         for i in range(r0, r1, rows):
-            block = ds[i:min(i + rows, r1), c0:c1]
-            yield (i - r0) * width, block.reshape(-1, *block.shape[2:])
+            flat = (np.arange(i, min(i + rows, r1))[:, None] * ry + cols).ravel()
+            yield (i - r0) * width, reader.read(flat)
     else:
         for i in range(r0, r1):
             for j in range(c0, c1, batch):
-                yield (i - r0) * width + (j - c0), ds[i, j:min(j + batch, c1)]
+                flat = i * ry + np.arange(j, min(j + batch, c1))
+                yield (i - r0) * width + (j - c0), reader.read(flat)
 
 
 def _n_batches(crop_box, batch: int) -> int:
@@ -282,6 +320,7 @@ def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: 
     box = check_crop(settings.crop, scan.scan_shape)
     flat_origins = origins.reshape(-1, 2)
     qx, qy = scan.detector_shape
+    f = int(settings.bin_factor)
     if adf is not None:
         from .register import annular_sum
     for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
@@ -290,13 +329,26 @@ def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: 
         for lo in range(0, len(patterns), WORK_CHUNK):
             chunk = patterns[lo:lo + WORK_CHUNK]
             first = start + lo
-            centred = centre_patterns(chunk, flat_origins[first:first + len(chunk)])
-            if adf is not None:
+            chunk_origins = flat_origins[first:first + len(chunk)]
+            if adf is None:
+                done.append(process_patterns(chunk, chunk_origins, beam_radius, f,
+                                             settings.scaling, settings.centring))
+                continue
+            # registration also needs the virtual ADF of the centred counts
+            if settings.centring == "full":
+                centred = centre_patterns(chunk, chunk_origins)
                 adf[first:first + len(chunk)] = annular_sum(centred, beam_radius,
                                                             min(qx, qy) / 2)
-            done.append(finish_patterns(centred, beam_radius, settings.bin_factor,
-                                        settings.scaling))
-        yield start, np.concatenate(done)
+                done.append(finish_patterns(centred, beam_radius, f, settings.scaling))
+            else:
+                from .patterns import apply_scaling, centre_binned
+
+                centred = centre_binned(chunk, chunk_origins, beam_radius, f)
+                adf[first:first + len(chunk)] = annular_sum(centred, beam_radius / f,
+                                                            min(qx, qy) / (2 * f))
+                done.append(apply_scaling(centred, settings.scaling).astype(np.float32,
+                                                                             copy=False))
+        yield start, np.concatenate(done) if len(done) > 1 else done[0]
 
 
 def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int = 1024,
