@@ -287,3 +287,19 @@ def test_failure_mid_scan_leaves_no_bundle(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         simulate_series(tmp_path / "out", settings)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_thickness_mean_and_grain_scan_fraction_follow_settings(tmp_path, run_cli):
+    args = ["--scans", "3", "--scan-shape", "10x8", "--detector", "32", "--quiet"]
+    assert run_cli("simulate", tmp_path / "none", *args, "--grain-scans", "0",
+                   "--thickness", "20")[0] == 0
+    assert run_cli("simulate", tmp_path / "all", *args, "--grain-scans", "1")[0] == 0
+    for name in ("scan_0033.h5", "scan_0034.h5", "scan_0035.h5"):
+        with h5py.File(tmp_path / "none" / name) as f:
+            assert f["simulation/grain_mask"][()].sum() == 0
+            assert f["simulation/thickness"][()].mean() == pytest.approx(20.0, rel=0.1)
+        with h5py.File(tmp_path / "all" / name) as f:
+            assert f["simulation/grain_mask"][()].sum() > 0
+            assert f["simulation/thickness"][()].mean() == pytest.approx(30.0, rel=0.1)
+    code, _, err = run_cli("simulate", tmp_path / "bad", *args, "--grain-scans", "1.5")
+    assert code == 2 and "--grain-scans" in err

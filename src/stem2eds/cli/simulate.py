@@ -30,6 +30,9 @@ def register(subparsers) -> None:
                         "varies by 5 %% from scan to scan)")
     p.add_argument("--eds-dose", type=float, default=10.0,
                    help="X-ray counts per nm of film for a unit-yield element (EDS noise)")
+    p.add_argument("--thickness", type=float, default=30.0, help="mean film thickness in nm")
+    p.add_argument("--grain-scans", type=float, default=0.5,
+                   help="fraction of the scans with rock-salt grains (0: all amorphous)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--first-scan", type=int, default=33, help="number of the first scan")
     p.add_argument("--workers", type=int, default=2,
@@ -44,6 +47,7 @@ def run(args) -> int:
 
     settings = SimulationSettings(n_scans=args.scans, scan_shape=parse_pair(args.scan_shape),
                                   detector=args.detector, dose=args.dose, eds_dose=args.eds_dose,
+                                  thickness_nm=args.thickness, grain_scan_fraction=args.grain_scans,
                                   seed=args.seed, first_scan=args.first_scan, workers=args.workers)
     paths = simulate_series(args.out_dir, settings, quiet=args.quiet)
     for path in paths:

@@ -76,8 +76,9 @@ class SimulationSettings:
     jitter_px : float
         Per-pattern beam-centre jitter, px at 256 px.
     grain_scan_fraction : float
-        Fraction of the scans that contain crystalline grains (at least one
-        scan with and one without when there are two scans or more).
+        Fraction of the scans that contain crystalline grains (0: none, 1: all;
+        in between, at least one scan with and one without when there are two
+        scans or more).
     max_grains : int
         Most grains per scan that has grains.
     energy_kev : float
@@ -113,7 +114,9 @@ class SimulationSettings:
                   (self.dose > 0, "--dose must be positive (electrons per pattern)"),
                   (0 <= self.dose_variation < 0.5, "dose_variation must be in [0, 0.5)"),
                   (self.eds_dose > 0, "--eds-dose must be positive"),
-                  (self.thickness_nm > 0, "thickness must be positive"),
+                  (self.thickness_nm > 0, "--thickness must be positive (nm)"),
+                  (0 <= self.grain_scan_fraction <= 1, "--grain-scans must be in [0, 1]"),
+                  (self.max_grains >= 1, "max_grains must be at least 1"),
                   (self.first_scan >= 0, "--first-scan must be non-negative"),
                   (self.workers >= 1, "--workers must be at least 1")]
         for ok, message in checks:
@@ -145,7 +148,7 @@ def _grain_counts(settings: SimulationSettings) -> list[int]:
     rng = _rng(settings, _STREAM_SERIES, 1)
     n = settings.n_scans
     n_with = int(round(settings.grain_scan_fraction * n))
-    if n >= 2:
+    if n >= 2 and 0 < settings.grain_scan_fraction < 1:
         n_with = min(max(n_with, 1), n - 1)
     with_grains = set(rng.choice(n, size=n_with, replace=False).tolist()) if n_with else set()
     return [int(rng.integers(1, settings.max_grains + 1)) if k in with_grains else 0

@@ -72,7 +72,10 @@ def thickness_map(scan_shape: tuple[int, int], rng: np.random.Generator, mean_nm
     direction = rng.uniform(0, 2 * np.pi)
     plane = wedge * (np.cos(direction) * rows + 0.3 * np.sin(direction) * cols)
     bumps = ndimage.gaussian_filter(rng.standard_normal((rx, ry)), 10.0 / r_pixel_nm, mode="wrap")
-    bumps /= bumps.std() + 1e-12
+    bumps -= bumps.mean()
+    spread = bumps.std()
+    # A field much smaller than the correlation length is flat: no undulation, not amplified noise.
+    bumps = bumps / spread if spread > 1e-3 * np.abs(bumps).max() + 1e-9 else np.zeros_like(bumps)
     return mean_nm * np.clip(1.0 + plane + variation * bumps, 0.3, None)
 
 
