@@ -3,8 +3,16 @@
 Patterns are streamed from the bundle in batches through
 ``stem2eds.preprocess.iter_preprocessed`` with the run's stored settings
 (so prediction preprocesses exactly as training did) and through the model
-under ``torch.inference_mode()``; only the (E, Rx', Ry') output maps are held
-in memory.
+under ``torch.inference_mode()``. Reading (a background thread), preprocessing
+(a second background thread, :func:`stem2eds.stream.prefetch`) and the model
+(the caller's thread) overlap; numpy, OpenCV, HDF5 reads and torch all
+release the GIL. :func:`predict_bundle` writes each batch's outputs into the
+prediction file as it comes, so memory does not grow with the scan.
+
+On CUDA the batches go through pinned host memory with non-blocking copies,
+and the trainable layers run under autocast (bfloat16 where supported,
+else float16); parameter-free front ends that subtract large similar
+numbers (the ring statistics of ``radial``) stay in float32.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -60,15 +68,18 @@ class Predictor:
         The network in eval mode, on ``device``.
     settings : PreprocessSettings
         Resolved preprocessing of the training data.
+    mixed_precision : bool
+        Autocast the trainable layers on CUDA (ignored on CPU).
     """
 
     def __init__(self, run_dir: Path, info: dict[str, Any], model: torch.nn.Module,
-                 settings, device: torch.device):
+                 settings, device: torch.device, mixed_precision: bool = True):
         self.run_dir = run_dir
         self.info = info
         self.model = model
         self.settings = settings
         self.device = device
+        self.mixed_precision = mixed_precision
 
     @property
     def elements(self) -> list[str]:
@@ -102,11 +113,26 @@ class Predictor:
         n_eds = len(self.elements)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(patterns, dtype=np.float32))
-            out = apply_output_activation(self.model(x.to(self.device)), n_eds).cpu().numpy()
+            if self.device.type == "cuda":
+                # pinned staging lets the copy run asynchronously to the host
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            out = apply_output_activation(self._forward(x), n_eds).float().cpu().numpy()
         out[:, :n_eds] = np.clip(out[:, :n_eds], 0.0, 1.0)
         if out.shape[1] > n_eds:
             out[:, n_eds] *= self.haadf_scale
         return out
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on a device batch; autocast for the trainable layers on CUDA."""
+        if self.device.type != "cuda" or not self.mixed_precision:
+            return self.model(x)
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if getattr(self.model, "fixed_frontend", False):
+            feats = self.model.frontend(x)  # float32: differences of large sums
+            with torch.autocast("cuda", dtype=dtype):
+                return self.model.forward_features(feats)
+        with torch.autocast("cuda", dtype=dtype):
+            return self.model(x)
 
     def predict_scan(self, bundle: str | os.PathLike | ScanBundle,
                      batch: int = 1024) -> Prediction:
@@ -130,30 +156,60 @@ class Predictor:
             return self._predict_open(scan, batch)
 
     def _predict_open(self, scan: ScanBundle, batch: int) -> Prediction:
+        rx, ry = self.output_shape(scan)
+        n_eds = len(self.elements)
+        out = np.empty((rx * ry, self.n_outputs), dtype=np.float32)
+        for start, values in self.iter_outputs(scan, batch):
+            out[start:start + len(values)] = values
+        eds = out[:, :n_eds].T.reshape(n_eds, rx, ry).copy()
+        haadf = out[:, n_eds].reshape(rx, ry).copy() if out.shape[1] > n_eds else None
+        return Prediction(eds, haadf, self.elements, (rx, ry))
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.elements) + (1 if "haadf" in self.targets else 0)
+
+    def output_shape(self, scan: ScanBundle) -> tuple[int, int]:
+        """Scan shape (Rx', Ry') of the predicted maps (after the run's crop for raw bundles)."""
+        if scan.kind == "preprocessed":
+            return tuple(scan.scan_shape)  # type: ignore[return-value]
+        return _cropped_shape(scan.scan_shape, self.settings.crop, scan.path)
+
+    def iter_outputs(self, scan: ScanBundle, batch: int = 1024, read_ahead: int = 2
+                     ) -> "Iterator[tuple[int, np.ndarray]]":
+        """Stream the outputs of an open bundle, batch by batch, in scan (C) order.
+
+        Preprocessing runs in a background thread ``read_ahead`` batches
+        ahead of the model (and reads in a thread of its own), so the three
+        overlap.
+
+        Yields
+        ------
+        start : int
+            Flat index (in the predicted, cropped scan) of the batch's first position.
+        outputs : ndarray, shape (n, E [+ 1]), float32
+            As :meth:`predict_patterns`.
+        """
         from .preprocess import iter_preprocessed
+        from .stream import prefetch
 
         if batch < 1:
             raise InputError(f"batch must be positive, got {batch}")
         if scan.kind == "preprocessed":
             self._check_preprocessed(scan)
             stream = scan.iter_patterns(batch=batch)
-            rx, ry = scan.scan_shape
         else:
+            self.output_shape(scan)  # checks the crop before the long pass
             stream = iter_preprocessed(scan, self.settings, batch=batch)
-            rx, ry = _cropped_shape(scan.scan_shape, self.settings.crop, scan.path)
-        n_eds = len(self.elements)
-        out = np.empty((rx * ry, n_eds + (1 if "haadf" in self.targets else 0)),
-                       dtype=np.float32)
+        if read_ahead > 0:
+            stream = prefetch(stream, read_ahead)
         for start, patterns in stream:
             if patterns.shape[1:] != tuple(self.info["input_shape"]):
                 raise InputError(f"preprocessed patterns are {patterns.shape[1]}x"
                                  f"{patterns.shape[2]} but the model takes "
                                  f"{self.info['input_shape'][0]}x{self.info['input_shape'][1]}",
                                  path=scan.path, hint="use scans from the same detector setup")
-            out[start:start + len(patterns)] = self.predict_patterns(patterns)
-        eds = out[:, :n_eds].T.reshape(n_eds, rx, ry).copy()
-        haadf = out[:, n_eds].reshape(rx, ry).copy() if out.shape[1] > n_eds else None
-        return Prediction(eds, haadf, self.elements, (rx, ry))
+            yield start, self.predict_patterns(patterns)
 
     def _check_preprocessed(self, scan: ScanBundle) -> None:
         stored = scan.json_attr("preprocess", {}) or {}
@@ -270,7 +326,11 @@ def write_prediction(prediction: Prediction, out: str | os.PathLike, *,
 
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                    out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu") -> Path:
-    """Predict a scan with a trained run and write the prediction file.
+    """Predict a scan with a trained run and write the prediction file, streaming.
+
+    Outputs are written into the file batch by batch as they are predicted
+    (the file appears under ``out`` only when complete), so memory stays at
+    a few batches of patterns whatever the scan size.
 
     Parameters
     ----------
@@ -279,9 +339,9 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     bundle : path-like
         Raw scan bundle to predict.
     out : path-like
-        Output HDF5 (see :func:`write_prediction`); root attributes
+        Output HDF5 (the layout of :func:`write_prediction`); root attributes
         ``scan_name``, ``model``, ``run_dir``, ``stem2eds_version``,
-        ``scan_shape``, ``targets``.
+        ``scan_shape``, ``targets``, ``source``.
     batch : int
         Patterns per batch.
     device : {"cpu", "cuda", "auto"}
@@ -294,11 +354,50 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     from . import __version__
 
     predictor = load_run(run_dir, device=device)
+    out = Path(out)
     with open_bundle(bundle) as scan:
-        prediction = predictor.predict_scan(scan, batch=batch)
-        name = scan.name
-    return write_prediction(prediction, out, attrs={
-        "scan_name": name, "model": predictor.model_name,
-        "run_dir": str(Path(run_dir).resolve()), "stem2eds_version": __version__,
-        "scan_shape": list(prediction.scan_shape), "targets": list(predictor.targets),
-        "source": str(Path(bundle).resolve())})
+        shape = predictor.output_shape(scan)
+        attrs = {"scan_name": scan.name, "model": predictor.model_name,
+                 "run_dir": str(Path(run_dir).resolve()), "stem2eds_version": __version__,
+                 "scan_shape": list(shape), "targets": list(predictor.targets),
+                 "source": str(Path(bundle).resolve())}
+        with atomic_output(out) as tmp:
+            with h5py.File(tmp, "w") as f:
+                datasets = _prediction_datasets(f, predictor.elements,
+                                                "haadf" in predictor.targets, shape, attrs)
+                for start, values in predictor.iter_outputs(scan, batch):
+                    _write_flat(datasets, start, values, shape[1])
+    return out
+
+
+def _prediction_datasets(f: h5py.File, elements: Sequence[str], haadf: bool,
+                         shape: tuple[int, int], attrs: dict[str, Any]) -> list[h5py.Dataset]:
+    """Create the datasets of a prediction file (one per output column, in output order)."""
+    f.attrs["elements"] = np.array(list(elements), dtype=h5py.string_dtype())
+    for key, value in attrs.items():
+        f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+    grp = f.create_group("eds")
+    grp.attrs["unit"] = "atomic fraction"
+    out = [grp.create_dataset(el, shape=shape, dtype=np.float32) for el in elements]
+    if haadf:
+        out.append(f.create_dataset("haadf", shape=shape, dtype=np.float32))
+    return out
+
+
+def _write_flat(datasets: Sequence[h5py.Dataset], start: int, values: np.ndarray,
+                width: int) -> None:
+    """Write outputs (n, K) of flat positions ``start..start+n`` into K (Rx, Ry) maps."""
+    k, n = 0, len(values)
+    while k < n:
+        i, j = divmod(start + k, width)
+        if j == 0 and n - k >= width:
+            rows = (n - k) // width
+            block = values[k:k + rows * width].reshape(rows, width, -1)
+            for col, ds in enumerate(datasets):
+                ds[i:i + rows] = block[:, :, col]
+            k += rows * width
+        else:
+            take = min(n - k, width - j)
+            for col, ds in enumerate(datasets):
+                ds[i, j:j + take] = values[k:k + take, col]
+            k += take
