@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from .errors import InputError, atomic_output
+from .errors import InputError, atomic_output, release_reservation, reserve_space
 
 FORMAT = "stem2eds-bundle"
 FORMAT_VERSION = 1
@@ -279,8 +279,13 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
     prov = dict(provenance or {})
     prov.setdefault("stem2eds_version", __version__)
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    with atomic_output(path) as tmp:
+    expected = _expected_bundle_bytes((rx, ry), (qx, qy), np.dtype(dtype), len(elements),
+                                      compression)
+    with atomic_output(path, expected_bytes=expected) as tmp:
         with h5py.File(tmp, "w") as f:
+            # Before any pattern is written: a full disk fails here, cleanly
+            # (HDF5 itself can crash on a write that fails mid-file).
+            reserve_space(tmp, expected, what=Path(path).name)
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["kind"] = kind
@@ -294,6 +299,26 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
                              chunks=(1, 1, qx, qy), compression=compression)
             f[DIFFRACTION].attrs["axes"] = "Rx,Ry,Qx,Qy"
             yield BundleBuilder(f, (rx, ry))
+        release_reservation(tmp)
+
+
+def _expected_bundle_bytes(scan_shape: tuple[int, int], detector_shape: tuple[int, int],
+                           dtype: np.dtype, n_elements: int, compression: str | None) -> int:
+    """Upper estimate of a bundle's size on disk, bytes.
+
+    Patterns (uncompressed size; a compressed bundle is smaller, so the
+    estimate only reserves more than needed), plus float32 maps for ``eds``,
+    ``eds_raw``, ``truth`` and a dozen other per-position arrays (HAADF,
+    origins, simulation records), plus HDF5's chunk index (about 100 bytes a
+    chunk) and 256 KiB for headers and attributes (provenance JSON included).
+    """
+    rx, ry = scan_shape
+    positions = rx * ry
+    patterns = positions * detector_shape[0] * detector_shape[1] * dtype.itemsize
+    if compression:
+        patterns //= 2
+    maps = positions * 4 * (3 * n_elements + 12)
+    return int(patterns + maps + positions * 100 + 2**18)
 
 
 @dataclass
