@@ -303,3 +303,13 @@ def test_thickness_mean_and_grain_scan_fraction_follow_settings(tmp_path, run_cl
             assert f["simulation/thickness"][()].mean() == pytest.approx(30.0, rel=0.1)
     code, _, err = run_cli("simulate", tmp_path / "bad", *args, "--grain-scans", "1.5")
     assert code == 2 and "--grain-scans" in err
+
+
+def test_provenance_from_another_simulator_version_is_refused(series):
+    from stem2eds.simulate.series import settings_from_provenance
+
+    with h5py.File(series[0]) as f:
+        prov = json.loads(f.attrs["provenance"])
+    prov["settings"]["simulator_version"] = -1
+    with pytest.raises(ValueError):
+        settings_from_provenance(json.dumps(prov))

@@ -37,6 +37,9 @@ from .haadf import haadf_image
 from .specimen import descan_origins, place_grains, thickness_map
 
 ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
+#: Bumped whenever the physics changes the output for the same settings, so that
+#: cached simulations (e.g. the demo's) are not reused across versions.
+SIMULATOR_VERSION = 2
 #: Creation time written into simulated bundles: fixed, so that same seed gives same bytes.
 FIXED_CREATED = "2000-01-01T00:00:00+00:00"
 R_PIXEL_NM = 1.053
@@ -124,10 +127,11 @@ class SimulationSettings:
                 raise InputError(message)
 
     def to_dict(self) -> dict:
-        """The settings that determine the output (``workers`` does not)."""
+        """The settings that determine the output (``workers`` does not), with the simulator version."""
         d = asdict(self)
         d["scan_shape"] = list(self.scan_shape)
         del d["workers"]
+        d["simulator_version"] = SIMULATOR_VERSION
         return d
 
     @property
@@ -298,8 +302,18 @@ def simulate_series(out_dir: str | Path, settings: SimulationSettings = Simulati
 
 
 def settings_from_provenance(text: str) -> SimulationSettings:
-    """Rebuild :class:`SimulationSettings` from a bundle's provenance JSON."""
+    """Rebuild :class:`SimulationSettings` from a bundle's provenance JSON.
+
+    Raises
+    ------
+    ValueError
+        If the bundle was written by another version of the simulator (its
+        contents would differ for the same settings).
+    """
     d = dict(json.loads(text)["settings"])
+    version = d.pop("simulator_version", None)
+    if version != SIMULATOR_VERSION:
+        raise ValueError(f"simulated by simulator version {version}, this is {SIMULATOR_VERSION}")
     d["scan_shape"] = tuple(d["scan_shape"])
     d["composition"] = CompositionModel(**d["composition"])
     return replace(SimulationSettings(), **d)
