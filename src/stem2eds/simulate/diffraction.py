@@ -11,11 +11,14 @@ unscattered fraction after the amorphous film (sigma_el = lambda^2 integral
 of <f^2> over the detector plane: the kinematic elastic cross-section),
 ``P_0`` the central (probe-convergence) disk at the beam origin ``q_0``,
 ``P_g`` the Bragg disks of a grain (:mod:`.crystal`) and ``I_amorphous``
-from :mod:`.amorphous`, blurred by the convergence disk. Counts are Poisson samples of ``n``, clipped to the
-16-bit range of the detector.
+from :mod:`.amorphous`, blurred by the convergence disk. Counts are
+Poisson samples of ``n``, clipped to the 16-bit range of the detector.
 
-The radial profile is computed on a fine 1D q grid and interpolated onto the
-detector around each pattern's own origin, vectorised over a batch.
+The radial profile is computed on a fine 1D q grid and sampled onto the
+detector around each pattern's own origin, vectorised over a batch. Multiple
+scattering is not redistributed in angle (the scattered part is rescaled so
+that no electron is counted twice), and the elastic-only model has no
+inelastic or thermal-diffuse background.
 """
 
 from __future__ import annotations
