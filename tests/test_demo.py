@@ -24,6 +24,12 @@ def test_tiny_demo_writes_reports_and_index(tmp_path):
     interp = json.loads((tmp_path / "demo" / "interpolate" / "metrics.json").read_text())
     assert interp["train_scans"] == ["scan_0033", "scan_0035"]
     assert interp["test_scans"] == ["scan_0034"]
+    # extrapolation trains exactly what the random split trained: reused, not retrained
+    models = tmp_path / "demo"
+    for m in ("cnn", "ridge"):
+        first = json.loads((models / "random/models/random" / m / "run.json").read_text())
+        again = json.loads((models / "extrapolate/models/extrapolate" / m / "run.json").read_text())
+        assert first == again
     # the paper's interpolation numbers are shown next to this run's
     assert "0.681" in text
     # a second run reuses the simulated bundles and the trained models

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,11 @@ def run_demo(out: str | os.PathLike = "stem2eds-demo", settings: DemoSettings = 
         t0 = time.perf_counter()
         # the random split uses one scan, as the paper's 80:20 experiment did
         scans = bundles[:1] if strategy == "random" else bundles
+        if strategy == "extrapolate":
+            # Extrapolation trains on the first scan with the same settings and
+            # split as the random experiment: the very same training runs.
+            _reuse_training(root / "random" / "models" / "random",
+                            root / "extrapolate" / "models" / "extrapolate")
         run_experiment(scans, root / strategy, strategy, config, quiet=quiet,
                        figures=settings.figures)
         timings[strategy] = time.perf_counter() - t0
@@ -133,6 +139,25 @@ def run_demo(out: str | os.PathLike = "stem2eds-demo", settings: DemoSettings = 
     with atomic_output(root / "timings.json") as tmp:
         tmp.write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1))
     return write_index(root, timings)
+
+
+def _reuse_training(src: Path, dst: Path) -> None:
+    """Copy finished training runs (CNN and baseline) to where another experiment looks.
+
+    Only called where both experiments train on the same scans with the same
+    configuration; :func:`stem2eds.experiment.run_experiment` then finds them
+    finished and skips training.
+    """
+    from .experiment import BASELINE_MODEL
+
+    if dst.exists() or not all((src / m / "weights.safetensors").is_file()
+                               for m in ("cnn", BASELINE_MODEL)):
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
 
 
 def write_index(root: Path, timings: dict[str, float] | None = None) -> Path:
