@@ -454,6 +454,12 @@ def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)
         format version, or lacks a required dataset.
     """
     p = Path(path)
+    if p.is_dir():
+        empty = not any(p.iterdir())
+        raise InputError("is an empty folder, not a scan bundle" if empty
+                         else "is a folder, not a scan bundle", path=p,
+                         hint="give the bundle files themselves, e.g. "
+                              f"{p / '*.h5'}")
     if not p.is_file():
         raise InputError("no such file", path=p)
     try:
