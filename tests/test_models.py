@@ -116,3 +116,24 @@ def test_ridge_recovers_a_linear_relation(rng):
 def test_paper_cnn_rejects_tiny_input():
     with pytest.raises(InputError):
         build_model("paper", (1, 1), 3)
+
+
+def test_radial_model_ignores_overall_intensity():
+    """Normalised profiles: scaling a whole pattern (dose, thickness) changes nothing."""
+    torch.manual_seed(0)
+    net = build_model("radial", (32, 32), 4).eval()
+    x = torch.rand(3, 32, 32) + 0.01
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(3.0 * x), rtol=1e-4, atol=1e-4)
+    raw = build_model("radial", (32, 32), 4, {"normalise": False}).eval()
+    with torch.no_grad():
+        assert not torch.allclose(raw(x), raw(3.0 * x), atol=1e-3)
+
+
+def test_radial_frontend_then_features_equals_forward():
+    torch.manual_seed(0)
+    net = build_model("radial", (32, 32), 4, {"statistics": ("mean", "std", "max"),
+                                              "linear_skip": True}).eval()
+    x = torch.rand(5, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_features(net.frontend(x)), net(x))

@@ -93,7 +93,7 @@ class TrainConfig:
     num_workers : int
         DataLoader worker processes (0 = load in the training process).
     threads : int
-        CPU threads used by torch (0 = all cores, at most 8).
+        CPU threads used by torch (0 = half the cores, at most 8).
     preprocess : PreprocessSettings
         How raw bundles are preprocessed (``stem2eds.preprocess``); the
         resolved settings (scale, beam radius) are stored in ``run.json``.

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from .bundle import open_bundle
 from .config import TrainConfig
@@ -90,20 +91,26 @@ class Regressor(_lightning().LightningModule):
         ``{"eds": w, "haadf": w}``; the EDS loss is averaged over elements.
     learning_rate : float
         Adam learning rate.
+    on_features : bool
+        Batches hold the net's fixed front-end features (``net.frontend``
+        computed once, see :func:`frontend_dataset`) instead of patterns.
     """
 
     def __init__(self, net: nn.Module, n_eds: int, loss: str = "mae",
-                 loss_weights: dict[str, float] | None = None, learning_rate: float = 1e-4):
+                 loss_weights: dict[str, float] | None = None, learning_rate: float = 1e-4,
+                 on_features: bool = False):
         super().__init__()
         self.net = net
+        self.on_features = bool(on_features)
         self.n_eds = int(n_eds)
         self.loss_name = loss
         self._loss = _loss_fn(loss)
         self.loss_weights = dict(loss_weights or {"eds": 1.0, "haadf": 1.0})
         self.learning_rate = float(learning_rate)
 
-    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
-        return apply_output_activation(self.net(patterns), self.n_eds)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        raw = self.net.forward_features(inputs) if self.on_features else self.net(inputs)
+        return apply_output_activation(raw, self.n_eds)
 
     def compute_loss(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-target and weighted total loss of a batch."""
@@ -314,7 +321,10 @@ def _accelerator(device: str) -> str:
 
 
 def _set_threads(config: TrainConfig) -> None:
-    threads = config.threads or min(os.cpu_count() or 1, 8)
+    # Half the cores by default: small models gain nothing from more threads,
+    # and on a shared machine a thread waiting for a busy core stalls every op
+    # (we measured a 6x slower step with 2 threads than with 1 on 2 busy cores).
+    threads = config.threads or max(1, min((os.cpu_count() or 2) // 2, 8))
     torch.set_num_threads(threads)
 
 
@@ -449,6 +459,32 @@ def _fit_closed_form(net: nn.Module, data, config: TrainConfig, n_eds: int) -> d
             "best_val_loss": losses["val_loss"], "epochs_run": 0}
 
 
+def frontend_dataset(net: nn.Module, dataset, batch: int = 1024) -> TensorDataset:
+    """Apply a model's fixed front end to every pattern of a dataset, once.
+
+    Parameters
+    ----------
+    net : nn.Module
+        A model with ``fixed_frontend`` (e.g. ``radial``).
+    dataset : PositionDataset
+        Items (pattern (Qx, Qy), target (T,)).
+    batch : int
+        Patterns per front-end batch (streamed; lazy datasets stay on disk).
+
+    Returns
+    -------
+    TensorDataset
+        Items (features (S, R), target (T,)): a few hundred numbers per
+        position instead of Qx*Qy, so every later epoch skips the front end.
+    """
+    feats, targets = [], []
+    with torch.inference_mode():
+        for x, y in make_loader(dataset, batch, False, 0):
+            feats.append(net.frontend(x))
+            targets.append(y)
+    return TensorDataset(torch.cat(feats).clone(), torch.cat(targets).clone())
+
+
 def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_eds: int,
                    resume: bool, quiet: bool):
     """Train with Lightning; returns (summary, net with the best weights, is rank 0)."""
@@ -458,7 +494,12 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
 
     from .progress import interactive
 
-    module = Regressor(net, n_eds, config.loss, config.loss_weights, config.learning_rate)
+    on_features = bool(getattr(net, "fixed_frontend", False))
+    module = Regressor(net, n_eds, config.loss, config.loss_weights, config.learning_rate,
+                       on_features=on_features)
+    train_set, val_set = data.train, data.val
+    if on_features:
+        train_set, val_set = frontend_dataset(net, train_set), frontend_dataset(net, val_set)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                  monitor="val_loss", mode="min", save_last=True,
                                  enable_version_counter=False)
@@ -477,9 +518,10 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
     # Deterministic kernels on CPU; on GPU some (scatter_reduce) have no
     # deterministic version, so only warn there.
     deterministic: Any = True if accelerator == "cpu" else "warn"
-    train_loader = make_loader(data.train, config.batch_size, True, config.seed,
-                               config.num_workers)
-    val_loader = make_loader(data.val, 1024, False, config.seed, config.num_workers)
+    # Features are in memory already: worker processes would only add overhead.
+    workers = 0 if on_features else config.num_workers
+    train_loader = make_loader(train_set, config.batch_size, True, config.seed, workers)
+    val_loader = make_loader(val_set, 1024, False, config.seed, workers)
     ckpt_path = run_dir / "checkpoints" / "last.ckpt" if resume else None
     with _quiet_lightning():
         trainer = L.Trainer(

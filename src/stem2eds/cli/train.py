@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--devices", help="devices per node, or auto")
     p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP (1)")
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers (0)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (0 = all, up to 8)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (0 = half the cores, up to 8)")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR from checkpoints/last.ckpt after a crash or kill")
     p.add_argument("--quiet", action="store_true", help="no progress output")
