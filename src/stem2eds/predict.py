@@ -29,7 +29,9 @@ import torch
 
 from .bundle import ScanBundle, open_bundle
 from .errors import InputError, atomic_output
-from .train import RUN_FORMAT, RUN_FORMAT_VERSION, _read_state, apply_output_activation
+# not from .train: that imports Lightning (seconds of start-up) for nothing here
+from .runinfo import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
+from .runinfo import read_run_info as _read_state
 
 
 @dataclass

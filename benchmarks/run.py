@@ -1,0 +1,356 @@
+"""Throughput and peak memory of every stage: convert, preprocess, train, predict.
+
+Each stage runs as its own ``stem2eds`` command in a fresh subprocess, so its
+wall time includes start-up and imports (what a user waits for) and its
+peak resident memory (``ru_maxrss`` of that process, from ``os.wait4``) is
+not mixed with other stages'. Training and prediction run for the default
+model (``radial``, on 4x-binned patterns) and for the ``paper`` CNN on the
+full-resolution patterns (``--bin 1``: the paper's 256x256 input), in the
+same run.
+
+Data: synthetic 16-bit patterns (direct disk of radius 3 px with a soft edge,
+an amorphous ring whose strength and radius follow the composition, diffuse
+background, Poisson noise, a drifting and jittering beam centre), made in
+blocks of 512 patterns repeated over the scan, written as an MRC stack plus
+one ``.npy`` EDS map per element, then converted by ``stem2eds convert``
+(timed). The training scan is smaller than the predicted one; per-epoch
+times come from a Lightning callback added in the training subprocess.
+
+Usage::
+
+    .venv/bin/python benchmarks/run.py --size small --out benchmarks/results/small.json
+    .venv/bin/python benchmarks/run.py --size full --out benchmarks/results/full.json
+    .venv/bin/python benchmarks/run.py --table benchmarks/results/full.json   # README table
+
+Sizes (predicted scan, training scan, detector): ``tiny`` 10x8 and 10x8 at
+64x64 (a CI smoke check); ``small`` 40x50 and 20x50 at 256x256; ``full``
+120x100 (12,000 patterns, 1.5 GB) and 40x50 at 256x256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ELEMENTS = ("O", "Ge", "Sb", "Te")
+SIZES = {
+    # predict scan, train scan, detector, epochs timed, paper predict batch
+    "tiny": dict(scan=(10, 8), train_scan=(10, 8), detector=64, epochs=2, paper_batch=64),
+    "small": dict(scan=(40, 50), train_scan=(20, 50), detector=256, epochs=2, paper_batch=32),
+    "full": dict(scan=(120, 100), train_scan=(40, 50), detector=256, epochs=2, paper_batch=32),
+}
+#: Issue 8's targets for the whole ``stem2eds predict`` process on 2 CPU cores.
+TARGETS = {"predict_patterns_per_s": 1500.0, "speedup_vs_paper": 20.0, "peak_rss_mb": 1536.0}
+
+_TRAIN_CHILD = r"""
+import json, sys, time
+import lightning.pytorch as pl
+
+epochs = []
+
+class _EpochTimer(pl.Callback):
+    def on_train_epoch_start(self, trainer, module):
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        epochs.append(time.perf_counter() - self.t0)
+
+_init = pl.Trainer.__init__
+
+def _with_timer(self, *args, **kwargs):
+    kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [_EpochTimer()]
+    _init(self, *args, **kwargs)
+
+pl.Trainer.__init__ = _with_timer
+from stem2eds.cli import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as fh:
+    json.dump(epochs, fh)
+sys.exit(code)
+"""
+
+
+# -- synthetic data ------------------------------------------------------------
+
+def synthetic_block(n: int, detector: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` synthetic patterns (n, Q, Q) uint16 and their compositions (n, E).
+
+    The amorphous ring's radius and strength follow the composition, so the
+    data are learnable; the beam centre drifts by 3 px across the block with
+    0.15 px jitter.
+    """
+    rng = np.random.default_rng(seed)
+    comp = rng.dirichlet(np.full(len(ELEMENTS), 4.0), size=n).astype(np.float32)
+    s = detector / 256  # keep the physics at the same scale for any detector
+    centre = (detector - 1) / 2
+    origins = centre + np.stack([np.linspace(-1.5, 1.5, n), np.linspace(1, -1, n)], 1) * s \
+        + rng.normal(0, 0.15, (n, 2))
+    q = np.arange(detector, dtype=np.float32)
+    out = np.empty((n, detector, detector), np.uint16)
+    for lo in range(0, n, 64):  # 64 at a time bounds the float work arrays
+        hi = min(n, lo + 64)
+        o = origins[lo:hi]
+        r = np.hypot(q[None, :, None] - o[:, 0, None, None], q[None, None, :] - o[:, 1, None, None])
+        c = comp[lo:hi]
+        ring_r = (38 + 10 * c[:, 0] - 6 * c[:, 3])[:, None, None] * s
+        lam = (3000 / (1 + np.exp((r - 3 * s) / 0.4))
+               + 30 * np.exp(-r / (40 * s))
+               + (4 + 8 * c[:, 1:2, None]) * np.exp(-((r - ring_r) / (5 * s)) ** 2)
+               + (2 + 6 * c[:, 2:3, None]) * np.exp(-((r - 1.8 * ring_r) / (7 * s)) ** 2))
+        out[lo:hi] = rng.poisson(lam / (s * s) if s < 1 else lam).astype(np.uint16)
+    return out, comp
+
+
+def make_inputs(folder: Path, scan: tuple[int, int], detector: int, seed: int) -> dict:
+    """Write ``scan.mrc`` (Rx*Ry frames) and ``eds/<El>.npy`` (Rx, Ry) into ``folder``."""
+    import mrcfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = scan[0] * scan[1]
+    block, comp = synthetic_block(min(512, n), detector, seed)
+    mrc_path = folder / "scan.mrc"
+    with mrcfile.new_mmap(str(mrc_path), shape=(n, detector, detector), mrc_mode=6,
+                          overwrite=True) as mrc:
+        for lo in range(0, n, len(block)):
+            hi = min(n, lo + len(block))
+            mrc.data[lo:hi] = block[:hi - lo]
+    index = np.arange(n) % len(block)
+    eds = folder / "eds"
+    eds.mkdir(exist_ok=True)
+    for e, el in enumerate(ELEMENTS):
+        np.save(eds / f"{el}.npy", comp[index, e].reshape(scan))
+    return {"mrc": mrc_path, "eds": eds, "n_patterns": n}
+
+
+# -- measurement --------------------------------------------------------------
+
+def measured(cmd: list[str]) -> dict:
+    """Wall seconds and peak resident memory (MB) of one subprocess running ``cmd``."""
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=out_f, stderr=err_f)
+        # wait4 reaps the child and returns its own rusage: the peak RSS of
+        # that process alone (threads included), not of earlier stages
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
+                           f"{err.decode(errors='replace')[-3000:]}")
+    return {"seconds": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+            "stdout": out.decode(errors="replace").strip()}
+
+
+def _stem2eds() -> list[str]:
+    return [sys.executable, "-m", "stem2eds"]
+
+
+def _load() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def run_benchmark(size: str, work: Path, device: str = "cpu", threads: int | None = None,
+                  quiet: bool = False) -> dict:
+    """Run every stage at ``size``; return the results dict (see module docstring)."""
+    cfg = SIZES[size]
+    det = cfg["detector"]
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    results: dict = {
+        "size": size, "device": device, "created": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                  time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_average_before": _load()},
+        "data": {"detector": [det, det], "dtype": "uint16", "scan_shape": list(cfg["scan"]),
+                 "n_patterns": cfg["scan"][0] * cfg["scan"][1],
+                 "train_scan_shape": list(cfg["train_scan"]),
+                 "n_train_scan_patterns": cfg["train_scan"][0] * cfg["train_scan"][1]},
+        "stages": {},
+    }
+    import torch
+
+    results["machine"]["torch"] = torch.__version__
+    results["machine"]["torch_threads"] = torch.get_num_threads()
+    if device == "cuda":
+        results["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    stages = results["stages"]
+    n = results["data"]["n_patterns"]
+
+    say(f"[{size}] writing synthetic inputs ({n} patterns of {det}x{det})")
+    big = make_inputs(work / "big", cfg["scan"], det, seed=0)
+    small = make_inputs(work / "train", cfg["train_scan"], det, seed=1)
+    raw = work / "raw.h5"
+    raw_train = work / "raw_train.h5"
+    convert = ["convert", "--diffraction", None, "--scan-shape", None, "--eds", None,
+               "--elements", ",".join(ELEMENTS), "--r-pixel", "1.053", "--q-pixel", "0.1451",
+               "--beam-energy", "200", "--out", None]
+
+    def convert_cmd(inputs, scan, out):
+        c = list(convert)
+        c[2], c[4], c[6], c[-1] = inputs["mrc"], f"{scan[0]}x{scan[1]}", inputs["eds"], out
+        return _stem2eds() + c
+
+    say("convert")
+    r = measured(convert_cmd(big, cfg["scan"], raw))
+    r["patterns_per_s"] = round(n / r["seconds"], 1)
+    r["bundle_mb"] = round(raw.stat().st_size / 2**20, 1)
+    stages["convert"] = r
+    results["data"]["bundle_mb"] = r["bundle_mb"]
+    measured(convert_cmd(small, cfg["train_scan"], raw_train))
+    shutil.rmtree(work / "big")  # the MRC is no longer needed: keep the disk footprint down
+    shutil.rmtree(work / "train")
+
+    say("preprocess")
+    r = measured(_stem2eds() + ["preprocess", raw, "--out", work / "pre.h5", "--quiet"])
+    r["patterns_per_s"] = round(n / r["seconds"], 1)
+    stages["preprocess"] = r
+    (work / "pre.h5").unlink()
+
+    models = {"radial": [], "paper": ["--bin", "1"]}
+    stages["train"], stages["predict"] = {}, {}
+    thread_args = ["--threads", str(threads)] if threads else []
+    for model, extra in models.items():
+        say(f"train {model}")
+        run_dir = work / f"run_{model}"
+        timing = work / f"epochs_{model}.json"
+        cmd = [sys.executable, "-c", _TRAIN_CHILD, timing, "train", raw_train, "--out", run_dir,
+               "--model", model, "--epochs", str(cfg["epochs"]), "--patience", "100",
+               "--device", device, "--quiet", *extra, *thread_args]
+        r = measured(cmd)
+        epochs = json.loads(timing.read_text())
+        info = json.loads((run_dir / "run.json").read_text())
+        n_train = int(info["split"]["n_train"])
+        r.update(epochs=len(epochs), epoch_seconds=[round(e, 3) for e in epochs],
+                 input_shape=info["input_shape"], n_train=n_train)
+        # the first epoch also pays one-off costs (front-end features, warm-up)
+        steady = epochs[1:] or epochs
+        r["seconds_per_epoch"] = round(float(np.median(steady)), 3)
+        r["train_patterns_per_s"] = round(n_train / r["seconds_per_epoch"], 1)
+        stages["train"][model] = r
+
+        say(f"predict {model}")
+        batch = ["--batch", str(cfg["paper_batch"])] if model == "paper" else []
+        r = measured(_stem2eds() + ["predict", run_dir, raw, "--out", work / f"pred_{model}.h5",
+                                    "--device", device, *batch])
+        r["patterns_per_s"] = round(n / r["seconds"], 1)
+        r["input_shape"] = info["input_shape"]
+        stages["predict"][model] = r
+    results["machine"]["load_average_after"] = _load()
+    pr, pp = stages["predict"]["radial"], stages["predict"]["paper"]
+    results["summary"] = {
+        "predict_patterns_per_s": pr["patterns_per_s"],
+        "paper_predict_patterns_per_s": pp["patterns_per_s"],
+        "speedup_vs_paper": round(pr["patterns_per_s"] / pp["patterns_per_s"], 1),
+        "predict_peak_rss_mb": pr["peak_rss_mb"],
+        "bundle_mb": results["data"]["bundle_mb"],
+    }
+    s = results["summary"]
+    results["targets"] = dict(TARGETS)
+    results["targets_met"] = {
+        "predict_patterns_per_s": s["predict_patterns_per_s"] >= TARGETS["predict_patterns_per_s"],
+        "speedup_vs_paper": s["speedup_vs_paper"] >= TARGETS["speedup_vs_paper"],
+        "peak_rss_mb": s["predict_peak_rss_mb"] < TARGETS["peak_rss_mb"],
+    }
+    for group in stages.values():
+        for item in (group.values() if "seconds" not in group else [group]):
+            item.pop("stdout", None)
+    return results
+
+
+# -- README table --------------------------------------------------------------
+
+def render_table(results: dict) -> str:
+    """Markdown table of a results dict (the README's performance table)."""
+    st = results["stages"]
+    d = results["data"]
+    rows = [("convert (MRC -> bundle)", "-", st["convert"]["patterns_per_s"],
+             st["convert"]["peak_rss_mb"], f"{st['convert']['seconds']:.1f} s"),
+            ("preprocess (raw -> preprocessed bundle)", "-", st["preprocess"]["patterns_per_s"],
+             st["preprocess"]["peak_rss_mb"], f"{st['preprocess']['seconds']:.1f} s")]
+    for model, r in st["train"].items():
+        shape = "x".join(map(str, r["input_shape"]))
+        rows.append((f"train, per epoch ({r['n_train']} patterns)", f"{model} ({shape})",
+                     r["train_patterns_per_s"], r["peak_rss_mb"],
+                     f"{r['seconds_per_epoch']:.1f} s / epoch"))
+    for model, r in st["predict"].items():
+        shape = "x".join(map(str, r["input_shape"]))
+        rows.append(("predict (whole process, raw bundle)", f"{model} ({shape})",
+                     r["patterns_per_s"], r["peak_rss_mb"], f"{r['seconds']:.1f} s"))
+    lines = [f"| stage | model (input) | patterns/s | peak RSS (MB) | time |",
+             "|---|---|---:|---:|---:|"]
+    lines += [f"| {a} | {b} | {c:,.0f} | {m:,.0f} | {t} |" for a, b, c, m, t in rows]
+    s = results["summary"]
+    m = results["machine"]
+    lines.append("")
+    lines.append(f"{d['n_patterns']:,} patterns of {d['detector'][0]}x{d['detector'][1]} "
+                 f"{d['dtype']} ({d['bundle_mb']:,.0f} MB bundle); training scan "
+                 f"{d['n_train_scan_patterns']:,} patterns. Default model "
+                 f"{s['speedup_vs_paper']:.1f}x the paper CNN's predict throughput. "
+                 f"{m['cpus']} CPUs, device {results['device']}, load average "
+                 f"{m['load_average_before'][0] if m['load_average_before'] else '?'} before / "
+                 f"{m['load_average_after'][0] if m['load_average_after'] else '?'} after "
+                 f"(other jobs share the machine), {results['created']}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="small")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    p.add_argument("--out", default=None, help="results JSON (default: print only)")
+    p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--table", metavar="RESULTS.json", default=None,
+                   help="print the markdown table of a results file and exit")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.table:
+        print(render_table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("benchmarks/run.py: --device cuda but no CUDA GPU is available",
+                  file=sys.stderr)
+            return 2
+    tmp = None
+    if args.work:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="stem2eds-bench-")
+        work = Path(tmp.name)
+    try:
+        results = run_benchmark(args.size, work, args.device, args.threads, args.quiet)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    text = json.dumps(results, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    if not args.quiet:
+        print(render_table(results), file=sys.stderr)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
