@@ -18,6 +18,7 @@ minutes on two CPU cores (``benchmarks/bench_demo.py`` measures it).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -164,6 +165,8 @@ def write_index(root: Path, timings: dict[str, float] | None = None) -> Path:
     """Write ``root/index.html`` linking the demo's reports with their headline numbers."""
     from .report import render_index, summary_table_html
 
+    if timings is None and (root / "timings.json").is_file():
+        timings = json.loads((root / "timings.json").read_text())
     entries = []
     for strategy in DEMO_STRATEGIES:
         path = root / strategy / "metrics.json"
@@ -172,8 +175,9 @@ def write_index(root: Path, timings: dict[str, float] | None = None) -> Path:
         metrics = json.loads(path.read_text())
         took = f"<p>Took {timings[strategy]:.0f} s.</p>" if timings and strategy in timings \
             else ""
-        entries.append((f"{strategy}: {metrics.get('split_description', '')}",
-                        f"{strategy}/report.html", summary_table_html(metrics) + took))
+        about = html.escape(metrics.get("split_description", ""))
+        entries.append((strategy, f"{strategy}/report.html",
+                        f"<p>{about}.</p>" + summary_table_html(metrics) + took))
     index = root / "index.html"
     with atomic_output(index) as tmp:
         tmp.write_text(render_index(entries, "stem2eds demo: simulated Ge-Sb-Te series"),

@@ -132,7 +132,7 @@ def grouped_bars(series: Mapping[str, Mapping[str, tuple[float, float | None]]],
     points : mapping, optional
         ``{label: {element: per-scan values}}`` drawn as dots on the bars.
     """
-    fig = Figure(figsize=(max(5.0, 1.3 * len(elements) + 2.5), 4), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 1.3 * len(elements) + 4.0), 4), layout="constrained")
     ax = fig.add_subplot()
     labels = list(series)
     width = 0.8 / max(1, len(labels))
@@ -154,7 +154,8 @@ def grouped_bars(series: Mapping[str, Mapping[str, tuple[float, float | None]]],
     ax.set_xlabel("element")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # outside the axes: inside, the legend hides bars whatever corner it takes
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return fig
 
