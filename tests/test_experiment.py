@@ -72,6 +72,10 @@ def test_cli_bad_input_exits_2(tmp_path, run_cli):
                            *paths)
     assert code == 2
     assert not (tmp_path / "r" / "metrics.json").exists()
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli("experiment", "--strategy", "extrapolate", "--out",
+                           tmp_path / "file", *paths)
+    assert code == 2 and "not a folder" in err
 
 
 # -- end to end --------------------------------------------------------------------

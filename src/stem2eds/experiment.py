@@ -406,6 +406,9 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
         raise InputError(f"calibration {calibration!r} not understood",
                          hint="use linear, poly or isotonic")
     run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise InputError("output exists and is not a folder", path=run,
+                         hint="choose another --out")
     run.mkdir(parents=True, exist_ok=True)
     (run / "predictions" / "calibrated").mkdir(parents=True, exist_ok=True)
     (run / "predictions" / "baseline").mkdir(parents=True, exist_ok=True)
