@@ -123,3 +123,17 @@ def test_helpers(tmp_path):
     rec = describe_source(f)
     assert rec["size"] == 3
     assert rec["sha256"].startswith("ba7816bf")
+
+
+def test_atomic_output_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "shared.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode)
+    assert mode == 0o644

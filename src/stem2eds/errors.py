@@ -209,6 +209,13 @@ def atomic_output(path: str | os.PathLike,
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; give the output the permissions any
+        # other file the user creates would get (0666 less the umask), so
+        # bundles and reports can be shared.
+        umask = os.umask(0)
+        os.umask(umask)
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
