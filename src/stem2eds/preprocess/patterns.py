@@ -253,16 +253,23 @@ def process_patterns(patterns: np.ndarray, origins: np.ndarray, beam_radius: flo
 
 def centre_binned(patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
                   bin_factor: int) -> np.ndarray:
-    """Remove the beam, bin, and centre on the binned grid: (n, Qx, Qy) -> (n, Qx/f, Qy/f).
+    """Remove the beam, centre and bin in one pass: (n, Qx, Qy) -> (n, Qx/f, Qy/f).
 
-    Each pattern is binned on a grid whose phase (offset modulo ``f``) is
-    chosen from its origin so that, after binning, the origin lies within
-    half an *input* pixel of a binned pixel's centre line; the remaining
-    shift is a whole number of binned pixels (an exact window copy) plus at
-    most ``0.5 / f`` binned pixel (bilinear, i.e. a blur of at most 1/8 of a
-    binned pixel at ``f = 4`` instead of up to 1/2 when binning on a fixed
-    grid). The disk of ``beam_radius`` input px around each origin is zeroed
-    before binning. Values are counts (float32).
+    Equals shifting each pattern bilinearly at the input resolution and then
+    binning (the ``full`` path), without ever forming the shifted full-size
+    pattern. Per axis, with the shift ``s = t + r`` (``t`` whole pixels,
+    ``0 <= r < 1``), the binned value of block ``J`` is
+
+        sum_{i in J} ((1 - r) P(i + t) + r P(i + t + 1))
+            = S_t(J) + r (P(f J + t + f) - P(f J + t)),
+
+    a block sum on a grid offset by ``t`` plus ``r`` times the difference of
+    two rows (columns) per block. The offset's remainder ``t mod f`` is
+    applied by where the pattern is placed in a padded buffer (one copy, which
+    is also the conversion to float32), the whole-block part by a window copy
+    of the small binned result. Rows are done first, then columns on the
+    f-times smaller row sums. The disk of ``beam_radius`` input px around
+    each origin is zeroed in the buffer first. Values are counts (float32).
 
     Parameters
     ----------
@@ -289,26 +296,50 @@ def centre_binned(patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
     if not np.all(np.isfinite(origins)):
         raise ValueError("origins must be finite (use fitted origins)")
     shift = origins - np.array(detector_centre((qx, qy)))
-    phase = np.mod(np.rint(shift), f).astype(np.int64)  # (n, 2) in 0..f-1
-    # Pattern k sits at offset (f - phase) in a buffer one binned pixel
-    # larger, so binned pixel J covers input pixels f J - f + phase ...
-    buf = np.zeros((n, qx + f, qy + f), np.float32)
+    whole = np.floor(shift)
+    frac = (shift - whole).astype(np.float32)  # (n, 2) in [0, 1)
+    whole = np.clip(whole, -max(qx, qy) - f, max(qx, qy) + f).astype(np.int64)
+    phase = np.mod(whole, f)
+    # Input pixel i sits at buffer index i + f - phase, so buffer block K
+    # starts at input pixel f K - f + phase; two spare blocks of padding.
+    buf = np.zeros((n, qx + 2 * f, qy + 2 * f), np.float32)
     for pr, pc in {(int(a), int(b)) for a, b in phase}:
         idx = np.flatnonzero((phase[:, 0] == pr) & (phase[:, 1] == pc))
         buf[idx, f - pr:f - pr + qx, f - pc:f - pc + qy] = patterns[idx]
     if beam_radius > 0:
         k, r, c = _disk_pixels(origins, beam_radius, (qx, qy))
         buf[k, r + f - phase[k, 0], c + f - phase[k, 1]] = 0
+    bx, by = qx // f + 1, qy // f + 1  # blocks K = 0 .. Q/f
+    rows = _axis_block_sum(buf, f, axis=1)[:, :bx]  # (n, bx, Qy + 2f)
+    rows += frac[:, 0, None, None] * (buf[:, f:qx + 2 * f:f] - buf[:, 0:qx + f:f])
+    cols = _axis_block_sum(rows, f, axis=2)[:, :, :by]  # (n, bx, by)
+    cols += frac[:, 1, None, None] * (rows[:, :, f:qy + 2 * f:f] - rows[:, :, 0:qy + f:f])
+    # output block J is buffer block J + whole // f + 1: a window copy,
+    # zero where it falls outside (exactly integer, so no interpolation)
+    q = whole // f + 1
+    centre = np.array(detector_centre((bx, by)))
+    out = centre_patterns(cols, centre + q)
+    return np.ascontiguousarray(out[:, :qx // f, :qy // f])
+
+
+def _axis_block_sum(values: np.ndarray, f: int, axis: int) -> np.ndarray:
+    """Sums of ``f`` consecutive entries along axis 1 or 2 of (n, H, W) float32 (OpenCV)."""
+    import cv2
+
     if f == 1:
-        binned = buf
-    elif _opencv_exact(patterns, f):
-        binned = _opencv_block_sum(buf, f)  # buf holds the 8/16-bit counts: exact
-    else:
-        binned = block_sum(buf, f)
-    # origin in the binned buffer's coordinates; +0.5 because the output is
-    # one binned pixel smaller than the buffer (see centre_patterns' centre)
-    b = (origins - phase + f - (f - 1) / 2) / f + 0.5
-    return np.ascontiguousarray(centre_patterns(binned, b)[:, :qx // f, :qy // f])
+        return values.copy()
+    n, h, w = values.shape
+    if axis == 1:
+        tall = np.ascontiguousarray(values).reshape(n * h, w)
+        mean = cv2.resize(tall[: n * h], (w, n * h // f), interpolation=cv2.INTER_AREA) \
+            if h % f == 0 else None
+        if mean is None:
+            raise ValueError("height must be a multiple of f")
+        return (mean * np.float32(f)).reshape(n, h // f, w)
+    cut = w - w % f
+    tall = np.ascontiguousarray(values[:, :, :cut]).reshape(n * h, cut)
+    mean = cv2.resize(tall, (cut // f, n * h), interpolation=cv2.INTER_AREA)
+    return (mean * np.float32(f)).reshape(n, h, cut // f)
 
 
 def finish_patterns(centred: np.ndarray, beam_radius: float, bin_factor: int,
