@@ -220,7 +220,7 @@ def correlation_matrices(predicted: np.ndarray, actual: np.ndarray, elements: Se
     """
     fig = Figure(figsize=(10, 4.4))
     axes = fig.subplots(1, 2)
-    fig.subplots_adjust(left=0.07, right=0.9, bottom=0.14, top=0.86, wspace=0.25)
+    fig.subplots_adjust(left=0.07, right=0.86, bottom=0.14, top=0.86, wspace=0.25)
     for ax, mat, name in zip(axes, (actual, predicted), ("real EDS", "predicted")):
         mat = np.asarray(mat, float)
         im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -234,7 +234,7 @@ def correlation_matrices(predicted: np.ndarray, actual: np.ndarray, elements: Se
                 v = mat[i, j]
                 ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center",
                         va="center", fontsize=8, color="white" if abs(v) > 0.6 else "black")
-    fig.colorbar(im, cax=fig.add_axes((0.92, 0.14, 0.015, 0.72)), label="Pearson r")
+    fig.colorbar(im, cax=fig.add_axes((0.885, 0.14, 0.015, 0.72)), label="Pearson r")
     fig.suptitle(title)
     return fig
 
