@@ -345,8 +345,21 @@ class _PreprocessedCache:
 
 
 @dataclass
-class _Scored:
-    """Predictions and targets of every predicted scan, for metrics and figures."""
+class ScoredScans:
+    """Predictions and targets of every predicted scan, for metrics and figures.
+
+    Attributes
+    ----------
+    raw : dict
+        ``{scan: (eds (E, Rx', Ry'), haadf (Rx', Ry') or None)}`` of the CNN.
+    calibrated, base_raw, base_calibrated : dict
+        ``{scan: eds (E, Rx', Ry')}``: calibrated CNN, baseline, calibrated baseline.
+    targets : dict
+        ``{scan: Targets}``.
+    paths : dict
+        ``{scan: raw bundle path}``.
+    calibration_method : str
+    """
 
     raw: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
     calibrated: dict[str, np.ndarray] = field(default_factory=dict)
@@ -415,7 +428,7 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     (run / "targets").mkdir(exist_ok=True)
     base_config = config.replace(model=BASELINE_MODEL)
 
-    scored = _Scored(calibration_method=calibration)
+    scored = ScoredScans(calibration_method=calibration)
     cache = _PreprocessedCache(run / "preprocessed", quiet)
     calibrations: dict[str, Any] = {}
     base_calibrations: dict[str, Any] = {}
@@ -486,7 +499,7 @@ def _cropped_shape(path: Path, settings) -> tuple[int, int]:
     return r1 - r0, c1 - c0
 
 
-def _write_scan_files(run: Path, name: str, scored: _Scored, elements: list[str],
+def _write_scan_files(run: Path, name: str, scored: ScoredScans, elements: list[str],
                       cnn, base) -> None:
     """predictions/{,calibrated/,baseline/}<scan>.h5 and targets/<scan>.h5 of one scan."""
     eds, haadf = scored.raw[name]
@@ -512,7 +525,7 @@ def _write_scan_files(run: Path, name: str, scored: _Scored, elements: list[str]
 
 
 def _metrics_document(strategy, config, calibration, names, parts, part_records, elements,
-                      settings, scored: _Scored, calibrations, base_calibrations) -> dict:
+                      settings, scored: ScoredScans, calibrations, base_calibrations) -> dict:
     from . import __version__
 
     test_names = list(scored.raw)

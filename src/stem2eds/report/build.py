@@ -78,7 +78,7 @@ def draw_figures(run: Path, doc: dict[str, Any], scored, curves) -> list[dict[st
         The run directory.
     doc : dict
         The metrics document (as written to ``metrics.json``).
-    scored : stem2eds.experiment._Scored
+    scored : stem2eds.experiment.ScoredScans
         Predictions and targets per predicted scan.
     curves : dict
         ``{part: {column: (epochs, loss)}}`` from the training logs.
