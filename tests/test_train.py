@@ -309,3 +309,16 @@ def test_ddp_on_two_cpu_processes(raw_scan, tmp_path):
     assert info["training"]["world_size"] == 2
     assert info["training"]["epochs_run"] == 2
     assert (run / "weights.safetensors").is_file()
+
+
+def test_resume_extends_a_finished_run_and_keeps_its_curve(raw_scan, tmp_path):
+    import csv
+
+    from stem2eds.train import train
+
+    run = train([raw_scan], tmp_path / "run", small_config(max_epochs=2), quiet=True)
+    train([raw_scan], run, small_config(max_epochs=4), resume=True, quiet=True)
+    with open(run / "logs" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted({int(r["epoch"]) for r in rows if r["val_loss"]}) == [0, 1, 2, 3]
+    assert json.loads((run / "run.json").read_text())["training"]["epochs_run"] == 4

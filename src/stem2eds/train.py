@@ -511,7 +511,8 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
         callbacks.append(RichProgressBar(leave=False))
     elif not quiet:
         callbacks.append(_EpochLines())
-    loggers = [CSVLogger(save_dir=run_dir, name="logs", version=""),
+    # Flushed every step so a killed run keeps its curve up to the kill.
+    loggers = [CSVLogger(save_dir=run_dir, name="logs", version="", flush_logs_every_n_steps=1),
                TensorBoardLogger(save_dir=run_dir / "logs", name="tensorboard", version="",
                                  default_hp_metric=False)]
     accelerator = _accelerator(config.device)
@@ -523,6 +524,8 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
     train_loader = make_loader(train_set, config.batch_size, True, config.seed, workers)
     val_loader = make_loader(val_set, 1024, False, config.seed, workers)
     ckpt_path = run_dir / "checkpoints" / "last.ckpt" if resume else None
+    metrics_csv = run_dir / "logs" / "metrics.csv"
+    before = _read_csv(metrics_csv) if resume else []
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=config.max_epochs, accelerator=accelerator, devices=config.devices,
@@ -545,6 +548,8 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
         raise KeyboardInterrupt
     if not trainer.is_global_zero:
         return {}, net, False
+    if resume:
+        _merge_metrics(metrics_csv, before)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
@@ -561,6 +566,37 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
     return summary, module.net.cpu(), True
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _merge_metrics(path: Path, before: list[dict[str, str]]) -> None:
+    """Put the epochs logged before a resume back in front of the resumed ones.
+
+    Lightning's CSVLogger rewrites ``metrics.csv`` when a run resumes, losing
+    the earlier epochs; they are needed for the training curves.
+    """
+    import csv
+
+    after = _read_csv(path)
+    if not before:
+        return
+    first_new = min((int(r["epoch"]) for r in after if r.get("epoch")), default=None)
+    kept = [r for r in before if first_new is None or int(r["epoch"]) < first_new]
+    rows = kept + after
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 class _quiet_lightning:
     """Silence Lightning's informational log lines and known harmless warnings."""
 
@@ -572,7 +608,7 @@ class _quiet_lightning:
             logger.setLevel(logging.WARNING)
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
-        for pattern in (".*does not have many workers.*", ".*Checkpoint directory.*exists.*",
+        for pattern in (".*does not have many workers.*", ".*logs directory.*exists.*", ".*Checkpoint directory.*exists.*",
                         ".*LeafSpec.*", ".*number of training batches.*",
                         ".*treespec, LeafSpec.*"):
             warnings.filterwarnings("ignore", message=pattern)
