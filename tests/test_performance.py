@@ -228,4 +228,4 @@ def test_benchmark_smoke_tiny(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     table = render_table(res)
-    assert "| predict (whole process, raw bundle) | paper (64x64) |" in table
+    assert "| predict (whole process, raw bundle of 40) | paper (64x64) |" in table

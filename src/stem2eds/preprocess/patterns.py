@@ -9,6 +9,7 @@ detector, so the radial axis is the same for every bin factor.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -302,7 +303,7 @@ def centre_binned(patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
     phase = np.mod(whole, f)
     # Input pixel i sits at buffer index i + f - phase, so buffer block K
     # starts at input pixel f K - f + phase; two spare blocks of padding.
-    buf = np.zeros((n, qx + 2 * f, qy + 2 * f), np.float32)
+    buf = _padded_buffer((n, qx + 2 * f, qy + 2 * f), f)
     for pr, pc in {(int(a), int(b)) for a, b in phase}:
         idx = np.flatnonzero((phase[:, 0] == pr) & (phase[:, 1] == pc))
         buf[idx, f - pr:f - pr + qx, f - pc:f - pc + qy] = patterns[idx]
@@ -320,6 +321,30 @@ def centre_binned(patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
     centre = np.array(detector_centre((bx, by)))
     out = centre_patterns(cols, centre + q)
     return np.ascontiguousarray(out[:, :qx // f, :qy // f])
+
+
+_BUFFERS = threading.local()
+
+
+def _padded_buffer(shape: tuple[int, int, int], f: int) -> np.ndarray:
+    """A float32 (n, Qx + 2f, Qy + 2f) buffer, reused per thread, zero outside where patterns go.
+
+    Reuse avoids faulting in fresh pages for every chunk (about a fifth of
+    the cost of centring). A pattern placed at offset ``f - phase`` (phase in
+    0..f-1) covers rows ``f .. Qx`` whatever its phase, so only the first
+    ``f`` and the last ``2f`` rows (and columns) need clearing.
+    """
+    n, h, w = shape
+    cached = getattr(_BUFFERS, "buf", None)
+    if cached is None or cached.shape[1:] != (h, w) or cached.shape[0] < n:
+        cached = np.zeros((max(n, 1), h, w), np.float32)
+        _BUFFERS.buf = cached
+    buf = cached[:n]
+    buf[:, :f] = 0
+    buf[:, h - 2 * f:] = 0
+    buf[:, :, :f] = 0
+    buf[:, :, w - 2 * f:] = 0
+    return buf
 
 
 def _axis_block_sum(values: np.ndarray, f: int, axis: int) -> np.ndarray:
