@@ -6,7 +6,7 @@ checkout::
     .venv/bin/python benchmarks/bench_demo.py [--out DIR] [--seed S] [--keep]
 
 Prints one JSON object: seconds per stage (simulate, random, extrapolate,
-interpolate, total), the number of CPU cores torch used, and the headline
+interpolate, total), the number of CPU cores, and the headline
 numbers (mean Pearson r per element: CNN raw, CNN calibrated, ridge,
 ridge calibrated) of the extrapolation and interpolation experiments.
 Exit status 1 when the total exceeds the limit.
@@ -44,8 +44,6 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary output")
     args = parser.parse_args()
 
-    import torch
-
     from stem2eds.demo import DemoSettings, run_demo
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_demo_"))
@@ -54,7 +52,7 @@ def main() -> int:
     total = time.perf_counter() - start
     result = {"total_s": round(total, 1),
               "stages_s": json.loads((out / "timings.json").read_text()), "limit_s": LIMIT_S, "cpu_count": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "index": str(index),
+              "index": str(index),
               "extrapolate": headline(out / "extrapolate"),
               "interpolate": headline(out / "interpolate"),
               "random": headline(out / "random")}
