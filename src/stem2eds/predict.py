@@ -177,13 +177,15 @@ class Predictor:
             return tuple(scan.scan_shape)  # type: ignore[return-value]
         return _cropped_shape(scan.scan_shape, self.settings.crop, scan.path)
 
-    def iter_outputs(self, scan: ScanBundle, batch: int = 1024, read_ahead: int = 2
-                     ) -> "Iterator[tuple[int, np.ndarray]]":
+    def iter_outputs(self, scan: ScanBundle, batch: int = 1024, read_ahead: int = 2,
+                     client=None) -> "Iterator[tuple[int, np.ndarray]]":
         """Stream the outputs of an open bundle, batch by batch, in scan (C) order.
 
         Preprocessing runs in a background thread ``read_ahead`` batches
         ahead of the model (and reads in a thread of its own), so the three
-        overlap.
+        overlap. With a Dask ``client`` the preprocessing runs on the
+        cluster's workers (blocks of scan rows, arriving in any order) and
+        the model here.
 
         Yields
         ------
@@ -202,7 +204,7 @@ class Predictor:
             stream = scan.iter_patterns(batch=batch)
         else:
             self.output_shape(scan)  # checks the crop before the long pass
-            stream = iter_preprocessed(scan, self.settings, batch=batch)
+            stream = iter_preprocessed(scan, self.settings, batch=batch, client=client)
         if read_ahead > 0:
             stream = prefetch(stream, read_ahead)
         for start, patterns in stream:
@@ -327,7 +329,8 @@ def write_prediction(prediction: Prediction, out: str | os.PathLike, *,
 
 
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
-                   out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu") -> Path:
+                   out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu",
+                   scheduler=None) -> Path:
     """Predict a scan with a trained run and write the prediction file, streaming.
 
     Outputs are written into the file batch by batch as they are predicted
@@ -347,12 +350,17 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     batch : int
         Patterns per batch.
     device : {"cpu", "cuda", "auto"}
+    scheduler : str or dask.distributed.Client, optional
+        Preprocess on a Dask cluster (``"local"`` or a scheduler address; see
+        :mod:`stem2eds.preprocess.distributed`); the model runs here.
 
     Returns
     -------
     Path
         ``out``.
     """
+    from contextlib import nullcontext
+
     from . import __version__
 
     predictor = load_run(run_dir, device=device)
@@ -363,11 +371,14 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                  "run_dir": str(Path(run_dir).resolve()), "stem2eds_version": __version__,
                  "scan_shape": list(shape), "targets": list(predictor.targets),
                  "source": str(Path(bundle).resolve())}
-        with atomic_output(out) as tmp:
+        if scheduler is not None:
+            from .preprocess.distributed import dask_client
+        with atomic_output(out) as tmp, \
+                (dask_client(scheduler) if scheduler is not None else nullcontext()) as client:
             with h5py.File(tmp, "w") as f:
                 datasets = _prediction_datasets(f, predictor.elements,
                                                 "haadf" in predictor.targets, shape, attrs)
-                for start, values in predictor.iter_outputs(scan, batch):
+                for start, values in predictor.iter_outputs(scan, batch, client=client):
                     _write_flat(datasets, start, values, shape[1])
     return out
 

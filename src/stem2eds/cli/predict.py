@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=1024, help="patterns per batch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="where the model runs")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="preprocess on a Dask cluster: 'local' (one worker process per "
+                        "core) or a scheduler address such as tcp://host:8786")
     p.set_defaults(func=run)
 
 
@@ -35,5 +38,5 @@ def run(args) -> int:
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")
     print(predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
-                         device=args.device))
+                         device=args.device, scheduler=args.scheduler))
     return 0

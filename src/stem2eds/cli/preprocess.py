@@ -50,6 +50,9 @@ def register(subparsers) -> None:
                    help="resample eds_unregistered/haadf_unregistered maps onto the scan "
                         "grid by aligning them to a virtual ADF image")
     p.add_argument("--batch", type=int, default=256, help="patterns per streamed block")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on a Dask cluster, blocks of scan rows per task: 'local' (one "
+                        "worker process per core) or a scheduler address (tcp://host:8786)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -75,7 +78,7 @@ def run(args) -> int:
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")
     preprocess_bundle(args.bundle, args.out, settings, quiet=args.quiet,
-                      register=args.register, batch=args.batch)
+                      register=args.register, batch=args.batch, scheduler=args.scheduler)
     found = summarise(args.out)
     drift = found["origin_drift_px"]
     print(f"wrote {args.out}: scan {found['scan_shape'][0]}x{found['scan_shape'][1]}, "

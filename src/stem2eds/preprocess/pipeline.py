@@ -274,8 +274,12 @@ class OriginMeasurement:
 
 
 def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int = 256,
-                    quiet: bool = True) -> OriginMeasurement:
-    """Pass 1: origin of every pattern in the (cropped) scan, the probe radius and the fit."""
+                    quiet: bool = True, client=None) -> OriginMeasurement:
+    """Pass 1: origin of every pattern in the (cropped) scan, the probe radius and the fit.
+
+    ``client`` (a ``dask.distributed.Client``) measures blocks of scan rows
+    on its workers instead, with identical results.
+    """
     box = check_crop(settings.crop, scan.scan_shape)
     shape = (box[1] - box[0], box[3] - box[2])
     measured = np.full((shape[0] * shape[1], 2), np.nan)
@@ -286,8 +290,13 @@ def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int =
     _, sample = next(iter_region(scan, box, 256))
     radius = find_origins(sample).probe_radius
     del sample
+    if client is not None:
+        from .distributed import measure_origins_distributed
+
+        measured, disk_sum, n_sum = measure_origins_distributed(client, scan, box, radius)
     for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
-                                 description="finding origins", quiet=quiet):
+                                 description="finding origins", quiet=quiet) \
+            if client is None else ():
         for lo in range(0, len(patterns), WORK_CHUNK):
             found = find_origins(patterns[lo:lo + WORK_CHUNK], radius)
             measured[start + lo:start + lo + len(found.origins)] = found.origins
@@ -314,10 +323,21 @@ def _resolve_beam_radius(settings: PreprocessSettings, probe_radius: float) -> f
 
 
 def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: np.ndarray,
-                       beam_radius: float, batch: int, quiet: bool, adf: np.ndarray | None = None
-                       ) -> Iterator[tuple[int, np.ndarray]]:
-    """Pass 2: (start, unscaled processed patterns); fills ``adf`` (flat) when given."""
+                       beam_radius: float, batch: int, quiet: bool, adf: np.ndarray | None = None,
+                       client=None) -> Iterator[tuple[int, np.ndarray]]:
+    """Pass 2: (start, unscaled processed patterns); fills ``adf`` (flat) when given.
+
+    With a Dask ``client`` the blocks come from its workers, in any order.
+    """
     box = check_crop(settings.crop, scan.scan_shape)
+    if client is not None:
+        from .distributed import processed_distributed
+
+        if adf is not None:
+            raise InputError("registration (--register) is not available with --scheduler",
+                             hint="register without --scheduler")
+        yield from processed_distributed(client, scan, settings, origins, beam_radius, box)
+        return
     flat_origins = origins.reshape(-1, 2)
     qx, qy = scan.detector_shape
     f = int(settings.bin_factor)
@@ -352,7 +372,8 @@ def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: 
 
 
 def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int = 1024,
-                      origins: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                      origins: np.ndarray | None = None, client=None
+                      ) -> Iterator[tuple[int, np.ndarray]]:
     """Stream the preprocessed patterns of a RAW bundle without writing a file.
 
     The origins of this scan are measured and fitted first (one streamed
@@ -370,6 +391,9 @@ def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int
         Patterns per block.
     origins : ndarray, shape (Rx', Ry', 2), optional
         Origins to use instead of measuring them.
+    client : dask.distributed.Client, optional
+        Run both passes on a Dask cluster, blocks of scan rows per task
+        (blocks then arrive in any order; the values are identical).
 
     Yields
     ------
@@ -384,10 +408,11 @@ def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int
     _check_detector(scan, settings)
     beam_radius = settings.beam_radius
     if origins is None or beam_radius is None:
-        found = measure_origins(scan, settings, batch)
+        found = measure_origins(scan, settings, batch, client=client)
         origins = found.fitted if origins is None else origins
         beam_radius = _resolve_beam_radius(settings, found.probe_radius)
-    for start, values in _processed_batches(scan, settings, origins, beam_radius, batch, True):
+    for start, values in _processed_batches(scan, settings, origins, beam_radius, batch, True,
+                                            client=client):
         yield start, normalise(values, settings.scale)
 
 
@@ -405,7 +430,8 @@ def _check_detector(scan: ScanBundle, settings: PreprocessSettings) -> None:
 
 def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
                       settings: PreprocessSettings | None = None, *, quiet: bool = False,
-                      register: bool = False, batch: int = 256) -> PreprocessSettings:
+                      register: bool = False, batch: int = 256,
+                      scheduler=None) -> PreprocessSettings:
     """Preprocess a raw bundle into a preprocessed bundle (streamed, atomic).
 
     Parameters
@@ -424,6 +450,10 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
         ``eds``/``haadf``.
     batch : int
         Patterns per streamed block (memory ~ ``batch * Qx * Qy * 40`` bytes).
+    scheduler : str or dask.distributed.Client, optional
+        Run the two passes over the patterns on a Dask cluster (``"local"``
+        for a local cluster of one worker process per core, or a scheduler
+        address); see :mod:`stem2eds.preprocess.distributed`.
 
     Returns
     -------
@@ -434,6 +464,19 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
         output bundle; :func:`summarise` reads it back.
     """
     settings = PreprocessSettings(**asdict(settings or PreprocessSettings()))
+    if scheduler is not None and register:
+        raise InputError("registration (--register) is not available with --scheduler",
+                         hint="register without --scheduler")
+    if scheduler is None:
+        return _preprocess_bundle(src, out, settings, quiet, register, batch, None)
+    from .distributed import dask_client
+
+    with dask_client(scheduler) as client:
+        return _preprocess_bundle(src, out, settings, quiet, register, batch, client)
+
+
+def _preprocess_bundle(src, out, settings: PreprocessSettings, quiet: bool, register: bool,
+                       batch: int, client) -> PreprocessSettings:
     with open_bundle(src) as scan:
         if scan.kind != "raw":
             raise InputError(f"bundle is {scan.kind!r}, expected a raw bundle", path=scan.path,
@@ -448,7 +491,7 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
         if not register and EDS not in scan.file and EDS_UNREGISTERED in scan.file:
             raise InputError("EDS maps are not on the scan grid (eds_unregistered)",
                              path=scan.path, hint="add --register")
-        found = measure_origins(scan, settings, batch, quiet)
+        found = measure_origins(scan, settings, batch, quiet, client=client)
         beam_radius = _resolve_beam_radius(settings, found.probe_radius)
         settings.beam_radius = beam_radius
         settings.probe_radius = float(found.probe_radius)
@@ -468,7 +511,7 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
             top = TopValues(shape[0] * shape[1] * qb[0] * qb[1], settings.scale_percentile) \
                 if settings.scale is None else None
             for start, values in _processed_batches(scan, settings, found.fitted, beam_radius,
-                                                    batch, quiet, adf):
+                                                    batch, quiet, adf, client=client):
                 if top is None:
                     builder.write_patterns(start, normalise(values, settings.scale))
                 else:
