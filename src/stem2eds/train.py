@@ -42,9 +42,11 @@ from .config import TrainConfig
 from .dataset import (check_same_detector, make_loader, make_split_data, split_positions,
                       target_matrix)
 from .errors import InputError, atomic_output
+# The run format and output activation live in runinfo so that prediction
+# can use them without importing Lightning; re-exported here.
+from .runinfo import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
+from .runinfo import read_run_info as _read_state
 
-RUN_FORMAT = "stem2eds-run"
-RUN_FORMAT_VERSION = 1
 #: Percentile of the training HAADF used as its scale (robust to hot pixels).
 HAADF_PERCENTILE = 99.0
 
@@ -52,20 +54,6 @@ log = logging.getLogger(__name__)
 
 
 # -- the Lightning module -----------------------------------------------------
-
-def apply_output_activation(raw: torch.Tensor, n_eds: int) -> torch.Tensor:
-    """Output activations: EDS columns linear, the HAADF column (if any) ReLU.
-
-    Parameters
-    ----------
-    raw : Tensor, shape (n, E [+ 1])
-    n_eds : int
-        Number of EDS columns (E); a column after them is HAADF.
-    """
-    if raw.shape[1] == n_eds:
-        return raw
-    return torch.cat([raw[:, :n_eds], torch.relu(raw[:, n_eds:])], dim=1)
-
 
 def _loss_fn(name: str):
     return {"mae": nn.functional.l1_loss, "mse": nn.functional.mse_loss,
@@ -274,19 +262,6 @@ def _prepare_run_dir(run_dir: Path, resume: bool, config: TrainConfig) -> TrainC
         raise InputError("folder already holds a training run", path=run_dir,
                          hint="pass --resume to continue it or choose another --out")
     return config
-
-
-def _read_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise InputError("no run.json: not a stem2eds run folder", path=run_dir)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"run.json is not valid JSON ({exc})", path=run_dir) from None
-    if data.get("format") != RUN_FORMAT:
-        raise InputError("run.json is not a stem2eds run description", path=run_dir)
-    return data
 
 
 def _make_split(shapes: Sequence[tuple[int, int]], config: TrainConfig) -> list[np.ndarray]:
