@@ -58,7 +58,30 @@ SIZES = {
 #: Issue 8's targets for the whole ``stem2eds predict`` process on 2 CPU cores.
 TARGETS = {"predict_patterns_per_s": 1500.0, "speedup_vs_paper": 20.0, "peak_rss_mb": 1536.0}
 
-_TRAIN_CHILD = r"""
+#: Prefix of every measured child: at exit, write the process's peak resident
+#: memory (VmHWM of /proc/self/status) to the file named by argv[1]. Unlike
+#: ``ru_maxrss``, which Linux carries over from the forking parent (so every
+#: child would report at least the benchmark driver's own peak), VmHWM
+#: belongs to the memory map that ``exec`` creates fresh.
+_HWM = r"""
+import atexit, sys
+_hwm_path = sys.argv.pop(1)
+
+def _dump_hwm():
+    with open("/proc/self/status") as fh:
+        kb = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))
+    with open(_hwm_path, "w") as out:
+        out.write(str(kb))
+
+atexit.register(_dump_hwm)
+"""
+
+_CLI_CHILD = _HWM + r"""
+from stem2eds.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_TRAIN_CHILD = _HWM + r"""
 import json, sys, time
 import lightning.pytorch as pl
 
@@ -83,6 +106,29 @@ code = main(sys.argv[2:])
 with open(sys.argv[1], "w") as fh:
     json.dump(epochs, fh)
 sys.exit(code)
+"""
+
+
+_MODEL_CHILD = _HWM + r"""
+import json, sys, time
+import numpy as np
+import torch
+from stem2eds.predict import load_run
+
+run_dir, device, batch, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+predictor = load_run(run_dir, device=device)
+shape = tuple(predictor.info["input_shape"])
+x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+predictor.predict_patterns(x)  # warm-up (allocations, cuDNN autotuning)
+if device == "cuda":
+    torch.cuda.synchronize()
+t0 = time.perf_counter()
+for _ in range(repeats):
+    predictor.predict_patterns(x)
+if device == "cuda":
+    torch.cuda.synchronize()
+print(json.dumps({"patterns_per_s": batch * repeats / (time.perf_counter() - t0),
+                  "batch": batch, "threads": torch.get_num_threads()}))
 """
 
 
@@ -140,29 +186,36 @@ def make_inputs(folder: Path, scan: tuple[int, int], detector: int, seed: int) -
 
 # -- measurement --------------------------------------------------------------
 
-def measured(cmd: list[str]) -> dict:
-    """Wall seconds and peak resident memory (MB) of one subprocess running ``cmd``."""
-    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+def measured(code: str, args: list) -> dict:
+    """Run ``python -c code args...`` in a fresh process: wall seconds, peak RSS (MB), CPU seconds.
+
+    ``code`` starts with :data:`_HWM`, so the child reports its own peak
+    resident memory (threads included) when it exits.
+    """
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as out_f, \
+            tempfile.TemporaryFile() as err_f:
+        hwm = Path(tmp) / "hwm"
+        cmd = [sys.executable, "-c", code, str(hwm), *[str(a) for a in args]]
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out_f, stderr=err_f)
-        # wait4 reaps the child and returns its own rusage: the peak RSS of
-        # that process alone (threads included), not of earlier stages
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code_ = os.waitstatus_to_exitcode(status)
         out_f.seek(0)
         err_f.seek(0)
         out, err = out_f.read(), err_f.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
-                           f"{err.decode(errors='replace')[-3000:]}")
-    return {"seconds": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        if code_ != 0:
+            raise RuntimeError(f"{' '.join(cmd[3:])} failed ({code_}):\n"
+                               f"{err.decode(errors='replace')[-3000:]}")
+        peak_kb = int(hwm.read_text())
+    return {"seconds": round(wall, 3), "peak_rss_mb": round(peak_kb / 1024, 1),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
             "stdout": out.decode(errors="replace").strip()}
 
 
-def _stem2eds() -> list[str]:
-    return [sys.executable, "-m", "stem2eds"]
+def cli(*args) -> dict:
+    """``stem2eds ARGS...`` in a fresh, measured process."""
+    return measured(_CLI_CHILD, list(args))
 
 
 def _load() -> list[float]:
@@ -218,23 +271,23 @@ def run_benchmark(size: str, work: Path, device: str = "cpu", threads: int | Non
     def convert_cmd(inputs, scan, out):
         c = list(convert)
         c[2], c[4], c[6], c[-1] = inputs["mrc"], f"{scan[0]}x{scan[1]}", inputs["eds"], out
-        return _stem2eds() + c
+        return c
 
     say("convert")
-    r = measured(convert_cmd(big, cfg["scan"], raw))
+    r = cli(*convert_cmd(big, cfg["scan"], raw))
     r["patterns_per_s"] = round(n / r["seconds"], 1)
     r["bundle_mb"] = round(raw.stat().st_size / 2**20, 1)
     stages["convert"] = r
     results["data"]["bundle_mb"] = r["bundle_mb"]
-    measured(convert_cmd(small, cfg["train_scan"], raw_train))
+    cli(*convert_cmd(small, cfg["train_scan"], raw_train))
     for k, shape in paper_scans.items():
-        measured(convert_cmd(paper_inputs[k], shape, raw_paper[k]))
+        cli(*convert_cmd(paper_inputs[k], shape, raw_paper[k]))
         shutil.rmtree(work / f"paper{k}")
     shutil.rmtree(work / "big")  # the MRC is no longer needed: keep the disk footprint down
     shutil.rmtree(work / "train")
 
     say("preprocess")
-    r = measured(_stem2eds() + ["preprocess", raw, "--out", work / "pre.h5", "--quiet"])
+    r = cli("preprocess", raw, "--out", work / "pre.h5", "--quiet")
     r["patterns_per_s"] = round(n / r["seconds"], 1)
     stages["preprocess"] = r
     (work / "pre.h5").unlink()
@@ -247,10 +300,10 @@ def run_benchmark(size: str, work: Path, device: str = "cpu", threads: int | Non
         run_dir = work / f"run_{model}"
         timing = work / f"epochs_{model}.json"
         train_on = raw_paper[1] if model == "paper" else raw_train
-        cmd = [sys.executable, "-c", _TRAIN_CHILD, timing, "train", train_on, "--out", run_dir,
-               "--model", model, "--epochs", str(cfg["epochs"]), "--patience", "100",
-               "--device", device, "--quiet", *extra, *thread_args]
-        r = measured(cmd)
+        r = measured(_TRAIN_CHILD, [timing, "train", train_on, "--out", run_dir,
+                                    "--model", model, "--epochs", str(cfg["epochs"]),
+                                    "--patience", "100", "--device", device, "--quiet", *extra,
+                                    *thread_args])
         epochs = json.loads(timing.read_text())
         info = json.loads((run_dir / "run.json").read_text())
         n_train = int(info["split"]["n_train"])
@@ -267,9 +320,8 @@ def run_benchmark(size: str, work: Path, device: str = "cpu", threads: int | Non
             batch = ["--batch", str(cfg["paper_batch"])]
             runs = []
             for k in ((1, 2) if cfg.get("paper_marginal", True) else (1,)):
-                runs.append(measured(_stem2eds() + [
-                    "predict", run_dir, raw_paper[k], "--out", work / f"pred_paper{k}.h5",
-                    "--device", device, *batch]))
+                runs.append(cli("predict", run_dir, raw_paper[k], "--out",
+                                work / f"pred_paper{k}.h5", "--device", device, *batch))
             r = runs[0]
             m = pr * pc
             r["n_patterns"] = m
@@ -280,12 +332,23 @@ def run_benchmark(size: str, work: Path, device: str = "cpu", threads: int | Non
             r["marginal_patterns_per_s"] = round(m / extra, 1) if extra > 0 else None
             r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
         else:
-            r = measured(_stem2eds() + ["predict", run_dir, raw, "--out",
-                                        work / f"pred_{model}.h5", "--device", device])
+            r = cli("predict", run_dir, raw, "--out", work / f"pred_{model}.h5",
+                    "--device", device)
             r["n_patterns"] = n
             r["patterns_per_s"] = round(n / r["seconds"], 1)
         r["input_shape"] = info["input_shape"]
         stages["predict"][model] = r
+
+        # the model alone on preprocessed patterns already in memory: the
+        # ceiling that reading and preprocessing leave the model
+        say(f"model only {model}")
+        mb = cfg["paper_batch"] if model == "paper" else 1024
+        if device == "cuda":
+            mb *= 8
+        reps = 3 if size == "tiny" else 10
+        m = measured(_MODEL_CHILD, [run_dir, device, mb, reps])
+        stages.setdefault("model_only", {})[model] = {
+            **json.loads(m["stdout"].splitlines()[-1]), "input_shape": info["input_shape"]}
     results["machine"]["load_average_after"] = _load()
     pd, pp = stages["predict"]["radial"], stages["predict"]["paper"]
     # compared with the paper CNN's rate without start-up (its best case)
@@ -333,9 +396,14 @@ def render_table(results: dict) -> str:
         if r.get("marginal_patterns_per_s"):
             rows.append(("predict, without start-up (2x scan minus 1x)", f"{model} ({shape})",
                          r["marginal_patterns_per_s"], r["peak_rss_mb"], "-"))
-    lines = [f"| stage | model (input) | patterns/s | peak RSS (MB) | time |",
+    for model, r in st.get("model_only", {}).items():
+        shape = "x".join(map(str, r["input_shape"]))
+        rows.append((f"model alone (preprocessed batch of {r['batch']} in memory)",
+                     f"{model} ({shape})", r["patterns_per_s"], float("nan"), "-"))
+    lines = ["| stage | model (input) | patterns/s | peak RSS (MB) | time |",
              "|---|---|---:|---:|---:|"]
-    lines += [f"| {a} | {b} | {c:,.0f} | {m:,.0f} | {t} |" for a, b, c, m, t in rows]
+    lines += [f"| {a} | {b} | {c:,.0f} | {'-' if m != m else f'{m:,.0f}'} | {t} |"
+              for a, b, c, m, t in rows]
     s = results["summary"]
     m = results["machine"]
     lines.append("")

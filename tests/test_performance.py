@@ -211,13 +211,16 @@ def test_benchmark_smoke_tiny(tmp_path):
                           cwd=ROOT, timeout=290)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert set(res["stages"]) == {"convert", "preprocess", "train", "predict"}
+    assert set(res["stages"]) == {"convert", "preprocess", "train", "predict", "model_only"}
     for stage in ("convert", "preprocess"):
         assert res["stages"][stage]["patterns_per_s"] > 0
         assert res["stages"][stage]["peak_rss_mb"] > 0
     for model in ("radial", "paper"):
         assert res["stages"]["train"][model]["seconds_per_epoch"] > 0
         assert res["stages"]["predict"][model]["patterns_per_s"] > 0
+        assert res["stages"]["model_only"][model]["patterns_per_s"] > 0
+        # peak memory is the child's own: more than Python + torch, less than the test runner's
+        assert 100 < res["stages"]["predict"][model]["peak_rss_mb"] < 4000
     assert res["stages"]["predict"]["paper"]["input_shape"] == [64, 64]  # the paper's: unbinned
     assert res["stages"]["predict"]["radial"]["input_shape"] == [16, 16]
     assert set(res["targets_met"]) == {"predict_patterns_per_s", "speedup_vs_paper",
@@ -229,3 +232,26 @@ def test_benchmark_smoke_tiny(tmp_path):
         sys.path.remove(str(ROOT / "benchmarks"))
     table = render_table(res)
     assert "| predict (whole process, raw bundle of 40) | paper (64x64) |" in table
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_predictions_match_cpu(tmp_path):
+    """The same run predicts the same maps on CUDA (autocast) as on the CPU."""
+    import torch
+
+    from stem2eds.models import build_model
+    from stem2eds.predict import Predictor
+    from stem2eds.preprocess import PreprocessSettings
+
+    torch.manual_seed(0)
+    info = {"elements": ["O", "Te"], "targets": ["eds"], "input_shape": [64, 64],
+            "model": "radial"}
+    patterns = np.random.default_rng(0).random((300, 64, 64), dtype=np.float32)
+    outs = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        net = build_model("radial", (64, 64), 2).eval().to(device)
+        pred = Predictor(tmp_path, info, net, PreprocessSettings(scale=1.0), torch.device(device))
+        outs[device] = pred.predict_patterns(patterns)
+    assert outs["cuda"].dtype == np.float32
+    np.testing.assert_allclose(outs["cuda"], outs["cpu"], atol=2e-2)

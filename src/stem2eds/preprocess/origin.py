@@ -12,7 +12,6 @@ pixel centres at integer positions.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,11 +106,22 @@ def _batch_radius(patterns: np.ndarray, small: np.ndarray, f: int) -> float:
 
 
 def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Median over the last two axes of ``values`` (n, W, W) where ``mask`` (n, W, W) holds."""
-    filled = np.where(mask, values, np.nan).reshape(len(values), -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, handled
-        return np.nanmedian(filled, axis=1)[:, None]
+    """Median over the last two axes of ``values`` (n, W, W) where ``mask`` (n, W, W) holds.
+
+    Same result as ``np.nanmedian`` of the masked-out-as-NaN rows (NaN where
+    a row has no valid value), from one sort: NaNs sort last, so the median
+    of the ``k`` valid values sits at positions ``(k-1)//2`` and ``k//2``.
+    ``nanmedian`` goes through masked arrays and is several times slower.
+    """
+    n = len(values)
+    filled = np.where(mask, values, np.nan).reshape(n, -1)
+    filled.sort(axis=1)
+    k = mask.reshape(n, -1).sum(axis=1)
+    rows = np.arange(n)
+    lo = filled[rows, np.maximum(k - 1, 0) // 2]
+    hi = filled[rows, k // 2 if filled.shape[1] else 0]
+    med = (lo + hi) / 2
+    return np.where(k > 0, med, np.nan)[:, None]
 
 
 def _gather_windows(patterns: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
