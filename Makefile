@@ -27,7 +27,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/run.py --size small
+	$(BIN)/python benchmarks/run.py --size small --out benchmarks/results/small.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -304,9 +304,11 @@ def centre_binned(patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
     # Input pixel i sits at buffer index i + f - phase, so buffer block K
     # starts at input pixel f K - f + phase; two spare blocks of padding.
     buf = _padded_buffer((n, qx + 2 * f, qy + 2 * f), f)
-    for pr, pc in {(int(a), int(b)) for a, b in phase}:
-        idx = np.flatnonzero((phase[:, 0] == pr) & (phase[:, 1] == pc))
-        buf[idx, f - pr:f - pr + qx, f - pc:f - pc + qy] = patterns[idx]
+    # One slice assignment (copy + conversion to float32, in C) per pattern:
+    # 1.6x faster here than grouping patterns by phase, where numpy's fancy
+    # indexing first gathers a uint16 temporary of the group.
+    for k, (pr, pc) in enumerate(phase.tolist()):
+        buf[k, f - pr:f - pr + qx, f - pc:f - pc + qy] = patterns[k]
     if beam_radius > 0:
         k, r, c = _disk_pixels(origins, beam_radius, (qx, qy))
         buf[k, r + f - phase[k, 0], c + f - phase[k, 1]] = 0
