@@ -252,6 +252,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, config: TrainConfig) -> TrainC
             raise InputError("run was made by an incompatible stem2eds/Lightning version "
                              f"({state.get('versions')})", path=run_dir,
                              hint="start a new run in another folder")
+        _check_checkpoint(ckpt)
         stored = TrainConfig.from_toml(run_dir / "config.toml")
         return stored.replace(max_epochs=config.max_epochs, device=config.device,
                               strategy=config.strategy, devices=config.devices,
@@ -262,6 +263,27 @@ def _prepare_run_dir(run_dir: Path, resume: bool, config: TrainConfig) -> TrainC
         raise InputError("folder already holds a training run", path=run_dir,
                          hint="pass --resume to continue it or choose another --out")
     return config
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint that is not plain tensors and data before Lightning opens it.
+
+    ``torch.load(weights_only=True)`` never runs code from the file; anything
+    it rejects (a pickle that would call functions, a damaged file) is an
+    InputError naming the file.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"refused to load the checkpoint: it is damaged or holds objects "
+                         f"other than tensors and plain data ({first[:160]})", path=path,
+                         hint="resume only run folders you trust, or start a new run") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
+        raise InputError("not a Lightning checkpoint (no state_dict/epoch)", path=path,
+                         hint="start a new run in another folder")
 
 
 def _make_split(shapes: Sequence[tuple[int, int]], config: TrainConfig) -> list[np.ndarray]:
@@ -395,7 +417,8 @@ def train(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
     curves = run_dir / "logs" / "metrics.csv"
     if curves.is_file():
         plot_training_curves(curves, run_dir / "figures" / "training_curves.png",
-                             title=f"{config.model} on {', '.join(p.stem for p in paths)}")
+                             title=f"{config.model} on {', '.join(p.stem for p in paths)}",
+                             loss=config.loss)
     return run_dir
 
 
@@ -596,7 +619,8 @@ class _quiet_lightning:
         return False
 
 
-def plot_training_curves(metrics_csv: Path, out: Path, title: str = "") -> Path:
+def plot_training_curves(metrics_csv: Path, out: Path, title: str = "",
+                         loss: str = "mae") -> Path:
     """Training and validation loss against epoch, from Lightning's ``metrics.csv``.
 
     Parameters
@@ -605,6 +629,9 @@ def plot_training_curves(metrics_csv: Path, out: Path, title: str = "") -> Path:
         CSVLogger output with ``epoch``, ``train_loss`` and ``val_loss`` columns.
     out : Path
         PNG to write (atomically).
+    title : str
+    loss : str
+        Name of the loss, for the axis label.
     """
     import csv
 
@@ -625,7 +652,7 @@ def plot_training_curves(metrics_csv: Path, out: Path, title: str = "") -> Path:
             epochs = sorted(curves[key])
             ax.plot(epochs, [curves[key][e] for e in epochs], marker=".", label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (atomic fraction, weighted)")
+    ax.set_ylabel(f"{loss.upper()} loss (weighted over targets)")
     ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.legend()
