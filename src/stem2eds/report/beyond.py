@@ -1,0 +1,239 @@
+"""Figures and the HTML page of the sparse-EDS experiment (``--strategy sparse``).
+
+``draw_beyond_figures`` draws the dose-accuracy curve, the uncertainty maps
+and the anomaly map (with the mean diffraction pattern of the flagged
+positions beside a typical one); ``write_beyond_report`` writes
+``RUN_DIR/report.html`` from ``metrics.json``'s contents.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .figures import diffraction_comparison, save_figure
+
+_STYLE = {"interp_linear": ("tab:gray", "--", "s"), "interp_gp": ("tab:blue", "--", "^"),
+          "model_linear": ("tab:orange", "-", "o"), "model_kriging": ("tab:red", "-", "D")}
+
+
+def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
+    """Mean Pearson r (over elements, unsampled positions) against the sampled fraction.
+
+    One panel per reference (blurred EDS, and the truth when present); the
+    model alone (no sparse EDS, uncalibrated) is a horizontal line. The
+    fraction where the best interpolation first reaches the model+sparse
+    curve's value at 2 % is marked.
+    """
+    refs = list(doc["curve"]["model_kriging"])
+    frac = 100 * np.asarray(doc["fractions"])
+    fig = Figure(figsize=(6.2 * len(refs), 4.6))
+    axes = np.atleast_1d(fig.subplots(1, len(refs)))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.28, top=0.88, wspace=0.25)
+    for ax, ref in zip(axes, refs):
+        for method, (colour, style, marker) in _STYLE.items():
+            ax.plot(frac, doc["curve"][method][ref], style, color=colour, marker=marker,
+                    label=doc["method_labels"][method])
+        alone = float(np.nanmean(list(doc["model_only"][ref]["pearson"].values())))
+        ax.axhline(alone, color="k", lw=0.8, ls=":", label="4D-STEM model alone (no EDS)")
+        for entry in doc["dose_saved"][ref]:
+            if abs(entry["fraction"] - 0.02) < 1e-9 and entry["reached"]:
+                ax.axvline(100 * entry["baseline_fraction"], color="tab:red", lw=0.8, ls="-.")
+                ax.annotate(f"interpolation needs {100 * entry['baseline_fraction']:.2g} %\n"
+                            f"for the accuracy of 2 % + 4D-STEM ({entry['ratio']:.2g}x dose)",
+                            (100 * entry["baseline_fraction"], ax.get_ylim()[0]),
+                            fontsize=8, xytext=(4, 8), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("EDS positions sampled (%)")
+        ax.set_ylabel("mean Pearson r over elements")
+        ax.set_title({"eds": "vs blurred EDS", "truth": "vs noise-free truth"}.get(ref, ref))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"Scan {doc['target_scan']}: dose-accuracy ({doc['pattern']} sampling, "
+                 f"scored on unsampled positions)")
+    return fig
+
+
+def uncertainty_maps(mean: np.ndarray, std: np.ndarray, reference: np.ndarray,
+                     elements: Sequence[str], scan: str) -> Figure:
+    """Per element: ensemble mean, ensemble std and |mean - reference| (at.%).
+
+    Parameters
+    ----------
+    mean, std, reference : ndarray, shape (E, Rx, Ry), atomic fractions
+    elements : sequence of str
+    scan : str
+    """
+    n = len(elements)
+    fig = Figure(figsize=(2.6 * n, 8))
+    axes = fig.subplots(3, n, squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.97, bottom=0.03, top=0.9, hspace=0.35, wspace=0.5)
+    rows = (("mean (at.%)", 100 * mean, "viridis"), ("ensemble std (at.%)", 100 * std, "magma"),
+            ("|mean - EDS| (at.%)", 100 * np.abs(mean - reference), "magma"))
+    for r, (label, values, cmap) in enumerate(rows):
+        for k, el in enumerate(elements):
+            im = axes[r, k].imshow(values[k], cmap=cmap)
+            axes[r, k].set_title(f"{el}: {label}", fontsize=8)
+            axes[r, k].set_xticks([])
+            axes[r, k].set_yticks([])
+            fig.colorbar(im, ax=axes[r, k], shrink=0.7)
+    fig.suptitle(f"Scan {scan}: deep-ensemble prediction, uncertainty and error (raw, "
+                 "uncalibrated)")
+    return fig
+
+
+def anomaly_map(score: np.ndarray, flagged: np.ndarray, grain: np.ndarray | None,
+                components: Mapping[str, Any], scan: str, threshold: float) -> Figure:
+    """The combined anomaly score with flagged positions (and true grains when known)."""
+    fig = Figure(figsize=(6, 4.8))
+    ax = fig.subplots()
+    im = ax.imshow(score, cmap="magma")
+    fig.colorbar(im, ax=ax, label="anomaly score (mean robust z)")
+    yy, xx = np.indices(score.shape)
+    ax.contour(xx, yy, flagged.astype(float), levels=[0.5], colors="cyan", linewidths=1.5)
+    title = f"flagged (cyan): score > {threshold:g}"
+    if grain is not None and grain.any():
+        ax.contour(xx, yy, grain.astype(float), levels=[0.5], colors="lime", linewidths=1,
+                   linestyles="--")
+        title += "; simulated grains (green, dashed)"
+    ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Scan {scan}: anomaly map ({', '.join(components)})", fontsize=10)
+    return fig
+
+
+def draw_beyond_figures(run: Path, doc: dict[str, Any],
+                        arrays: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Draw the figures of a sparse run into ``run/figures``.
+
+    Parameters
+    ----------
+    run : Path
+    doc : dict
+        The metrics document being written.
+    arrays : mapping
+        ``mean``, ``std`` (or None), ``eds``, ``score``, ``flagged``,
+        ``typical``, ``grain`` (or None), ``mean_flagged``, ``mean_typical``.
+
+    Returns
+    -------
+    list of dict
+        ``{"file", "title", "caption"}`` per figure (paths relative to ``run``).
+    """
+    out = []
+    folder = run / "figures"
+    folder.mkdir(exist_ok=True)
+
+    def save(fig: Figure, name: str, title: str, caption: str) -> None:
+        save_figure(fig, folder / name)
+        out.append({"file": f"figures/{name}", "title": title, "caption": caption})
+
+    save(dose_accuracy_curve(doc), "dose_accuracy.png", "Dose-accuracy curve",
+         "Mean Pearson r over elements on the positions not sampled, for the 4D-STEM model "
+         "calibrated on the sparse EDS (with and without kriging its residual) and for "
+         "interpolating the sparse EDS alone.")
+    if arrays.get("std") is not None:
+        save(uncertainty_maps(arrays["mean"], arrays["std"], arrays["eds"], doc["elements"],
+                              doc["target_scan"]), "uncertainty_maps.png",
+             "Ensemble uncertainty",
+             f"Mean and standard deviation over {doc['ensemble']} models, and the error of "
+             "the mean against the blurred EDS.")
+    an = doc["anomaly"]
+    save(anomaly_map(arrays["score"], arrays["flagged"], arrays.get("grain"), an["components"],
+                     doc["target_scan"], an["threshold"]), "anomaly_map.png", "Anomaly map",
+         "Mean robust z-score of " + ", ".join(an["components"]) + ".")
+    if arrays["flagged"].any():
+        save(diffraction_comparison(arrays["score"], arrays["flagged"], arrays["typical"],
+                                    arrays["mean_flagged"], arrays["mean_typical"],
+                                    doc["target_scan"], error_label="anomaly score"),
+             "anomaly_patterns.png", "Mean pattern of flagged positions",
+             "Mean preprocessed pattern of the flagged positions beside that of typical "
+             "positions (|score| < 1).")
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+    return "nan" if np.isnan(v) else f"{v:.{digits}g}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_beyond_report(doc: Mapping[str, Any]) -> str:
+    """The HTML page of a sparse run (tables of every number, then the figures)."""
+    refs = list(doc["curve"]["model_kriging"])
+    parts = [f"<h1>Sparse EDS, uncertainty and anomalies: scan "
+             f"{html.escape(doc['target_scan'])}</h1>",
+             f"<p>Model {html.escape(str(doc['model']))} (ensemble of {doc['ensemble']}) "
+             f"trained on {html.escape(', '.join(doc['train_scans']))}; "
+             f"{html.escape(doc['pattern'])} sampling of the new scan's EDS. "
+             f"Sparse values: {html.escape(doc['sparse_values'])}. "
+             f"Scored on {html.escape(doc['scored_on'])}.</p>"]
+    fr = doc["fractions"]
+    for ref in refs:
+        rows = [[html.escape(doc["method_labels"][m])] + [_fmt(v) for v in doc["curve"][m][ref]]
+                for m in doc["curve"]]
+        parts.append(f"<h2>Mean Pearson r vs {html.escape(ref)}</h2>")
+        parts.append(_table(["method"] + [f"{100 * f:g} % ({doc['sampled_positions'][f'{100 * f:g}']} pos.)"
+                                          for f in fr], rows))
+        saved = [[f"{100 * e['fraction']:g} %",
+                  (f"{100 * e['baseline_fraction']:.3g} %" if e["reached"] else
+                   f"&gt; {100 * fr[-1]:g} %"),
+                  (_fmt(e["ratio"]) if e["reached"] else f"&gt; {_fmt(e['ratio'])}")]
+                 for e in doc["dose_saved"][ref]]
+        parts.append("<p>Dose saved at equal accuracy (F' = fraction the best interpolation "
+                     "needs for the accuracy of model + kriging at F):</p>")
+        parts.append(_table(["F", "F'", "F'/F"], saved))
+    unc = doc.get("uncertainty")
+    if unc:
+        parts.append(f"<h2>Uncertainty: coverage of the nominal 90 % interval</h2>"
+                     f"<p>{html.escape(unc['interval'])}.</p>")
+        rows = []
+        for key, entry in unc["per_fraction"].items():
+            for ref in [r for r in entry if r not in ("scale", "fitted_on")]:
+                rows.append([f"{key} %", html.escape(ref), _fmt(entry[ref]["unscaled_mean"]),
+                             _fmt(entry[ref]["scaled_mean"]),
+                             ", ".join(f"{el} {_fmt(v, 2)}" for el, v in entry["scale"].items())])
+        parts.append(_table(["fraction", "target", "coverage, raw std",
+                             "coverage, scaled std", "scale per element"], rows))
+    an = doc["anomaly"]
+    parts.append(f"<h2>Anomaly map</h2><p>{an['flagged']} of {an['positions']} positions "
+                 f"flagged (score &gt; {an['threshold']:g}; components: "
+                 f"{html.escape(', '.join(an['components']))}).</p>")
+    if "combined" in an:
+        rows = [["combined"] + [_fmt(an["combined"][k]) for k in ("precision", "recall", "f1")]]
+        rows += [[html.escape(k)] + [_fmt(v[k2]) for k2 in ("precision", "recall", "f1")]
+                 for k, v in an["per_component"].items()]
+        parts.append(f"<p>Against the simulated grain mask ({an['grain_positions']} "
+                     "positions):</p>" + _table(["score", "precision", "recall", "F1"], rows))
+    for fig in doc.get("figures", []):
+        parts.append(f"<h3>{html.escape(fig['title'])}</h3><img src=\"{html.escape(fig['file'])}\""
+                     f" style=\"max-width:100%\"><p>{html.escape(fig['caption'])}</p>")
+    style = ("<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}</style>")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>stem2eds sparse "
+            f"{html.escape(doc['target_scan'])}</title>{style}</head><body>"
+            + "\n".join(parts) + "</body></html>")
+
+
+def write_beyond_report(run: Path, doc: Mapping[str, Any]) -> Path:
+    """Write ``run/report.html`` (atomically) for a sparse run."""
+    from ..errors import atomic_output
+
+    out = Path(run) / "report.html"
+    with atomic_output(out) as tmp:
+        tmp.write_text(render_beyond_report(doc), encoding="utf-8")
+    return out

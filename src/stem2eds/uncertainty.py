@@ -1,0 +1,188 @@
+"""Per-position predictive uncertainty from a deep ensemble, and its calibration check.
+
+A deep ensemble is N models trained on the same data from different seeds
+(different weight initialisations, shuffling and train/validation splits).
+Where they disagree the prediction is unreliable: the ensemble's mean is the
+prediction and its standard deviation the uncertainty. The spread of an
+ensemble is usually too small (it misses the noise and the bias every member
+shares), so :func:`fit_std_scale` fits one factor per element on positions
+where EDS is known, and :func:`interval_coverage` checks how often the target
+falls in ``mean +/- z * std``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal distribution
+
+
+def ensemble_stats(predictions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over ensemble members.
+
+    Parameters
+    ----------
+    predictions : sequence of ndarray, each shape (E, Rx, Ry)
+        One prediction per member (at least 2).
+
+    Returns
+    -------
+    mean, std : ndarray, shape (E, Rx, Ry), float32
+        ``std`` with Bessel's correction (ddof=1).
+    """
+    stack = np.stack([np.asarray(p, np.float64) for p in predictions])
+    if stack.shape[0] < 2:
+        raise ValueError("an ensemble needs at least 2 members")
+    return stack.mean(axis=0).astype(np.float32), stack.std(axis=0, ddof=1).astype(np.float32)
+
+
+def interval_coverage(mean: np.ndarray, std: np.ndarray, target: np.ndarray,
+                      mask: np.ndarray | None = None, z: float = Z90,
+                      scale: np.ndarray | float = 1.0) -> np.ndarray:
+    """Fraction of positions whose target lies within ``mean +/- z * scale * std``.
+
+    Parameters
+    ----------
+    mean, std, target : ndarray, shape (E, Rx, Ry)
+    mask : ndarray of bool, shape (Rx, Ry), optional
+        Positions to count (all when None).
+    z : float
+        Half width in standard deviations (1.645: 90 % for a normal error).
+    scale : float or ndarray, shape (E,)
+        Factor on the standard deviation (see :func:`fit_std_scale`).
+
+    Returns
+    -------
+    ndarray, shape (E,)
+        Coverage per element, in [0, 1].
+    """
+    m = np.ones(np.shape(mean)[1:], bool) if mask is None else np.asarray(mask, bool)
+    s = np.broadcast_to(np.asarray(scale, np.float64), (np.shape(mean)[0],))
+    err = np.abs(np.asarray(target, np.float64) - mean)[:, m]
+    half = z * s[:, None] * np.asarray(std, np.float64)[:, m]
+    return np.mean(err <= half, axis=1)
+
+
+def fit_std_scale(mean: np.ndarray, std: np.ndarray, target: np.ndarray,
+                  mask: np.ndarray, coverage: float = 0.9, z: float = Z90) -> np.ndarray:
+    """Per-element factor on the std that gives the nominal coverage on known positions.
+
+    The factor is the ``coverage`` quantile of ``|target - mean| / (z * std)``
+    over the positions in ``mask``: scaled by it, exactly that share of those
+    positions falls inside the interval.
+
+    Parameters
+    ----------
+    mean, std, target : ndarray, shape (E, Rx, Ry)
+    mask : ndarray of bool, shape (Rx, Ry)
+        Positions with known EDS used for the fit (never the ones scored).
+    coverage : float
+        Nominal coverage in (0, 1).
+    z : float
+
+    Returns
+    -------
+    ndarray, shape (E,)
+        Factors (1 where the fit is impossible: no positions or zero spread).
+    """
+    m = np.asarray(mask, bool)
+    err = np.abs(np.asarray(target, np.float64) - mean)[:, m]
+    sd = np.asarray(std, np.float64)[:, m]
+    out = np.ones(np.shape(mean)[0])
+    for k in range(len(out)):
+        ok = sd[k] > 0
+        if ok.sum() >= 2:
+            out[k] = float(np.quantile(err[k][ok] / (z * sd[k][ok]), coverage))
+    return out
+
+
+# -- files ------------------------------------------------------------------------------
+def train_ensemble(bundles: Sequence[str | os.PathLike], folder: str | os.PathLike,
+                   config=None, members: int = 5, quiet: bool = False) -> list[Path]:
+    """Train (or reuse) ``members`` runs with seeds ``config.seed + k``.
+
+    Parameters
+    ----------
+    bundles : sequence of path-like
+        Raw training bundles.
+    folder : path-like
+        Runs go to ``folder/member_<k>``; finished runs there are reused, an
+        interrupted one resumes from its checkpoint.
+    config : TrainConfig, optional
+    members : int
+        Ensemble size (1 gives a single model).
+    quiet : bool
+
+    Returns
+    -------
+    list of Path
+        The run folders.
+    """
+    from .config import TrainConfig
+    from .errors import InputError
+    from .predict import load_run
+    from .train import train
+
+    if members < 1:
+        raise InputError(f"--ensemble must be at least 1, got {members}")
+    config = config or TrainConfig()
+    runs = []
+    for k in range(members):
+        run = Path(folder) / f"member_{k}"
+        done = (run / "run.json").is_file() and any(run.glob("weights.*"))
+        if done:
+            try:
+                load_run(run)
+            except InputError:
+                done = False
+        if not done:
+            resume = (run / "checkpoints" / "last.ckpt").is_file()
+            run.parent.mkdir(parents=True, exist_ok=True)
+            train(list(bundles), run, config.replace(seed=config.seed + k), resume=resume,
+                  quiet=quiet)
+        runs.append(run)
+    return runs
+
+
+def write_prediction_with_std(path: str | os.PathLike, mean: np.ndarray,
+                              std: np.ndarray | None, elements: Sequence[str],
+                              attrs: dict | None = None,
+                              extra: dict[str, np.ndarray] | None = None) -> Path:
+    """A prediction file (the ``predict`` layout) plus ``eds_std/<El>``, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+    mean : ndarray, shape (E, Rx, Ry)
+        Predicted atomic fractions (``eds/<El>``).
+    std : ndarray, shape (E, Rx, Ry), or None
+        Ensemble standard deviation, atomic fraction (``eds_std/<El>``).
+    elements : sequence of str
+    attrs : dict, optional
+        Root attributes (dicts and lists stored as JSON).
+    extra : dict, optional
+        Further ``name -> array`` datasets (e.g. ``sampled`` positions).
+    """
+    import h5py
+
+    from .errors import atomic_output
+    from .predict import Prediction, write_prediction
+
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        write_prediction(Prediction(np.asarray(mean, np.float32), None, list(elements),
+                                    tuple(np.shape(mean)[1:])), tmp, attrs=attrs)
+        with h5py.File(tmp, "a") as f:
+            if std is not None:
+                grp = f.create_group("eds_std")
+                grp.attrs["unit"] = "atomic fraction"
+                grp.attrs["meaning"] = "standard deviation over the ensemble members"
+                for el, values in zip(elements, std):
+                    grp.create_dataset(el, data=np.asarray(values, np.float32))
+            for name, values in (extra or {}).items():
+                f.create_dataset(name, data=values)
+    return path

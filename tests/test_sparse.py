@@ -1,0 +1,166 @@
+"""Sparse EDS completion: sampling, interpolation baselines, calibration, dose saved, CLI."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from stem2eds.errors import InputError
+from stem2eds.sparse import (METHODS, calibrate_on_sparse, complete_sparse, dose_saved,
+                             interpolate_gp, interpolate_linear, sample_positions)
+
+
+def _smooth_field(shape, sigma, seed):
+    rng = np.random.default_rng(seed)
+    f = ndimage.gaussian_filter(rng.normal(size=shape), sigma)
+    return (f - f.min()) / np.ptp(f)
+
+
+@pytest.mark.parametrize("pattern", ["random", "grid", "lines"])
+@pytest.mark.parametrize("fraction", [0.02, 0.05, 0.2])
+def test_sample_positions_count_and_determinism(pattern, fraction):
+    shape = (60, 40)
+    mask = sample_positions(shape, fraction, pattern, seed=3)
+    assert mask.shape == shape and mask.dtype == bool
+    # within 40 % of the asked number (grids and lines round to whole steps)
+    assert abs(mask.sum() - fraction * mask.size) <= 0.4 * fraction * mask.size + 2
+    np.testing.assert_array_equal(mask, sample_positions(shape, fraction, pattern, seed=3))
+
+
+def test_sample_positions_shapes_of_patterns():
+    lines = sample_positions((60, 40), 0.1, "lines")
+    assert len(np.unique(np.nonzero(lines)[0])) < 10  # few whole scan rows
+    grid = sample_positions((60, 40), 0.04, "grid")
+    rows, cols = np.nonzero(grid)
+    assert len(np.unique(np.diff(np.unique(rows)))) <= 2  # regular spacing (+/- 1 px rounding)
+    assert sample_positions((10, 10), 0.001, "random").sum() == 3  # at least 3 points
+
+
+@pytest.mark.parametrize("fraction,pattern", [(0, "random"), (1.5, "random"), (0.1, "spiral")])
+def test_sample_positions_bad_input(fraction, pattern):
+    with pytest.raises(InputError):
+        sample_positions((10, 10), fraction, pattern)
+
+
+def test_linear_interpolation_reproduces_a_plane():
+    rows, cols = np.indices((30, 20))
+    plane = (0.2 + 0.01 * rows + 0.005 * cols)[None]
+    mask = sample_positions((30, 20), 0.05, "random", seed=1)
+    out = interpolate_linear(plane, mask)
+    np.testing.assert_allclose(out[mask[None]], plane[mask[None]], atol=1e-6)
+    # inside the convex hull of the samples a plane is exact
+    from scipy.spatial import Delaunay
+    inside = Delaunay(np.argwhere(mask)).find_simplex(np.indices((30, 20)).reshape(2, -1).T) >= 0
+    np.testing.assert_allclose(out[0].ravel()[inside], plane[0].ravel()[inside], atol=1e-5)
+
+
+def test_gp_interpolation_smooths_noise():
+    truth = _smooth_field((40, 30), 5, seed=0)[None]
+    noisy = truth + np.random.default_rng(1).normal(0, 0.05, truth.shape)
+    mask = sample_positions((40, 30), 0.1, "random", seed=0)
+    gp, sd = interpolate_gp(noisy, mask, return_std=True)
+    lin = interpolate_linear(noisy, mask)
+    err_gp = np.abs(gp - truth)[:, ~mask].mean()
+    err_lin = np.abs(lin - truth)[:, ~mask].mean()
+    assert err_gp < err_lin  # the white-noise term smooths the grainy values
+    assert np.corrcoef(gp.ravel(), truth.ravel())[0, 1] > 0.9
+    assert sd.shape == truth.shape and np.all(sd >= 0)
+
+
+def test_calibration_recovers_scale_and_offset():
+    truth = _smooth_field((30, 30), 3, seed=2)[None] * 0.4 + 0.1
+    predicted = (truth - 0.1) / 0.5  # model with the wrong gain and offset
+    mask = sample_positions((30, 30), 0.2, "random", seed=0)
+    a, b = calibrate_on_sparse(predicted, truth, mask, prior_points=0)
+    np.testing.assert_allclose([a[0], b[0]], [0.5, 0.1], atol=1e-6)
+    # the prior pulls a few-point slope toward 1
+    few = sample_positions((30, 30), 0.004, "random", seed=0)
+    a_few, _ = calibrate_on_sparse(predicted, truth, few, prior_points=10)
+    assert 0.5 < a_few[0] < 1.0
+
+
+def test_model_plus_sparse_beats_interpolation_when_the_model_sees_the_structure():
+    # fine structure the sparse points cannot resolve, which a (biased) model predicts
+    truth = 0.3 + 0.3 * _smooth_field((40, 40), 1.0, seed=4)[None]
+    predicted = 0.8 * truth + 0.05 + np.random.default_rng(0).normal(0, 0.01, truth.shape)
+    mask = sample_positions((40, 40), 0.02, "random", seed=0)
+    est = complete_sparse(predicted.astype(np.float32), truth, mask)
+    assert set(est) == set(METHODS)
+    r = {m: np.corrcoef(v[0][~mask], truth[0][~mask])[0, 1] for m, v in est.items()}
+    assert r["model_kriging"] > max(r["interp_linear"], r["interp_gp"]) + 0.3
+    assert all(0 <= v.min() and v.max() <= 1 for v in est.values())
+
+
+def test_dose_saved_interpolates_in_log_fraction():
+    fr = [0.01, 0.02, 0.04]
+    out = dose_saved(fr, [0.8, 0.9, 0.95], [0.5, 0.7, 0.9])
+    assert out[0]["reached"] and out[0]["baseline_fraction"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert out[0]["ratio"] == pytest.approx(2 * 2 ** 0.5)
+    assert out[1]["baseline_fraction"] == pytest.approx(0.04)
+    assert not out[2]["reached"] and out[2]["ratio"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    from stem2eds.simulate import SimulationSettings, simulate_series
+
+    folder = tmp_path_factory.mktemp("sim")
+    # scan 0035 of this series has crystalline grains (15 % of positions)
+    return simulate_series(folder, SimulationSettings(n_scans=3, scan_shape=(24, 20),
+                                                      detector=64, seed=0, workers=1))
+
+
+def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli("experiment", "--strategy", "sparse", "--model", "ridge",
+                                "--ensemble", "2", "--fraction", "2,10", "--out", out,
+                                "--quiet", *series)
+    assert code == 0, err
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["strategy"] == "sparse" and doc["target_scan"] == "scan_0035"
+    assert doc["fractions"] == [0.02, 0.1] and doc["sampled_positions"] == {"2": 10, "10": 48}
+    for ref in ("eds", "truth"):
+        for m in METHODS:
+            assert len(doc["curve"][m][ref]) == 2 and all(np.isfinite(doc["curve"][m][ref]))
+        # more EDS, better maps, for the model and for interpolation
+        assert doc["curve"]["model_kriging"][ref][1] > doc["curve"]["model_kriging"][ref][0]
+        assert doc["curve"]["interp_gp"][ref][1] > doc["curve"]["interp_gp"][ref][0]
+    # the stored estimate is what was scored
+    from stem2eds import metrics
+    from stem2eds.experiment import load_targets
+    from stem2eds.predict import load_run
+
+    member = load_run(out / "models" / "member_0")
+    tgt = load_targets(series[-1], member.settings, member.elements)
+    with h5py.File(out / "predictions" / "sparse" / "10.h5", "r") as f:
+        est = np.stack([f["eds"][e][()] for e in member.elements])
+        std = np.stack([f["eds_std"][e][()] for e in member.elements])
+        sampled = f["sampled"][()].astype(bool)
+    assert sampled.sum() == 48 and np.all(std >= 0) and std.max() > 0
+    r = metrics.element_metrics(est, tgt.eds, member.elements, ~sampled)["pearson"]
+    assert r == pytest.approx(doc["methods"]["model_kriging"]["10"]["eds"]["pearson"])
+    with h5py.File(out / "predictions" / "scan_0035.h5", "r") as f:
+        assert set(f["eds_std"]) == set(member.elements) and f.attrs["ensemble"] == 2
+    html = (out / "report.html").read_text()
+    assert "Dose saved" in html and "figures/dose_accuracy.png" in html
+    for name in ("dose_accuracy", "uncertainty_maps", "anomaly_map"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert doc["anomaly"]["grain_positions"] == 73
+    assert doc["anomaly"]["combined"]["precision"] > 0.5
+
+
+def test_cli_sparse_bad_inputs(series, tmp_path, run_cli):
+    out = tmp_path / "r"
+    for extra, needle in ((["--fraction", "abc"], "--fraction"), (["--fraction", "150"], "(0, 1]"),
+                          (["--ensemble", "0"], "--ensemble")):
+        code, _, err = run_cli("experiment", "--strategy", "sparse", "--model", "ridge",
+                               "--out", out, *extra, *series)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("experiment", "--strategy", "extrapolate", "--fraction", "2",
+                           "--out", out, *series)
+    assert code == 2 and "sparse only" in err
+    code, _, err = run_cli("experiment", "--strategy", "sparse", "--out", out, series[0])
+    assert code == 2 and "at least 2" in err
+    assert not (out / "metrics.json").exists()
