@@ -8,6 +8,8 @@ Strategies (bundles are given in series order):
 - ``extrapolate``: train on the first scan, predict all the others.
 - ``interpolate``: train on the first and last, predict those between.
 - ``leave-one-out``: every scan predicted by a model trained on all others.
+- ``sparse``: the last scan predicted from its 4D-STEM scan plus EDS at a
+  fraction of its positions (handled by :func:`stem2eds.sparse.run_sparse_experiment`).
 
 Every part trains the chosen model and the ``ridge`` baseline on the same
 data, fits a per-element calibration on the training positions only
@@ -385,7 +387,8 @@ def _fit_part_calibration(predictor, bundles: Sequence[Path], names: Sequence[st
 
 def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
                    strategy: str, config=None, *, calibration: str = "linear",
-                   quiet: bool = False, figures: bool = True) -> Path:
+                   quiet: bool = False, figures: bool = True,
+                   sparse: dict[str, Any] | None = None) -> Path:
     """Run a cross-scan experiment and write RUN_DIR (see the module docstring).
 
     Parameters
@@ -402,6 +405,9 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     quiet : bool
     figures : bool
         Draw the figures (``report.html`` is written either way).
+    sparse : dict, optional
+        Keyword arguments of :func:`stem2eds.sparse.run_sparse_experiment`
+        (``fractions``, ``pattern``, ``ensemble``) for ``strategy="sparse"``.
 
     Returns
     -------
@@ -411,6 +417,11 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     from .config import TrainConfig
     from .predict import load_run
 
+    if strategy == "sparse":
+        from .sparse import run_sparse_experiment
+
+        return run_sparse_experiment(bundles, run_dir, config=config, quiet=quiet,
+                                     figures=figures, **(sparse or {}))
     paths = [Path(b) for b in bundles]
     parts = plan(strategy, len(paths))
     names = _scan_names(paths)
