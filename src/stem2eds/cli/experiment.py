@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..cli import add_command
 
-STRATEGIES = ("random", "extrapolate", "interpolate", "leave-one-out")
+STRATEGIES = ("random", "extrapolate", "interpolate", "leave-one-out", "sparse")
 
 
 def register(subparsers) -> None:
@@ -17,6 +17,11 @@ def register(subparsers) -> None:
               extrapolate    train on the first scan, predict all others
               interpolate    train on the first and last, predict those between
               leave-one-out  each scan predicted by a model trained on all others
+              sparse         the LAST bundle predicted from its 4D-STEM scan plus EDS
+                             measured at --fraction percent of its positions (an ensemble
+                             of --ensemble models trained on the others, calibrated on
+                             those positions), against interpolating the sparse EDS alone;
+                             also ensemble uncertainty (eds_std) and an anomaly map
             Every training run is repeated with the 'ridge' baseline on the same data.
             A per-element calibration (fitted on the training positions only) is applied
             after training; raw and calibrated scores are both reported. Writes
@@ -37,6 +42,12 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="seed of the split, weights and shuffling")
     p.add_argument("--no-figures", action="store_true",
                    help="skip drawing figures (faster; report.html has the tables only)")
+    p.add_argument("--fraction", metavar="PERCENT[,PERCENT...]",
+                   help="sparse: percent of positions with EDS (default 0.5,1,2,5,10,20)")
+    p.add_argument("--pattern", choices=("random", "grid", "lines"),
+                   help="sparse: where the EDS positions lie (default random)")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="sparse: models in the deep ensemble (default 5; 1 = no uncertainty)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -51,8 +62,21 @@ def run(args) -> int:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
     config = config.replace(model=args.model, max_epochs=args.epochs, targets=args.targets,
                             split=args.split, seed=args.seed)
+    sparse = None
+    given = [f for f in ("fraction", "pattern", "ensemble") if getattr(args, f) is not None]
+    if args.strategy == "sparse":
+        sparse = {"pattern": args.pattern or "random",
+                  "ensemble": 5 if args.ensemble is None else args.ensemble}
+        if args.fraction is not None:
+            try:
+                sparse["fractions"] = [float(v) / 100 for v in args.fraction.split(",")]
+            except ValueError:
+                raise InputError(f"--fraction {args.fraction!r} is not a list of percents",
+                                 hint="e.g. --fraction 2 or --fraction 0.5,1,2,5") from None
+    elif given:
+        raise InputError(f"--{given[0]} applies to --strategy sparse only")
     run_dir = run_experiment(args.bundles, args.out, args.strategy, config,
                              calibration=args.calibration, quiet=args.quiet,
-                             figures=not args.no_figures)
+                             figures=not args.no_figures, sparse=sparse)
     print(run_dir / "report.html")
     return 0
