@@ -125,7 +125,7 @@ def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
         for m in METHODS:
             assert len(doc["curve"][m][ref]) == 2 and all(np.isfinite(doc["curve"][m][ref]))
         # more EDS, better maps, for the model and for interpolation
-        assert doc["curve"]["model_kriging"][ref][1] > doc["curve"]["model_kriging"][ref][0]
+        assert doc["curve"]["model_cv"][ref][1] > doc["curve"]["model_cv"][ref][0]
         assert doc["curve"]["interp_gp"][ref][1] > doc["curve"]["interp_gp"][ref][0]
     # the stored estimate is what was scored
     from stem2eds import metrics
@@ -140,7 +140,7 @@ def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
         sampled = f["sampled"][()].astype(bool)
     assert sampled.sum() == 48 and np.all(std >= 0) and std.max() > 0
     r = metrics.element_metrics(est, tgt.eds, member.elements, ~sampled)["pearson"]
-    assert r == pytest.approx(doc["methods"]["model_kriging"]["10"]["eds"]["pearson"])
+    assert r == pytest.approx(doc["methods"]["model_cv"]["10"]["eds"]["pearson"])
     with h5py.File(out / "predictions" / "scan_0035.h5", "r") as f:
         assert set(f["eds_std"]) == set(member.elements) and f.attrs["ensemble"] == 2
     html = (out / "report.html").read_text()
@@ -164,3 +164,42 @@ def test_cli_sparse_bad_inputs(series, tmp_path, run_cli):
     code, _, err = run_cli("experiment", "--strategy", "sparse", "--out", out, series[0])
     assert code == 2 and "at least 2" in err
     assert not (out / "metrics.json").exists()
+
+
+def test_gp_leave_one_out_error_matches_refitting():
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    truth = _smooth_field((20, 20), 3, seed=5)[None]
+    noisy = truth + np.random.default_rng(2).normal(0, 0.03, truth.shape)
+    mask = sample_positions((20, 20), 0.08, "random", seed=2)
+    _, loo = interpolate_gp(noisy, mask, return_loo=True)
+    # brute force with the hyperparameters of the fit on all points (normalize_y off, so
+    # that the closed form and the refit use the same prior mean: compare on centred data)
+    pts = np.argwhere(mask).astype(float)
+    y = noisy[0][mask]
+    full = GaussianProcessRegressor(normalize_y=True, random_state=0)
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+    full.kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(5.0, (1.0, 80.0))
+                   + WhiteKernel(0.1, (1e-5, 10.0)))
+    full.fit(pts, y)
+    errs = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        one = GaussianProcessRegressor(full.kernel_, optimizer=None, normalize_y=False)
+        # normalise with the statistics of all points, as the closed form does
+        m, sd = y.mean(), y.std()
+        one.fit(pts[keep], (y[keep] - m) / sd)
+        errs.append(y[i] - (m + sd * one.predict(pts[i:i + 1])[0]))
+    assert loo[0] == pytest.approx(np.mean(np.square(errs)), rel=1e-6)
+
+
+def test_cross_validated_choice_leaves_a_useless_model_to_the_gp():
+    good = 0.3 + 0.3 * _smooth_field((40, 40), 1.0, seed=4)
+    smooth = 0.2 + 0.3 * _smooth_field((40, 40), 6.0, seed=6)
+    truth = np.stack([good, smooth])
+    noise = np.random.default_rng(0).normal(0, 0.05, (40, 40))
+    predicted = np.stack([0.8 * good + 0.05, 0.3 + noise]).astype(np.float32)  # 2nd: no signal
+    mask = sample_positions((40, 40), 0.05, "random", seed=1)
+    est = complete_sparse(predicted, truth, mask)
+    np.testing.assert_array_equal(est["model_cv"][0], est["model_kriging"][0])
+    np.testing.assert_array_equal(est["model_cv"][1], est["interp_gp"][1])

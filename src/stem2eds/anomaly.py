@@ -3,11 +3,11 @@
 Three per-position signals, each turned into a robust z-score (median and
 MAD over the scan) and averaged where available:
 
-- *reconstruction error* of the preprocessed diffraction pattern from a
-  low-rank PCA model of the scan's patterns (scikit-learn
-  ``IncrementalPCA``, streamed batch by batch): Bragg disks of a crystal
-  at its own orientation are not in the few components that describe the
-  amorphous film, so crystalline positions reconstruct badly;
+- *reconstruction error* of the preprocessed diffraction pattern by a
+  low-rank PCA model of reference patterns (the training scans;
+  scikit-learn ``IncrementalPCA``, streamed batch by batch): Bragg disks of
+  a crystal at its own orientation are not in the components that describe
+  the known patterns, so crystalline positions reconstruct badly;
 - *prediction error* where EDS is known: summed absolute error of the
   (calibrated) composition prediction;
 - *uncertainty*: summed ensemble standard deviation.
@@ -49,54 +49,65 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (v - med) / mad
 
 
-def reconstruction_error(batches: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int],
-                         n_components: int = 4, batches_again: Iterable | None = None,
-                         ) -> np.ndarray:
-    """Per-position residual of a PCA reconstruction of the patterns.
+def _rows(patterns: np.ndarray) -> np.ndarray:
+    """(n, Qx, Qy) patterns -> (n, Qx*Qy) float64 rows, square-rooted.
+
+    The square root stabilises the Poisson variance, so bright rings do not
+    dominate the residual.
+    """
+    p = np.asarray(patterns, np.float64)
+    return np.sqrt(np.maximum(p, 0)).reshape(len(p), -1)
+
+
+def reconstruction_error(reference: Iterable[tuple[int, np.ndarray]],
+                         batches: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int],
+                         n_components: int = 8) -> np.ndarray:
+    """Per-position residual of the patterns' reconstruction by a PCA of reference patterns.
+
+    The PCA is fitted on patterns the model knows (its training scans), so a
+    diffraction feature of the new scan that those lack (the Bragg disks of a
+    grain at an orientation of its own) is left in the residual. Fitted on
+    the scan itself, a low-rank model absorbs a feature that covers enough
+    positions (the tests show it), so the reference must be other scans.
 
     Parameters
     ----------
+    reference : iterable of (start, patterns)
+        Reference batches, ``patterns`` (n, Qx, Qy) preprocessed as the
+        scored ones (``start`` ignored), e.g. the chained
+        ``ScanBundle.iter_patterns`` of the training scans.
     batches : iterable of (start, patterns)
-        ``start`` is the flat (C-order) index of the first position,
-        ``patterns`` (n, Qx, Qy) preprocessed patterns (as
-        ``ScanBundle.iter_patterns`` yields them). Used to fit the PCA.
+        The scan to score: ``start`` the flat (C-order) index of the first
+        position, ``patterns`` (n, Qx, Qy).
     shape : (Rx, Ry)
         Scan shape.
     n_components : int
-        Components of the PCA (few: the amorphous film's variation).
-    batches_again : iterable of (start, patterns), optional
-        A second pass over the same patterns to score them; without it the
-        first pass is kept in memory (fine for small scans only).
+        Components of the PCA.
 
     Returns
     -------
     ndarray, shape (Rx, Ry), float64
-        Root-mean-square residual per pattern, in the patterns' units.
+        Root-mean-square residual per pattern, in sqrt(pattern units);
+        NaN where no pattern came.
     """
     from sklearn.decomposition import IncrementalPCA
 
-    # sqrt stabilises the Poisson variance so bright rings do not dominate the residual
     pca = IncrementalPCA(n_components=n_components)
-    kept = []
     carry = None
-    for start, patterns in batches:
-        x = np.sqrt(np.maximum(np.asarray(patterns, np.float64), 0)).reshape(len(patterns), -1)
-        if batches_again is None:
-            kept.append((start, x))
+    for _, patterns in reference:
+        x = _rows(patterns)
         # IncrementalPCA needs at least n_components rows per partial fit
         carry = x if carry is None else np.concatenate([carry, x])
-        if len(carry) >= max(n_components, 64):
+        if len(carry) >= max(n_components, 256):
             pca.partial_fit(carry)
             carry = None
     if carry is not None and len(carry) >= n_components:
         pca.partial_fit(carry)
     if not hasattr(pca, "components_"):
-        raise ValueError(f"fewer patterns than the {n_components} PCA components")
+        raise ValueError(f"fewer reference patterns than the {n_components} PCA components")
     out = np.full(shape[0] * shape[1], np.nan)
-    second = kept if batches_again is None else (
-        (s, np.sqrt(np.maximum(np.asarray(p, np.float64), 0)).reshape(len(p), -1))
-        for s, p in batches_again)
-    for start, x in second:
+    for start, patterns in batches:
+        x = _rows(patterns)
         recon = pca.inverse_transform(pca.transform(x))
         out[start:start + len(x)] = np.sqrt(np.mean((x - recon) ** 2, axis=1))
     return out.reshape(shape)

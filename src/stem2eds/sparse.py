@@ -26,11 +26,13 @@ from .errors import InputError
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
-METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging")
+METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
-                 "model_kriging": "4D-STEM model + sparse EDS, calibration + kriged residual"}
+                 "model_kriging": "4D-STEM model + sparse EDS, calibration + kriged residual",
+                 "model_cv": "4D-STEM model + sparse EDS, per element the better of kriged "
+                             "model and GP by leave-one-out on the sampled positions"}
 _MIN_POINTS = 3
 
 
@@ -125,7 +127,8 @@ def interpolate_linear(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.T.reshape(values.shape).astype(np.float32)
 
 
-def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = False):
+def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = False,
+                   return_loo: bool = False):
     """Gaussian-process regression of sparse maps over the scan, one GP per element.
 
     The kernel is a constant times an RBF (its length scale fitted by
@@ -138,12 +141,18 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
     mask : ndarray of bool, shape (Rx, Ry)
     return_std : bool
         Also return the posterior standard deviation of the latent map.
+    return_loo : bool
+        Also return the leave-one-out mean squared error at the sampled
+        positions (closed form from the fitted kernel matrix; the kernel's
+        hyperparameters are kept from the fit on all points).
 
     Returns
     -------
     mean : ndarray, shape (E, Rx, Ry), float32
     std : ndarray, shape (E, Rx, Ry), float32 (only with ``return_std``)
+    loo_mse : ndarray, shape (E,) (only with ``return_loo``)
     """
+    from scipy.linalg import cho_solve
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
@@ -153,12 +162,13 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
     pts = np.argwhere(mask).astype(np.float64)
     grid = _grid_points(mask.shape)
     extent = float(max(mask.shape))
-    means, stds = [], []
+    means, stds, loos = [], [], []
     for channel in np.asarray(values, np.float64):
         y = channel[mask]
         if y.size < _MIN_POINTS or np.ptp(y) == 0:
             means.append(np.full(grid.shape[0], y.mean() if y.size else 0.0))
             stds.append(np.zeros(grid.shape[0]))
+            loos.append(float(np.mean((y - y.mean()) ** 2)) if y.size else np.nan)
             continue
         kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(extent / 4, (1.0, 4 * extent))
                   + WhiteKernel(0.1, (1e-5, 10.0)))
@@ -166,15 +176,22 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(pts, y)
+        # LOO residual_i = [K^-1 y]_i / [K^-1]_ii (Rasmussen & Williams eq. 5.12)
+        k_inv = cho_solve((gp.L_, True), np.eye(len(y)))
+        loo = gp.alpha_.ravel() / np.diag(k_inv) * np.ravel(gp._y_train_std)[0]
+        loos.append(float(np.mean(loo ** 2)))
         # Predict the smooth latent map: drop the white-noise term from the posterior.
         gp.kernel_ = gp.kernel_.k1
         m, s = gp.predict(grid, return_std=True)
         means.append(m)
         stds.append(s)
     mean = np.stack(means).reshape(np.shape(values)).astype(np.float32)
+    out = [mean]
     if return_std:
-        return mean, np.stack(stds).reshape(np.shape(values)).astype(np.float32)
-    return mean
+        out.append(np.stack(stds).reshape(np.shape(values)).astype(np.float32))
+    if return_loo:
+        out.append(np.array(loos))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 # -- calibrating a model's prediction on the sparse positions ------------------------
@@ -242,14 +259,21 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         ``{method: maps (E, Rx, Ry) float32 in [0, 1]}`` for the names in
         :data:`METHODS` (the ``model_*`` ones only with ``predicted``).
     """
+    gp, loo_gp = interpolate_gp(measured, mask, return_loo=True)
     out = {"interp_linear": np.clip(interpolate_linear(measured, mask), 0, 1),
-           "interp_gp": np.clip(interpolate_gp(measured, mask), 0, 1)}
+           "interp_gp": np.clip(gp, 0, 1)}
     if predicted is not None:
         slopes, offsets = calibrate_on_sparse(predicted, measured, mask)
         calibrated = apply_linear(predicted, slopes, offsets)
         residual = np.where(mask, np.asarray(measured, np.float32) - calibrated, 0)
+        kriged, loo_model = interpolate_gp(residual, mask, return_loo=True)
         out["model_linear"] = calibrated
-        out["model_kriging"] = np.clip(calibrated + interpolate_gp(residual, mask), 0, 1)
+        out["model_kriging"] = np.clip(calibrated + kriged, 0, 1)
+        # an element the model predicts poorly is better left to the GP; the
+        # choice uses the sampled positions only
+        use_model = ~(loo_gp < loo_model)
+        out["model_cv"] = np.where(use_model[:, None, None], out["model_kriging"],
+                                   out["interp_gp"])
     return out
 
 
@@ -298,6 +322,15 @@ def dose_saved(fractions: Sequence[float], method_score: Sequence[float],
 
 
 # -- the experiment (files) --------------------------------------------------------------
+def _chained(paths: Sequence[Path], batch: int = 256):
+    """``iter_patterns`` of several bundles one after the other (starts per bundle)."""
+    from .bundle import open_bundle
+
+    for path in paths:
+        with open_bundle(path) as scan:
+            yield from scan.iter_patterns(batch)
+
+
 def _summary_r(per_element: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean over elements of each metric (NaN-aware)."""
     return {metric: float(np.nanmean(list(values.values())))
@@ -420,12 +453,16 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
                   for ref, values in references.items()}
     coverage: dict[str, Any] = {}
     sampled_counts = {}
+    model_chosen: dict[str, list[str]] = {}
     for f in fractions:
         key = f"{100 * f:g}"
         mask = sample_positions(shape, f, pattern, seed)
         sampled_counts[key] = int(mask.sum())
         estimates = complete_sparse(mean, measured, mask)
         held_out = ~mask
+        if "model_cv" in estimates:
+            model_chosen[key] = [el for k, el in enumerate(elements) if np.array_equal(
+                estimates["model_cv"][k], estimates["model_kriging"][k])]
         for method, maps in estimates.items():
             methods[method][key] = {ref: metrics.element_metrics(maps, values, elements,
                                                                  held_out)
@@ -447,9 +484,9 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
             coverage[key] = entry
             cal_std = cal_std * scale[:, None, None].astype(np.float32)
         write_prediction_with_std(run / "predictions" / "sparse" / f"{key}.h5",
-                                  estimates["model_kriging"], cal_std, elements,
+                                  estimates["model_cv"], cal_std, elements,
                                   {**common, "fraction": f, "pattern": pattern,
-                                   "method": "model_kriging"},
+                                   "method": "model_cv"},
                                   {"sampled": mask.astype(np.uint8)})
 
     curve = {m: {ref: [_summary_r(methods[m][f"{100 * f:g}"][ref])["pearson"]
@@ -457,13 +494,16 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
              for m in METHODS}
     best_interp = {ref: np.maximum(curve["interp_linear"][ref], curve["interp_gp"][ref])
                    for ref in references}
-    saved = {ref: dose_saved(fractions, curve["model_kriging"][ref], best_interp[ref])
+    saved = {ref: dose_saved(fractions, curve["model_cv"][ref], best_interp[ref])
              for ref in references}
 
     # -- anomaly map --
-    with open_bundle(pre) as p_scan:
-        recon = anomaly.reconstruction_error(p_scan.iter_patterns(256), shape,
-                                             batches_again=p_scan.iter_patterns(256))
+    reference = [members[0] / rel for rel in predictors[0].info.get("preprocessed", [])]
+    recon = None
+    if reference and all(r.is_file() for r in reference):
+        with open_bundle(pre) as p_scan:
+            recon = anomaly.reconstruction_error(_chained(reference), p_scan.iter_patterns(256),
+                                                 shape)
     slopes, offsets = calibrate_on_sparse(mean, tgt.eds, all_positions)
     pred_error = np.abs(apply_linear(mean, slopes, offsets) - tgt.eds).sum(axis=0)
     parts = {"reconstruction": recon, "prediction_error": pred_error,
@@ -506,7 +546,7 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
                      "'truth' = noise-free simulated composition",
         "sparse_values": "raw (unblurred) EDS of the sampled positions, as measured",
         "method_labels": METHOD_LABELS, "model_only": model_only,
-        "methods": methods, "curve": curve,
+        "methods": methods, "curve": curve, "model_cv_elements": model_chosen,
         "best_interpolation": {ref: v.tolist() for ref, v in best_interp.items()},
         "dose_saved": saved,
         "uncertainty": {"nominal": 0.9, "z": Z90, "interval": "calibrated ensemble mean "

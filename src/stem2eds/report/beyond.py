@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from .figures import diffraction_comparison, save_figure
 
 _STYLE = {"interp_linear": ("tab:gray", "--", "s"), "interp_gp": ("tab:blue", "--", "^"),
-          "model_linear": ("tab:orange", "-", "o"), "model_kriging": ("tab:red", "-", "D")}
+          "model_linear": ("tab:orange", "-", "o"), "model_kriging": ("tab:red", "-", "D"),
+          "model_cv": ("tab:purple", "-", "v")}
 
 
 def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
@@ -195,7 +196,7 @@ def render_beyond_report(doc: Mapping[str, Any]) -> str:
                   (_fmt(e["ratio"]) if e["reached"] else f"&gt; {_fmt(e['ratio'])}")]
                  for e in doc["dose_saved"][ref]]
         parts.append("<p>Dose saved at equal accuracy (F' = fraction the best interpolation "
-                     "needs for the accuracy of model + kriging at F):</p>")
+                     "needs for the accuracy of model + sparse EDS (cross-validated choice) at F):</p>")
         parts.append(_table(["F", "F'", "F'/F"], saved))
     unc = doc.get("uncertainty")
     if unc:
