@@ -399,6 +399,8 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
     if len(paths) < 2:
         raise InputError(f"strategy 'sparse' needs at least 2 bundles, got {len(paths)}",
                          hint="give the training bundles first and the new scan last")
+    if ensemble < 1:
+        raise InputError(f"--ensemble must be at least 1, got {ensemble}")
     fractions = sorted(float(f) for f in fractions)
     for f in fractions:
         sample_positions((4, 4), f, pattern)  # validates fraction and pattern up front
