@@ -188,15 +188,17 @@ def render_beyond_report(doc: Mapping[str, Any]) -> str:
         rows = [[html.escape(doc["method_labels"][m])] + [_fmt(v) for v in doc["curve"][m][ref]]
                 for m in doc["curve"]]
         parts.append(f"<h2>Mean Pearson r vs {html.escape(ref)}</h2>")
-        parts.append(_table(["method"] + [f"{100 * f:g} % ({doc['sampled_positions'][f'{100 * f:g}']} pos.)"
-                                          for f in fr], rows))
+        header = [f"{100 * f:g} % ({doc['sampled_positions'][f'{100 * f:g}']} pos.)"
+                  for f in fr]
+        parts.append(_table(["method"] + header, rows))
         saved = [[f"{100 * e['fraction']:g} %",
                   (f"{100 * e['baseline_fraction']:.3g} %" if e["reached"] else
                    f"&gt; {100 * fr[-1]:g} %"),
                   (_fmt(e["ratio"]) if e["reached"] else f"&gt; {_fmt(e['ratio'])}")]
                  for e in doc["dose_saved"][ref]]
         parts.append("<p>Dose saved at equal accuracy (F' = fraction the best interpolation "
-                     "needs for the accuracy of model + sparse EDS (cross-validated choice) at F):</p>")
+                     "needs for the accuracy of model + sparse EDS (cross-validated choice) "
+                     "at F):</p>")
         parts.append(_table(["F", "F'", "F'/F"], saved))
     unc = doc.get("uncertainty")
     if unc:
