@@ -118,22 +118,40 @@ def test_paper_cnn_rejects_tiny_input():
         build_model("paper", (1, 1), 3)
 
 
-def test_radial_model_ignores_overall_intensity():
+def test_radial_model_can_ignore_overall_intensity():
     """Normalised profiles: scaling a whole pattern (dose, thickness) changes nothing."""
     torch.manual_seed(0)
-    net = build_model("radial", (32, 32), 4).eval()
+    net = build_model("radial", (32, 32), 4, {"normalise": True}).eval()
     x = torch.rand(3, 32, 32) + 0.01
     with torch.no_grad():
         torch.testing.assert_close(net(x), net(3.0 * x), rtol=1e-4, atol=1e-4)
-    raw = build_model("radial", (32, 32), 4, {"normalise": False}).eval()
+    raw = build_model("radial", (32, 32), 4).eval()
+    raw.correction[-1].weight.data.normal_()  # a non-zero correction, as after training
     with torch.no_grad():
         assert not torch.allclose(raw(x), raw(3.0 * x), atol=1e-3)
 
 
 def test_radial_frontend_then_features_equals_forward():
     torch.manual_seed(0)
-    net = build_model("radial", (32, 32), 4, {"statistics": ("mean", "std", "max"),
-                                              "linear_skip": True}).eval()
+    net = build_model("radial", (32, 32), 4, {"statistics": ("mean", "std", "max")}).eval()
     x = torch.rand(5, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(net.forward_features(net.frontend(x)), net(x))
+
+
+def test_radial_starts_at_the_ridge_solution(rng):
+    """Before training, the default model predicts exactly what ridge does."""
+    patterns = torch.from_numpy(rng.random((150, 24, 24)).astype(np.float32) + 0.01)
+    radial = build_model("radial", (24, 24), 3).eval()
+    ridge = build_model("ridge", (24, 24), 3)
+    feats = ridge.features(patterns).numpy()
+    targets = feats @ rng.normal(size=(feats.shape[1], 3)) + rng.normal(0, 0.1, (150, 3))
+    ridge.fit(feats, targets)
+    alpha = radial.init_from_data(radial.frontend(patterns), torch.from_numpy(targets))
+    assert alpha == pytest.approx(ridge.alpha.item())
+    with torch.no_grad():
+        torch.testing.assert_close(radial(patterns), ridge(patterns).float(),
+                                   rtol=1e-4, atol=1e-4)
+        assert radial.correction(torch.randn(4, radial.linear.in_features)).abs().max() == 0
+    # the start (feature scaling, linear map) is part of the saved state
+    assert {"feature_mean", "feature_scale", "linear.weight"} <= set(radial.state_dict())

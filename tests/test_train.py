@@ -174,7 +174,9 @@ def test_run_folder_contents(trained_run):
     assert masks["val_mask_0"].shape == (12, 10)
     assert masks["val_mask_0"].sum() == info["split"]["n_val"] == 24
     weights = load_file(str(run / "weights.safetensors"))
-    assert any(k.startswith("head.") for k in weights)
+    assert any(k.startswith("correction.") for k in weights)
+    assert "feature_mean" in weights and "linear.weight" in weights
+    assert info["training"]["start"]["ridge_alpha"] > 0
     assert TrainConfig.from_toml(run / "config.toml").targets == ("eds", "haadf")
     assert (run / "checkpoints" / "last.ckpt").is_file()
     rows = (run / "logs" / "metrics.csv").read_text().splitlines()

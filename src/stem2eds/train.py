@@ -498,6 +498,11 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
     train_set, val_set = data.train, data.val
     if on_features:
         train_set, val_set = frontend_dataset(net, train_set), frontend_dataset(net, val_set)
+    start_alpha = None
+    if on_features and hasattr(net, "init_from_data"):
+        # Data-dependent start (radial: the ridge solution); identical on every
+        # DDP rank since each holds the whole training set before sharding.
+        start_alpha = net.init_from_data(*train_set.tensors)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                  monitor="val_loss", mode="min", save_last=True,
                                  enable_version_counter=False)
@@ -554,6 +559,7 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
     stopper = callbacks[0]
     summary = {
         "method": "Adam (Lightning)", "epochs_run": int(trainer.current_epoch),
+        "start": None if start_alpha is None else {"ridge_alpha": start_alpha},
         "best_epoch": int(best.get("epoch", -1)) + 1,
         "best_val_loss": float(checkpoint.best_model_score)
         if checkpoint.best_model_score is not None else None,
