@@ -231,7 +231,7 @@ def test_benchmark_smoke_tiny(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     table = render_table(res)
-    assert "| predict (whole process, raw bundle of 40) | paper (64x64) |" in table
+    assert "| predict (whole process, raw bundle of 80) | paper (64x64) |" in table
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
