@@ -71,7 +71,16 @@ def test_train_ensemble_members_differ_and_are_reused(tiny_series, tmp_path):
     stamp = [(r / "run.json").stat().st_mtime_ns for r in runs]
     again = train_ensemble(tiny_series[:1], tmp_path / "ens", config, members=2, quiet=True)
     assert [(r / "run.json").stat().st_mtime_ns for r in again] == stamp  # not retrained
+    # finished weights that no longer load are refused, not silently retrained or resumed
+    from stem2eds.errors import InputError
+
     elements = load_run(runs[0]).elements
+    broken = tmp_path / "broken"
+    import shutil
+    shutil.copytree(runs[1], broken / "member_0")
+    next((broken / "member_0").glob("weights.*")).write_bytes(b"not weights")
+    with pytest.raises(InputError, match="cannot be reused"):
+        train_ensemble(tiny_series[:1], broken, config, members=1, quiet=True)
     out = write_prediction_with_std(tmp_path / "p.h5", mean, std, elements, {"ensemble": 2})
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(f["eds_std"][elements[0]][()], std[0])

@@ -137,9 +137,13 @@ def train_ensemble(bundles: Sequence[str | os.PathLike], folder: str | os.PathLi
         if done:
             try:
                 load_run(run)
-            except InputError:
-                done = False
-        if not done:
+            except InputError as exc:
+                # finished weights that no longer load (e.g. the model changed since):
+                # resuming would mix two models, so say so rather than guess
+                raise InputError(f"ensemble member {run.name} cannot be reused ({exc})",
+                                 path=run, hint="delete that folder (or use another --out) "
+                                                "to retrain it") from None
+        else:
             resume = (run / "checkpoints" / "last.ckpt").is_file()
             run.parent.mkdir(parents=True, exist_ok=True)
             train(list(bundles), run, config.replace(seed=config.seed + k), resume=resume,
