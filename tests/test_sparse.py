@@ -208,3 +208,22 @@ def test_cross_validated_choice_leaves_a_useless_model_to_the_gp():
     est = complete_sparse(predicted, truth, mask)
     np.testing.assert_array_equal(est["model_cv"][0], est["model_kriging"][0])
     np.testing.assert_array_equal(est["model_cv"][1], est["interp_gp"][1])
+
+
+def test_linear_leave_one_out_error_matches_refitting():
+    from stem2eds.sparse import _linear_loo_mse
+
+    rng = np.random.default_rng(3)
+    predicted = rng.random((2, 15, 15))
+    measured = 0.6 * predicted + 0.1 + rng.normal(0, 0.05, predicted.shape)
+    mask = sample_positions((15, 15), 0.1, "random", seed=3)
+    loo = _linear_loo_mse(predicted, measured, mask)
+    idx = np.argwhere(mask)
+    errs = np.zeros(2)
+    for r, c in idx:
+        keep = mask.copy()
+        keep[r, c] = False
+        # the penalty uses the prediction's variance over the whole map: unchanged
+        a, b = calibrate_on_sparse(predicted, measured, keep)
+        errs += (measured[:, r, c] - (a * predicted[:, r, c] + b)) ** 2
+    np.testing.assert_allclose(loo, errs / len(idx), rtol=1e-6)

@@ -31,8 +31,9 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
                  "model_kriging": "4D-STEM model + sparse EDS, calibration + kriged residual",
-                 "model_cv": "4D-STEM model + sparse EDS, per element the better of kriged "
-                             "model and GP by leave-one-out on the sampled positions"}
+                 "model_cv": "4D-STEM model + sparse EDS, per element the best of GP, "
+                             "kriged and calibrated model by leave-one-out on the sampled "
+                             "positions"}
 _MIN_POINTS = 3
 
 
@@ -234,6 +235,29 @@ def calibrate_on_sparse(predicted: np.ndarray, measured: np.ndarray,
     return slopes, offsets
 
 
+def _linear_loo_mse(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarray,
+                    prior_points: float = 10.0) -> np.ndarray:
+    """Leave-one-out mean squared error of :func:`calibrate_on_sparse`, per element.
+
+    Closed form: the fit is linear in the measured values (free offset,
+    slope ridge-penalised toward 1), so each left-out residual is the
+    in-sample one divided by ``1 - h_ii`` with the leverage
+    ``h_ii = 1/n + xc_i^2 / (sum xc^2 + lambda)``.
+    """
+    mask = np.asarray(mask, bool)
+    pred = np.asarray(predicted, np.float64)
+    x = pred[:, mask]
+    y = np.asarray(measured, np.float64)[:, mask]
+    n = x.shape[1]
+    slopes, offsets = calibrate_on_sparse(predicted, measured, mask, prior_points)
+    resid = y - (slopes[:, None] * x + offsets[:, None])
+    xc = x - x.mean(axis=1, keepdims=True)
+    lam = prior_points * pred.reshape(pred.shape[0], -1).var(axis=1)
+    sxx = np.sum(xc ** 2, axis=1, keepdims=True) + lam[:, None]
+    lev = 1.0 / n + xc ** 2 / np.where(sxx > 0, sxx, 1)
+    return np.mean((resid / np.maximum(1 - lev, 1e-6)) ** 2, axis=1)
+
+
 def apply_linear(predicted: np.ndarray, slopes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """``slopes * predicted + offsets`` per element, clipped to [0, 1]; (E, Rx, Ry) float32."""
     out = slopes[:, None, None] * np.asarray(predicted, np.float64) + offsets[:, None, None]
@@ -269,11 +293,13 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         kriged, loo_model = interpolate_gp(residual, mask, return_loo=True)
         out["model_linear"] = calibrated
         out["model_kriging"] = np.clip(calibrated + kriged, 0, 1)
-        # an element the model predicts poorly is better left to the GP; the
-        # choice uses the sampled positions only
-        use_model = ~(loo_gp < loo_model)
-        out["model_cv"] = np.where(use_model[:, None, None], out["model_kriging"],
-                                   out["interp_gp"])
+        # an element the model predicts poorly is better left to the GP, and a
+        # residual that does not krige is better left alone; the choice uses
+        # the sampled positions only
+        loo = np.stack([loo_gp, loo_model, _linear_loo_mse(predicted, measured, mask)])
+        best = np.argmin(np.where(np.isfinite(loo), loo, np.inf), axis=0)
+        candidates = np.stack([out["interp_gp"], out["model_kriging"], calibrated])
+        out["model_cv"] = candidates[best, np.arange(len(best))]
     return out
 
 
