@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -40,7 +42,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from .errors import InputError, atomic_output, release_reservation, reserve_space
+from .errors import (DAMAGED_FILE_ERRORS, InputError, atomic_output, release_reservation,
+                     reserve_space)
 
 FORMAT = "stem2eds-bundle"
 FORMAT_VERSION = 1
@@ -321,6 +324,42 @@ def _expected_bundle_bytes(scan_shape: tuple[int, int], detector_shape: tuple[in
     return int(patterns + maps + positions * 100 + 2**18)
 
 
+def _damage_is_input_error(method):
+    """Turn h5py's errors on a damaged bundle into an InputError naming the file.
+
+    A damaged or truncated HDF5 file often opens; the damage shows when an
+    object, attribute or chunk is read, as KeyError, RuntimeError, OSError
+    or ValueError depending on the HDF5 call. Every reading method of
+    :class:`ScanBundle` goes through this, so no caller has to.
+    """
+    def _refuse(self, exc):
+        text = " ".join(str(exc).split())[:160]
+        return InputError(f"damaged bundle ({type(exc).__name__}: {text})", path=self.path,
+                          hint="the file is damaged or truncated; copy it again or "
+                               "re-create it")
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except InputError:
+                raise
+            except DAMAGED_FILE_ERRORS as exc:
+                raise _refuse(self, exc) from None
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except InputError:
+            raise
+        except DAMAGED_FILE_ERRORS as exc:
+            raise _refuse(self, exc) from None
+    return wrapper
+
+
 @dataclass
 class ScanBundle:
     """An open scan bundle (read-only). Use :func:`open_bundle`.
@@ -336,39 +375,48 @@ class ScanBundle:
 
     # -- metadata -----------------------------------------------------------
     @property
+    @_damage_is_input_error
     def diffraction(self) -> h5py.Dataset:
         """The (Rx, Ry, Qx, Qy) patterns, read lazily from disk."""
         return self.file[DIFFRACTION]
 
     @property
+    @_damage_is_input_error
     def scan_shape(self) -> tuple[int, int]:
         return tuple(self.diffraction.shape[:2])  # type: ignore[return-value]
 
     @property
+    @_damage_is_input_error
     def detector_shape(self) -> tuple[int, int]:
         return tuple(self.diffraction.shape[2:])  # type: ignore[return-value]
 
     @property
+    @_damage_is_input_error
     def n_patterns(self) -> int:
         rx, ry = self.scan_shape
         return rx * ry
 
     @property
+    @_damage_is_input_error
     def elements(self) -> list[str]:
         return [_as_str(e) for e in self.file.attrs["elements"]]
 
     @property
+    @_damage_is_input_error
     def name(self) -> str:
         return _as_str(self.file.attrs.get("scan_name", self.path.stem))
 
     @property
+    @_damage_is_input_error
     def kind(self) -> str:
         return _as_str(self.file.attrs.get("kind", "raw"))
 
     @property
+    @_damage_is_input_error
     def calibration(self) -> Calibration:
         return Calibration.from_attrs(self.file.attrs)
 
+    @_damage_is_input_error
     def json_attr(self, key: str, default: Any = None) -> Any:
         """A root attribute stored as JSON (e.g. ``provenance``, ``preprocess``)."""
         if key not in self.file.attrs:
@@ -376,13 +424,16 @@ class ScanBundle:
         return json.loads(_as_str(self.file.attrs[key]))
 
     @property
+    @_damage_is_input_error
     def provenance(self) -> dict[str, Any]:
         return self.json_attr("provenance", {})
 
     # -- maps ---------------------------------------------------------------
+    @_damage_is_input_error
     def has(self, name: str) -> bool:
         return name in self.file
 
+    @_damage_is_input_error
     def maps(self, group: str = EDS, elements: Sequence[str] | None = None) -> np.ndarray:
         """Element maps stacked as (E, Rx, Ry) float32, in bundle (or given) order."""
         elements = list(elements or self.elements)
@@ -393,15 +444,18 @@ class ScanBundle:
             raise InputError(f"bundle has no {group}/{','.join(missing)}", path=self.path)
         return np.stack([self.file[group][e][()] for e in elements]).astype(np.float32)
 
+    @_damage_is_input_error
     def eds(self, elements: Sequence[str] | None = None) -> np.ndarray:
         """EDS maps (E, Rx, Ry) in atomic fractions."""
         return self.maps(EDS, elements)
 
     @property
+    @_damage_is_input_error
     def haadf(self) -> np.ndarray | None:
         """(Rx, Ry) float32 HAADF, or None."""
         return self.file[HAADF][()].astype(np.float32) if HAADF in self.file else None
 
+    @_damage_is_input_error
     def iter_patterns(self, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """Stream patterns in scan (C) order.
 
@@ -482,10 +536,22 @@ def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)
         if DIFFRACTION in f and f[DIFFRACTION].ndim != 4:
             raise InputError(f"'diffraction' has {f[DIFFRACTION].ndim} dimensions, "
                              "expected 4 (Rx, Ry, Qx, Qy)", path=p)
+        scan = ScanBundle(p, f)
+        # Read the metadata every stage needs now, so damage there fails here.
+        _ = scan.elements, scan.calibration, scan.name, scan.kind
+    except InputError:
+        f.close()
+        raise
+    except DAMAGED_FILE_ERRORS as exc:
+        f.close()
+        text = " ".join(str(exc).split())[:160]
+        raise InputError(f"damaged bundle ({type(exc).__name__}: {text})", path=p,
+                         hint="the file is damaged or truncated; copy it again or "
+                              "re-create it") from None
     except BaseException:
         f.close()
         raise
-    return ScanBundle(p, f)
+    return scan
 
 
 def element_list(text: str | Sequence[str] | None) -> list[str] | None:

@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Iterator
 
 
+#: What h5py, NumPy and the image libraries raise on a damaged or truncated
+#: file. HDF5 errors map to whichever Python type fits the failing call
+#: (a bad object header is a KeyError, a bad chunk an OSError, a broken
+#: B-tree a RuntimeError), so readers catch this tuple around their reads
+#: and turn it into an :class:`InputError` naming the file.
+DAMAGED_FILE_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, EOFError,
+                       IndexError, UnicodeDecodeError)
+
+
 class InputError(Exception):
     """Bad input from the user: reported as one line, exit status 2.
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import DAMAGED_FILE_ERRORS as HDF5_DAMAGE
 from ..errors import InputError
 
 #: File extensions read by mrcfile, numpy and h5py here; the rest go to RosettaSciIO.
@@ -121,7 +122,7 @@ class DiffractionSource:
                 _release_pages(self._array, view)
             else:
                 block = np.asarray(block)  # reads from HDF5; computes a dask block
-        except OSError as exc:  # a damaged chunk is found only when it is read
+        except HDF5_DAMAGE as exc:  # a damaged chunk is found only when it is read
             raise InputError(f"cannot read scan rows {start}..{stop - 1}: "
                              f"{' '.join(str(exc).split())}", path=self.path,
                              hint="the file is damaged or truncated; re-copy or re-export it"
@@ -241,6 +242,17 @@ class _NoDiffraction(InputError):
 
 def _shapes(path: Path, shape: Sequence[int], scan_shape: Sequence[int] | None,
             what: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Scan and detector shapes of the data, refusing empty axes (damaged headers)."""
+    scan, det = _scan_and_detector(path, shape, scan_shape, what)
+    if min(*scan, *det) < 1:
+        raise InputError(f"{what} has an empty axis: scan {scan[0]}x{scan[1]}, "
+                         f"detector {det[0]}x{det[1]}", path=path,
+                         hint="the header is damaged or the export is empty; re-export it")
+    return (int(scan[0]), int(scan[1])), (int(det[0]), int(det[1]))
+
+
+def _scan_and_detector(path: Path, shape: Sequence[int], scan_shape: Sequence[int] | None,
+                       what: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """Scan and detector shape of an array stored as 4D or as a flat 3D stack."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 4:
@@ -277,7 +289,8 @@ def _open_mrc(path: Path, scan_shape) -> DiffractionSource:
             # truncated or garbage file raises ValueError, handled below.
             warnings.simplefilter("ignore", RuntimeWarning)
             mrc = mrcfile.mmap(path, mode="r")
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, OverflowError, MemoryError) as exc:
+        # OverflowError / MemoryError: a damaged header gives negative or huge sizes.
         reason = str(exc).strip().rstrip(".")
         if "mmap length is greater than file size" in reason:
             reason = "file is shorter than its header says (truncated?)"
@@ -376,6 +389,17 @@ def _open_hdf5(path: Path, scan_shape, dataset: str | None) -> DiffractionSource
                                       "--scan-shape ROWSxCOLS")
         scan, det = _shapes(path, ds.shape, scan_shape, f"dataset {ds.name}")
         calibration = _hdf5_calibration(f, ds)
+    except InputError:
+        f.close()
+        raise
+    except HDF5_DAMAGE as exc:
+        # A damaged file opens but its object headers fail to parse; h5py
+        # raises whichever type the HDF5 error maps to (KeyError, RuntimeError, ...).
+        f.close()
+        raise InputError(f"damaged HDF5 file ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:160]})", path=path,
+                         hint="the file is damaged or truncated; re-copy or re-export it"
+                         ) from None
     except BaseException:
         f.close()
         raise

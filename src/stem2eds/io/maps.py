@@ -92,10 +92,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - each library fails its own way on a bad file
         raise InputError(f"cannot read image: {' '.join(str(exc).split())}", path=p) from None
-    arr = np.squeeze(np.asarray(arr))
+    arr = _drop_extra_axes(np.asarray(arr))
     if arr.ndim != 2:
         raise InputError(f"image has shape {arr.shape}; expected one 2D map", path=p,
                          hint="save a single greyscale map per file")
+    if arr.size == 0:
+        raise InputError(f"image is empty (shape {arr.shape})", path=p,
+                         hint="export the map again")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise InputError(f"image dtype {arr.dtype} is not real numbers", path=p)
     arr = arr.astype(np.float64)
@@ -103,6 +106,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise InputError(f"map contains {bad} NaN or infinite values", path=p,
                          hint="fill or mask the bad pixels before converting")
+    return arr
+
+
+def _drop_extra_axes(arr: np.ndarray) -> np.ndarray:
+    """Drop single-page and single-channel axes, keeping a 2D map's own axes.
+
+    ``np.squeeze`` would also collapse a map of one scan row (1, W) or one
+    position (1, 1), which are valid scans.
+    """
+    while arr.ndim > 2 and arr.shape[0] == 1:   # (1, H, W): one TIFF page
+        arr = arr[0]
+    while arr.ndim > 2 and arr.shape[-1] == 1:  # (H, W, 1): one channel
+        arr = arr[..., 0]
     return arr
 
 
