@@ -244,6 +244,12 @@ def _prepare_run_dir(run_dir: Path, resume: bool, config: TrainConfig) -> TrainC
         if not ckpt.is_file():
             raise InputError("nothing to resume: no checkpoints/last.ckpt", path=run_dir,
                              hint="start a new run without --resume")
+        # Before any work, and before Lightning touches it: a checkpoint that
+        # holds anything but tensors and plain data is refused unexecuted.
+        from .safe_load import load_checkpoint
+
+        load_checkpoint(ckpt, hint="start a new run in another folder; resume only "
+                                   "checkpoints you trust")
         state = _read_state(run_dir)
         versions = _versions()
         if state.get("format_version") != RUN_FORMAT_VERSION or \
