@@ -481,7 +481,7 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
                   for ref, values in references.items()}
     coverage: dict[str, Any] = {}
     sampled_counts = {}
-    model_chosen: dict[str, list[str]] = {}
+    model_chosen: dict[str, dict[str, str]] = {}
     for f in fractions:
         key = f"{100 * f:g}"
         mask = sample_positions(shape, f, pattern, seed)
@@ -489,8 +489,11 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
         estimates = complete_sparse(mean, measured, mask)
         held_out = ~mask
         if "model_cv" in estimates:
-            model_chosen[key] = [el for k, el in enumerate(elements) if np.array_equal(
-                estimates["model_cv"][k], estimates["model_kriging"][k])]
+            model_chosen[key] = {el: next((m for m in ("model_kriging", "model_linear",
+                                                       "interp_gp")
+                                           if np.array_equal(estimates["model_cv"][k],
+                                                             estimates[m][k])), "?")
+                                 for k, el in enumerate(elements)}
         for method, maps in estimates.items():
             methods[method][key] = {ref: metrics.element_metrics(maps, values, elements,
                                                                  held_out)
@@ -574,7 +577,7 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
                      "'truth' = noise-free simulated composition",
         "sparse_values": "raw (unblurred) EDS of the sampled positions, as measured",
         "method_labels": METHOD_LABELS, "model_only": model_only,
-        "methods": methods, "curve": curve, "model_cv_elements": model_chosen,
+        "methods": methods, "curve": curve, "model_cv_choice": model_chosen,
         "best_interpolation": {ref: v.tolist() for ref, v in best_interp.items()},
         "dose_saved": saved,
         "uncertainty": {"nominal": 0.9, "z": Z90, "interval": "calibrated ensemble mean "
