@@ -382,7 +382,8 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
     ``curve.<method>.{eds,truth}`` mean Pearson r per fraction,
     ``dose_saved``, ``uncertainty``, ``anomaly``), ``predictions/<scan>.h5``
     (ensemble mean with ``eds_std/<El>``), ``predictions/sparse/<percent>.h5``
-    (the model + kriging estimate, calibrated ``eds_std``, ``sampled`` mask),
+    (the ``model_cv`` estimate; ``eds_std`` = |slope| x scale x ensemble std, the
+    interval of ``model_linear``; ``sampled`` mask),
     ``anomaly/<scan>.h5``, ``figures/*.png`` and ``report.html``.
 
     Parameters
