@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -127,7 +128,11 @@ def _read_csv(path: Path) -> np.ndarray:
         first = fh.readline()
     delimiter = next((d for d in (",", ";", "\t") if d in first), None)
     try:
-        return np.loadtxt(path, delimiter=delimiter, ndmin=2, encoding="utf-8-sig")
+        with warnings.catch_warnings():
+            # An empty file warns and returns nothing; the caller reports it
+            # as one InputError line instead.
+            warnings.simplefilter("ignore", UserWarning)
+            return np.loadtxt(path, delimiter=delimiter, ndmin=2, encoding="utf-8-sig")
     except ValueError as exc:
         raise InputError(f"CSV is not a table of numbers ({exc})", path=path) from None
 
