@@ -79,7 +79,8 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
             q_pixel: float | None = None, q_unit: str | None = None,
             beam_energy_kev: float | None = None,
             k_factors: Mapping[str, float] | str | None = None,
-            eds_unit: str = "auto", command: str | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES,
+            eds_unit: str = "auto", command: str | None = None,
+            block_bytes: int = DEFAULT_BLOCK_BYTES,
             echo: Callable[[str], None] | None = None, quiet: bool = True) -> ConvertResult:
     """Convert a 4D-STEM file (+ EDS, HAADF) into a scan bundle.
 
@@ -229,7 +230,8 @@ def _check_scan_grid(shape: tuple[int, ...], source: DiffractionSource, what: st
 
 
 def _read_eds(eds, wanted, k_table, beam_energy_kev, source: DiffractionSource,
-              notes: list[str], eds_unit: str = "auto") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+              notes: list[str], eds_unit: str = "auto"
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """EDS maps as atomic fractions, keyed by element in output order."""
     if eds is None:
         return {}, {}
