@@ -111,18 +111,13 @@ class PreprocessSettings:
         """Raise InputError for impossible values."""
         if int(self.bin_factor) < 1:
             raise InputError(f"bin factor must be >= 1, got {self.bin_factor}")
-        if self.scaling not in SCALINGS:
-            raise InputError(f"unknown scaling {self.scaling!r}",
-                             hint=f"choose one of {', '.join(SCALINGS)}")
-        if self.centring not in CENTRINGS:
-            raise InputError(f"unknown centring {self.centring!r}",
-                             hint=f"choose one of {', '.join(CENTRINGS)}")
-        if self.origin_fit not in ORIGIN_FITS:
-            raise InputError(f"unknown origin fit {self.origin_fit!r}",
-                             hint=f"choose one of {', '.join(ORIGIN_FITS)}")
-        if self.eds_filter not in EDS_FILTERS:
-            raise InputError(f"unknown EDS filter {self.eds_filter!r}",
-                             hint=f"choose one of {', '.join(EDS_FILTERS)}")
+        for what, value, choices in (("scaling", self.scaling, SCALINGS),
+                                     ("centring", self.centring, CENTRINGS),
+                                     ("origin fit", self.origin_fit, ORIGIN_FITS),
+                                     ("EDS filter", self.eds_filter, EDS_FILTERS)):
+            if value not in choices:
+                raise InputError(f"unknown {what} {value!r}",
+                                 hint=f"choose one of {', '.join(choices)}")
         if int(self.eds_kernel) < 1 or int(self.eds_kernel) % 2 == 0:
             raise InputError(f"EDS filter kernel must be odd and positive, got {self.eds_kernel}")
         if self.beam_radius is not None and self.beam_radius < 0:
