@@ -139,8 +139,9 @@ def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
         std = np.stack([f["eds_std"][e][()] for e in member.elements])
         sampled = f["sampled"][()].astype(bool)
     assert sampled.sum() == 48 and np.all(std >= 0) and std.max() > 0
+    elements = member.elements
     r = metrics.element_metrics(est, tgt.eds, member.elements, ~sampled)["pearson"]
-    assert r == pytest.approx(doc["methods"]["model_cv"]["10"]["eds"]["pearson"])
+    assert r == pytest.approx(doc["methods"]["model_uk"]["10"]["eds"]["pearson"])
     with h5py.File(out / "predictions" / "scan_0035.h5", "r") as f:
         assert set(f["eds_std"]) == set(member.elements) and f.attrs["ensemble"] == 2
     html = (out / "report.html").read_text()
@@ -151,9 +152,19 @@ def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
     assert doc["anomaly"]["grain_positions"] == 73
     assert doc["anomaly"]["combined"]["precision"] > 0.8
     assert doc["anomaly"]["combined"]["recall"] > 0.8
-    # the rescaled 90 % interval covers 80-95 % of the unsampled positions (measured 0.885)
-    cov = doc["uncertainty"]["per_fraction"]["10"]["eds"]
-    assert 0.8 <= cov["scaled_mean"] <= 0.95 and cov["unscaled_mean"] < cov["scaled_mean"]
+    unc = doc["uncertainty"]
+    for key in ("2", "10"):
+        for kind, refs in (("model_uk", ("measured", "eds", "truth")),
+                           ("ensemble", ("measured", "eds", "truth"))):
+            for ref in refs:
+                cov = unc["per_fraction"][key][kind][ref]
+                assert 0 <= cov["scaled_mean"] <= 1 and set(cov["scaled"]) == set(elements)
+    assert set(doc["kriging_fits"]["10"]) == set(elements)
+    # with no EDS of the new scan the raw ensemble std is far too small; the factor fitted
+    # on the members' validation positions widens it (measured when written: 0.05 -> 0.85)
+    extra = unc["extrapolation"]
+    assert all(v > 1 for v in extra["scale"].values())
+    assert extra["eds"]["scaled_mean"] > extra["eds"]["unscaled_mean"] + 0.3
 
 
 def test_cli_sparse_bad_inputs(series, tmp_path, run_cli):
@@ -227,3 +238,88 @@ def test_linear_leave_one_out_error_matches_refitting():
         a, b = calibrate_on_sparse(predicted, measured, keep)
         errs += (measured[:, r, c] - (a * predicted[:, r, c] + b)) ** 2
     np.testing.assert_allclose(loo, errs / len(idx), rtol=1e-6)
+
+
+def _gp_sample(shape, length, seed):
+    """A smooth zero-mean field with unit variance (a Gaussian-filtered white field)."""
+    f = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), length)
+    return (f - f.mean()) / f.std()
+
+
+def test_universal_kriging_recovers_a_known_model_weight():
+    from stem2eds.sparse_kriging import krige_with_model
+
+    shape = (40, 40)
+    model = 0.3 + 0.1 * _gp_sample(shape, 1.0, seed=1)  # fine structure the model sees
+    smooth = 0.03 * _gp_sample(shape, 6.0, seed=2)  # what it misses, spatially smooth
+    truth = 0.05 + 0.6 * model + smooth
+    measured = truth + np.random.default_rng(3).normal(0, 0.01, shape)
+    mask = sample_positions(shape, 0.1, "random", seed=0)
+    est, std_map, std_meas, fits = krige_with_model(model[None], measured[None], mask)
+    fit = fits[0]
+    assert abs(fit["slope"] - 0.6) < 3 * fit["slope_std"] and fit["slope_std"] < 0.1
+    assert np.all(std_meas >= std_map) and np.all(std_map >= 0)
+    # a model with no signal gets a weight compatible with 0 and the estimate is the GP's
+    useless = 0.3 + 0.1 * _gp_sample(shape, 1.0, seed=9)
+    est_u, _, _, fits_u = krige_with_model(useless[None], measured[None], mask)
+    assert abs(fits_u[0]["slope"]) < 3 * fits_u[0]["slope_std"]
+    gp = interpolate_gp(measured[None], mask)
+    r = {name: np.corrcoef(v[0][~mask], truth[~mask])[0, 1]
+         for name, v in (("uk", est), ("useless", est_u), ("gp", gp))}
+    assert r["uk"] > r["gp"] + 0.2  # the model carries the fine structure
+    assert abs(r["useless"] - r["gp"]) < 0.05  # and a useless one costs (almost) nothing
+
+
+def test_universal_kriging_leave_one_out_matches_refitting():
+    from stem2eds.sparse_kriging import _rbf, fit_universal_kriging
+
+    shape = (20, 20)
+    rng = np.random.default_rng(4)
+    model = _gp_sample(shape, 1.0, seed=5)
+    y_map = 0.2 + 0.5 * model + 0.3 * _gp_sample(shape, 4.0, seed=6)
+    mask = sample_positions(shape, 0.1, "random", seed=4)
+    pts = np.argwhere(mask).astype(float)
+    F = np.stack([np.ones(mask.sum()), model[mask]], axis=1)
+    y = y_map[mask] + rng.normal(0, 0.05, mask.sum())
+    fit = fit_universal_kriging(pts, y, F, extent=20)
+    K = fit.signal_var * _rbf(pts, pts, fit.length_scale) + fit.noise_var * np.eye(len(y))
+    res, sds = [], []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        Ki = np.linalg.inv(K[np.ix_(keep, keep)])
+        A = F[keep].T @ Ki @ F[keep]
+        beta = np.linalg.solve(A, F[keep].T @ Ki @ y[keep])
+        k = K[i, keep]
+        res.append(y[i] - (F[i] @ beta + k @ Ki @ (y[keep] - F[keep] @ beta)))
+        u = F[i] - F[keep].T @ Ki @ k
+        sds.append(np.sqrt(K[i, i] - k @ Ki @ k + u @ np.linalg.solve(A, u)))
+    np.testing.assert_allclose(fit.loo_residual, res, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(fit.loo_std, sds, rtol=1e-5)
+
+
+def test_universal_kriging_intervals_with_known_noise_and_model_error():
+    from stem2eds.sparse_kriging import krige_with_model
+    from stem2eds.uncertainty import interval_coverage
+
+    # heteroscedastic model error proportional to a known "ensemble std", plus a known
+    # measurement noise: the map interval should cover the map, the measurement one a
+    # new measurement, both near 90 %
+    shape = (50, 40)
+    rng = np.random.default_rng(7)
+    model = 0.3 + 0.08 * _gp_sample(shape, 1.0, seed=8)
+    ens_std = np.where(np.indices(shape)[1] < 20, 0.005, 0.03)  # two regions
+    truth = 0.02 + 0.9 * model + 0.02 * _gp_sample(shape, 5.0, seed=9) \
+        + ens_std * rng.normal(size=shape)
+    noise = 0.02
+    measured = truth + rng.normal(0, noise, shape)
+    mask = sample_positions(shape, 0.1, "random", seed=1)
+    est, std_map, std_meas, fits = krige_with_model(model[None], measured[None], mask,
+                                                    ens_std[None])
+    assert fits[0]["noise_std"] == pytest.approx(noise, rel=0.25)  # measured 0.019
+    assert fits[0]["tau"] == pytest.approx(1.0, rel=0.3)  # measured 0.94
+    held = ~mask
+    cov_map = interval_coverage(est, std_map, truth[None], held)[0]
+    cov_meas = interval_coverage(est, std_meas, measured[None], held)[0]
+    assert 0.84 <= cov_map <= 0.96 and 0.84 <= cov_meas <= 0.96
+    # the interval is wider where the ensemble disagrees more
+    assert np.median(std_map[0][:, 20:]) > 2 * np.median(std_map[0][:, :20])

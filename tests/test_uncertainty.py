@@ -93,3 +93,44 @@ def test_train_ensemble_refuses_zero_members(tmp_path):
 
     with pytest.raises(InputError):
         train_ensemble([], tmp_path, members=0)
+
+
+def test_std_scale_with_the_measurement_noise_taken_out_covers_the_map():
+    from stem2eds.uncertainty import validation_std_scale  # noqa: F401 (public API)
+
+    # the interval is for the noise-free map, the known values are noisy measurements of it
+    rng = np.random.default_rng(5)
+    shape = (1, 120, 120)
+    mean = rng.random(shape)
+    reported = rng.uniform(0.01, 0.03, shape)
+    true_map = mean + 2.0 * reported * rng.normal(size=shape)  # the std is 2x too small
+    noise = 0.04
+    measured = true_map + rng.normal(0, noise, shape)
+    known = np.zeros(shape[1:], bool)
+    known[::4, ::4] = True
+    naive = fit_std_scale(mean, reported, measured, known)
+    clean = fit_std_scale(mean, reported, measured, known, noise_var=noise ** 2)
+    cov_naive = interval_coverage(mean, reported, true_map, ~known, scale=naive)[0]
+    cov_clean = interval_coverage(mean, reported, true_map, ~known, scale=clean)[0]
+    assert cov_naive > 0.97  # the noise makes the map's interval far too wide
+    assert 0.82 <= cov_clean <= 0.96
+    assert clean[0] < naive[0]
+
+
+def test_validation_std_scale_from_members_errors():
+    from stem2eds.uncertainty import validation_std_scale
+
+    rng = np.random.default_rng(6)
+    shape = (2, 60, 60)
+    target = rng.random(shape)
+    shared = 0.05 * rng.normal(size=shape)  # the error all members share
+    members = [target + shared + 0.01 * rng.normal(size=shape) for _ in range(4)]
+    masks = [rng.random(shape[1:]) < 0.2 for _ in range(4)]
+    ratios, scale = validation_std_scale(members, masks, target)
+    assert ratios.shape == (2, sum(m.sum() for m in masks))
+    mean, std = ensemble_stats(members)
+    # the shared error is 5x the members' spread: the factor widens the interval to cover it
+    assert np.all(scale > 3)
+    cov = interval_coverage(mean, std, target, None, scale=scale)
+    raw = interval_coverage(mean, std, target)
+    assert np.all(raw < 0.4) and np.all((cov > 0.85) & (cov < 0.97))

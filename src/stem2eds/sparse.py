@@ -8,15 +8,17 @@ positions, then Gaussian-process interpolation (kriging) of what the
 calibrated model still gets wrong there ("regression kriging"). The
 baselines interpolate the sparse EDS alone (linear, and a Gaussian process).
 
+The headline estimate, ``model_uk``, is universal kriging with the model's
+prediction as a covariate (:mod:`stem2eds.sparse_kriging`): the model's
+weight is fitted jointly with the GP, so a weak model gets a small weight.
+
 Pure functions on arrays (maps are (E, Rx, Ry) atomic fractions, masks
 (Rx, Ry) bool, positions in scan pixels); the experiment runner that reads
-bundles and writes RUN_DIR is :func:`run_sparse_experiment`.
+bundles and writes RUN_DIR is :mod:`stem2eds.sparse_experiment`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,14 +28,18 @@ from .errors import InputError
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
-METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv")
+METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv",
+           "model_uk")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
                  "model_kriging": "4D-STEM model + sparse EDS, calibration + kriged residual",
                  "model_cv": "4D-STEM model + sparse EDS, per element the best of GP, "
                              "kriged and calibrated model by leave-one-out on the sampled "
-                             "positions"}
+                             "positions",
+                 "model_uk": "4D-STEM model + sparse EDS, universal kriging (model weight "
+                             "fitted jointly with the GP)"}
+HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
 _MIN_POINTS = 3
 
 
@@ -265,7 +271,8 @@ def apply_linear(predicted: np.ndarray, slopes: np.ndarray, offsets: np.ndarray)
 
 
 def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
-                    mask: np.ndarray) -> dict[str, np.ndarray]:
+                    mask: np.ndarray, predicted_std: np.ndarray | None = None,
+                    details: dict | None = None) -> dict[str, np.ndarray]:
     """Every full-map estimate from sparse EDS, with and without the model.
 
     Parameters
@@ -276,6 +283,13 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         EDS atomic fractions; only the entries at ``mask`` are used.
     mask : ndarray of bool, shape (Rx, Ry)
         Sampled positions.
+    predicted_std : ndarray, shape (E, Rx, Ry), optional
+        Ensemble standard deviation of ``predicted``: the universal-kriging
+        estimate then models the model's error as proportional to it.
+    details : dict, optional
+        Filled with ``model_uk``: ``std_map``, ``std_measured`` (E, Rx, Ry)
+        and the per-element ``fits`` of
+        :func:`stem2eds.sparse_kriging.krige_with_model`.
 
     Returns
     -------
@@ -300,6 +314,14 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         best = np.argmin(np.where(np.isfinite(loo), loo, np.inf), axis=0)
         candidates = np.stack([out["interp_gp"], out["model_kriging"], calibrated])
         out["model_cv"] = candidates[best, np.arange(len(best))]
+        from .sparse_kriging import krige_with_model
+
+        uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
+                                                           predicted_std)
+        out["model_uk"] = uk
+        if details is not None:
+            details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,
+                                   "fits": fits}
     return out
 
 
@@ -348,259 +370,8 @@ def dose_saved(fractions: Sequence[float], method_score: Sequence[float],
 
 
 # -- the experiment (files) --------------------------------------------------------------
-def _chained(paths: Sequence[Path], batch: int = 256):
-    """``iter_patterns`` of several bundles one after the other (starts per bundle)."""
-    from .bundle import open_bundle
+def run_sparse_experiment(*args, **kwargs) -> Path:
+    """Run the sparse-EDS experiment: see :func:`stem2eds.sparse_experiment.run_sparse_experiment`."""
+    from .sparse_experiment import run_sparse_experiment as _run
 
-    for path in paths:
-        with open_bundle(path) as scan:
-            yield from scan.iter_patterns(batch)
-
-
-def _summary_r(per_element: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Mean over elements of each metric (NaN-aware)."""
-    return {metric: float(np.nanmean(list(values.values())))
-            for metric, values in per_element.items()}
-
-
-def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
-                          fractions: Sequence[float] = FRACTIONS, pattern: str = "random",
-                          config=None, *, ensemble: int = 5, seed: int = 0,
-                          anomaly_threshold: float = 3.0, quiet: bool = False,
-                          figures: bool = True) -> Path:
-    """Sparse-EDS completion, ensemble uncertainty and anomaly map of one new scan.
-
-    The last bundle is the new scan (``TARGET``); the others train an
-    ensemble of ``ensemble`` models. For every fraction the target's raw
-    (unblurred, as measured) EDS is sampled at that share of positions and
-    the full map is estimated by every method of :func:`complete_sparse`;
-    each is scored on the positions *not* sampled against the preprocessed
-    (blurred) EDS and, for simulated scans, the noise-free truth.
-
-    Writes ``RUN_DIR/metrics.json`` (``strategy: "sparse"``, ``fractions``,
-    ``methods.<method>.<percent>.{eds,truth}.<metric>.<El>``,
-    ``curve.<method>.{eds,truth}`` mean Pearson r per fraction,
-    ``dose_saved``, ``uncertainty``, ``anomaly``), ``predictions/<scan>.h5``
-    (ensemble mean with ``eds_std/<El>``), ``predictions/sparse/<percent>.h5``
-    (the ``model_cv`` estimate; ``eds_std`` = |slope| x scale x ensemble std, the
-    interval of ``model_linear``; ``sampled`` mask),
-    ``anomaly/<scan>.h5``, ``figures/*.png`` and ``report.html``.
-
-    Parameters
-    ----------
-    bundles : sequence of path-like
-        Raw bundles: training scans first, the new scan last.
-    run_dir : path-like
-    fractions : sequence of float
-        Sampled fractions in (0, 1] (0.02 = 2 %).
-    pattern : {"random", "grid", "lines"}
-    config : TrainConfig, optional
-    ensemble : int
-        Ensemble size (1: a single model, no uncertainty).
-    seed : int
-        Seed of the sampled positions.
-    anomaly_threshold : float
-        Robust z-score above which a position is flagged.
-    quiet, figures : bool
-
-    Returns
-    -------
-    Path
-        ``run_dir``.
-    """
-    import datetime as _dt
-
-    import h5py
-
-    from . import __version__, anomaly, metrics
-    from .bundle import open_bundle
-    from .config import TrainConfig
-    from .errors import atomic_output
-    from .experiment import load_targets
-    from .predict import load_run
-    from .preprocess import crop_maps, preprocess_bundle
-    from .uncertainty import (Z90, ensemble_stats, fit_std_scale, interval_coverage,
-                              train_ensemble, write_prediction_with_std)
-
-    paths = [Path(b) for b in bundles]
-    if len(paths) < 2:
-        raise InputError(f"strategy 'sparse' needs at least 2 bundles, got {len(paths)}",
-                         hint="give the training bundles first and the new scan last")
-    if ensemble < 1:
-        raise InputError(f"--ensemble must be at least 1, got {ensemble}")
-    fractions = sorted(float(f) for f in fractions)
-    for f in fractions:
-        sample_positions((4, 4), f, pattern)  # validates fraction and pattern up front
-    names = []
-    for p in paths:
-        with open_bundle(p, require=("diffraction", "eds")) as scan:
-            names.append(scan.name)
-    if len(set(names)) != len(names):
-        raise InputError("a scan appears more than once", hint="give each bundle once")
-    run = Path(run_dir)
-    if run.exists() and not run.is_dir():
-        raise InputError("output exists and is not a folder", path=run,
-                         hint="choose another --out")
-    config = config or TrainConfig()
-    target_path, target = paths[-1], names[-1]
-    run.mkdir(parents=True, exist_ok=True)
-    for sub in ("predictions/sparse", "preprocessed", "anomaly", "figures"):
-        (run / sub).mkdir(parents=True, exist_ok=True)
-
-    members = train_ensemble(paths[:-1], run / "models", config, ensemble, quiet)
-    predictors = [load_run(m) for m in members]
-    settings = predictors[0].settings
-    elements = list(predictors[0].elements)
-    pre = run / "preprocessed" / f"{target}.h5"
-    if not pre.is_file():
-        preprocess_bundle(target_path, pre, settings, quiet=quiet)
-    preds = []
-    for p in predictors:
-        same = p.settings.to_dict() == settings.to_dict()
-        preds.append(p.predict_scan(pre if same else target_path).eds)
-    mean, std = ensemble_stats(preds) if len(preds) > 1 else (preds[0], None)
-
-    tgt = load_targets(target_path, settings, elements)
-    with open_bundle(target_path) as scan:
-        measured = np.clip(crop_maps(scan.eds(elements), tgt.crop), 0, 1).astype(np.float32)
-        grain = (crop_maps(scan.file["simulation/grain_mask"][()], tgt.crop).astype(bool)
-                 if scan.has("simulation/grain_mask") else None)
-    shape = measured.shape[1:]
-    references = {"eds": tgt.eds}
-    if tgt.truth is not None:
-        references["truth"] = tgt.truth
-
-    common = {"elements": elements, "scan_name": target, "run_dir": str(run.resolve()),
-              "stem2eds_version": __version__, "source": str(target_path.resolve())}
-    write_prediction_with_std(run / "predictions" / f"{target}.h5", mean, std, elements,
-                              {**common, "ensemble": len(preds),
-                               "members": [str(m.relative_to(run)) for m in members]})
-
-    all_positions = np.ones(shape, bool)
-    methods: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
-    model_only = {ref: metrics.element_metrics(mean, values, elements, all_positions)
-                  for ref, values in references.items()}
-    coverage: dict[str, Any] = {}
-    sampled_counts = {}
-    model_chosen: dict[str, dict[str, str]] = {}
-    for f in fractions:
-        key = f"{100 * f:g}"
-        mask = sample_positions(shape, f, pattern, seed)
-        sampled_counts[key] = int(mask.sum())
-        estimates = complete_sparse(mean, measured, mask)
-        held_out = ~mask
-        if "model_cv" in estimates:
-            model_chosen[key] = {el: next((m for m in ("model_kriging", "model_linear",
-                                                       "interp_gp")
-                                           if np.array_equal(estimates["model_cv"][k],
-                                                             estimates[m][k])), "?")
-                                 for k, el in enumerate(elements)}
-        for method, maps in estimates.items():
-            methods[method][key] = {ref: metrics.element_metrics(maps, values, elements,
-                                                                 held_out)
-                                    for ref, values in references.items()}
-        cal_std = None
-        if std is not None:
-            slopes, _ = calibrate_on_sparse(mean, measured, mask)
-            cal_std = (np.abs(slopes)[:, None, None] * std).astype(np.float32)
-            scale = fit_std_scale(estimates["model_linear"], cal_std, measured, mask)
-            entry = {"scale": dict(zip(elements, scale.tolist())), "fitted_on": int(mask.sum())}
-            for ref, values in {"measured": measured, **references}.items():
-                raw_cov = interval_coverage(estimates["model_linear"], cal_std, values, held_out)
-                cov = interval_coverage(estimates["model_linear"], cal_std, values, held_out,
-                                        scale=scale)
-                entry[ref] = {"unscaled": dict(zip(elements, raw_cov.tolist())),
-                              "scaled": dict(zip(elements, cov.tolist())),
-                              "scaled_mean": float(cov.mean()),
-                              "unscaled_mean": float(raw_cov.mean())}
-            coverage[key] = entry
-            cal_std = cal_std * scale[:, None, None].astype(np.float32)
-        write_prediction_with_std(run / "predictions" / "sparse" / f"{key}.h5",
-                                  estimates["model_cv"], cal_std, elements,
-                                  {**common, "fraction": f, "pattern": pattern,
-                                   "method": "model_cv"},
-                                  {"sampled": mask.astype(np.uint8)})
-
-    curve = {m: {ref: [_summary_r(methods[m][f"{100 * f:g}"][ref])["pearson"]
-                       for f in fractions] for ref in references}
-             for m in METHODS}
-    best_interp = {ref: np.maximum(curve["interp_linear"][ref], curve["interp_gp"][ref])
-                   for ref in references}
-    saved = {ref: dose_saved(fractions, curve["model_cv"][ref], best_interp[ref])
-             for ref in references}
-
-    # -- anomaly map --
-    reference = [members[0] / rel for rel in predictors[0].info.get("preprocessed", [])]
-    recon = None
-    if reference and all(r.is_file() for r in reference):
-        with open_bundle(pre) as p_scan:
-            recon = anomaly.reconstruction_error(_chained(reference), p_scan.iter_patterns(256),
-                                                 shape)
-    slopes, offsets = calibrate_on_sparse(mean, tgt.eds, all_positions)
-    pred_error = np.abs(apply_linear(mean, slopes, offsets) - tgt.eds).sum(axis=0)
-    parts = {"reconstruction": recon, "prediction_error": pred_error,
-             "uncertainty": None if std is None else std.sum(axis=0)}
-    score = anomaly.anomaly_score(parts)
-    flagged = score > anomaly_threshold
-    typical = np.abs(score) < 1
-    with open_bundle(pre) as p_scan:
-        mean_flagged, mean_typical = anomaly.mean_patterns(p_scan.iter_patterns(256), shape,
-                                                           flagged, typical)
-    anomaly_doc: dict[str, Any] = {"threshold": anomaly_threshold,
-                                   "components": [k for k, v in parts.items() if v is not None],
-                                   "flagged": int(flagged.sum()), "positions": int(flagged.size)}
-    if grain is not None:
-        anomaly_doc["grain_positions"] = int(grain.sum())
-        anomaly_doc["combined"] = anomaly.detection_scores(flagged, grain)
-        anomaly_doc["per_component"] = {
-            k: anomaly.detection_scores(anomaly.robust_z(v) > anomaly_threshold, grain)
-            for k, v in parts.items() if v is not None}
-    with atomic_output(run / "anomaly" / f"{target}.h5") as tmp:
-        with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("score", data=score.astype(np.float32))
-            fh.create_dataset("flagged", data=flagged.astype(np.uint8))
-            for k, v in parts.items():
-                if v is not None:
-                    fh.create_dataset(f"components/{k}", data=np.asarray(v, np.float32))
-            fh.create_dataset("mean_pattern_flagged", data=mean_flagged.astype(np.float32))
-            fh.create_dataset("mean_pattern_typical", data=mean_typical.astype(np.float32))
-            if grain is not None:
-                fh.create_dataset("grain_mask", data=grain.astype(np.uint8))
-            fh.attrs["threshold"] = anomaly_threshold
-
-    doc: dict[str, Any] = {
-        "strategy": "sparse", "elements": elements, "train_scans": names[:-1],
-        "test_scans": [target], "target_scan": target, "pattern": pattern,
-        "fractions": fractions, "sampled_positions": sampled_counts,
-        "positions": int(np.prod(shape)), "ensemble": len(preds), "sampling_seed": seed,
-        "model": config.model, "epochs": config.max_epochs, "seed": config.seed,
-        "scored_on": "positions not sampled; 'eds' = preprocessed (blurred) EDS, "
-                     "'truth' = noise-free simulated composition",
-        "sparse_values": "raw (unblurred) EDS of the sampled positions, as measured",
-        "method_labels": METHOD_LABELS, "model_only": model_only,
-        "methods": methods, "curve": curve, "model_cv_choice": model_chosen,
-        "best_interpolation": {ref: v.tolist() for ref, v in best_interp.items()},
-        "dose_saved": saved,
-        "uncertainty": {"nominal": 0.9, "z": Z90, "interval": "calibrated ensemble mean "
-                        "+/- 1.645 x scale x |slope| x ensemble std; scale fitted per element "
-                        "on the sampled positions (against the measured EDS), coverage counted "
-                        "on the other positions", "per_fraction": coverage} if std is not None
-        else None,
-        "anomaly": anomaly_doc, "preprocess": settings.to_dict(), "config": config.to_dict(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "stem2eds_version": __version__,
-    }
-    if figures:
-        from .report.beyond import draw_beyond_figures
-
-        doc["figures"] = draw_beyond_figures(run, doc, {
-            "mean": mean, "std": std, "measured": measured, "eds": tgt.eds,
-            "truth": tgt.truth, "score": score, "flagged": flagged, "typical": typical,
-            "grain": grain, "mean_flagged": mean_flagged, "mean_typical": mean_typical,
-            "r_pixel": predictors[0].info.get("r_pixel_size")})
-    with atomic_output(run / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics.to_jsonable(doc), indent=1), encoding="utf-8")
-    from .report.beyond import write_beyond_report
-
-    write_beyond_report(run, doc)
-    return run
+    return _run(*args, **kwargs)

@@ -19,7 +19,34 @@ from .figures import diffraction_comparison, save_figure
 
 _STYLE = {"interp_linear": ("tab:gray", "--", "s"), "interp_gp": ("tab:blue", "--", "^"),
           "model_linear": ("tab:orange", "-", "o"), "model_kriging": ("tab:red", "-", "D"),
-          "model_cv": ("tab:purple", "-", "v")}
+          "model_cv": ("tab:purple", ":", "v"), "model_uk": ("tab:green", "-", "P")}
+
+
+def crossings(fractions: Sequence[float], method: Sequence[float],
+              baseline: Sequence[float]) -> list[float]:
+    """Fractions where two accuracy curves cross (linear in log fraction between points).
+
+    Parameters
+    ----------
+    fractions : sequence of float, increasing
+    method, baseline : sequence of float
+        One score per fraction.
+
+    Returns
+    -------
+    list of float
+        Every fraction where ``method - baseline`` changes sign.
+    """
+    f = np.log(np.asarray(fractions, float))
+    d = np.asarray(method, float) - np.asarray(baseline, float)
+    out = []
+    for i in range(len(d) - 1):
+        if d[i] == 0:
+            out.append(float(np.exp(f[i])))
+        elif d[i] * d[i + 1] < 0:
+            t = d[i] / (d[i] - d[i + 1])
+            out.append(float(np.exp(f[i] + t * (f[i + 1] - f[i]))))
+    return out
 
 
 def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
@@ -28,7 +55,8 @@ def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
     One panel per reference (blurred EDS, and the truth when present); the
     model alone (no sparse EDS, uncalibrated) is a horizontal line. The
     fraction where the best interpolation first reaches the model+sparse
-    curve's value at 2 % is marked.
+    curve's value at 2 % is marked, and so is every fraction where the
+    universal-kriging curve crosses the best interpolation.
     """
     refs = list(doc["curve"]["model_kriging"])
     frac = 100 * np.asarray(doc["fractions"])
@@ -39,6 +67,12 @@ def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
         for method, (colour, style, marker) in _STYLE.items():
             ax.plot(frac, doc["curve"][method][ref], style, color=colour, marker=marker,
                     label=doc["method_labels"][method])
+        for cross in crossings(doc["fractions"], doc["curve"]["model_uk"][ref],
+                               doc["best_interpolation"][ref]):
+            ax.axvline(100 * cross, color="tab:green", lw=0.8, ls=(0, (1, 3)))
+            ax.annotate(f"curves cross\nat {100 * cross:.2g} %", (100 * cross, ax.get_ylim()[1]),
+                        fontsize=8, xytext=(3, -24), textcoords="offset points",
+                        color="tab:green")
         alone = float(np.nanmean(list(doc["model_only"][ref]["pearson"].values())))
         ax.axhline(alone, color="k", lw=0.8, ls=":", label="4D-STEM model alone (no EDS)")
         for entry in doc["dose_saved"][ref]:
@@ -197,21 +231,51 @@ def render_beyond_report(doc: Mapping[str, Any]) -> str:
                   (_fmt(e["ratio"]) if e["reached"] else f"&gt; {_fmt(e['ratio'])}")]
                  for e in doc["dose_saved"][ref]]
         parts.append("<p>Dose saved at equal accuracy (F' = fraction the best interpolation "
-                     "needs for the accuracy of model + sparse EDS (cross-validated choice) "
+                     "needs for the accuracy of model + sparse EDS (universal kriging) "
                      "at F):</p>")
         parts.append(_table(["F", "F'", "F'/F"], saved))
     unc = doc.get("uncertainty")
     if unc:
-        parts.append(f"<h2>Uncertainty: coverage of the nominal 90 % interval</h2>"
-                     f"<p>{html.escape(unc['interval'])}.</p>")
+        parts.append("<h2>Uncertainty: coverage of the nominal 90 % intervals</h2><ul>"
+                     + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+                               for k, v in unc["intervals"].items()) + "</ul>")
         rows = []
         for key, entry in unc["per_fraction"].items():
-            for ref in [r for r in entry if r not in ("scale", "fitted_on")]:
-                rows.append([f"{key} %", html.escape(ref), _fmt(entry[ref]["unscaled_mean"]),
-                             _fmt(entry[ref]["scaled_mean"]),
-                             ", ".join(f"{el} {_fmt(v, 2)}" for el, v in entry["scale"].items())])
-        parts.append(_table(["fraction", "target", "coverage, raw std",
+            for kind in ("model_uk", "ensemble"):
+                block = entry.get(kind)
+                if not block:
+                    continue
+                for ref in ("measured", "eds", "truth"):
+                    if ref not in block:
+                        continue
+                    scale = block.get("scale") or block.get(
+                        "scale_measured" if ref == "measured" else "scale_map")
+                    rows.append([f"{key} %", kind, html.escape(ref),
+                                 _fmt(block[ref]["unscaled_mean"]),
+                                 _fmt(block[ref]["scaled_mean"]),
+                                 ", ".join(f"{el} {_fmt(v, 2)}" for el, v in scale.items())])
+        extra = unc.get("extrapolation")
+        if extra:
+            for ref in ("eds", "truth"):
+                if ref in extra:
+                    rows.append(["none (held-out scan)", "extrapolation", html.escape(ref),
+                                 _fmt(extra[ref]["unscaled_mean"]),
+                                 _fmt(extra[ref]["scaled_mean"]),
+                                 ", ".join(f"{el} {_fmt(v, 2)}"
+                                           for el, v in extra["scale"].items())])
+        parts.append(_table(["sparse EDS", "interval", "target", "coverage, raw std",
                              "coverage, scaled std", "scale per element"], rows))
+    fits = doc.get("kriging_fits")
+    if fits:
+        rows = [[f"{key} %", html.escape(el), _fmt(v["slope"]), _fmt(v["slope_std"]),
+                 _fmt(v["length_scale"]), _fmt(v["noise_std"]), _fmt(v["tau"])]
+                for key, per in fits.items() for el, v in per.items()]
+        parts.append("<h2>Universal kriging fits</h2><p>Weight of the model's prediction "
+                     "(GLS slope and its standard error), GP length scale (pixels), "
+                     "measurement-noise std (atomic fraction), model-error factor on the "
+                     "ensemble std.</p>"
+                     + _table(["F", "element", "slope", "+/-", "length", "noise std", "tau"],
+                              rows))
     an = doc["anomaly"]
     parts.append(f"<h2>Anomaly map</h2><p>{an['flagged']} of {an['positions']} positions "
                  f"flagged (score &gt; {an['threshold']:g}; components: "
