@@ -281,20 +281,23 @@ def test_universal_kriging_leave_one_out_matches_refitting():
     pts = np.argwhere(mask).astype(float)
     F = np.stack([np.ones(mask.sum()), model[mask]], axis=1)
     y = y_map[mask] + rng.normal(0, 0.05, mask.sum())
-    fit = fit_universal_kriging(pts, y, F, extent=20)
-    K = fit.signal_var * _rbf(pts, pts, fit.length_scale) + fit.noise_var * np.eye(len(y))
-    res, sds = [], []
-    for i in range(len(y)):
-        keep = np.arange(len(y)) != i
-        Ki = np.linalg.inv(K[np.ix_(keep, keep)])
-        A = F[keep].T @ Ki @ F[keep]
-        beta = np.linalg.solve(A, F[keep].T @ Ki @ y[keep])
-        k = K[i, keep]
-        res.append(y[i] - (F[i] @ beta + k @ Ki @ (y[keep] - F[keep] @ beta)))
-        u = F[i] - F[keep].T @ Ki @ k
-        sds.append(np.sqrt(K[i, i] - k @ Ki @ k + u @ np.linalg.solve(A, u)))
-    np.testing.assert_allclose(fit.loo_residual, res, rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(fit.loo_std, sds, rtol=1e-5)
+    for prior_std in (np.array([np.inf, np.inf]), np.array([np.inf, 0.3])):
+        mu = np.array([0.0, 1.0])
+        fit = fit_universal_kriging(pts, y, F, extent=20, prior_mean=mu, prior_std=prior_std)
+        K = fit.signal_var * _rbf(pts, pts, fit.length_scale) + fit.noise_var * np.eye(len(y))
+        prec = np.where(np.isfinite(prior_std), 1 / prior_std ** 2, 0.0)
+        res, sds = [], []
+        for i in range(len(y)):  # refit without point i, hyperparameters kept
+            keep = np.arange(len(y)) != i
+            Ki = np.linalg.inv(K[np.ix_(keep, keep)])
+            A = F[keep].T @ Ki @ F[keep] + np.diag(prec)
+            beta = np.linalg.solve(A, F[keep].T @ Ki @ y[keep] + prec * mu)
+            k = K[i, keep]
+            res.append(y[i] - (F[i] @ beta + k @ Ki @ (y[keep] - F[keep] @ beta)))
+            u = F[i] - F[keep].T @ Ki @ k
+            sds.append(np.sqrt(K[i, i] - k @ Ki @ k + u @ np.linalg.solve(A, u)))
+        np.testing.assert_allclose(fit.loo_residual, res, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(fit.loo_std, sds, rtol=1e-5)
 
 
 def test_universal_kriging_intervals_with_known_noise_and_model_error():
@@ -323,3 +326,22 @@ def test_universal_kriging_intervals_with_known_noise_and_model_error():
     assert 0.84 <= cov_map <= 0.96 and 0.84 <= cov_meas <= 0.96
     # the interval is wider where the ensemble disagrees more
     assert np.median(std_map[0][:, 20:]) > 2 * np.median(std_map[0][:, :20])
+
+
+def test_universal_kriging_slope_prior_holds_with_few_points_and_yields_to_many():
+    from stem2eds.sparse_kriging import krige_with_model
+
+    shape = (40, 40)
+    model = 0.3 + 0.1 * _gp_sample(shape, 1.0, seed=11)
+    truth = 0.1 + 0.5 * model + 0.02 * _gp_sample(shape, 6.0, seed=12)  # true weight 0.5
+    measured = truth + np.random.default_rng(13).normal(0, 0.02, shape)
+    few = sample_positions(shape, 0.005, "random", seed=0)  # 8 points
+    many = sample_positions(shape, 0.2, "random", seed=0)
+    f_few = krige_with_model(model[None], measured[None], few, slope_prior_std=0.3)[3][0]
+    flat_few = krige_with_model(model[None], measured[None], few)[3][0]
+    f_many = krige_with_model(model[None], measured[None], many, slope_prior_std=0.3)[3][0]
+    # with 8 points the posterior weight sits between prior (1) and data, with a smaller
+    # standard error than the flat fit's; with 320 points the data decide
+    assert f_few["slope_std"] < flat_few["slope_std"]
+    assert min(1.0, flat_few["slope"]) - 0.05 <= f_few["slope"] <= max(1.0, flat_few["slope"])
+    assert abs(f_many["slope"] - 0.5) < 3 * f_many["slope_std"] < 0.3

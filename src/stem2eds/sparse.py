@@ -29,7 +29,7 @@ from .errors import InputError
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
 METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv",
-           "model_uk")
+           "model_uk_flat", "model_uk")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
@@ -37,9 +37,17 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "model_cv": "4D-STEM model + sparse EDS, per element the best of GP, "
                              "kriged and calibrated model by leave-one-out on the sampled "
                              "positions",
+                 "model_uk_flat": "4D-STEM model + sparse EDS, universal kriging (model "
+                                  "weight fitted jointly with the GP, flat prior)",
                  "model_uk": "4D-STEM model + sparse EDS, universal kriging (model weight "
-                             "fitted jointly with the GP)"}
+                             "fitted jointly with the GP, prior 1 +/- 0.5)"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
+# Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
+# trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
+# the sampled EDS says otherwise; a handful of points cannot pin a weight down, and with
+# a flat prior (``model_uk_flat``) their noise decides it. Set once; no other value
+# was tried on the simulated series.
+SLOPE_PRIOR_STD = 0.5
 _MIN_POINTS = 3
 
 
@@ -316,8 +324,9 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         out["model_cv"] = candidates[best, np.arange(len(best))]
         from .sparse_kriging import krige_with_model
 
+        out["model_uk_flat"] = krige_with_model(predicted, measured, mask, predicted_std)[0]
         uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
-                                                           predicted_std)
+                                                           predicted_std, SLOPE_PRIOR_STD)
         out["model_uk"] = uk
         if details is not None:
             details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,

@@ -115,8 +115,12 @@ def _rbf(a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
 
 
 def _restricted_nll(log_params: np.ndarray, dist2: np.ndarray, y: np.ndarray, F: np.ndarray,
-                    model_var: np.ndarray | None) -> float:
-    """Negative restricted log-likelihood (constants dropped) of the log hyperparameters."""
+                    model_var: np.ndarray | None, prior_precision: np.ndarray) -> float:
+    """Negative restricted log-likelihood (constants dropped) of the log hyperparameters.
+
+    ``y`` is already shifted by the prior mean of ``beta``; the coefficients
+    are integrated out (flat prior where ``prior_precision`` is 0).
+    """
     from scipy.linalg import cho_factor, cho_solve
 
     signal, length, noise = np.exp(log_params[:3])
@@ -126,22 +130,29 @@ def _restricted_nll(log_params: np.ndarray, dist2: np.ndarray, y: np.ndarray, F:
     try:
         c = cho_factor(K, lower=True)
         kinv_f = cho_solve(c, F)
-        A = F.T @ kinv_f
+        A = F.T @ kinv_f + np.diag(prior_precision)
         ca = cho_factor(A, lower=True)
     except np.linalg.LinAlgError:
         return 1e10
     kinv_y = cho_solve(c, y)
     beta = cho_solve(ca, F.T @ kinv_y)
     r = y - F @ beta
-    quad = float(r @ cho_solve(c, r))
+    quad = float(r @ cho_solve(c, r) + beta @ (prior_precision * beta))
     return 0.5 * (2 * np.sum(np.log(np.diag(c[0]))) + 2 * np.sum(np.log(np.diag(ca[0])))
                   + quad)
 
 
 def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndarray,
                           model_var: np.ndarray | None = None,
-                          extent: float | None = None) -> KrigingFit:
+                          extent: float | None = None,
+                          prior_mean: np.ndarray | None = None,
+                          prior_std: np.ndarray | None = None) -> KrigingFit:
     """Fit universal kriging by REML: GLS coefficients with the GP's hyperparameters.
+
+    With ``prior_std`` finite for a coefficient, it gets a Gaussian prior
+    (Bayesian kriging, Rasmussen & Williams section 2.7): its estimate is
+    the posterior mean, between the prior and the GLS value by their
+    precisions, and its uncertainty enters the predictive variance.
 
     Parameters
     ----------
@@ -158,6 +169,8 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
     extent : float, optional
         Scan size in pixels (bounds the length scale); default the spread of
         ``points``.
+    prior_mean, prior_std : ndarray, shape (p,), optional
+        Gaussian prior of ``beta``; ``inf`` std (the default) is a flat prior.
 
     Returns
     -------
@@ -174,7 +187,12 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
         raise ValueError(f"universal kriging needs more points ({n}) than covariates ({p})")
     # work in units of the data's spread so that one set of bounds fits every map
     y_scale = float(np.std(y)) or 1.0
-    ys = y / y_scale
+    mu = np.zeros(p) if prior_mean is None else np.asarray(prior_mean, np.float64)
+    sd = np.full(p, np.inf) if prior_std is None else np.asarray(prior_std, np.float64)
+    # priors in the scaled units; the data are shifted by the prior mean so that every
+    # coefficient's prior is centred on 0 (its mean is added back below)
+    precision = np.where(np.isfinite(sd), (y_scale / np.where(sd > 0, sd, 1e-12)) ** 2, 0.0)
+    ys = (y - F @ mu) / y_scale
     mv = None if model_var is None else np.asarray(model_var, np.float64) / y_scale ** 2
     if mv is not None and not np.any(mv > 0):
         mv = None
@@ -194,8 +212,7 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
         x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = minimize(_restricted_nll, x0, args=(dist2, ys, F, mvn if mvn is not None
-                                                      else None),
+            res = minimize(_restricted_nll, x0, args=(dist2, ys, F, mvn, precision),
                            method="L-BFGS-B", bounds=bounds)
         if best is None or res.fun < best.fun:
             best = res
@@ -207,17 +224,18 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
     K[np.diag_indices_from(K)] += diag + _JITTER
     c = cho_factor(K, lower=True)
     kinv_f = cho_solve(c, F)
-    gls_cov = np.linalg.inv(F.T @ kinv_f)
+    gls_cov = np.linalg.inv(F.T @ kinv_f + np.diag(precision))
     beta = gls_cov @ (F.T @ cho_solve(c, ys))
     alpha = cho_solve(c, ys - F @ beta)
-    # Dubrule's closed form: with P = K^-1 - K^-1 F (F^T K^-1 F)^-1 F^T K^-1, the
-    # left-out residual is (P y)_i / P_ii and its predictive variance 1 / P_ii
+    # Dubrule's closed form: with P = K^-1 - K^-1 F (F^T K^-1 F + B^-1)^-1 F^T K^-1, the
+    # left-out residual is (P y)_i / P_ii and its predictive variance 1 / P_ii (the
+    # prior B of the coefficients is never left out)
     k_inv = cho_solve(c, np.eye(n))
     P = k_inv - kinv_f @ gls_cov @ kinv_f.T
     p_diag = np.maximum(np.diag(P), 1e-12)
     loo_res = (P @ ys) / p_diag
     s2 = y_scale ** 2
-    return KrigingFit(beta=beta * y_scale, beta_std=np.sqrt(np.diag(gls_cov) * s2),
+    return KrigingFit(beta=beta * y_scale + mu, beta_std=np.sqrt(np.diag(gls_cov) * s2),
                       signal_var=float(signal * s2), length_scale=float(length),
                       noise_var=float(noise * s2), tau2=tau2,
                       loo_residual=loo_res * y_scale, loo_std=np.sqrt(1 / p_diag) * y_scale,
@@ -226,12 +244,16 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
 
 
 def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarray,
-                     predicted_std: np.ndarray | None = None
+                     predicted_std: np.ndarray | None = None,
+                     slope_prior_std: float = np.inf
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """Universal kriging of every element map with the model's prediction as covariate.
 
-    Per element ``k`` the covariates are a constant and ``predicted[k]``;
-    with ``predicted_std`` the model-error term uses ``predicted_std[k]^2``.
+    Per element ``k`` the covariates are a constant (flat prior) and
+    ``predicted[k]``, whose weight has the prior ``N(1, slope_prior_std^2)``
+    (the model was trained to predict this very element; ``inf``: flat,
+    plain universal kriging); with ``predicted_std`` the model-error term
+    uses ``predicted_std[k]^2``.
 
     Parameters
     ----------
@@ -243,6 +265,8 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         Sampled positions (at least 3).
     predicted_std : ndarray, shape (E, Rx, Ry), optional
         Ensemble standard deviation of the prediction (atomic fraction).
+    slope_prior_std : float
+        Prior standard deviation of the model's weight about 1.
 
     Returns
     -------
@@ -273,8 +297,10 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         mv_all = None if var is None else var[k].ravel()
         if np.ptp(F[:, 1]) == 0:  # a constant prediction carries no information
             F, F_all = F[:, :1], F_all[:, :1]
+        prior_mean, prior_std = np.array([0.0, 1.0]), np.array([np.inf, slope_prior_std])
         fit = fit_universal_kriging(pts, y, F, None if mv_all is None else mv_all[mask.ravel()],
-                                    extent=float(max(shape)))
+                                    extent=float(max(shape)), prior_mean=prior_mean[:F.shape[1]],
+                                    prior_std=prior_std[:F.shape[1]])
         out = fit.predict(grid, F_all, mv_all)
         means.append(out["mean"])
         std_map.append(out["std_map"])

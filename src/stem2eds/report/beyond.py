@@ -19,7 +19,8 @@ from .figures import diffraction_comparison, save_figure
 
 _STYLE = {"interp_linear": ("tab:gray", "--", "s"), "interp_gp": ("tab:blue", "--", "^"),
           "model_linear": ("tab:orange", "-", "o"), "model_kriging": ("tab:red", "-", "D"),
-          "model_cv": ("tab:purple", ":", "v"), "model_uk": ("tab:green", "-", "P")}
+          "model_cv": ("tab:purple", ":", "v"), "model_uk_flat": ("tab:olive", ":", "x"),
+          "model_uk": ("tab:green", "-", "P")}
 
 
 def crossings(fractions: Sequence[float], method: Sequence[float],
