@@ -37,6 +37,7 @@ else:  # pragma: no cover - Python 3.10
 TARGETS = ("eds", "haadf")
 LOSSES = ("mae", "mse", "huber")
 SPLITS = ("random", "blocks")
+FILTER_CHOICES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
 
 
@@ -94,6 +95,16 @@ class TrainConfig:
         DataLoader worker processes (0 = load in the training process).
     threads : int
         CPU threads used by torch (0 = half the cores, at most 8).
+    filter_predictions : {"auto", "on", "off"}
+        Filter the predicted EDS maps with the filter the EDS targets got in
+        preprocessing (``preprocess.eds_filter``, ``eds_kernel``,
+        ``eds_sigma``: the paper's 7x7 Gaussian). The targets are filtered
+        maps, so a per-pattern prediction filtered the same way predicts
+        them better (neighbouring patterns average out their noise; README,
+        "Models"). ``auto``: the model's own default (on for ``radial``, off
+        for ``paper`` and ``ridge``, which predict pattern by pattern as the
+        paper and the baseline do). HAADF predictions are never filtered
+        (their target is not).
     preprocess : PreprocessSettings
         How raw bundles are preprocessed (``stem2eds.preprocess``); the
         resolved settings (scale, beam radius) are stored in ``run.json``.
@@ -118,6 +129,7 @@ class TrainConfig:
     num_nodes: int = 1
     num_workers: int = 0
     threads: int = 0
+    filter_predictions: str = "auto"
     preprocess: Any = field(default_factory=_default_preprocess)
 
     def __post_init__(self) -> None:
@@ -146,6 +158,7 @@ class TrainConfig:
         _choice("loss", self.loss, LOSSES)
         _choice("split", self.split, SPLITS)
         _choice("device", self.device, DEVICES)
+        _choice("filter_predictions", self.filter_predictions, FILTER_CHOICES)
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise InputError(f"learning_rate must be positive, got {self.learning_rate}")
         for name in ("batch_size", "max_epochs", "patience", "block_size", "num_nodes"):
@@ -164,6 +177,14 @@ class TrainConfig:
             except (TypeError, ValueError):
                 raise InputError(f"devices must be a number or 'auto', got {self.devices!r}") \
                     from None
+
+    def resolved_filter(self) -> bool:
+        """Whether predictions of this run are filtered (``auto`` asks the model class)."""
+        from .models import get_model
+
+        if self.filter_predictions == "auto":
+            return bool(getattr(get_model(self.model), "filter_predictions", False))
+        return self.filter_predictions == "on"
 
     # -- conversions --------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

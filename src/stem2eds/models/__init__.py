@@ -5,8 +5,10 @@ Each model class takes ``(input_shape, n_outputs, **hparams)``, maps
 hyperparameters it was built with as ``.hparams`` (recorded in ``run.json``)
 exposes its last ``nn.Linear`` as ``.output_layer`` (trainable models), and
 says with ``.trainable`` whether it is trained by gradient descent
-(``False`` for the closed-form ``ridge`` baseline). A model whose first
-stage has no parameters sets ``fixed_frontend = True`` and provides
+(``False`` for the closed-form ``ridge`` baseline), and with
+``.filter_predictions`` whether its predicted EDS maps get the targets'
+spatial filter by default (``TrainConfig.filter_predictions``). A model
+whose first stage has no parameters sets ``fixed_frontend = True`` and provides
 ``frontend(patterns)`` and ``forward_features(features)``; training then
 computes the front end once per pattern instead of once per epoch.
 

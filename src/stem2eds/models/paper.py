@@ -38,6 +38,8 @@ class PaperCNN(nn.Module):
     """
 
     name = "paper"
+    #: Per-pattern predictions, unfiltered unless the run asks (``TrainConfig.filter_predictions``).
+    filter_predictions = False
     trainable = True
 
     def __init__(self, input_shape: tuple[int, int], n_outputs: int,

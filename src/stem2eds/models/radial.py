@@ -66,6 +66,8 @@ class RadialNet(nn.Module):
 
     name = "radial"
     trainable = True
+    #: Predicted EDS maps get the EDS targets' spatial filter (``TrainConfig.filter_predictions``).
+    filter_predictions = True
     #: The front end has no parameters, so training may compute it once per
     #: pattern (:meth:`frontend`) and then train :meth:`forward_features` only.
     fixed_frontend = True

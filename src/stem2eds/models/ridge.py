@@ -39,6 +39,8 @@ class RidgeRadial(nn.Module):
     """
 
     name = "ridge"
+    #: Per-pattern predictions, unfiltered unless the run asks (``TrainConfig.filter_predictions``).
+    filter_predictions = False
     trainable = False
 
     def __init__(self, input_shape: tuple[int, int], n_outputs: int,
