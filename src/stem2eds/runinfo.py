@@ -6,6 +6,10 @@ and callbacks subclass Lightning's), which takes several seconds; a
 These definitions mirror ``stem2eds.train``'s (``RUN_FORMAT``,
 ``RUN_FORMAT_VERSION``, ``_read_state``, ``apply_output_activation``); a test
 (tests/test_performance.py) checks that the two stay identical.
+
+Torch is imported only by :func:`apply_output_activation`, so that
+``stem2eds predict`` can read the run description and start preprocessing
+while torch loads (about 2 s).
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .errors import InputError
 
@@ -45,6 +47,8 @@ def apply_output_activation(raw: torch.Tensor, n_eds: int) -> torch.Tensor:
     n_eds : int
         Number of EDS columns (E); a column after them is HAADF.
     """
+    import torch
+
     if raw.shape[1] == n_eds:
         return raw
     return torch.cat([raw[:, :n_eds], torch.relu(raw[:, n_eds:])], dim=1)

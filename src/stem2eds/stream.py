@@ -175,7 +175,8 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 
     Exceptions raised by the producer are re-raised in the consumer. When the
     consumer stops early (break, error, garbage collection) the producer is
-    told to stop and is joined.
+    told to stop and is joined. The thread starts at the first ``next``; see
+    :class:`Prefetcher` to start it at once.
 
     Parameters
     ----------
@@ -186,10 +187,28 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     depth : int
         Items buffered ahead (memory: ``depth`` blocks).
     """
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
+    with Prefetcher(items, depth) as ahead:
+        yield from ahead
 
-    def produce() -> None:
+
+class Prefetcher:
+    """An iterator over ``items`` whose background thread starts when it is made.
+
+    Same behaviour as :func:`prefetch`; use it to get work going before the
+    consumer is ready (e.g. preprocessing while a model loads). Call
+    :meth:`close` (or use it as a context manager) when stopping early.
+    """
+
+    def __init__(self, items: Iterable[T], depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._worker = threading.Thread(target=self._produce, args=(items,),
+                                        name="stem2eds-prefetch", daemon=True)
+        self._worker.start()
+
+    def _produce(self, items: Iterable[T]) -> None:
+        q, stop = self._queue, self._stop
         try:
             for item in items:
                 while not stop.is_set():
@@ -203,23 +222,42 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
             q.put(_DONE)
         except BaseException as exc:  # handed to the consumer  # noqa: BLE001
             q.put(_Failure(exc))
+        finally:
+            # close the producer here, in its own thread (a generator cannot
+            # be closed from another thread while it runs)
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
-    worker = threading.Thread(target=produce, name="stem2eds-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self.close()
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        """Stop the producer and wait for its thread (idempotent)."""
+        self._done = True
+        self._stop.set()
         # unblock a producer waiting on a full queue, then wait for it
-        while worker.is_alive():
+        while self._worker.is_alive():
             try:
-                q.get(timeout=0.05)
+                self._queue.get(timeout=0.05)
             except queue.Empty:
                 pass
-        worker.join()
+        self._worker.join()
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -32,6 +32,10 @@ def register(subparsers) -> None:
                         "(default: measured probe radius x 1.25)")
     p.add_argument("--origin-fit", choices=("plane", "poly2", "none"), default=None,
                    help="model of origin vs scan position (default plane)")
+    p.add_argument("--origin-sample", type=int, default=None, metavar="N",
+                   help="with a plane/poly2 origin fit, measure origins on a sub-grid of "
+                        "about N positions spread over the scan (default 1024; 0: every "
+                        "position)")
     p.add_argument("--crop", default=None, metavar="r0:r1,c0:c1",
                    help="keep only this scan region (0-based, end exclusive)")
     p.add_argument("--eds-filter", choices=("gaussian", "median", "none"), default=None,
@@ -71,6 +75,7 @@ def run(args) -> int:
         values["probe_radius"] = None
     overrides = {"bin_factor": args.bin_factor, "scaling": args.scaling,
                  "beam_radius": args.beam_radius, "origin_fit": args.origin_fit,
+                 "origin_sample": args.origin_sample,
                  "crop": parse_crop(args.crop), "eds_filter": args.eds_filter,
                  "eds_kernel": args.eds_kernel, "eds_sigma": args.eds_sigma, "scale": args.scale}
     values.update({k: v for k, v in overrides.items() if v is not None})

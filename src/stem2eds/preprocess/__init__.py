@@ -12,14 +12,35 @@ Training and prediction use the same functions with the stored settings
 prediction time.
 """
 
-from .figures import plot_eds_filter, plot_pattern_steps, save_figures
-from .maps import crop_maps, filter_maps, parse_crop, preprocess_maps
-from .origin import OriginBatch, OriginFit, disk_radius, find_origins, fit_origins
-from .patterns import (apply_scaling, beam_mask, bin_patterns, centre_patterns,
-                       detector_centre, normalise, process_patterns, remove_beam)
-from .pipeline import (PreprocessSettings, iter_preprocessed, iter_region, load_settings,
-                       measure_origins, preprocess_bundle, raw_calibration, summarise)
-from .radial import radial_axis, radial_profile, ring_radii
+from importlib import import_module as _import_module
+
+#: Where each public name lives. Modules load on first use, so that
+#: ``stem2eds predict`` (which needs only the pipeline) does not import
+#: SciPy (radial profiles, EDS filters) or the figure code.
+_EXPORTS = {
+    "figures": ("plot_eds_filter", "plot_pattern_steps", "save_figures"),
+    "maps": ("crop_maps", "filter_maps", "parse_crop", "preprocess_maps"),
+    "origin": ("OriginBatch", "OriginFit", "disk_radius", "find_origins", "fit_origins"),
+    "patterns": ("apply_scaling", "beam_mask", "bin_patterns", "centre_patterns",
+                 "detector_centre", "normalise", "process_patterns", "remove_beam"),
+    "pipeline": ("PreprocessSettings", "iter_preprocessed", "iter_region", "load_settings",
+                 "measure_origins", "preprocess_bundle", "raw_calibration", "summarise"),
+    "radial": ("radial_axis", "radial_profile", "ring_radii"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "PreprocessSettings", "preprocess_bundle", "iter_preprocessed", "preprocess_maps",

@@ -28,7 +28,7 @@ from ..bundle import (CALIBRATION, EDS, EDS_RAW, HAADF, TRUTH, Calibration, Scan
 from ..errors import InputError
 from ..progress import track
 from .maps import EDS_FILTERS, check_crop, crop_maps, filter_maps, preprocess_maps
-from .origin import OriginFit, disk_radius, find_origins, fit_origins
+from .origin import OriginFit, disk_radius, find_origins, fit_origins, sample_grid
 from .patterns import (CENTRINGS, SCALINGS, TopValues, centre_patterns, finish_patterns,
                        normalise, process_patterns)
 
@@ -36,6 +36,13 @@ ORIGIN_FITS = ("plane", "poly2", "none")
 #: Patterns transformed at once inside a read block: bounds the float32 work
 #: arrays (~10 copies of the chunk) whatever block size the caller reads.
 WORK_CHUNK = 256
+#: Most patterns read in one block by pass 2 (64 MB of 256x256 uint16).
+READ_BLOCK = 2 * WORK_CHUNK
+#: Default of :attr:`PreprocessSettings.origin_sample`.
+ORIGIN_SAMPLE = 1024
+#: Threads transforming work chunks at once in pass 2 (numpy and OpenCV
+#: release the GIL, so they run on separate cores).
+PROCESS_THREADS = max(1, min(4, os.cpu_count() or 1))
 #: Groups of a raw bundle holding maps that are not yet on the scan grid.
 EDS_UNREGISTERED = "eds_unregistered"
 HAADF_UNREGISTERED = "haadf_unregistered"
@@ -59,6 +66,14 @@ class PreprocessSettings:
     origin_fit : {"plane", "poly2", "none"}
         Model of the origin vs scan position (descan); ``none`` uses each
         pattern's measured origin.
+    origin_sample : int
+        For a smooth ``origin_fit`` (plane, poly2), measure the origin on a
+        sub-grid of about this many positions spread over the scan region
+        (:func:`stem2eds.preprocess.origin.sample_grid`) instead of on every
+        pattern: the fitted origins agree to about 0.01 px and the pass over
+        the patterns for origins shrinks to that many reads. 0, ``none``, or
+        a region with no more positions measure every pattern. Settings
+        stored before this option existed load with the default.
     crop : (r0, r1, c0, c1) or None
         Scan region kept (end exclusive); None keeps the whole scan.
     eds_filter : {"gaussian", "median", "none"}
@@ -85,6 +100,7 @@ class PreprocessSettings:
     beam_radius: float | None = None
     beam_margin: float = 1.25
     origin_fit: str = "plane"
+    origin_sample: int = ORIGIN_SAMPLE
     crop: tuple[int, int, int, int] | None = None
     eds_filter: str = "gaussian"
     eds_kernel: int = 7
@@ -96,7 +112,7 @@ class PreprocessSettings:
     centring: str = "binned"
 
     def __post_init__(self) -> None:
-        for name in ("bin_factor", "eds_kernel"):
+        for name in ("bin_factor", "eds_kernel", "origin_sample"):
             value = getattr(self, name)
             if isinstance(value, bool) or float(value) != int(float(value)):
                 raise InputError(f"{name} must be an integer, got {value!r}")
@@ -118,6 +134,9 @@ class PreprocessSettings:
             if value not in choices:
                 raise InputError(f"unknown {what} {value!r}",
                                  hint=f"choose one of {', '.join(choices)}")
+        if int(self.origin_sample) < 0:
+            raise InputError(f"origin sample must be >= 0 (0: every position), "
+                             f"got {self.origin_sample}")
         if int(self.eds_kernel) < 1 or int(self.eds_kernel) % 2 == 0:
             raise InputError(f"EDS filter kernel must be odd and positive, got {self.eds_kernel}")
         if self.beam_radius is not None and self.beam_radius < 0:
@@ -254,7 +273,9 @@ class OriginMeasurement:
     Attributes
     ----------
     measured : ndarray, shape (Rx', Ry', 2)
+        NaN where no disk was found or (sub-grid measurement) not measured.
     fit : OriginFit
+        ``fit.sampled`` marks the measured positions (None: all).
     probe_radius : float
         Disk radius (input px) at half maximum of the mean disk.
     """
@@ -270,14 +291,44 @@ class OriginMeasurement:
 
 def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int = 256,
                     quiet: bool = True, client=None) -> OriginMeasurement:
-    """Pass 1: origin of every pattern in the (cropped) scan, the probe radius and the fit.
+    """Pass 1: origins in the (cropped) scan, the probe radius and the fit.
 
-    ``client`` (a ``dask.distributed.Client``) measures blocks of scan rows
-    on its workers instead, with identical results.
+    With a smooth fit (plane, poly2) only the positions of a sub-grid of
+    about ``settings.origin_sample`` positions are read and measured
+    (:func:`stem2eds.preprocess.origin.sample_grid`); otherwise every
+    pattern is. ``client`` (a ``dask.distributed.Client``) measures blocks
+    of scan rows on its workers instead, with identical results; a
+    sub-grid is measured here (it is a small fraction of the scan).
     """
     box = check_crop(settings.crop, scan.scan_shape)
     shape = (box[1] - box[0], box[3] - box[2])
-    measured = np.full((shape[0] * shape[1], 2), np.nan)
+    grid = None
+    if settings.origin_fit != "none":
+        grid = sample_grid(shape, settings.origin_sample)
+    if grid is None:
+        measured, disk_sum, n_sum = _measure_all(scan, box, batch, quiet, client)
+        sampled = None
+    else:
+        measured, disk_sum, n_sum = _measure_grid(scan, box, *grid)
+        sampled = np.zeros(shape, dtype=bool)
+        sampled[np.ix_(*grid)] = True
+    if n_sum == 0:
+        raise InputError("no diffraction pattern has counts: cannot find the unscattered beam",
+                         path=scan.path)
+    probe_radius = disk_radius(disk_sum / n_sum, smooth=0.0 if n_sum >= 20 else 1.0)
+    measured = measured.reshape(shape[0], shape[1], 2)
+    try:
+        fit = fit_origins(measured, settings.origin_fit, sampled=sampled)
+    except ValueError as exc:
+        raise InputError(str(exc), path=scan.path) from None
+    return OriginMeasurement(measured, fit, probe_radius)
+
+
+def _measure_all(scan: ScanBundle, box, batch: int, quiet: bool, client
+                 ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Origins (flat, box order) of every pattern of the region, disk sum and count."""
+    n = (box[1] - box[0]) * (box[3] - box[2])
+    measured = np.full((n, 2), np.nan)
     disk_sum, n_sum = None, 0
     # The aperture radius comes from the first rows (at most 256 patterns,
     # whatever ``batch`` is), so every pattern is measured the same way in
@@ -288,25 +339,49 @@ def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int =
     if client is not None:
         from .distributed import measure_origins_distributed
 
-        measured, disk_sum, n_sum = measure_origins_distributed(client, scan, box, radius)
+        return measure_origins_distributed(client, scan, box, radius)
     for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
-                                 description="finding origins", quiet=quiet) \
-            if client is None else ():
+                                 description="finding origins", quiet=quiet):
         for lo in range(0, len(patterns), WORK_CHUNK):
             found = find_origins(patterns[lo:lo + WORK_CHUNK], radius)
             measured[start + lo:start + lo + len(found.origins)] = found.origins
             disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
             n_sum += found.n_summed
-    if n_sum == 0:
-        raise InputError("no diffraction pattern has counts: cannot find the unscattered beam",
-                         path=scan.path)
-    probe_radius = disk_radius(disk_sum / n_sum, smooth=0.0 if n_sum >= 20 else 1.0)
-    measured = measured.reshape(shape[0], shape[1], 2)
+    return measured, disk_sum, n_sum
+
+
+def _measure_grid(scan: ScanBundle, box, rows: np.ndarray, cols: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Origins (flat, box order; NaN off the grid) of the sub-grid ``rows x cols`` of the region.
+
+    The aperture radius comes from the first (at most) 256 grid positions,
+    which spread over several scan rows.
+    """
+    from ..stream import PatternReader, prefetch
+
+    r0, r1, c0, c1 = box
+    width = c1 - c0
+    local = (rows[:, None] * width + cols[None, :]).ravel()  # ascending
+    in_file = ((rows[:, None] + r0) * scan.scan_shape[1] + (cols[None, :] + c0)).ravel()
+    measured = np.full(((r1 - r0) * width, 2), np.nan)
+    disk_sum, n_sum, radius = None, 0, None
+    reader = PatternReader(scan.diffraction)
+
+    def blocks():
+        for lo in range(0, len(local), WORK_CHUNK):
+            yield lo, reader.read(in_file[lo:lo + WORK_CHUNK])
+
     try:
-        fit = fit_origins(measured, settings.origin_fit)
-    except ValueError as exc:
-        raise InputError(str(exc), path=scan.path) from None
-    return OriginMeasurement(measured, fit, probe_radius)
+        for lo, patterns in prefetch(blocks(), 2):
+            if radius is None:
+                radius = find_origins(patterns).probe_radius
+            found = find_origins(patterns, radius)
+            measured[local[lo:lo + len(patterns)]] = found.origins
+            disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
+            n_sum += found.n_summed
+    finally:
+        reader.close()
+    return measured, disk_sum, n_sum
 
 
 def _resolve_beam_radius(settings: PreprocessSettings, probe_radius: float) -> float:
@@ -319,10 +394,15 @@ def _resolve_beam_radius(settings: PreprocessSettings, probe_radius: float) -> f
 
 def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: np.ndarray,
                        beam_radius: float, batch: int, quiet: bool, adf: np.ndarray | None = None,
-                       client=None) -> Iterator[tuple[int, np.ndarray]]:
+                       client=None, threads: int | None = None
+                       ) -> Iterator[tuple[int, np.ndarray]]:
     """Pass 2: (start, unscaled processed patterns); fills ``adf`` (flat) when given.
 
-    With a Dask ``client`` the blocks come from its workers, in any order.
+    Blocks of ``batch`` patterns are read ahead in a background thread and
+    cut into work chunks of :data:`WORK_CHUNK` patterns, which ``threads``
+    threads (default :data:`PROCESS_THREADS`) transform at once; blocks of
+    ``batch`` patterns come out in scan order. With a Dask ``client`` the
+    blocks come from its workers, in any order.
     """
     box = check_crop(settings.crop, scan.scan_shape)
     if client is not None:
@@ -338,32 +418,79 @@ def _processed_batches(scan: ScanBundle, settings: PreprocessSettings, origins: 
     f = int(settings.bin_factor)
     if adf is not None:
         from .register import annular_sum
-    for start, patterns in track(iter_region(scan, box, batch), total=_n_batches(box, batch),
-                                 description="preprocessing patterns", quiet=quiet):
-        done = []
-        for lo in range(0, len(patterns), WORK_CHUNK):
-            chunk = patterns[lo:lo + WORK_CHUNK]
-            first = start + lo
-            chunk_origins = flat_origins[first:first + len(chunk)]
-            if adf is None:
-                done.append(process_patterns(chunk, chunk_origins, beam_radius, f,
-                                             settings.scaling, settings.centring))
-                continue
-            # registration also needs the virtual ADF of the centred counts
-            if settings.centring == "full":
-                centred = centre_patterns(chunk, chunk_origins)
-                adf[first:first + len(chunk)] = annular_sum(centred, beam_radius,
-                                                            min(qx, qy) / 2)
-                done.append(finish_patterns(centred, beam_radius, f, settings.scaling))
-            else:
-                from .patterns import apply_scaling, centre_binned
 
-                centred = centre_binned(chunk, chunk_origins, beam_radius, f)
-                adf[first:first + len(chunk)] = annular_sum(centred, beam_radius / f,
-                                                            min(qx, qy) / (2 * f))
-                done.append(apply_scaling(centred, settings.scaling).astype(np.float32,
-                                                                             copy=False))
-        yield start, np.concatenate(done) if len(done) > 1 else done[0]
+    def transform(first: int, chunk: np.ndarray) -> np.ndarray:
+        chunk_origins = flat_origins[first:first + len(chunk)]
+        if adf is None:
+            return process_patterns(chunk, chunk_origins, beam_radius, f, settings.scaling,
+                                    settings.centring)
+        # registration also needs the virtual ADF of the centred counts
+        if settings.centring == "full":
+            centred = centre_patterns(chunk, chunk_origins)
+            adf[first:first + len(chunk)] = annular_sum(centred, beam_radius, min(qx, qy) / 2)
+            return finish_patterns(centred, beam_radius, f, settings.scaling)
+        from .patterns import apply_scaling, centre_binned
+
+        centred = centre_binned(chunk, chunk_origins, beam_radius, f)
+        adf[first:first + len(chunk)] = annular_sum(centred, beam_radius / f,
+                                                    min(qx, qy) / (2 * f))
+        return apply_scaling(centred, settings.scaling).astype(np.float32, copy=False)
+
+    # raw blocks of at most READ_BLOCK patterns bound the memory of the
+    # read-ahead whatever ``batch`` is; outputs are regrouped into ``batch``
+    read = min(batch, READ_BLOCK)
+
+    def chunks():
+        for start, patterns in track(iter_region(scan, box, read), total=_n_batches(box, read),
+                                     description="preprocessing patterns", quiet=quiet):
+            for lo in range(0, len(patterns), WORK_CHUNK):
+                yield None, None, start + lo, patterns[lo:lo + WORK_CHUNK]
+
+    done: list[np.ndarray] = []
+    first_done, n_done = 0, 0
+    threads = PROCESS_THREADS if threads is None else threads
+    for (_, _, first, _), values in _ordered_map(transform, chunks(), threads):
+        if not done:
+            first_done = first
+        done.append(values)
+        n_done += len(values)
+        while n_done >= batch:
+            joined = np.concatenate(done) if len(done) > 1 else done[0]
+            yield first_done, joined[:batch]
+            rest = joined[batch:]
+            first_done, n_done = first_done + batch, len(rest)
+            done = [rest] if n_done else []
+    if done:
+        yield first_done, np.concatenate(done) if len(done) > 1 else done[0]
+
+
+def _ordered_map(fn, items: Iterator[tuple], threads: int) -> Iterator[tuple[tuple, Any]]:
+    """``(item, fn(*item[2:]))`` for each item, computed by ``threads`` threads, in input order.
+
+    At most ``threads + 1`` items are in flight, so memory stays at a few
+    work chunks. ``threads <= 1`` computes in the caller's thread.
+    """
+    if threads <= 1:
+        for item in items:
+            yield item, fn(*item[2:])
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="stem2eds-preprocess") as pool:
+        try:
+            for item in items:
+                pending.append((item, pool.submit(fn, *item[2:])))
+                if len(pending) > threads:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int = 1024,
@@ -371,9 +498,10 @@ def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int
                       ) -> Iterator[tuple[int, np.ndarray]]:
     """Stream the preprocessed patterns of a RAW bundle without writing a file.
 
-    The origins of this scan are measured and fitted first (one streamed
-    pass; descan differs between scans), then every pattern goes through the
-    same functions as in :func:`preprocess_bundle`, with the given scale.
+    The origins of this scan are measured and fitted first (on a sub-grid
+    for a smooth fit, see ``settings.origin_sample``; descan differs between
+    scans), then every pattern goes through the same functions as in
+    :func:`preprocess_bundle`, with the given scale.
 
     Parameters
     ----------
@@ -622,9 +750,13 @@ def _copy_cropped(group, out_file, scan_shape, crop) -> None:
 
 def _write_calibration(builder, found: OriginMeasurement, settings: PreprocessSettings) -> None:
     fit = found.fit
+    sampled = "every position" if fit.sampled is None else \
+        f"sub-grid of {int(fit.sampled.sum())} positions (origin_sample)"
     builder.write_array(f"{CALIBRATION}/origin", found.measured.astype(np.float32),
                         axes="Rx,Ry,(row,col)", unit="px of the input detector",
-                        description="measured unscattered-beam origin, NaN where none")
+                        description="measured unscattered-beam origin, NaN where none "
+                                    "was found or the position was not measured",
+                        measured_at=sampled)
     builder.write_array(f"{CALIBRATION}/origin_fit", fit.fitted.astype(np.float32),
                         axes="Rx,Ry,(row,col)", unit="px of the input detector",
                         method=fit.method, coefficients=fit.coefficients,
