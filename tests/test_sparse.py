@@ -259,15 +259,17 @@ def test_universal_kriging_recovers_a_known_model_weight():
     fit = fits[0]
     assert abs(fit["slope"] - 0.6) < 3 * fit["slope_std"] and fit["slope_std"] < 0.1
     assert np.all(std_meas >= std_map) and np.all(std_map >= 0)
-    # a model with no signal gets a weight compatible with 0 and the estimate is the GP's
+    # a model with no signal gets a weight compatible with 0, and the estimate is that of
+    # kriging without it (a constant "prediction" drops the covariate)
     useless = 0.3 + 0.1 * _gp_sample(shape, 1.0, seed=9)
     est_u, _, _, fits_u = krige_with_model(useless[None], measured[None], mask)
     assert abs(fits_u[0]["slope"]) < 3 * fits_u[0]["slope_std"]
+    est_none = krige_with_model(np.full((1, *shape), 0.3), measured[None], mask)[0]
     gp = interpolate_gp(measured[None], mask)
     r = {name: np.corrcoef(v[0][~mask], truth[~mask])[0, 1]
-         for name, v in (("uk", est), ("useless", est_u), ("gp", gp))}
+         for name, v in (("uk", est), ("useless", est_u), ("none", est_none), ("gp", gp))}
     assert r["uk"] > r["gp"] + 0.2  # the model carries the fine structure
-    assert abs(r["useless"] - r["gp"]) < 0.05  # and a useless one costs (almost) nothing
+    assert abs(r["useless"] - r["none"]) < 0.05  # and a useless one costs (almost) nothing
 
 
 def test_universal_kriging_leave_one_out_matches_refitting():

@@ -146,7 +146,8 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
                           model_var: np.ndarray | None = None,
                           extent: float | None = None,
                           prior_mean: np.ndarray | None = None,
-                          prior_std: np.ndarray | None = None) -> KrigingFit:
+                          prior_std: np.ndarray | None = None,
+                          min_length: float = 1.0) -> KrigingFit:
     """Fit universal kriging by REML: GLS coefficients with the GP's hyperparameters.
 
     With ``prior_std`` finite for a coefficient, it gets a Gaussian prior
@@ -171,6 +172,8 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
         ``points``.
     prior_mean, prior_std : ndarray, shape (p,), optional
         Gaussian prior of ``beta``; ``inf`` std (the default) is a flat prior.
+    min_length : float
+        Smallest length scale of ``f``, pixels.
 
     Returns
     -------
@@ -200,14 +203,18 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
     mvn = None if mv is None else mv / mv_scale
     extent = float(extent or max(np.ptp(pts, axis=0).max(), 1.0))
     dist2 = np.sum((pts[:, None, :] - pts[None, :, :]) ** 2, axis=-1)
-    bounds = [(np.log(1e-3), np.log(1e2)), (np.log(1.0), np.log(4 * extent)),
+    min_length = min(max(float(min_length), 1.0), 4 * extent)
+    # the smooth term cannot vary more than the measured values do: with a handful of
+    # points an unbounded likelihood can trade a huge, very long-range GP (a steep trend
+    # extrapolated across the scan) against the model's weight
+    bounds = [(np.log(1e-3), 0.0), (np.log(min_length), np.log(4 * extent)),
               (np.log(1e-4), np.log(10.0))]
     if mvn is not None:
         bounds.append((np.log(1e-4), np.log(1e2)))
     best = None
     # two starts: a short and a long correlation length (the likelihood can be bimodal)
     for length0 in (extent / 10, extent / 3):
-        x0 = [0.0, np.log(max(length0, 1.0)), np.log(0.1)] + ([np.log(0.1)] if mvn is not None
+        x0 = [np.log(0.5), np.log(max(length0, 1.0)), np.log(0.1)] + ([np.log(0.1)] if mvn is not None
                                                                else [])
         x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
         with warnings.catch_warnings():
@@ -245,7 +252,7 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
 
 def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarray,
                      predicted_std: np.ndarray | None = None,
-                     slope_prior_std: float = np.inf
+                     slope_prior_std: float = np.inf, min_length: float | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """Universal kriging of every element map with the model's prediction as covariate.
 
@@ -267,6 +274,12 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         Ensemble standard deviation of the prediction (atomic fraction).
     slope_prior_std : float
         Prior standard deviation of the model's weight about 1.
+    min_length : float, optional
+        Smallest GP length scale, pixels. Default: the spacing of a regular
+        grid with as many points, ``sqrt(Rx * Ry / n)``. Structure finer than
+        the sampling cannot be resolved by the samples; left free, a few
+        points fit it with a short length and no noise, and put
+        measurement noise into the map around every sample.
 
     Returns
     -------
@@ -289,6 +302,8 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
     pred = np.asarray(predicted, np.float64)
     meas = np.asarray(measured, np.float64)
     var = None if predicted_std is None else np.asarray(predicted_std, np.float64) ** 2
+    if min_length is None:
+        min_length = float(np.sqrt(mask.size / max(int(mask.sum()), 1)))
     means, std_map, std_meas, fits = [], [], [], []
     for k in range(pred.shape[0]):
         F_all = np.stack([np.ones(grid.shape[0]), pred[k].ravel()], axis=1)
@@ -300,7 +315,7 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         prior_mean, prior_std = np.array([0.0, 1.0]), np.array([np.inf, slope_prior_std])
         fit = fit_universal_kriging(pts, y, F, None if mv_all is None else mv_all[mask.ravel()],
                                     extent=float(max(shape)), prior_mean=prior_mean[:F.shape[1]],
-                                    prior_std=prior_std[:F.shape[1]])
+                                    prior_std=prior_std[:F.shape[1]], min_length=min_length)
         out = fit.predict(grid, F_all, mv_all)
         means.append(out["mean"])
         std_map.append(out["std_map"])
