@@ -148,6 +148,22 @@ def test_extrapolate_end_to_end_and_resume(tmp_path, run_cli):
     x = np.linspace(0, 1, 7)[None].repeat(5, 0)
     np.testing.assert_allclose(stored.apply(x), refit.apply(x), atol=1e-6)
 
+    # the default model filters its EDS maps; the ridge baseline does not, and
+    # metrics.json also scores the ridge through the same filter
+    from stem2eds.experiment import read_prediction, score_scan
+
+    assert m["filter_predictions"] is True and cnn.filter_predictions
+    for scan in ("0001", "0002"):
+        _, base_eds, _ = read_prediction(out / "predictions" / "baseline" / f"{scan}.h5")
+        with h5py.File(out / "targets" / f"{scan}.h5", "r") as f:
+            target = load_targets(paths[int(scan)], cnn.settings, ELEMENTS)
+            assert np.allclose(target.eds, np.stack([f["eds"][e][()] for e in ELEMENTS]))
+        again = score_scan(cnn.finish_eds(base_eds, filtered=True), None, target, ELEMENTS)
+        for el in ELEMENTS:
+            assert m["baseline"]["filtered"]["scans"][scan]["pearson"][el] == \
+                pytest.approx(again["pearson"][el], abs=1e-6)
+    assert "+ the CNN's EDS filter" in html
+
     # an interrupted/repeated run reuses the finished training runs
     weights = out / "models" / "extrapolate" / "cnn" / "weights.safetensors"
     stamp = os.stat(weights).st_mtime_ns

@@ -137,3 +137,58 @@ def test_cli_predict_errors(run_cli, run_dir, scans, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p.h5").exists()
     assert not list(tmp_path.glob(".p.h5*"))
+
+
+def test_radial_runs_filter_their_eds_maps_like_the_targets(run_dir, scans, tmp_path):
+    """A ``radial`` run (filter on by default) = per-pattern outputs through the EDS filter.
+
+    Checked against an independent filter (SciPy with OpenCV's 3-tap Gaussian
+    and the same mirrored border), both in memory and in the file
+    ``predict`` writes; HAADF stays unfiltered.
+    """
+    from scipy import ndimage
+
+    from stem2eds.bundle import open_bundle
+    from stem2eds.predict import load_run, predict_bundle
+
+    predictor = load_run(run_dir)
+    assert json.loads((run_dir / "run.json").read_text())["filter_predictions"] is True
+    assert predictor.filter_predictions
+    rx, ry = 9, 14
+    with open_bundle(scans[1]) as scan:
+        per_pattern = np.concatenate([v for _, v in predictor.iter_outputs(scan)])
+    eds_raw = per_pattern[:, :3].T.reshape(3, rx, ry)
+    k = predictor.settings.eds_kernel
+    assert k == 3  # OpenCV's fixed 3-tap kernel for sigma 0 is [1, 2, 1] / 4
+    taps = np.array([0.25, 0.5, 0.25])
+    expected = ndimage.correlate1d(ndimage.correlate1d(eds_raw, taps, axis=1, mode="mirror"),
+                                   taps, axis=2, mode="mirror")
+    expected = np.clip(expected, 0, 1)
+    pred = predictor.predict_scan(scans[1])
+    np.testing.assert_allclose(pred.eds, expected, atol=2e-5)
+    assert not np.allclose(pred.eds, eds_raw, atol=1e-4)  # the filter did something
+    np.testing.assert_allclose(pred.haadf, per_pattern[:, 3].reshape(rx, ry), rtol=1e-6)
+    out = predict_bundle(run_dir, scans[1], tmp_path / "p.h5", batch=7)
+    with h5py.File(out, "r") as f:
+        written = np.stack([f[f"eds/{el}"][()] for el in ELEMENTS])
+        assert f"{k}x{k}" in f.attrs["eds_filter"]
+    np.testing.assert_allclose(written, pred.eds, atol=1e-6)
+
+
+@pytest.mark.parametrize("model,choice,expected", [("radial", "off", False),
+                                                    ("ridge", "auto", False),
+                                                    ("ridge", "on", True)])
+def test_filter_choice_is_recorded_and_obeyed(scans, tmp_path, model, choice, expected):
+    from stem2eds.bundle import open_bundle
+    from stem2eds.predict import load_run
+    from stem2eds.train import train
+
+    run = train([scans[0]], tmp_path / "run",
+                small_config(model=model, max_epochs=1, filter_predictions=choice), quiet=True)
+    predictor = load_run(run)
+    assert predictor.filter_predictions is expected
+    with open_bundle(scans[1]) as scan:
+        flat = np.concatenate([v for _, v in predictor.iter_outputs(scan)])
+    raw = flat[:, :3].T.reshape(3, 9, 14)
+    pred = predictor.predict_scan(scans[1])
+    assert np.allclose(pred.eds, raw, atol=1e-6) is not expected

@@ -356,6 +356,10 @@ class ScoredScans:
         ``{scan: (eds (E, Rx', Ry'), haadf (Rx', Ry') or None)}`` of the CNN.
     calibrated, base_raw, base_calibrated : dict
         ``{scan: eds (E, Rx', Ry')}``: calibrated CNN, baseline, calibrated baseline.
+    base_filtered : dict
+        ``{scan: eds}``: the baseline through the main model's EDS filter, when
+        the main model filters its predictions and the baseline does not (so
+        the filter's share of the difference between them is visible).
     targets : dict
         ``{scan: Targets}``.
     paths : dict
@@ -367,6 +371,7 @@ class ScoredScans:
     calibrated: dict[str, np.ndarray] = field(default_factory=dict)
     base_raw: dict[str, np.ndarray] = field(default_factory=dict)
     base_calibrated: dict[str, np.ndarray] = field(default_factory=dict)
+    base_filtered: dict[str, np.ndarray] = field(default_factory=dict)
     targets: dict[str, Targets] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
     calibration_method: str = "linear"
@@ -481,6 +486,8 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
             scored.calibrated[name] = cal.apply(pred.eds)
             scored.base_raw[name] = base_pred
             scored.base_calibrated[name] = base_cal.apply(base_pred)
+            if cnn.filter_predictions and not base.filter_predictions:
+                scored.base_filtered[name] = base.finish_eds(base_pred, filtered=True)
             scored.targets[name] = tgt
             scored.paths[name] = paths[i]
             _write_scan_files(run, name, scored, elements, cnn, base)
@@ -547,6 +554,8 @@ def _metrics_document(strategy, config, calibration, names, parts, part_records,
             for s in test_names}
     base_cal = {s: score_scan(scored.base_calibrated[s], None, scored.targets[s], elements)
                 for s in test_names}
+    base_filt = {s: score_scan(scored.base_filtered[s], None, scored.targets[s], elements)
+                 for s in scored.base_filtered}
     train_names = sorted({names[i] for p in parts for i in p.train}, key=names.index)
     doc: dict[str, Any] = {
         "strategy": strategy, "elements": elements, "train_scans": train_names,
@@ -566,12 +575,19 @@ def _metrics_document(strategy, config, calibration, names, parts, part_records,
         "baseline": {"model": BASELINE_MODEL, "scans": base, "summary": _summary(base),
                      "calibrated": {"scans": base_cal, "summary": _summary(base_cal),
                                     "calibrations": base_calibrations}},
+        "filter_predictions": config.resolved_filter(),
         "correlation": {s: {"predicted": metrics.correlation_matrix(scored.calibrated[s],
                                                               scored.targets[s].evaluated),
                             "real": metrics.correlation_matrix(scored.targets[s].eds,
                                                          scored.targets[s].evaluated)}
                         for s in test_names},
     }
+    if base_filt:
+        doc["baseline"]["filtered"] = {
+            "scans": base_filt, "summary": _summary(base_filt),
+            "note": f"{BASELINE_MODEL} predictions through the {config.model} run's EDS "
+                    "filter (uncalibrated; Pearson r does not change under the linear "
+                    "calibration)"}
     with_truth = [s for s in test_names if scored.targets[s].truth is not None]
     if with_truth:
         def vs_truth(maps):

@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--scaling", choices=("none", "sqrt", "log"),
                    help="intensity scaling of preprocessing (none)")
     p.add_argument("--crop", metavar="R0:R1,C0:C1", help="scan region kept (preprocessing)")
+    p.add_argument("--filter-predictions", choices=("auto", "on", "off"),
+                   help="filter predicted EDS maps like the EDS targets (auto: on for radial, "
+                        "off for paper and ridge)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="accelerator (auto)")
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp (auto)")
     p.add_argument("--devices", help="devices per node, or auto")
@@ -88,7 +91,7 @@ def run(args) -> int:
         loss=args.loss, split=args.split, val_fraction=args.val_fraction, seed=args.seed,
         device=args.device, strategy=args.strategy, devices=args.devices,
         num_nodes=args.num_nodes, num_workers=args.num_workers, threads=args.threads,
-        preprocess=pre or None)
+        filter_predictions=args.filter_predictions, preprocess=pre or None)
     run_dir = train(args.bundles, args.out, config, resume=args.resume, quiet=args.quiet)
     if is_main_process():  # DDP re-runs this command in its extra processes
         print(run_dir)

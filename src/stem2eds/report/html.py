@@ -91,7 +91,9 @@ def _series(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any] | N
             ("CNN calibrated", (metrics.get("calibrated") or {}).get("summary")),
             (f"{base.get('model', 'ridge')} baseline", base.get("summary")),
             (f"{base.get('model', 'ridge')} calibrated",
-             (base.get("calibrated") or {}).get("summary"))]
+             (base.get("calibrated") or {}).get("summary"))] + \
+        ([(f"{base.get('model', 'ridge')} + the CNN's EDS filter",
+           base["filtered"].get("summary"))] if base.get("filtered") else [])
 
 
 def _summary_tables(metrics: Mapping[str, Any]) -> str:
@@ -168,8 +170,8 @@ def _truth_table(metrics: Mapping[str, Any]) -> str:
 
 def _settings_table(metrics: Mapping[str, Any]) -> str:
     rows = []
-    for key in ("strategy", "model", "split", "split_description", "calibration", "targets",
-                "epochs", "seed", "train_scans", "test_scans", "evaluated_positions"):
+    for key in ("strategy", "model", "filter_predictions", "split", "split_description",
+                "calibration", "targets", "epochs", "seed", "train_scans", "test_scans", "evaluated_positions"):
         if key in metrics:
             value = metrics[key]
             if isinstance(value, (list, tuple)):
