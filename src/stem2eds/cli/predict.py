@@ -32,6 +32,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import os
+
+    # Torch's OpenMP threads spin-wait between the model's parallel regions
+    # by default, taking CPU from the preprocessing threads that run beside
+    # them; passive waiting saved about 1 CPU-s of 10 on 12,000 patterns.
+    # Read when torch loads, so set here, before predict imports it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..errors import InputError
     from ..predict import predict_bundle
 
