@@ -68,8 +68,13 @@ def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
         for method, (colour, style, marker) in _STYLE.items():
             ax.plot(frac, doc["curve"][method][ref], style, color=colour, marker=marker,
                     label=doc["method_labels"][method])
-        for cross in crossings(doc["fractions"], doc["curve"]["model_uk"][ref],
-                               doc["best_interpolation"][ref]):
+        crossed = crossings(doc["fractions"], doc["curve"]["model_uk"][ref],
+                            doc["best_interpolation"][ref])
+        if not crossed:
+            ax.text(0.4, 0.3, "universal kriging and the best\ninterpolation do not cross "
+                    f"\nbetween {frac[0]:g} and {frac[-1]:g} %", transform=ax.transAxes,
+                    fontsize=8, color="tab:green")
+        for cross in crossed:
             ax.axvline(100 * cross, color="tab:green", lw=0.8, ls=(0, (1, 3)))
             ax.annotate(f"curves cross\nat {100 * cross:.2g} %", (100 * cross, ax.get_ylim()[1]),
                         fontsize=8, xytext=(3, -24), textcoords="offset points",
@@ -82,7 +87,8 @@ def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
                 ax.annotate(f"interpolation needs {100 * entry['baseline_fraction']:.2g} %\n"
                             f"for the accuracy of 2 % + 4D-STEM ({entry['ratio']:.2g}x dose)",
                             (100 * entry["baseline_fraction"], ax.get_ylim()[0]),
-                            fontsize=8, xytext=(4, 8), textcoords="offset points")
+                            fontsize=8, xytext=(-4, 8), textcoords="offset points",
+                            ha="right")
         ax.set_xscale("log")
         ax.set_xlabel("EDS positions sampled (%)")
         ax.set_ylabel("mean Pearson r over elements")
