@@ -380,7 +380,11 @@ def dose_saved(fractions: Sequence[float], method_score: Sequence[float],
 
 # -- the experiment (files) --------------------------------------------------------------
 def run_sparse_experiment(*args, **kwargs) -> Path:
-    """Run the sparse-EDS experiment: see :func:`stem2eds.sparse_experiment.run_sparse_experiment`."""
+    """Run the sparse-EDS experiment.
+
+    See :func:`stem2eds.sparse_experiment.run_sparse_experiment` (kept here so
+    ``from stem2eds.sparse import run_sparse_experiment`` goes on working).
+    """
     from .sparse_experiment import run_sparse_experiment as _run
 
     return _run(*args, **kwargs)

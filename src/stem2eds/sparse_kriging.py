@@ -214,8 +214,8 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
     best = None
     # two starts: a short and a long correlation length (the likelihood can be bimodal)
     for length0 in (extent / 10, extent / 3):
-        x0 = [np.log(0.5), np.log(max(length0, 1.0)), np.log(0.1)] + ([np.log(0.1)] if mvn is not None
-                                                               else [])
+        x0 = [np.log(0.5), np.log(max(length0, 1.0)), np.log(0.1)]
+        x0 += [np.log(0.1)] if mvn is not None else []
         x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
