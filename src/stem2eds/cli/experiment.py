@@ -19,8 +19,9 @@ def register(subparsers) -> None:
               leave-one-out  each scan predicted by a model trained on all others
               sparse         the LAST bundle predicted from its 4D-STEM scan plus EDS
                              measured at --fraction percent of its positions (an ensemble
-                             of --ensemble models trained on the others, calibrated on
-                             those positions), against interpolating the sparse EDS alone;
+                             of --ensemble models trained on the others, combined with
+                             the sparse EDS by universal kriging), against interpolating
+                             the sparse EDS alone;
                              also ensemble uncertainty (eds_std) and an anomaly map
             Every training run is repeated with the 'ridge' baseline on the same data.
             A per-element calibration (fitted on the training positions only) is applied
