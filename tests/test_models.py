@@ -126,7 +126,7 @@ def test_radial_model_can_ignore_overall_intensity():
     with torch.no_grad():
         torch.testing.assert_close(net(x), net(3.0 * x), rtol=1e-4, atol=1e-4)
     raw = build_model("radial", (32, 32), 4).eval()
-    raw.correction[-1].weight.data.normal_()  # a non-zero correction, as after training
+    raw.linear.weight.data.normal_()  # non-zero weights, as after training
     with torch.no_grad():
         assert not torch.allclose(raw(x), raw(3.0 * x), atol=1e-3)
 
@@ -142,7 +142,7 @@ def test_radial_frontend_then_features_equals_forward():
 def test_radial_starts_at_the_ridge_solution(rng):
     """Before training, the default model predicts exactly what ridge does."""
     patterns = torch.from_numpy(rng.random((150, 24, 24)).astype(np.float32) + 0.01)
-    radial = build_model("radial", (24, 24), 3).eval()
+    radial = build_model("radial", (24, 24), 3, {"n_hidden": 2}).eval()
     ridge = build_model("ridge", (24, 24), 3)
     feats = ridge.features(patterns).numpy()
     targets = feats @ rng.normal(size=(feats.shape[1], 3)) + rng.normal(0, 0.1, (150, 3))
@@ -153,5 +153,21 @@ def test_radial_starts_at_the_ridge_solution(rng):
         torch.testing.assert_close(radial(patterns), ridge(patterns).float(),
                                    rtol=1e-4, atol=1e-4)
         assert radial.correction(torch.randn(4, radial.linear.in_features)).abs().max() == 0
-    # the start (feature scaling, linear map) is part of the saved state
-    assert {"feature_mean", "feature_scale", "linear.weight"} <= set(radial.state_dict())
+    # the start (feature and target scaling, linear map) is part of the saved state
+    assert {"feature_mean", "feature_scale", "target_mean", "target_scale",
+            "linear.weight"} <= set(radial.state_dict())
+    # the trainable layers work in target standard deviations
+    np.testing.assert_allclose(radial.target_scale.numpy(), targets.std(axis=0), rtol=1e-5)
+    # the default has no correction: it is linear in the log ring means
+    assert build_model("radial", (24, 24), 3).correction is None
+
+
+def test_radial_loads_weights_saved_before_target_scaling(rng):
+    """State dicts without target_mean/target_scale load as the identity scaling."""
+    net = build_model("radial", (16, 16), 2, {"n_hidden": 2})
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("target_")}
+    fresh = build_model("radial", (16, 16), 2, {"n_hidden": 2})
+    fresh.target_scale.fill_(7.0)
+    fresh.load_state_dict(state, strict=True)
+    assert torch.equal(fresh.target_scale, torch.ones(2))
+    assert torch.equal(fresh.target_mean, torch.zeros(2))

@@ -174,7 +174,7 @@ def test_run_folder_contents(trained_run):
     assert masks["val_mask_0"].shape == (12, 10)
     assert masks["val_mask_0"].sum() == info["split"]["n_val"] == 24
     weights = load_file(str(run / "weights.safetensors"))
-    assert any(k.startswith("correction.") for k in weights)
+    assert {"linear.weight", "target_scale", "feature_mean"} <= set(weights)
     assert "feature_mean" in weights and "linear.weight" in weights
     assert info["training"]["start"]["ridge_alpha"] > 0
     assert TrainConfig.from_toml(run / "config.toml").targets == ("eds", "haadf")
