@@ -191,7 +191,8 @@ def draw_beyond_figures(run: Path, doc: dict[str, Any],
     if arrays["flagged"].any():
         save(diffraction_comparison(arrays["score"], arrays["flagged"], arrays["typical"],
                                     arrays["mean_flagged"], arrays["mean_typical"],
-                                    doc["target_scan"], error_label="anomaly score"),
+                                    doc["target_scan"], error_label="anomaly score",
+                                    region="flagged"),
              "anomaly_patterns.png", "Mean pattern of flagged positions",
              "Mean preprocessed pattern of the flagged positions beside that of typical "
              "positions (|score| < 1).")

@@ -278,7 +278,7 @@ def diffraction_comparison(error_map: np.ndarray, high: np.ndarray, typical: np.
                            mean_high: np.ndarray, mean_typical: np.ndarray, scan: str,
                            pixel_size: float = 1.0, unit: str = "px",
                            q_pixel_size: float = 1.0, q_unit: str = "px",
-                           error_label: str = "error") -> Figure:
+                           error_label: str = "error", region: str = "highest-error") -> Figure:
     """Mean diffraction pattern of the highest-error region next to a typical one (Fig. 8 check).
 
     A region whose prediction fails often diffracts differently (e.g. a
@@ -300,6 +300,8 @@ def diffraction_comparison(error_map: np.ndarray, high: np.ndarray, typical: np.
         Detector pixel size and unit.
     error_label : str
         What ``error_map`` measures, with its unit.
+    region : str
+        Name of the ``high`` region in titles (e.g. ``"flagged"`` for an anomaly map).
     """
     fig = Figure(figsize=(14, 4.3))
     axes = fig.subplots(1, 3)
@@ -309,7 +311,7 @@ def diffraction_comparison(error_map: np.ndarray, high: np.ndarray, typical: np.
     fig.colorbar(im, ax=axes[0], label=error_label, shrink=0.8)
     yy, xx = (np.indices(np.shape(error_map)) + 0.5) * pixel_size
     axes[0].contour(xx, yy, high.astype(float), levels=[0.5], colors="cyan", linewidths=1.5)
-    axes[0].set_title("error map (cyan outline: highest-error region)", fontsize=9)
+    axes[0].set_title(f"{error_label} (cyan outline: {region} region)", fontsize=9)
     axes[0].set_xlabel(f"x ({unit})")
     axes[0].set_ylabel(f"y ({unit})")
     qx, qy = np.shape(mean_high)
@@ -317,12 +319,12 @@ def diffraction_comparison(error_map: np.ndarray, high: np.ndarray, typical: np.
             qx / 2 * q_pixel_size, -qx / 2 * q_pixel_size]
     both = np.log10(np.maximum(np.stack([mean_high, mean_typical]).astype(float), 0) + 1)
     lo, hi = np.percentile(both, [1, 99.9])
-    for ax, img, name, n in ((axes[1], both[0], "highest-error region", int(high.sum())),
+    for ax, img, name, n in ((axes[1], both[0], f"{region} region", int(high.sum())),
                              (axes[2], both[1], "typical region", int(typical.sum()))):
         im = ax.imshow(img, cmap="inferno", vmin=lo, vmax=hi, extent=qext)
         ax.set_title(f"mean pattern, {name} ({n} positions)", fontsize=9)
         ax.set_xlabel(f"q_y ({q_unit})")
         ax.set_ylabel(f"q_x ({q_unit})")
         fig.colorbar(im, ax=ax, label="log10(1 + mean counts)", shrink=0.8)
-    fig.suptitle(f"Scan {scan}: diffraction where the prediction fails vs elsewhere")
+    fig.suptitle(f"Scan {scan}: mean diffraction of the {region} region vs typical positions")
     return fig
