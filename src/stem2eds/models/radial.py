@@ -16,10 +16,15 @@ Why this design (numbers in the README, "Models"):
   target's standard deviation, so that Adam's fixed step size does not
   swamp the small Si fraction (a few percent) while it tunes O (tens of
   percent).
-* A small MLP correction on top (``n_hidden >= 1``, zero at the start) can
-  learn non-linear parts. It is **off by default**: on our simulated series
-  it fitted the training scan better but lowered the mean Pearson r on
-  unseen scans, mostly for Si, in both extrapolation and interpolation.
+* A small MLP correction on top (``n_hidden >= 1``, zero at the start)
+  learns the non-linear part. Whether it helps on unseen scans depends on
+  how many scans it learns from (:meth:`RadialNet.params_for_data`): from
+  one or two scans it fitted the training scan better but lowered the mean
+  Pearson r on unseen scans (mostly Si) as often as it raised it; pooled
+  over three or more scans it raised it clearly (the linear map cannot
+  absorb scan-to-scan differences of dose and thickness, and Si suffers).
+  So ``train`` switches it on from three training scans, unless
+  ``model_params`` says otherwise.
 * The EDS targets are filtered maps (the paper's 7x7 Gaussian), so the run
   filters the predicted maps the same way (``filter_predictions = True``,
   applied by :meth:`stem2eds.predict.Predictor.finish_eds`): neighbouring
@@ -51,8 +56,9 @@ class RadialNet(nn.Module):
     hidden : int
         Width of the hidden layers of the correction MLP.
     n_hidden : int
-        Number of hidden layers of the correction MLP; 0 (the default): no
-        correction, the model is linear in the log ring statistics.
+        Number of hidden layers of the correction MLP; 0: no correction, the
+        model is linear in the log ring statistics. ``train`` picks it from
+        the number of training scans (:meth:`params_for_data`) unless given.
     dropout : float
         Dropout after the first hidden layer.
     statistics : tuple of str
@@ -114,6 +120,27 @@ class RadialNet(nn.Module):
                 layers += [nn.Linear(hidden, hidden), nn.ReLU()]
             layers.append(nn.Linear(hidden, n_outputs))
             self.correction = nn.Sequential(*layers)
+
+    #: Training scans from which :meth:`params_for_data` switches the correction on.
+    CORRECTION_MIN_SCANS = 3
+
+    @classmethod
+    def params_for_data(cls, n_scans: int) -> dict[str, Any]:
+        """Default hyperparameters that depend on the training data.
+
+        Parameters
+        ----------
+        n_scans : int
+            Number of training scans (bundles).
+
+        Returns
+        -------
+        dict
+            ``{"n_hidden": 2}`` (the MLP correction) from
+            :data:`CORRECTION_MIN_SCANS` scans on, else ``{"n_hidden": 0}``
+            (linear). Explicit ``model_params`` override it.
+        """
+        return {"n_hidden": 2 if n_scans >= cls.CORRECTION_MIN_SCANS else 0}
 
     @property
     def output_layer(self) -> nn.Linear:
