@@ -158,8 +158,8 @@ def test_radial_starts_at_the_ridge_solution(rng):
             "linear.weight"} <= set(radial.state_dict())
     # the trainable layers work in target standard deviations
     np.testing.assert_allclose(radial.target_scale.numpy(), targets.std(axis=0), rtol=1e-5)
-    # the default has no correction: it is linear in the log ring means
-    assert build_model("radial", (24, 24), 3).correction is None
+    # n_hidden = 0: no correction, linear in the log ring means
+    assert build_model("radial", (24, 24), 3, {"n_hidden": 0}).correction is None
 
 
 def test_radial_loads_weights_saved_before_target_scaling(rng):

@@ -175,6 +175,7 @@ def test_run_folder_contents(trained_run):
     assert masks["val_mask_0"].sum() == info["split"]["n_val"] == 24
     weights = load_file(str(run / "weights.safetensors"))
     assert {"linear.weight", "target_scale", "feature_mean"} <= set(weights)
+    assert any(k.startswith("correction.") for k in weights)
     assert "feature_mean" in weights and "linear.weight" in weights
     assert info["training"]["start"]["ridge_alpha"] > 0
     assert TrainConfig.from_toml(run / "config.toml").targets == ("eds", "haadf")
@@ -325,21 +326,3 @@ def test_resume_extends_a_finished_run_and_keeps_its_curve(raw_scan, tmp_path):
     assert sorted({int(r["epoch"]) for r in rows if r["val_loss"]}) == [0, 1, 2, 3]
     assert json.loads((run / "run.json").read_text())["training"]["epochs_run"] == 4
 
-
-def test_radial_correction_follows_the_number_of_training_scans(tmp_path):
-    """Linear from one or two scans, MLP correction from three; explicit params win."""
-    from stem2eds.train import _model_params
-
-    assert _model_params("radial", {}, 1) == {"n_hidden": 0}
-    assert _model_params("radial", {}, 2) == {"n_hidden": 0}
-    assert _model_params("radial", {}, 3) == {"n_hidden": 2}
-    assert _model_params("radial", {"n_hidden": 0}, 5) == {"n_hidden": 0}
-    assert _model_params("paper", {}, 5) == {}
-    scans = [make_raw_scan(tmp_path / f"s{i}.h5", seed=20 + i) for i in range(3)]
-    from stem2eds.train import train
-
-    run = train(scans, tmp_path / "run", small_config(max_epochs=1), quiet=True)
-    info = json.loads((run / "run.json").read_text())
-    assert info["model_params"]["n_hidden"] == 2
-    from safetensors.torch import load_file
-    assert any(k.startswith("correction.") for k in load_file(str(run / "weights.safetensors")))

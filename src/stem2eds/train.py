@@ -379,8 +379,7 @@ def train(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
     from .models import build_model
     _lightning().seed_everything(config.seed, workers=True, verbose=False)
     n_outputs = len(elements) + (1 if "haadf" in config.targets else 0)
-    net = build_model(config.model, detector, n_outputs,
-                      _model_params(config.model, config.model_params, len(paths)))
+    net = build_model(config.model, detector, n_outputs, config.model_params)
     if net.trainable:
         _init_output_bias(net, data.train.targets)
 
@@ -428,14 +427,6 @@ def train(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
                              title=f"{config.model} on {', '.join(p.stem for p in paths)}",
                              loss=config.loss)
     return run_dir
-
-
-def _model_params(name: str, given: dict[str, Any], n_scans: int) -> dict[str, Any]:
-    """The model's data-dependent defaults (``params_for_data``) under the given parameters."""
-    from .models import get_model
-
-    defaults = getattr(get_model(name), "params_for_data", None)
-    return {**(defaults(n_scans) if defaults else {}), **dict(given)}
 
 
 def _init_output_bias(net: nn.Module, targets: torch.Tensor) -> None:

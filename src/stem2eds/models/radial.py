@@ -16,15 +16,14 @@ Why this design (numbers in the README, "Models"):
   target's standard deviation, so that Adam's fixed step size does not
   swamp the small Si fraction (a few percent) while it tunes O (tens of
   percent).
-* A small MLP correction on top (``n_hidden >= 1``, zero at the start)
-  learns the non-linear part. Whether it helps on unseen scans depends on
-  how many scans it learns from (:meth:`RadialNet.params_for_data`): from
-  one or two scans it fitted the training scan better but lowered the mean
-  Pearson r on unseen scans (mostly Si) as often as it raised it; pooled
-  over three or more scans it raised it clearly (the linear map cannot
-  absorb scan-to-scan differences of dose and thickness, and Si suffers).
-  So ``train`` switches it on from three training scans, unless
-  ``model_params`` says otherwise.
+* A small MLP correction on top (``n_hidden = 2`` hidden layers, output
+  started at zero) learns the non-linear part. Trained on one or two scans
+  it helped on some simulated series and hurt slightly on others (mean
+  over ten cross-scan cases +0.01 in Pearson r, worst -0.03); pooled over
+  three or more scans it helps clearly (the linear map cannot absorb
+  scan-to-scan differences of dose and thickness, and Si suffers). So it
+  is on by default; ``n_hidden = 0`` gives the linear model
+  (``benchmarks/ablation_heads.py`` checks both on a series).
 * The EDS targets are filtered maps (the paper's 7x7 Gaussian), so the run
   filters the predicted maps the same way (``filter_predictions = True``,
   applied by :meth:`stem2eds.predict.Predictor.finish_eds`): neighbouring
@@ -57,8 +56,7 @@ class RadialNet(nn.Module):
         Width of the hidden layers of the correction MLP.
     n_hidden : int
         Number of hidden layers of the correction MLP; 0: no correction, the
-        model is linear in the log ring statistics. ``train`` picks it from
-        the number of training scans (:meth:`params_for_data`) unless given.
+        model is linear in the log ring statistics.
     dropout : float
         Dropout after the first hidden layer.
     statistics : tuple of str
@@ -91,7 +89,7 @@ class RadialNet(nn.Module):
     fixed_frontend = True
 
     def __init__(self, input_shape: tuple[int, int], n_outputs: int, hidden: int = 64,
-                 n_hidden: int = 0, dropout: float = 0.1,
+                 n_hidden: int = 2, dropout: float = 0.1,
                  statistics: tuple[str, ...] = ("mean",), normalise: bool = False,
                  alphas: Sequence[float] = ALPHAS):
         super().__init__()
@@ -120,27 +118,6 @@ class RadialNet(nn.Module):
                 layers += [nn.Linear(hidden, hidden), nn.ReLU()]
             layers.append(nn.Linear(hidden, n_outputs))
             self.correction = nn.Sequential(*layers)
-
-    #: Training scans from which :meth:`params_for_data` switches the correction on.
-    CORRECTION_MIN_SCANS = 3
-
-    @classmethod
-    def params_for_data(cls, n_scans: int) -> dict[str, Any]:
-        """Default hyperparameters that depend on the training data.
-
-        Parameters
-        ----------
-        n_scans : int
-            Number of training scans (bundles).
-
-        Returns
-        -------
-        dict
-            ``{"n_hidden": 2}`` (the MLP correction) from
-            :data:`CORRECTION_MIN_SCANS` scans on, else ``{"n_hidden": 0}``
-            (linear). Explicit ``model_params`` override it.
-        """
-        return {"n_hidden": 2 if n_scans >= cls.CORRECTION_MIN_SCANS else 0}
 
     @property
     def output_layer(self) -> nn.Linear:
