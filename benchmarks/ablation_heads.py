@@ -1,7 +1,7 @@
 """Which head and which prediction filter carry over to unseen scans: the default model's ablation.
 
 On one simulated series (folder of ``scan_*.h5`` in series order) every
-variant below is trained with ``stem2eds.train.train`` (default
+variant below is trained with ``stem2eds.train.fit.train`` (default
 TrainConfig otherwise) and scored on unseen scans with the mean Pearson r
 over the elements against the scans' blurred EDS (the training target), in
 three settings:
@@ -51,7 +51,7 @@ def _settings(n: int) -> dict[str, tuple[list[int], list[int]]]:
 
 def _mean_r(predictor, scan: Path) -> tuple[float, dict[str, float]]:
     """Mean Pearson r over elements of one predicted scan against its blurred EDS."""
-    from stem2eds.bundle import open_bundle
+    from stem2eds.formats.bundle import open_bundle
     from stem2eds.metrics import element_metrics
     from stem2eds.preprocess import preprocess_maps
 
@@ -72,9 +72,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    from stem2eds.config import TrainConfig
-    from stem2eds.predict import load_run
-    from stem2eds.train import train
+    from stem2eds.train.config import TrainConfig
+    from stem2eds.predict.predictor import load_run
+    from stem2eds.train.fit import train
 
     scans = sorted(Path(args.series).glob("scan_*.h5"))
     if len(scans) < 3:

@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary output")
     args = parser.parse_args()
 
-    from stem2eds.demo import DemoSettings, run_demo
+    from stem2eds.experiments.demo import DemoSettings, run_demo
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_demo_"))
     start = time.perf_counter()

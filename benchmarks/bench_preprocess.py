@@ -61,7 +61,7 @@ def simulated_block(n: int = 512, seed: int = 0) -> np.ndarray:
 
 
 def make_bundle(path: Path, size_gb: float, block: np.ndarray) -> tuple[int, int]:
-    from stem2eds.bundle import Calibration, create_bundle
+    from stem2eds.formats.bundle import PixelCalibration, create_bundle
 
     per_pattern = DETECTOR * DETECTOR * 2
     rows = int(np.ceil(size_gb * 1e9 / (per_pattern * SCAN_COLUMNS)))
@@ -73,7 +73,7 @@ def make_bundle(path: Path, size_gb: float, block: np.ndarray) -> tuple[int, int
     maps = rng.dirichlet(np.ones(3), size=(rows, SCAN_COLUMNS)).transpose(2, 0, 1)
     with create_bundle(path, scan_shape=(rows, SCAN_COLUMNS), detector_shape=(DETECTOR,) * 2,
                        dtype=np.uint16, elements=elements,
-                       calibration=Calibration(1.053, 0.1451, "nm", "1/nm")) as b:
+                       calibration=PixelCalibration(1.053, 0.1451, "nm", "1/nm")) as b:
         for start in range(0, n, len(block)):
             take = min(len(block), n - start)
             b.write_patterns(start, block[:take])

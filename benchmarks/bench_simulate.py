@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--out", help="keep the bundles here (default: a temporary folder)")
     args = parser.parse_args()
 
-    from stem2eds.bundle import parse_pair
+    from stem2eds.cli import parse_pair
     from stem2eds.simulate import SimulationSettings, simulate_series
 
     settings = SimulationSettings(n_scans=args.scans, scan_shape=parse_pair(args.scan_shape),

@@ -33,11 +33,11 @@ def main() -> int:
 
     import torch
 
-    from stem2eds.bundle import parse_pair
-    from stem2eds.config import TrainConfig
-    from stem2eds.predict import load_run
+    from stem2eds.cli import parse_pair
+    from stem2eds.train.config import TrainConfig
+    from stem2eds.predict.predictor import load_run
     from stem2eds.simulate.series import SimulationSettings, simulate_series
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     work = Path(args.work)
     data = work / "sim"

@@ -55,7 +55,7 @@ def _parse() -> argparse.Namespace:
 
 def _targets(bundle: Path, settings) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(E, Rx', Ry') EDS targets as training sees them, and the noise-free truth (cropped)."""
-    from stem2eds.bundle import open_bundle
+    from stem2eds.formats.bundle import open_bundle
     from stem2eds.preprocess import crop_maps, preprocess_maps
 
     with open_bundle(bundle) as scan:
@@ -68,12 +68,12 @@ def main() -> int:
     args = _parse()
     import torch
 
-    from stem2eds.bundle import parse_pair
-    from stem2eds.config import TrainConfig
+    from stem2eds.cli import parse_pair
+    from stem2eds.train.config import TrainConfig
     from stem2eds.metrics import element_metrics
-    from stem2eds.predict import load_run
+    from stem2eds.predict.predictor import load_run
     from stem2eds.preprocess import PreprocessSettings
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ _MODEL_CHILD = _HWM + r"""
 import json, sys, time
 import numpy as np
 import torch
-from stem2eds.predict import load_run
+from stem2eds.predict.predictor import load_run
 
 run_dir, device, batch, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 predictor = load_run(run_dir, device=device)

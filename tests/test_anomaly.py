@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from stem2eds.anomaly import (anomaly_score, detection_scores, mean_patterns,
-                              reconstruction_error, robust_z)
+from stem2eds.analysis.anomaly import (anomaly_score, detection_scores, mean_patterns,
+                                       reconstruction_error, robust_z)
 
 
 def _ring_patterns(n, q=24, seed=0):

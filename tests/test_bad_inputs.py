@@ -457,7 +457,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def shared_inputs(tmp_path_factory) -> tuple[Path, Path]:
     """(small raw bundle, finished one-epoch run trained on it)."""
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     folder = tmp_path_factory.mktemp("catalogue")
     raw = make_raw_scan(folder / "raw.h5", seed=2)

@@ -8,9 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
-from stem2eds import Calibration, InputError, create_bundle, open_bundle
-from stem2eds.bundle import describe_source, parse_pair, element_list
-from stem2eds.errors import atomic_output
+from stem2eds import PixelCalibration, InputError, create_bundle, open_bundle
+from stem2eds.formats.bundle import describe_source
+from stem2eds.cli import parse_pair
+from stem2eds.elements import element_list
+from stem2eds.atomic import atomic_output
 
 
 def _write(path, rng, scan=(3, 5), det=(8, 6)):
@@ -19,7 +21,7 @@ def _write(path, rng, scan=(3, 5), det=(8, 6)):
     eds = {"O": rng.random(scan) * 0.5, "Ge": rng.random(scan) * 0.5}
     with create_bundle(path, scan_shape=scan, detector_shape=det, dtype=np.uint16,
                        elements=["O", "Ge"],
-                       calibration=Calibration(1.053, 0.1451, "nm", "1/nm", 200.0),
+                       calibration=PixelCalibration(1.053, 0.1451, "nm", "1/nm", 200.0),
                        provenance={"sources": [{"path": "x.mrc"}]}) as b:
         b.write_patterns(0, patterns[:4])      # partial row, then the rest
         b.write_patterns(4, patterns[4:])

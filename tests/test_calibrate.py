@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from stem2eds.calibrate import FittedCalibration, fit_calibration
+from stem2eds.analysis.calibrate import FittedCalibration, fit_calibration
 
 
 def test_linear_recovers_gain_and_offset(rng):

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from stem2eds.demo import DEMO_STRATEGIES, DemoSettings, run_demo
+from stem2eds.experiments.demo import DEMO_STRATEGIES, DemoSettings, run_demo
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ def scans(tmp_path_factory) -> tuple[Path, Path]:
 
 def _train_predict_score(run_cli, scans, folder: Path, model: str, seed: int):
     """(predicted EDS (E, Rx, Ry), metrics dict) of one train + predict run."""
-    from stem2eds.bundle import open_bundle
+    from stem2eds.formats.bundle import open_bundle
     from stem2eds.metrics import element_metrics
 
     train_scan, test_scan = scans

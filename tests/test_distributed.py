@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stem2eds.bundle import open_bundle
+from stem2eds.formats.bundle import open_bundle
 from stem2eds.preprocess import PreprocessSettings, iter_preprocessed, preprocess_bundle
 from stem2eds.preprocess import distributed
 from test_preprocess import make_bundle

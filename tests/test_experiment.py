@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from stem2eds.bundle import Calibration, create_bundle
-from stem2eds.experiment import plan, recompute_metrics
+from stem2eds.formats.bundle import PixelCalibration, create_bundle
+from stem2eds.experiments.crossscan import plan, recompute_metrics
 
 ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
 
@@ -31,7 +31,7 @@ def make_series(folder, n_scans=3, shape=(12, 10), detector=32, seed=0):
         path = folder / f"scan_{s:04d}.h5"
         with create_bundle(path, scan_shape=shape, detector_shape=(detector, detector),
                            dtype=np.uint16, elements=ELEMENTS, scan_name=f"{s:04d}",
-                           calibration=Calibration(1.05, 1.16, "nm", "1/nm", 200.0)) as b:
+                           calibration=PixelCalibration(1.05, 1.16, "nm", "1/nm", 200.0)) as b:
             b.write_patterns(0, patterns)
             noisy = np.clip(comp + rng.normal(0, 0.02, comp.shape), 0, 1)
             b.write_eds(dict(zip(ELEMENTS, noisy)))
@@ -134,9 +134,9 @@ def test_extrapolate_end_to_end_and_resume(tmp_path, run_cli):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64") == len(m["figures"])
     # the calibration was fitted on the training scan's training positions only
-    from stem2eds.calibrate import FittedCalibration, fit_calibration
-    from stem2eds.experiment import load_targets
-    from stem2eds.predict import load_run
+    from stem2eds.analysis.calibrate import FittedCalibration, fit_calibration
+    from stem2eds.experiments.crossscan import load_targets
+    from stem2eds.predict.predictor import load_run
 
     cnn = load_run(out / "models" / "extrapolate" / "cnn")
     with np.load(out / "models" / "extrapolate" / "cnn" / "split.npz") as z:
@@ -150,7 +150,7 @@ def test_extrapolate_end_to_end_and_resume(tmp_path, run_cli):
 
     # the default model filters its EDS maps; the ridge baseline does not, and
     # metrics.json also scores the ridge through the same filter
-    from stem2eds.experiment import read_prediction, score_scan
+    from stem2eds.experiments.crossscan import read_prediction, score_scan
 
     assert m["filter_predictions"] is True and cnn.filter_predictions
     for scan in ("0001", "0002"):

@@ -193,7 +193,7 @@ def test_interrupted_preprocess_leaves_nothing(big_raw, tmp_path, sig):
 
 
 def test_sigterm_during_predict_leaves_nothing(tmp_path):
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
     from test_train import small_config
 
     raw = make_raw_scan(tmp_path / "raw.h5", seed=6, scan_shape=(8, 6))

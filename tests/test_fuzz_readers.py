@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.errors import InputError
 from stem2eds.io import open_diffraction, read_image, read_map_folder
 
@@ -203,7 +203,7 @@ def test_map_folder_random_shapes_and_values(tmp_path, shape, values):
 def _valid_bundle(tmp: Path) -> bytes:
     path = tmp / "valid.h5"
     with create_bundle(path, scan_shape=(3, 2), detector_shape=(8, 8), dtype=np.uint16,
-                       elements=("Ge", "Te"), calibration=Calibration(1, 0.1, "nm", "1/nm")) as b:
+                       elements=("Ge", "Te"), calibration=PixelCalibration(1, 0.1, "nm", "1/nm")) as b:
         b.write_patterns(0, np.arange(6 * 64, dtype=np.uint16).reshape(6, 8, 8))
         b.write_eds({"Ge": np.full((3, 2), 0.4), "Te": np.full((3, 2), 0.6)})
     data = path.read_bytes()

@@ -8,7 +8,7 @@ import torch
 
 from stem2eds.errors import InputError
 from stem2eds.models import DEFAULT_MODEL, MODELS, build_model, get_model
-from stem2eds.models._radial import RingStatistics, n_rings, ring_index
+from stem2eds.models.rings import RingStatistics, n_rings, ring_index
 
 
 def _reference_ring_stats(patterns: np.ndarray):

@@ -15,13 +15,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.errors import InputError
 from stem2eds.preprocess import (PreprocessSettings, iter_preprocessed, measure_origins,
                                  preprocess_bundle, process_patterns, summarise)
 from stem2eds.preprocess import pipeline
 from stem2eds.preprocess.origin import sample_grid
-from stem2eds.stream import Prefetcher
+from stem2eds.io.stream import Prefetcher
 from test_preprocess import make_patterns
 
 
@@ -35,7 +35,7 @@ def _plane_scan(path, rx=36, ry=30, q=64, jitter=0.15, seed=3):
                          ring_radius=q * 0.3, ring_counts=3.0, n_spots=2, spot_counts=30.0,
                          seed=seed)
     with create_bundle(path, scan_shape=(rx, ry), detector_shape=(q, q), dtype=np.uint16,
-                       elements=["O"], calibration=Calibration(1.0, 0.02, "nm", "1/nm")) as b:
+                       elements=["O"], calibration=PixelCalibration(1.0, 0.02, "nm", "1/nm")) as b:
         b.write_patterns(0, pats)
     return plane
 
@@ -167,8 +167,8 @@ def test_predict_path_does_not_import_scipy_matplotlib_or_lightning(tmp_path):
     code = f"""
 import sys
 import stem2eds.cli, stem2eds.cli.predict
-from stem2eds.predict import _raw_stream
-from stem2eds.bundle import open_bundle
+from stem2eds.predict.predictor import _raw_stream
+from stem2eds.formats.bundle import open_bundle
 from stem2eds.preprocess import PreprocessSettings
 from stem2eds.models import build_model
 with open_bundle({str(tmp_path / 'raw.h5')!r}) as scan:

@@ -14,11 +14,11 @@ import h5py
 import numpy as np
 import pytest
 
-from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.preprocess import radial_profile
 from stem2eds.preprocess.patterns import (block_sum, centre_binned, detector_centre,
                                           process_patterns)
-from stem2eds.stream import PatternReader, prefetch
+from stem2eds.io.stream import PatternReader, prefetch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _bundle(path: Path, patterns: np.ndarray, compression=None) -> Path:
     rx, ry = patterns.shape[:2]
     with create_bundle(path, scan_shape=(rx, ry), detector_shape=patterns.shape[2:],
-                       dtype=patterns.dtype, elements=["O"], calibration=Calibration(),
+                       dtype=patterns.dtype, elements=["O"], calibration=PixelCalibration(),
                        compression=compression) as b:
         flat = patterns.reshape(-1, *patterns.shape[2:])
         # written out of order, so chunks are not laid out in scan order
@@ -171,27 +171,29 @@ def test_binned_and_full_resolution_centring_agree_on_radial_profiles(rng):
     assert np.max(np.abs(pb - pf) / pf) < 0.05
 
 
-def test_runinfo_mirrors_the_trainer():
+def test_output_activation_keeps_eds_linear_and_clamps_haadf():
+    # Prediction applies the same activation as training without importing
+    # Lightning; this pins what it does (it replaced a test that compared the
+    # function with itself through a re-export).
     import torch
 
-    from stem2eds import runinfo, train
+    from stem2eds.formats.rundir import apply_output_activation
 
-    assert runinfo.RUN_FORMAT == train.RUN_FORMAT
-    assert runinfo.RUN_FORMAT_VERSION == train.RUN_FORMAT_VERSION
     raw = torch.tensor([[0.2, -0.5, -3.0], [0.1, 0.3, 2.0]])
-    for n_eds in (2, 3):
-        assert torch.equal(runinfo.apply_output_activation(raw, n_eds),
-                           train.apply_output_activation(raw, n_eds))
+    assert torch.equal(apply_output_activation(raw, 3), raw)
+    out = apply_output_activation(raw, 2)
+    assert torch.equal(out[:, :2], raw[:, :2])  # EDS: linear, negatives kept
+    assert out[:, 2].tolist() == [0.0, 2.0]     # HAADF: ReLU
 
 
 def test_predict_does_not_import_lightning():
-    code = ("import sys, stem2eds.predict, stem2eds.cli.predict; "
+    code = ("import sys, stem2eds.predict.predictor, stem2eds.cli.predict; "
             "sys.exit(1 if any(m.split('.')[0] == 'lightning' for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_outputs_are_written_by_flat_ranges(tmp_path, rng):
-    from stem2eds.predict import _write_flat
+    from stem2eds.predict.predictor import _write_flat
 
     values = rng.random((35, 3)).astype(np.float32)
     with h5py.File(tmp_path / "o.h5", "w") as f:
@@ -240,7 +242,7 @@ def test_cuda_predictions_match_cpu(tmp_path):
     import torch
 
     from stem2eds.models import build_model
-    from stem2eds.predict import Predictor
+    from stem2eds.predict.predictor import Predictor
     from stem2eds.preprocess import PreprocessSettings
 
     torch.manual_seed(0)

@@ -23,14 +23,14 @@ def scans(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def run_dir(scans, tmp_path_factory) -> Path:
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     return train([scans[0]], tmp_path_factory.mktemp("run") / "run",
                  small_config(targets=("eds", "haadf"), max_epochs=3), quiet=True)
 
 
 def test_predict_scan_shapes_and_ranges(run_dir, scans):
-    from stem2eds.predict import load_run
+    from stem2eds.predict.predictor import load_run
 
     predictor = load_run(run_dir)
     assert predictor.elements == list(ELEMENTS)
@@ -46,7 +46,7 @@ def test_predict_scan_shapes_and_ranges(run_dir, scans):
 
 
 def test_batch_size_does_not_change_predictions(run_dir, scans):
-    from stem2eds.predict import load_run
+    from stem2eds.predict.predictor import load_run
 
     predictor = load_run(run_dir)
     a = predictor.predict_scan(scans[1], batch=5)
@@ -57,7 +57,7 @@ def test_batch_size_does_not_change_predictions(run_dir, scans):
 
 def test_raw_and_preprocessed_bundle_agree(run_dir):
     """Predicting the raw scan (preprocessed on the fly) equals predicting its preprocessed file."""
-    from stem2eds.predict import load_run
+    from stem2eds.predict.predictor import load_run
 
     info = json.loads((run_dir / "run.json").read_text())
     predictor = load_run(run_dir)
@@ -85,9 +85,9 @@ def test_cli_predict_twice_is_identical(run_cli, run_dir, scans, tmp_path):
 
 
 def test_crop_of_the_run_applies_to_predictions(scans, tmp_path):
-    from stem2eds.predict import load_run
+    from stem2eds.predict.predictor import load_run
     from stem2eds.preprocess import PreprocessSettings
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     cfg = small_config(model="ridge", preprocess=PreprocessSettings(bin_factor=2, crop=(1, 9, 2, 10)))
     run = train([scans[0]], tmp_path / "run", cfg, quiet=True)
@@ -115,7 +115,7 @@ def _broken_copy(run_dir: Path, tmp_path: Path) -> Path:
     (lambda r: _edit_info(r, model="nope"), "unknown model"),
 ])
 def test_load_run_refuses_bad_folders(run_dir, tmp_path, breakage, match):
-    from stem2eds.predict import load_run
+    from stem2eds.predict.predictor import load_run
 
     broken = _broken_copy(run_dir, tmp_path)
     breakage(broken)
@@ -148,8 +148,8 @@ def test_radial_runs_filter_their_eds_maps_like_the_targets(run_dir, scans, tmp_
     """
     from scipy import ndimage
 
-    from stem2eds.bundle import open_bundle
-    from stem2eds.predict import load_run, predict_bundle
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.predict.predictor import load_run, predict_bundle
 
     predictor = load_run(run_dir)
     assert json.loads((run_dir / "run.json").read_text())["filter_predictions"] is True
@@ -179,8 +179,8 @@ def test_radial_runs_filter_their_eds_maps_like_the_targets(run_dir, scans, tmp_
                                                     ("ridge", "auto", False),
                                                     ("ridge", "on", True)])
 def test_filter_choice_is_recorded_and_obeyed(scans, tmp_path, model, choice, expected):
-    from stem2eds.predict import load_run
-    from stem2eds.train import train
+    from stem2eds.predict.predictor import load_run
+    from stem2eds.train.fit import train
 
     run = train([scans[0]], tmp_path / "run",
                 small_config(model=model, max_epochs=1, filter_predictions=choice), quiet=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.special import erfc
 
-from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.preprocess import (PreprocessSettings, bin_patterns, centre_patterns,
                                  crop_maps, filter_maps, find_origins, fit_origins,
                                  iter_preprocessed, normalise, preprocess_bundle,
@@ -61,7 +61,7 @@ def make_bundle(path, rx=12, ry=10, q=64, seed=0, elements=("Ge", "Sb", "Te"), *
                          spot_counts=2 * kw["disk_counts"], seed=seed, **kw)
     comp = rng.dirichlet(np.ones(len(elements)), size=(rx, ry)).transpose(2, 0, 1)
     with create_bundle(path, scan_shape=(rx, ry), detector_shape=(q, q), dtype=np.uint16,
-                       elements=elements, calibration=Calibration(1.0, 0.02, "nm", "1/nm")) as b:
+                       elements=elements, calibration=PixelCalibration(1.0, 0.02, "nm", "1/nm")) as b:
         b.write_patterns(0, pats)
         b.write_eds(dict(zip(elements, comp.astype(np.float32))))
         b.write_haadf(pats.reshape(rx, ry, q, q).sum((2, 3)).astype(np.float32))
@@ -178,7 +178,7 @@ def test_radial_profile_of_ring_peaks_at_its_radius():
     np.testing.assert_allclose(prof[1], 1.0, rtol=1e-5)
     np.testing.assert_allclose(radial_profile(patterns[0]), prof[0])
     settings = PreprocessSettings(bin_factor=4, detector_shape=(256, 256))
-    axis = radial_axis(settings, Calibration(q_pixel_size=0.02, q_pixel_unit="1/nm"))
+    axis = radial_axis(settings, PixelCalibration(q_pixel_size=0.02, q_pixel_unit="1/nm"))
     assert axis.shape == (32,)
     # ring k of the binned detector has mean radius ~k + 0.5 binned px of 0.08 1/nm
     np.testing.assert_allclose(axis[5:], (np.arange(5, 32) + 0.5) * 0.08, rtol=0.02)

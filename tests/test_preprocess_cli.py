@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from stem2eds.bundle import open_bundle
+from stem2eds.formats.bundle import open_bundle
 from stem2eds.preprocess import PreprocessSettings
 from test_preprocess import make_bundle
 

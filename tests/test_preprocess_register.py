@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.preprocess.register import annular_sum, register_maps, resample_maps
 from stem2eds.preprocess.patterns import detector_centre
 from test_preprocess import descan, make_patterns
@@ -70,7 +70,7 @@ def test_preprocess_register_bundle(tmp_path, run_cli):
     src = tmp_path / "raw.h5"
     with create_bundle(src, scan_shape=(rx, ry), detector_shape=(q, q), dtype=np.uint16,
                        elements=["Ge", "Te"],
-                       calibration=Calibration(scan_px, 0.02, "nm", "1/nm")) as b:
+                       calibration=PixelCalibration(scan_px, 0.02, "nm", "1/nm")) as b:
         b.write_patterns(0, patterns)
         b.write_array("eds_unregistered/Ge", ge)
         b.write_array("eds_unregistered/Te", 1 - ge)
@@ -101,7 +101,7 @@ def test_register_needs_pixel_size_and_maps(tmp_path, run_cli):
     patterns = make_patterns(descan(6, 5, q).reshape(-1, 2), q=q, disk_radius=3,
                              ring_radius=10, n_spots=0)
     with create_bundle(src, scan_shape=(6, 5), detector_shape=(q, q), dtype=np.uint16,
-                       elements=["Ge"], calibration=Calibration(1.0, 0.02, "nm", "1/nm")) as b:
+                       elements=["Ge"], calibration=PixelCalibration(1.0, 0.02, "nm", "1/nm")) as b:
         b.write_patterns(0, patterns)
         b.write_array("eds_unregistered/Ge", np.full((8, 8), 0.5, np.float32))  # no pixel_size
     out = tmp_path / "pre.h5"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.preprocess import PreprocessSettings, find_origins, preprocess_bundle
 
 simulate = pytest.importorskip("stem2eds.simulate")
@@ -55,7 +55,7 @@ def test_preprocess_simulated_bundle_tracks_descan(tmp_path):
     patterns, _ = simulated(truth.reshape(-1, 2), 5e3, seed=2)
     src = tmp_path / "raw.h5"
     with create_bundle(src, scan_shape=(rx, ry), detector_shape=(256, 256), dtype=np.uint16,
-                       elements=list(GST), calibration=Calibration(1.053, 0.1451, "nm", "1/nm")
+                       elements=list(GST), calibration=PixelCalibration(1.053, 0.1451, "nm", "1/nm")
                        ) as b:
         b.write_patterns(0, patterns)
         b.write_eds({e: np.full((rx, ry), v, np.float32) for e, v in GST.items()})

@@ -14,7 +14,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stem2eds.bundle import open_bundle
+from stem2eds.formats.bundle import open_bundle
 from stem2eds.simulate import (ELEMENTS, CompositionModel, SimulationSettings, composition_maps,
                                latent_fields, simulate_series)
 

@@ -8,8 +8,9 @@ import pytest
 from scipy import ndimage
 
 from stem2eds.errors import InputError
-from stem2eds.sparse import (METHODS, calibrate_on_sparse, complete_sparse, dose_saved,
-                             interpolate_gp, interpolate_linear, sample_positions)
+from stem2eds.analysis.sparse_eds import (METHODS, calibrate_on_sparse, complete_sparse,
+                                          dose_saved, interpolate_gp, interpolate_linear,
+                                          sample_positions)
 
 
 def _smooth_field(shape, sigma, seed):
@@ -129,8 +130,8 @@ def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
         assert doc["curve"]["interp_gp"][ref][1] > doc["curve"]["interp_gp"][ref][0]
     # the stored estimate is what was scored
     from stem2eds import metrics
-    from stem2eds.experiment import load_targets
-    from stem2eds.predict import load_run
+    from stem2eds.experiments.crossscan import load_targets
+    from stem2eds.predict.predictor import load_run
 
     member = load_run(out / "models" / "member_0")
     tgt = load_targets(series[-1], member.settings, member.elements)
@@ -222,7 +223,7 @@ def test_cross_validated_choice_leaves_a_useless_model_to_the_gp():
 
 
 def test_linear_leave_one_out_error_matches_refitting():
-    from stem2eds.sparse import _linear_loo_mse
+    from stem2eds.analysis.sparse_eds import _linear_loo_mse
 
     rng = np.random.default_rng(3)
     predicted = rng.random((2, 15, 15))
@@ -247,7 +248,7 @@ def _gp_sample(shape, length, seed):
 
 
 def test_universal_kriging_recovers_a_known_model_weight():
-    from stem2eds.sparse_kriging import krige_with_model
+    from stem2eds.analysis.kriging import krige_with_model
 
     shape = (40, 40)
     model = 0.3 + 0.1 * _gp_sample(shape, 1.0, seed=1)  # fine structure the model sees
@@ -273,7 +274,7 @@ def test_universal_kriging_recovers_a_known_model_weight():
 
 
 def test_universal_kriging_leave_one_out_matches_refitting():
-    from stem2eds.sparse_kriging import _rbf, fit_universal_kriging
+    from stem2eds.analysis.kriging import _rbf, fit_universal_kriging
 
     shape = (20, 20)
     rng = np.random.default_rng(4)
@@ -303,8 +304,8 @@ def test_universal_kriging_leave_one_out_matches_refitting():
 
 
 def test_universal_kriging_intervals_with_known_noise_and_model_error():
-    from stem2eds.sparse_kriging import krige_with_model
-    from stem2eds.uncertainty import interval_coverage
+    from stem2eds.analysis.kriging import krige_with_model
+    from stem2eds.analysis.uncertainty import interval_coverage
 
     # heteroscedastic model error proportional to a known "ensemble std", plus a known
     # measurement noise: the map interval should cover the map, the measurement one a
@@ -331,7 +332,7 @@ def test_universal_kriging_intervals_with_known_noise_and_model_error():
 
 
 def test_universal_kriging_slope_prior_holds_with_few_points_and_yields_to_many():
-    from stem2eds.sparse_kriging import krige_with_model
+    from stem2eds.analysis.kriging import krige_with_model
 
     shape = (40, 40)
     model = 0.3 + 0.1 * _gp_sample(shape, 1.0, seed=11)

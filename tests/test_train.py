@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from stem2eds.bundle import Calibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.errors import InputError
 
 ELEMENTS = ("Ge", "Sb", "Te")
@@ -52,7 +52,7 @@ def make_raw_scan(path: Path, seed: int = 0, scan_shape=(12, 10), detector: int 
     z = np.array([32, 51, 52])[:, None, None]
     with create_bundle(path, scan_shape=scan_shape, detector_shape=(detector, detector),
                        dtype=np.uint16, elements=ELEMENTS, scan_name=path.stem,
-                       calibration=Calibration(1.0, 0.1, "nm", "1/nm", 200.0)) as b:
+                       calibration=PixelCalibration(1.0, 0.1, "nm", "1/nm", 200.0)) as b:
         b.write_patterns(0, patterns.reshape(-1, detector, detector))
         b.write_eds({el: comp[i] for i, el in enumerate(ELEMENTS)})
         if haadf:
@@ -61,7 +61,7 @@ def make_raw_scan(path: Path, seed: int = 0, scan_shape=(12, 10), detector: int 
 
 
 def small_config(**overrides):
-    from stem2eds.config import TrainConfig
+    from stem2eds.train.config import TrainConfig
     from stem2eds.preprocess import PreprocessSettings
 
     base = dict(max_epochs=3, patience=5, batch_size=32, learning_rate=3e-3, threads=1,
@@ -79,7 +79,7 @@ def raw_scan(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("mode", ["random", "blocks"])
 def test_split_fraction_and_determinism(mode):
-    from stem2eds.dataset import split_positions
+    from stem2eds.train.data import split_positions
 
     mask = split_positions((40, 30), mode, 0.2, seed=3, block_size=5)
     assert mask.shape == (40, 30) and mask.dtype == bool
@@ -89,7 +89,7 @@ def test_split_fraction_and_determinism(mode):
 
 
 def test_block_split_keeps_neighbours_together():
-    from stem2eds.dataset import split_positions
+    from stem2eds.train.data import split_positions
 
     def mixed_neighbours(mask):
         return (mask[1:] != mask[:-1]).sum() + (mask[:, 1:] != mask[:, :-1]).sum()
@@ -106,7 +106,7 @@ def test_block_split_keeps_neighbours_together():
 
 
 def test_split_rejects_single_position():
-    from stem2eds.dataset import split_positions
+    from stem2eds.train.data import split_positions
 
     with pytest.raises(InputError):
         split_positions((1, 1))
@@ -115,7 +115,7 @@ def test_split_rejects_single_position():
 # -- config -------------------------------------------------------------------
 
 def test_config_toml_round_trip(tmp_path):
-    from stem2eds.config import TrainConfig
+    from stem2eds.train.config import TrainConfig
 
     cfg = small_config(targets=("eds", "haadf"), loss_weights={"haadf": 0.25}, split="blocks",
                        model_params={"hidden": 16})
@@ -136,7 +136,7 @@ def test_config_toml_round_trip(tmp_path):
     ("model = ", "TOML"),
 ])
 def test_config_rejects_bad_values(tmp_path, text, match):
-    from stem2eds.config import TrainConfig
+    from stem2eds.train.config import TrainConfig
 
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -148,7 +148,7 @@ def test_config_rejects_bad_values(tmp_path, text, match):
 
 @pytest.fixture(scope="module")
 def trained_run(raw_scan, tmp_path_factory) -> Path:
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     run = tmp_path_factory.mktemp("runs") / "radial"
     return train([raw_scan], run, small_config(targets=("eds", "haadf"), max_epochs=4),
@@ -158,7 +158,7 @@ def trained_run(raw_scan, tmp_path_factory) -> Path:
 def test_run_folder_contents(trained_run):
     from safetensors.torch import load_file
 
-    from stem2eds.config import TrainConfig
+    from stem2eds.train.config import TrainConfig
 
     run = trained_run
     info = json.loads((run / "run.json").read_text())
@@ -188,7 +188,7 @@ def test_run_folder_contents(trained_run):
 
 def test_training_beats_the_mean_predictor(raw_scan, tmp_path):
     """The best validation MAE is below that of predicting the training mean."""
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     run = train([raw_scan], tmp_path / "run", small_config(max_epochs=15, patience=15),
                 quiet=True)
@@ -201,7 +201,7 @@ def test_training_beats_the_mean_predictor(raw_scan, tmp_path):
 
 
 def test_ridge_trains_closed_form(raw_scan, tmp_path):
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     run = train([raw_scan], tmp_path / "ridge", small_config(model="ridge"), quiet=True)
     info = json.loads((run / "run.json").read_text())
@@ -213,7 +213,7 @@ def test_ridge_trains_closed_form(raw_scan, tmp_path):
 def test_same_seed_same_weights(raw_scan, tmp_path):
     from safetensors.torch import load_file
 
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     runs = [train([raw_scan], tmp_path / f"r{i}", small_config(max_epochs=2), quiet=True)
             for i in range(2)]
@@ -317,7 +317,7 @@ def test_ddp_on_two_cpu_processes(raw_scan, tmp_path):
 def test_resume_extends_a_finished_run_and_keeps_its_curve(raw_scan, tmp_path):
     import csv
 
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     run = train([raw_scan], tmp_path / "run", small_config(max_epochs=2), quiet=True)
     train([raw_scan], run, small_config(max_epochs=4), resume=True, quiet=True)

@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stem2eds.uncertainty import (Z90, ensemble_stats, fit_std_scale, interval_coverage,
-                                  train_ensemble, write_prediction_with_std)
+from stem2eds.analysis.uncertainty import (Z90, ensemble_stats, fit_std_scale, interval_coverage,
+                                           train_ensemble, write_prediction_with_std)
 
 
 def test_ensemble_stats_matches_numpy():
@@ -59,8 +59,8 @@ def tiny_series(tmp_path_factory):
 
 
 def test_train_ensemble_members_differ_and_are_reused(tiny_series, tmp_path):
-    from stem2eds.config import TrainConfig
-    from stem2eds.predict import load_run
+    from stem2eds.train.config import TrainConfig
+    from stem2eds.predict.predictor import load_run
 
     config = TrainConfig(max_epochs=2, batch_size=32)
     runs = train_ensemble(tiny_series[:1], tmp_path / "ens", config, members=2, quiet=True)
@@ -96,7 +96,7 @@ def test_train_ensemble_refuses_zero_members(tmp_path):
 
 
 def test_std_scale_with_the_measurement_noise_taken_out_covers_the_map():
-    from stem2eds.uncertainty import validation_std_scale  # noqa: F401 (public API)
+    from stem2eds.analysis.uncertainty import validation_std_scale
 
     # the interval is for the noise-free map, the known values are noisy measurements of it
     rng = np.random.default_rng(5)
@@ -118,7 +118,7 @@ def test_std_scale_with_the_measurement_noise_taken_out_covers_the_map():
 
 
 def test_validation_std_scale_from_members_errors():
-    from stem2eds.uncertainty import validation_std_scale
+    from stem2eds.analysis.uncertainty import validation_std_scale
 
     rng = np.random.default_rng(6)
     shape = (2, 60, 60)

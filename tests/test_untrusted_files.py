@@ -74,7 +74,7 @@ def _poisoned_safetensors_header(marker: Path) -> bytes:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     """(raw bundle, finished one-epoch training run)."""
-    from stem2eds.train import train
+    from stem2eds.train.fit import train
 
     folder = tmp_path_factory.mktemp("untrusted")
     scan = make_raw_scan(folder / "scan.h5", seed=5)

@@ -13,8 +13,14 @@ The public API is re-exported here for notebooks::
     import stem2eds
     with stem2eds.open_bundle("scan_0033.h5") as scan:
         print(scan.elements, scan.scan_shape)
+    run = stem2eds.load_run("runs/0033")
+    prediction = run.predict_scan("scan_0034.h5")
+
+Names load on first use, so that ``import stem2eds`` (and ``stem2eds --help``)
+does not import h5py, torch or Lightning.
 """
 
+from importlib import import_module as _import_module
 from importlib.metadata import PackageNotFoundError, version as _version
 
 try:
@@ -22,19 +28,29 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-from .errors import InputError  # noqa: E402
-from .bundle import (  # noqa: E402
-    Calibration,
-    ScanBundle,
-    create_bundle,
-    open_bundle,
-)
+#: Where each public name lives.
+_WHERE = {
+    "InputError": "errors",
+    "PixelCalibration": "formats.bundle",
+    "ScanBundle": "formats.bundle",
+    "create_bundle": "formats.bundle",
+    "open_bundle": "formats.bundle",
+    "TrainConfig": "train.config",
+    "load_run": "predict.predictor",
+    "Predictor": "predict.predictor",
+}
 
-__all__ = [
-    "__version__",
-    "InputError",
-    "Calibration",
-    "ScanBundle",
-    "create_bundle",
-    "open_bundle",
-]
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+__all__ = ["__version__", *_WHERE]

@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .bundle import Calibration, create_bundle, describe_source, element_list
+from .formats.bundle import PixelCalibration, create_bundle, describe_source
+from .elements import element_list
 from .errors import InputError
 from .io.diffraction import DiffractionSource, open_diffraction, standard_units
 from .io.maps import AMBIGUOUS_MAX, read_image, read_map_folder
@@ -47,7 +48,7 @@ class ConvertResult:
     elements : list of str
         EDS maps written, in order (empty without ``eds``).
     has_haadf : bool
-    calibration : Calibration
+    calibration : PixelCalibration
     notes : list of str
         Lines for the user (percent detected, positions without counts, ...).
     """
@@ -58,7 +59,7 @@ class ConvertResult:
     dtype: np.dtype
     elements: list[str]
     has_haadf: bool
-    calibration: Calibration
+    calibration: PixelCalibration
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -272,7 +273,7 @@ def _read_haadf(path, source: DiffractionSource) -> np.ndarray:
 
 
 def _calibration(source: DiffractionSource, r_pixel, r_unit, q_pixel, q_unit,
-                 beam_energy_kev) -> Calibration:
+                 beam_energy_kev) -> PixelCalibration:
     """The file's calibration with the user's values on top (R in nm, Q in 1/nm or mrad)."""
     values: dict[str, Any] = dict(source.calibration)
     for prefix, size, unit, default in (("r", r_pixel, r_unit, "nm"),
@@ -286,4 +287,4 @@ def _calibration(source: DiffractionSource, r_pixel, r_unit, q_pixel, q_unit,
             raise InputError(f"--{prefix}-unit needs --{prefix}-pixel with the size in that unit")
     if beam_energy_kev is not None:
         values["beam_energy_kev"] = float(beam_energy_kev)
-    return Calibration(**values)
+    return PixelCalibration(**values)

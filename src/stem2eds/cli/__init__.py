@@ -76,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_pair(text: str, name: str = "--scan-shape") -> tuple[int, int]:
+    """Parse ``"110x45"`` into ``(110, 45)``."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        a, b = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"{name} {text!r} is not ROWSxCOLS", hint="e.g. 110x45") from None
+    if a < 1 or b < 1:
+        raise InputError(f"{name} {text!r} must be positive")
+    return a, b
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so cleanup runs as for Ctrl-C."""
 
@@ -124,7 +136,7 @@ def _run_command(args: argparse.Namespace) -> int:
         return 143 if terminated else 130
     except pickle.UnpicklingError as exc:
         # Last line of defence: every loader uses the restricted unpickler
-        # (stem2eds.safe_load), so this is a file that tried to unpickle
+        # (stem2eds.formats.checkpoint), so this is a file that tried to unpickle
         # something other than tensors. Its content did not run.
         if args.debug:
             raise

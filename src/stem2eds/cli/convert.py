@@ -72,7 +72,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bundle import parse_pair
+    from . import parse_pair
     from ..convert import convert
     from ..errors import InputError
 

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dataclasses import replace
 
-    from ..bundle import parse_pair
-    from ..demo import DemoSettings, run_demo
+    from . import parse_pair
+    from ..experiments.demo import DemoSettings, run_demo
     from ..errors import InputError
 
     settings = DemoSettings()

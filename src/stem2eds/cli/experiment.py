@@ -54,9 +54,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..config import TrainConfig
+    from ..train.config import TrainConfig
     from ..errors import InputError
-    from ..experiment import run_experiment
+    from ..experiments.crossscan import run_experiment
 
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     if args.epochs is not None and args.epochs < 1:

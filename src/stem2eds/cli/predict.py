@@ -40,7 +40,7 @@ def run(args) -> int:
     # Read when torch loads, so set here, before predict imports it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..errors import InputError
-    from ..predict import predict_bundle
+    from ..predict.predictor import predict_bundle
 
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bundle import parse_pair
+    from . import parse_pair
     from ..simulate import SimulationSettings, simulate_series
 
     settings = SimulationSettings(n_scans=args.scans, scan_shape=parse_pair(args.scan_shape),

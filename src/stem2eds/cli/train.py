@@ -67,8 +67,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..config import TrainConfig
-    from ..train import is_main_process, train
+    from ..train.config import TrainConfig
+    from ..train.fit import is_main_process, train
 
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     pre = {}

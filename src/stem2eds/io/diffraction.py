@@ -19,7 +19,7 @@ detector rows, detector columns) in the file's own dtype, read block by block
   ``lazy=True`` so the data is a dask array.
 
 Calibrations are taken from the file where it has them (returned as a
-partial :class:`~stem2eds.bundle.Calibration` dictionary); the caller lets
+partial :class:`~stem2eds.formats.bundle.Calibration` dictionary); the caller lets
 command-line flags override them.
 """
 
@@ -62,7 +62,7 @@ class DiffractionSource:
         The dtype stored in the file (kept when converting).
     calibration : dict
         Calibration fields found in the file (keys of
-        :class:`~stem2eds.bundle.Calibration`: ``r_pixel_size``,
+        :class:`~stem2eds.formats.bundle.Calibration`: ``r_pixel_size``,
         ``r_pixel_unit``, ``q_pixel_size``, ``q_pixel_unit``,
         ``beam_energy_kev``); absent when the file does not say.
     reader : str

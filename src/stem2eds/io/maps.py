@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bundle import ELEMENT_SYMBOLS, check_element
+from ..elements import ELEMENT_SYMBOLS, check_element
 from ..errors import InputError
 
 #: Largest value of a scan's maps that is still ambiguous between a noisy

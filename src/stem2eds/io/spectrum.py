@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..bundle import check_element
+from ..elements import check_element
 from ..errors import InputError
 
 

@@ -26,7 +26,7 @@ Why this design (numbers in the README, "Models"):
   (``benchmarks/ablation_heads.py`` checks both on a series).
 * The EDS targets are filtered maps (the paper's 7x7 Gaussian), so the run
   filters the predicted maps the same way (``filter_predictions = True``,
-  applied by :meth:`stem2eds.predict.Predictor.finish_eds`): neighbouring
+  applied by :meth:`stem2eds.predict.predictor.Predictor.finish_eds`): neighbouring
   patterns average out the noise of a single pattern, as the filter
   averaged the EDS counts. This was the largest gain on unseen scans.
 """
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._radial import RingStatistics
+from .rings import RingStatistics
 from .ridge import ALPHAS
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._radial import RingStatistics
+from .rings import RingStatistics
 
 #: Regularisation strengths tried by cross-validation.
 ALPHAS = tuple(float(a) for a in np.logspace(-4, 4, 17))

@@ -12,7 +12,7 @@ worker are in flight, so the client's memory stays flat as scans grow.
 The client side (fitting the origins, the scale percentile, writing the
 output, the model at prediction) is unchanged; see
 :func:`stem2eds.preprocess.preprocess_bundle` and
-:func:`stem2eds.predict.predict_bundle` (``scheduler=``).
+:func:`stem2eds.predict.predictor.predict_bundle` (``scheduler=``).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _bounded(client, fn, items, *args) -> Iterator[tuple[Any, Any]]:
 # -- tasks (run on the workers) --------------------------------------------------
 
 def _origins_task(task, path: str, radius: float):
-    from ..bundle import open_bundle
+    from ..formats.bundle import open_bundle
     from .origin import find_origins
     from .pipeline import WORK_CHUNK, iter_region
 
@@ -124,7 +124,7 @@ def _origins_task(task, path: str, radius: float):
 
 
 def _process_task(task, path: str, settings: dict, origins: np.ndarray, beam_radius: float):
-    from ..bundle import open_bundle
+    from ..formats.bundle import open_bundle
     from .patterns import process_patterns
     from .pipeline import WORK_CHUNK, iter_region
 

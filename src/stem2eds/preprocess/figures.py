@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ..errors import atomic_output
+from ..atomic import atomic_output
 from .maps import filter_maps
 from .patterns import bin_patterns, centre_patterns, detector_centre, remove_beam
 

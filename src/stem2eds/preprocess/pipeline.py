@@ -23,8 +23,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..bundle import (CALIBRATION, EDS, EDS_RAW, HAADF, TRUTH, Calibration, ScanBundle,
-                      create_bundle, open_bundle)
+from ..formats.bundle import (CALIBRATION, EDS, EDS_RAW, HAADF, TRUTH, PixelCalibration,
+                              ScanBundle, create_bundle, open_bundle)
 from ..errors import InputError
 from ..progress import track
 from .maps import EDS_FILTERS, check_crop, crop_maps, filter_maps, preprocess_maps
@@ -196,8 +196,8 @@ def load_settings(path: str | os.PathLike) -> PreprocessSettings:
     return PreprocessSettings.from_dict(data)
 
 
-def raw_calibration(scan: ScanBundle) -> Calibration:
-    """Calibration of the input detector: undoes the binning recorded in a preprocessed bundle."""
+def raw_calibration(scan: ScanBundle) -> PixelCalibration:
+    """Pixel calibration of the input detector: undoes the binning recorded in a preprocessed bundle."""
     cal = scan.calibration
     if scan.kind == "preprocessed" and "raw_q_pixel_size" in scan.file.attrs:
         cal.q_pixel_size = float(scan.file.attrs["raw_q_pixel_size"])
@@ -210,7 +210,7 @@ def iter_region(scan: ScanBundle, crop=None, batch: int = 256,
                 read_ahead: int = 2) -> Iterator[tuple[int, np.ndarray]]:
     """Stream the patterns of a scan region in C order, whole region rows at a time.
 
-    Blocks are read by :class:`stem2eds.stream.PatternReader` (direct reads
+    Blocks are read by :class:`stem2eds.io.stream.PatternReader` (direct reads
     of uncompressed chunks) in a background thread ``read_ahead`` blocks
     ahead of the caller, so reading overlaps with processing. Each block is
     a new array the caller may keep.
@@ -231,7 +231,7 @@ def iter_region(scan: ScanBundle, crop=None, batch: int = 256,
         Flat index in the cropped scan of the first pattern.
     patterns : ndarray, shape (n, Qx, Qy)
     """
-    from ..stream import PatternReader, prefetch
+    from ..io.stream import PatternReader, prefetch
 
     box = check_crop(crop, scan.scan_shape)
     reader = PatternReader(scan.diffraction)
@@ -357,7 +357,7 @@ def _measure_grid(scan: ScanBundle, box, rows: np.ndarray, cols: np.ndarray
     The aperture radius comes from the first (at most) 256 grid positions,
     which spread over several scan rows.
     """
-    from ..stream import PatternReader, prefetch
+    from ..io.stream import PatternReader, prefetch
 
     r0, r1, c0, c1 = box
     width = c1 - c0
@@ -623,7 +623,7 @@ def _preprocess_bundle(src, out, settings: PreprocessSettings, quiet: bool, regi
         qb = (qx // settings.bin_factor, qy // settings.bin_factor)
         shape = (box[1] - box[0], box[3] - box[2])
         raw_cal = scan.calibration
-        cal = Calibration(**asdict(raw_cal))
+        cal = PixelCalibration(**asdict(raw_cal))
         cal.q_pixel_size = raw_cal.q_pixel_size * settings.bin_factor
         prov = {"command": "preprocess", "source": str(Path(src).resolve()),
                 "source_scan": scan.name, "source_provenance": scan.provenance}

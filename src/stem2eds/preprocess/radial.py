@@ -79,7 +79,7 @@ def radial_axis(settings, calibration, n_bins: int | None = None) -> np.ndarray:
     ----------
     settings : PreprocessSettings
         Resolved settings (``detector_shape`` of the input detector known).
-    calibration : Calibration
+    calibration : PixelCalibration
         Calibration of the RAW scan (``q_pixel_size`` per input detector
         pixel); the binned pixel is ``bin_factor`` times larger. For a
         preprocessed bundle, whose own ``q_pixel_size`` is already binned,

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..bundle import ScanBundle, atomic_number
+from ..formats.bundle import ScanBundle
+from ..elements import atomic_number
 from ..errors import InputError
 from .patterns import detector_centre
 

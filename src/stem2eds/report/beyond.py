@@ -306,7 +306,7 @@ def render_beyond_report(doc: Mapping[str, Any]) -> str:
 
 def write_beyond_report(run: Path, doc: Mapping[str, Any]) -> Path:
     """Write ``run/report.html`` (atomically) for a sparse run."""
-    from ..errors import atomic_output
+    from ..atomic import atomic_output
 
     out = Path(run) / "report.html"
     with atomic_output(out) as tmp:

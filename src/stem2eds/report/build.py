@@ -1,6 +1,6 @@
 """Draw an experiment's figures into RUN_DIR/figures and list them for the report.
 
-Called by :func:`stem2eds.experiment.run_experiment` with the predictions and
+Called by :func:`stem2eds.experiments.crossscan.run_experiment` with the predictions and
 targets still in memory; each figure comes from one function of
 :mod:`stem2eds.report.figures`.
 """
@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import metrics
-from ..bundle import open_bundle
+from ..formats.bundle import open_bundle
 from . import figures as F
 from .paper import PAPER_RESULTS
 
@@ -78,7 +78,7 @@ def draw_figures(run: Path, doc: dict[str, Any], scored, curves) -> list[dict[st
         The run directory.
     doc : dict
         The metrics document (as written to ``metrics.json``).
-    scored : stem2eds.experiment.ScoredScans
+    scored : stem2eds.experiments.crossscan.ScoredScans
         Predictions and targets per predicted scan.
     curves : dict
         ``{part: {column: (epochs, loss)}}`` from the training logs.

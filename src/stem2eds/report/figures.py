@@ -35,7 +35,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 90) -> None:
     No ``bbox_inches="tight"``: the figures lay themselves out, and the tight
     box would draw every figure twice.
     """
-    from ..errors import atomic_output
+    from ..atomic import atomic_output
 
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

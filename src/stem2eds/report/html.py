@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import InputError, atomic_output
+from ..errors import InputError
+from ..atomic import atomic_output
 from .paper import PAPER_RESULTS
 
 METRIC_LABELS = {

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import open_bundle
-from ..errors import atomic_output
+from ..formats.bundle import open_bundle
+from ..atomic import atomic_output
 
 
 def radial_average(pattern: np.ndarray, origin: np.ndarray, n_bins: int) -> np.ndarray:

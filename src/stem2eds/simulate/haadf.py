@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bundle import atomic_number
+from ..elements import atomic_number
 from .amorphous import ATOMIC_VOLUME
 
 _Z_EXPONENT = 1.7

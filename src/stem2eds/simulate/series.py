@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..bundle import Calibration, create_bundle
+from ..formats.bundle import PixelCalibration, create_bundle
 from ..errors import InputError
 from ..progress import track
 from .composition import CompositionModel, composition_maps, latent_fields, scan_window
@@ -219,7 +219,7 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
     provenance = {"command": "simulate", "simulator": "stem2eds.simulate",
                   "settings": settings.to_dict(), "scan_index": scan_index,
                   "grain_count": grain_count, "dose": dose, "created": FIXED_CREATED}
-    calibration = Calibration(r_pixel_size=R_PIXEL_NM, r_pixel_unit="nm",
+    calibration = PixelCalibration(r_pixel_size=R_PIXEL_NM, r_pixel_unit="nm",
                               q_pixel_size=settings.q_pixel_size, q_pixel_unit="1/nm",
                               beam_energy_kev=settings.energy_kev)
     starts = list(range(0, rx, rows_per_block))

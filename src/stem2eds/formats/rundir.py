@@ -1,9 +1,9 @@
 """What prediction needs from a training run, without importing the trainer.
 
-``stem2eds.train`` imports Lightning at module level (its LightningModule
+``stem2eds.train.fit`` imports Lightning at module level (its LightningModule
 and callbacks subclass Lightning's), which takes several seconds; a
 ``stem2eds predict`` process that only loads weights should not pay for it.
-These definitions mirror ``stem2eds.train``'s (``RUN_FORMAT``,
+These definitions mirror ``stem2eds.train.fit``'s (``RUN_FORMAT``,
 ``RUN_FORMAT_VERSION``, ``_read_state``, ``apply_output_activation``); a test
 (tests/test_performance.py) checks that the two stay identical.
 
@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 RUN_FORMAT = "stem2eds-run"
 RUN_FORMAT_VERSION = 1

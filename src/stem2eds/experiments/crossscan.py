@@ -9,11 +9,11 @@ Strategies (bundles are given in series order):
 - ``interpolate``: train on the first and last, predict those between.
 - ``leave-one-out``: every scan predicted by a model trained on all others.
 - ``sparse``: the last scan predicted from its 4D-STEM scan plus EDS at a
-  fraction of its positions (handled by :func:`stem2eds.sparse.run_sparse_experiment`).
+  fraction of its positions (handled by :func:`stem2eds.experiments.sparse.run_sparse_experiment`).
 
 Every part trains the chosen model and the ``ridge`` baseline on the same
 data, fits a per-element calibration on the training positions only
-(:mod:`stem2eds.calibrate`), predicts the test scans and scores raw and
+(:mod:`stem2eds.analysis.calibrate`), predicts the test scans and scores raw and
 calibrated predictions against the preprocessed (blurred, cropped) EDS
 target (:mod:`stem2eds.metrics`), and, for simulated scans, against the
 noise-free ``truth``.
@@ -49,10 +49,11 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from . import metrics
-from .bundle import HAADF, TRUTH, open_bundle
-from .calibrate import FittedCalibration, fit_calibration
-from .errors import InputError, atomic_output
+from .. import metrics
+from ..formats.bundle import HAADF, TRUTH, open_bundle
+from ..analysis.calibrate import FittedCalibration, fit_calibration
+from ..errors import InputError
+from ..atomic import atomic_output
 
 STRATEGIES = ("random", "extrapolate", "interpolate", "leave-one-out")
 BASELINE_MODEL = "ridge"
@@ -137,9 +138,9 @@ def _write_maps(path: Path, groups: dict[str, dict[str, np.ndarray]],
 def _save_prediction(path: Path, eds: np.ndarray, haadf: np.ndarray | None,
                      elements: Sequence[str], scan_name: str, predictor, source: Path,
                      **extra: Any) -> None:
-    """Write maps in the ``predict`` layout (via :func:`stem2eds.predict.write_prediction`)."""
-    from . import __version__
-    from .predict import Prediction, write_prediction
+    """Write maps in the ``predict`` layout (via :func:`stem2eds.predict.predictor.write_prediction`)."""
+    from .. import __version__
+    from ..predict.predictor import Prediction, write_prediction
 
     prediction = Prediction(np.asarray(eds, np.float32), haadf, list(elements),
                             tuple(np.shape(eds)[1:]))
@@ -201,8 +202,8 @@ def load_targets(bundle: Path, settings, elements: Sequence[str],
     evaluated, train_positions : ndarray of bool, shape (Rx', Ry'), optional
         Default: every position evaluated / none trained on.
     """
-    from .preprocess import crop_maps, preprocess_maps
-    from .preprocess.maps import check_crop
+    from ..preprocess import crop_maps, preprocess_maps
+    from ..preprocess.maps import check_crop
 
     with open_bundle(bundle, require=("eds",)) as scan:
         box = check_crop(getattr(settings, "crop", None), scan.scan_shape)
@@ -251,7 +252,7 @@ def _trained(model_dir: Path) -> bool:
     """True when ``model_dir`` holds a finished, loadable training run."""
     if not (model_dir / "run.json").is_file() or not any(model_dir.glob("weights.*")):
         return False
-    from .predict import load_run
+    from ..predict.predictor import load_run
 
     try:
         load_run(model_dir)
@@ -262,7 +263,7 @@ def _trained(model_dir: Path) -> bool:
 
 def _train_once(bundles: Sequence[Path], model_dir: Path, config, quiet: bool) -> Path:
     """Train unless a finished run is already there (resuming a checkpoint if any)."""
-    from .train import train
+    from ..train.fit import train
 
     if _trained(model_dir):
         return model_dir
@@ -274,7 +275,7 @@ def _train_once(bundles: Sequence[Path], model_dir: Path, config, quiet: bool) -
 def _validation_mask(model_dir: Path, index: int, shape: tuple[int, int]) -> np.ndarray:
     """Validation positions (Rx', Ry') bool of the ``index``-th training scan of a run.
 
-    Read from the ``split.npz`` that ``stem2eds.train`` writes beside the weights.
+    Read from the ``split.npz`` that ``stem2eds.train.fit`` writes beside the weights.
     """
     split = model_dir / "split.npz"
     key = f"val_mask_{index}"
@@ -332,7 +333,7 @@ class _PreprocessedCache:
     def get(self, source: Path, name: str, settings) -> Path:
         import hashlib
 
-        from .preprocess import preprocess_bundle
+        from ..preprocess import preprocess_bundle
 
         key = hashlib.sha1(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()
         out = self.folder / f"{name}_{key[:12]}.h5"
@@ -411,7 +412,7 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     figures : bool
         Draw the figures (``report.html`` is written either way).
     sparse : dict, optional
-        Keyword arguments of :func:`stem2eds.sparse.run_sparse_experiment`
+        Keyword arguments of :func:`stem2eds.experiments.sparse.run_sparse_experiment`
         (``fractions``, ``pattern``, ``ensemble``) for ``strategy="sparse"``.
 
     Returns
@@ -419,8 +420,8 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     Path
         ``run_dir``.
     """
-    from .config import TrainConfig
-    from .predict import load_run
+    from ..train.config import TrainConfig
+    from ..predict.predictor import load_run
 
     if strategy == "sparse":
         from .sparse import run_sparse_experiment
@@ -499,18 +500,18 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     result = _metrics_document(strategy, config, calibration, names, parts, part_records,
                                elements, settings, scored, calibrations, base_calibrations)
     if figures:
-        from .report.build import draw_figures
+        from ..report.build import draw_figures
 
         result["figures"] = draw_figures(run, result, scored, curves)
     _write_json(run / "metrics.json", result)
-    from .report import write_report
+    from ..report import write_report
 
     write_report(run)
     return run
 
 
 def _cropped_shape(path: Path, settings) -> tuple[int, int]:
-    from .preprocess.maps import check_crop
+    from ..preprocess.maps import check_crop
 
     with open_bundle(path) as scan:
         r0, r1, c0, c1 = check_crop(getattr(settings, "crop", None), scan.scan_shape)
@@ -544,7 +545,7 @@ def _write_scan_files(run: Path, name: str, scored: ScoredScans, elements: list[
 
 def _metrics_document(strategy, config, calibration, names, parts, part_records, elements,
                       settings, scored: ScoredScans, calibrations, base_calibrations) -> dict:
-    from . import __version__
+    from .. import __version__
 
     test_names = list(scored.raw)
     raw = {s: score_scan(*scored.raw[s], scored.targets[s], elements) for s in test_names}

@@ -2,11 +2,11 @@
 
 Trains (or reuses) a deep ensemble on the training scans, predicts the new
 scan, estimates its full maps from EDS at a few positions with every method
-of :func:`stem2eds.sparse.complete_sparse`, checks the intervals, builds the
+of :func:`stem2eds.analysis.sparse_eds.complete_sparse`, checks the intervals, builds the
 anomaly map and writes ``metrics.json``, predictions, figures and
-``report.html``. The array work lives in :mod:`stem2eds.sparse`,
-:mod:`stem2eds.sparse_kriging`, :mod:`stem2eds.uncertainty` and
-:mod:`stem2eds.anomaly`.
+``report.html``. The array work lives in :mod:`stem2eds.analysis.sparse_eds`,
+:mod:`stem2eds.analysis.kriging`, :mod:`stem2eds.analysis.uncertainty` and
+:mod:`stem2eds.analysis.anomaly`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .sparse import (FRACTIONS, HEADLINE, METHOD_LABELS, METHODS, apply_linear,
-                     calibrate_on_sparse, complete_sparse, dose_saved, sample_positions)
+from ..errors import InputError
+from ..analysis.sparse_eds import (FRACTIONS, HEADLINE, METHOD_LABELS, METHODS, apply_linear,
+                                   calibrate_on_sparse, complete_sparse, dose_saved,
+                                   sample_positions)
 
 
 def _chained(paths: Sequence[Path], batch: int = 256):
     """``iter_patterns`` of several bundles one after the other (starts per bundle)."""
-    from .bundle import open_bundle
+    from ..formats.bundle import open_bundle
 
     for path in paths:
         with open_bundle(path) as scan:
@@ -57,11 +58,11 @@ def _sparse_coverage(estimates: dict[str, np.ndarray], uk: dict[str, Any], mean:
     -------
     entry : dict
         ``{"model_uk": {...}, "ensemble": {...}}`` with scales and, per
-        target, :func:`stem2eds.uncertainty.coverage_summary`.
+        target, :func:`stem2eds.analysis.uncertainty.coverage_summary`.
     uk_std : ndarray, shape (E, Rx, Ry), float32
         The scaled map std of the universal-kriging estimate.
     """
-    from .uncertainty import coverage_summary, fit_std_scale, loo_std_scale
+    from ..analysis.uncertainty import coverage_summary, fit_std_scale, loo_std_scale
 
     held_out = ~mask
     fits = uk["fits"]
@@ -98,13 +99,13 @@ def _extrapolation_coverage(members: Sequence[Path], predictors: Sequence[Any],
 
     The std factor comes from the training scans: each member's error on its
     own validation positions (read from its ``split.npz``) in units of the
-    ensemble std there (:func:`stem2eds.uncertainty.validation_std_scale`),
+    ensemble std there (:func:`stem2eds.analysis.uncertainty.validation_std_scale`),
     pooled over scans and members. The interval ``mean +/- 1.645 x factor x
     std`` of the raw ensemble mean is then counted on every position of the
     new scan.
     """
-    from .experiment import load_targets
-    from .uncertainty import Z90, coverage_summary, validation_std_scale
+    from .crossscan import load_targets
+    from ..analysis.uncertainty import Z90, coverage_summary, validation_std_scale
 
     splits = [np.load(m / "split.npz") for m in members]
     rel = predictors[0].info.get("preprocessed", [])
@@ -136,7 +137,7 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
     ensemble of ``ensemble`` models. For every fraction the target's raw
     (unblurred, as measured) EDS is sampled at that share of positions and
     the full map is estimated by every method of
-    :func:`stem2eds.sparse.complete_sparse`;
+    :func:`stem2eds.analysis.sparse_eds.complete_sparse`;
     each is scored on the positions *not* sampled against the preprocessed
     (blurred) EDS and, for simulated scans, the noise-free truth.
 
@@ -176,15 +177,16 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
 
     import h5py
 
-    from . import __version__, anomaly, metrics
-    from .bundle import open_bundle
-    from .config import TrainConfig
-    from .errors import atomic_output
-    from .experiment import load_targets
-    from .predict import load_run
-    from .preprocess import crop_maps, preprocess_bundle
-    from .uncertainty import (Z90, ensemble_stats, train_ensemble,
-                              write_prediction_with_std)
+    from .. import __version__, metrics
+    from ..analysis import anomaly
+    from ..formats.bundle import open_bundle
+    from ..train.config import TrainConfig
+    from ..atomic import atomic_output
+    from .crossscan import load_targets
+    from ..predict.predictor import load_run
+    from ..preprocess import crop_maps, preprocess_bundle
+    from ..analysis.uncertainty import (Z90, ensemble_stats, train_ensemble,
+                                        write_prediction_with_std)
 
     paths = [Path(b) for b in bundles]
     if len(paths) < 2:
@@ -365,7 +367,7 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
         "stem2eds_version": __version__,
     }
     if figures:
-        from .report.beyond import draw_beyond_figures
+        from ..report.beyond import draw_beyond_figures
 
         doc["figures"] = draw_beyond_figures(run, doc, {
             "mean": mean, "std": std, "measured": measured, "eds": tgt.eds,
@@ -374,7 +376,7 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
             "r_pixel": predictors[0].info.get("r_pixel_size")})
     with atomic_output(run / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics.to_jsonable(doc), indent=1), encoding="utf-8")
-    from .report.beyond import write_beyond_report
+    from ..report.beyond import write_beyond_report
 
     write_beyond_report(run, doc)
     return run

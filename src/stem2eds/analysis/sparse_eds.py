@@ -9,12 +9,12 @@ calibrated model still gets wrong there ("regression kriging"). The
 baselines interpolate the sparse EDS alone (linear, and a Gaussian process).
 
 The headline estimate, ``model_uk``, is universal kriging with the model's
-prediction as a covariate (:mod:`stem2eds.sparse_kriging`): the model's
+prediction as a covariate (:mod:`stem2eds.analysis.kriging`): the model's
 weight is fitted jointly with the GP, so a weak model gets a small weight.
 
 Pure functions on arrays (maps are (E, Rx, Ry) atomic fractions, masks
 (Rx, Ry) bool, positions in scan pixels); the experiment runner that reads
-bundles and writes RUN_DIR is :mod:`stem2eds.sparse_experiment`.
+bundles and writes RUN_DIR is :mod:`stem2eds.experiments.sparse`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
@@ -297,7 +297,7 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
     details : dict, optional
         Filled with ``model_uk``: ``std_map``, ``std_measured`` (E, Rx, Ry)
         and the per-element ``fits`` of
-        :func:`stem2eds.sparse_kriging.krige_with_model`.
+        :func:`stem2eds.analysis.kriging.krige_with_model`.
 
     Returns
     -------
@@ -322,7 +322,7 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         best = np.argmin(np.where(np.isfinite(loo), loo, np.inf), axis=0)
         candidates = np.stack([out["interp_gp"], out["model_kriging"], calibrated])
         out["model_cv"] = candidates[best, np.arange(len(best))]
-        from .sparse_kriging import krige_with_model
+        from .kriging import krige_with_model
 
         out["model_uk_flat"] = krige_with_model(predicted, measured, mask, predicted_std)[0]
         uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
@@ -376,15 +376,3 @@ def dose_saved(fractions: Sequence[float], method_score: Sequence[float],
         out.append({"fraction": float(fk), "baseline_fraction": fprime,
                     "ratio": fprime / float(fk), "reached": True})
     return out
-
-
-# -- the experiment (files) --------------------------------------------------------------
-def run_sparse_experiment(*args, **kwargs) -> Path:
-    """Run the sparse-EDS experiment.
-
-    See :func:`stem2eds.sparse_experiment.run_sparse_experiment` (kept here so
-    ``from stem2eds.sparse import run_sparse_experiment`` goes on working).
-    """
-    from .sparse_experiment import run_sparse_experiment as _run
-
-    return _run(*args, **kwargs)

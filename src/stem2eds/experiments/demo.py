@@ -2,7 +2,7 @@
 
 :func:`run_demo` simulates a six-scan Ge-Sb-Te series (``stem2eds.simulate``),
 runs the random split (on the first scan), extrapolation and interpolation
-(:func:`stem2eds.experiment.run_experiment`), each with the ridge baseline
+(:func:`stem2eds.experiments.crossscan.run_experiment`), each with the ridge baseline
 and a linear calibration, and writes one report per experiment plus an index
 page linking them::
 
@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, atomic_output
+from ..errors import InputError
+from ..atomic import atomic_output
 
 #: Experiments of the demo, in the order of the index page.
 DEMO_STRATEGIES = ("random", "extrapolate", "interpolate")
@@ -68,7 +69,7 @@ class DemoSettings:
 
 
 def _simulate(data_dir: Path, settings: DemoSettings, quiet: bool) -> list[Path]:
-    from .simulate.series import SimulationSettings, simulate_series
+    from ..simulate.series import SimulationSettings, simulate_series
 
     sim = SimulationSettings(n_scans=settings.n_scans, scan_shape=tuple(settings.scan_shape),
                              detector=settings.detector, seed=settings.seed)
@@ -80,8 +81,8 @@ def _simulate(data_dir: Path, settings: DemoSettings, quiet: bool) -> list[Path]
 
 def _same_simulation(path: Path, sim) -> bool:
     """True when an existing bundle was simulated with these settings (safe to reuse)."""
-    from .bundle import open_bundle
-    from .simulate.series import settings_from_provenance
+    from ..formats.bundle import open_bundle
+    from ..simulate.series import settings_from_provenance
 
     try:
         with open_bundle(path) as scan:
@@ -108,8 +109,8 @@ def run_demo(out: str | os.PathLike = "stem2eds-demo", settings: DemoSettings = 
     Path
         ``out/index.html``.
     """
-    from .config import TrainConfig
-    from .experiment import run_experiment
+    from ..train.config import TrainConfig
+    from .crossscan import run_experiment
 
     root = Path(out)
     if root.exists() and not root.is_dir():
@@ -146,10 +147,10 @@ def _reuse_training(src: Path, dst: Path) -> None:
     """Copy finished training runs (CNN and baseline) to where another experiment looks.
 
     Only called where both experiments train on the same scans with the same
-    configuration; :func:`stem2eds.experiment.run_experiment` then finds them
+    configuration; :func:`stem2eds.experiments.crossscan.run_experiment` then finds them
     finished and skips training.
     """
-    from .experiment import BASELINE_MODEL
+    from .crossscan import BASELINE_MODEL
 
     if dst.exists() or not all((src / m / "weights.safetensors").is_file()
                                for m in ("cnn", BASELINE_MODEL)):
@@ -163,7 +164,7 @@ def _reuse_training(src: Path, dst: Path) -> None:
 
 def write_index(root: Path, timings: dict[str, float] | None = None) -> Path:
     """Write ``root/index.html`` linking the demo's reports with their headline numbers."""
-    from .report import render_index, summary_table_html
+    from ..report import render_index, summary_table_html
 
     if timings is None and (root / "timings.json").is_file():
         timings = json.loads((root / "timings.json").read_text())

@@ -37,15 +37,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .bundle import open_bundle
+from ..formats.bundle import open_bundle
 from .config import TrainConfig
-from .dataset import (check_same_detector, make_loader, make_split_data, split_positions,
-                      target_matrix)
-from .errors import InputError, atomic_output
+from .data import (check_same_detector, make_loader, make_split_data, split_positions,
+                   target_matrix)
+from ..errors import InputError
+from ..atomic import atomic_output
 # The run format and output activation live in runinfo so that prediction
 # can use them without importing Lightning; re-exported here.
-from .runinfo import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
-from .runinfo import read_run_info as _read_state
+from ..formats.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
+from ..formats.rundir import read_run_info as _read_state
 
 #: Percentile of the training HAADF used as its scale (robust to hot pixels).
 HAADF_PERCENTILE = 99.0
@@ -146,7 +147,7 @@ def _versions() -> dict[str, str]:
     import safetensors
     import sklearn
 
-    from . import __version__
+    from .. import __version__
     return {"stem2eds": __version__, "torch": torch.__version__,
             "lightning": lightning.__version__, "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "safetensors": safetensors.__version__,
@@ -194,7 +195,7 @@ def is_main_process() -> bool:
 def _preprocess_all(bundles: Sequence[Path], run_dir: Path, config: TrainConfig,
                     reuse: bool, quiet: bool):
     """Preprocess raw bundles into run_dir/preprocessed; returns (paths, resolved settings)."""
-    from .preprocess import PreprocessSettings, preprocess_bundle
+    from ..preprocess import PreprocessSettings, preprocess_bundle
 
     folder = run_dir / "preprocessed"
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,7 +247,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, config: TrainConfig) -> TrainC
                              hint="start a new run without --resume")
         # Before any work, and before Lightning touches it: a checkpoint that
         # holds anything but tensors and plain data is refused unexecuted.
-        from .safe_load import load_checkpoint
+        from ..formats.checkpoint import load_checkpoint
 
         load_checkpoint(ckpt, hint="start a new run in another folder; resume only "
                                    "checkpoints you trust")
@@ -376,7 +377,7 @@ def train(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
     targets = [target_matrix(p, elements, config.targets, haadf_scale) for p in pre_paths]
     data = make_split_data(pre_paths, masks, targets)
 
-    from .models import build_model
+    from ..models import build_model
     _lightning().seed_everything(config.seed, workers=True, verbose=False)
     n_outputs = len(elements) + (1 if "haadf" in config.targets else 0)
     net = build_model(config.model, detector, n_outputs, config.model_params)
@@ -497,7 +498,7 @@ def _fit_lightning(net: nn.Module, data, run_dir: Path, config: TrainConfig, n_e
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .progress import interactive
+    from ..progress import interactive
 
     on_features = bool(getattr(net, "fixed_frontend", False))
     module = Regressor(net, n_eds, config.loss, config.loss_weights, config.learning_rate,

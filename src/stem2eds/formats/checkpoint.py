@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint",

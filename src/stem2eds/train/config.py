@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InputError, atomic_output
+from ..errors import InputError
+from ..atomic import atomic_output
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,12 +44,12 @@ DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
 
 def _default_preprocess():
     # Imported here so that reading a config does not import the preprocessing stack.
-    from .preprocess import PreprocessSettings
+    from ..preprocess import PreprocessSettings
     return PreprocessSettings()
 
 
 def _default_model() -> str:
-    from .models import DEFAULT_MODEL
+    from ..models import DEFAULT_MODEL
     return DEFAULT_MODEL
 
 
@@ -133,8 +134,8 @@ class TrainConfig:
     preprocess: Any = field(default_factory=_default_preprocess)
 
     def __post_init__(self) -> None:
-        from .models import MODELS
-        from .preprocess import PreprocessSettings
+        from ..models import MODELS
+        from ..preprocess import PreprocessSettings
 
         if isinstance(self.preprocess, Mapping):
             self.preprocess = PreprocessSettings.from_dict(dict(self.preprocess))
@@ -180,7 +181,7 @@ class TrainConfig:
 
     def resolved_filter(self) -> bool:
         """Whether predictions of this run are filtered (``auto`` asks the model class)."""
-        from .models import get_model
+        from ..models import get_model
 
         if self.filter_predictions == "auto":
             return bool(getattr(get_model(self.model), "filter_predictions", False))

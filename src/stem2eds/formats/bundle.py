@@ -42,8 +42,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from .errors import (DAMAGED_FILE_ERRORS, InputError, atomic_output, release_reservation,
-                     reserve_space)
+from ..errors import DAMAGED_FILE_ERRORS, InputError
+from ..atomic import atomic_output, release_reservation, reserve_space
+from ..elements import check_element
 
 FORMAT = "stem2eds-bundle"
 FORMAT_VERSION = 1
@@ -55,31 +56,9 @@ HAADF = "haadf"
 TRUTH = "truth"
 CALIBRATION = "calibration"
 
-#: Element symbols accepted in bundles (H..U), to catch typos such as "Sn" vs "Sb" early.
-ELEMENT_SYMBOLS = (
-    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni "
-    "Cu Zn Ga Ge As Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I "
-    "Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt "
-    "Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U"
-).split()
-
-
-def atomic_number(symbol: str) -> int:
-    """Atomic number Z of an element symbol, e.g. ``atomic_number("Ge") == 32``."""
-    return ELEMENT_SYMBOLS.index(check_element(symbol)) + 1
-
-
-def check_element(symbol: str, source=None) -> str:
-    """Return ``symbol`` normalised (``"ge"`` -> ``"Ge"``) or raise InputError."""
-    norm = symbol.strip().capitalize()
-    if norm not in ELEMENT_SYMBOLS:
-        raise InputError(f"unknown element symbol {symbol!r}", path=source,
-                         hint="use chemical symbols such as O, Si, Ge, Sb, Te")
-    return norm
-
 
 @dataclass
-class Calibration:
+class PixelCalibration:
     """Pixel sizes and beam energy of a scan.
 
     Attributes
@@ -104,7 +83,7 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any]) -> "Calibration":
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "PixelCalibration":
         kw = {}
         for name in ("r_pixel_size", "q_pixel_size", "beam_energy_kev"):
             if name in attrs:
@@ -236,7 +215,7 @@ class BundleBuilder:
 @contextlib.contextmanager
 def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
                   detector_shape: Sequence[int], dtype: Any, elements: Sequence[str],
-                  calibration: Calibration | None = None, scan_name: str | None = None,
+                  calibration: PixelCalibration | None = None, scan_name: str | None = None,
                   provenance: Mapping[str, Any] | None = None, kind: str = "raw",
                   compression: str | None = None) -> Iterator[BundleBuilder]:
     """Create a scan bundle, atomically.
@@ -256,7 +235,7 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
         Dtype of the diffraction data, kept as in the source.
     elements : sequence of str
         Element symbols, in the order of the EDS maps.
-    calibration : Calibration, optional
+    calibration : PixelCalibration, optional
     scan_name : str, optional
         Defaults to the output file's stem.
     provenance : mapping, optional
@@ -269,7 +248,7 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
     ------
     BundleBuilder
     """
-    from . import __version__
+    from .. import __version__
 
     rx, ry = (int(v) for v in scan_shape)
     qx, qy = (int(v) for v in detector_shape)
@@ -278,7 +257,7 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
     elements = [check_element(e) for e in elements]
     if len(set(elements)) != len(elements):
         raise InputError(f"element listed twice in {','.join(elements)}")
-    calibration = calibration or Calibration()
+    calibration = calibration or PixelCalibration()
     prov = dict(provenance or {})
     prov.setdefault("stem2eds_version", __version__)
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -413,8 +392,8 @@ class ScanBundle:
 
     @property
     @_damage_is_input_error
-    def calibration(self) -> Calibration:
-        return Calibration.from_attrs(self.file.attrs)
+    def calibration(self) -> PixelCalibration:
+        return PixelCalibration.from_attrs(self.file.attrs)
 
     @_damage_is_input_error
     def json_attr(self, key: str, default: Any = None) -> Any:
@@ -552,25 +531,3 @@ def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)
         f.close()
         raise
     return scan
-
-
-def element_list(text: str | Sequence[str] | None) -> list[str] | None:
-    """Parse ``"O,Si,Ge"`` (or a list) into checked element symbols."""
-    if text is None:
-        return None
-    items = text.split(",") if isinstance(text, str) else list(text)
-    return [check_element(e) for e in items if e.strip()]
-
-
-def parse_pair(text: str, name: str = "--scan-shape") -> tuple[int, int]:
-    """Parse ``"110x45"`` into ``(110, 45)``."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        a, b = (int(p) for p in parts)
-    except ValueError:
-        raise InputError(f"{name} {text!r} is not ROWSxCOLS", hint="e.g. 110x45") from None
-    if a < 1 or b < 1:
-        raise InputError(f"{name} {text!r} must be positive")
-    return a, b
-
-

@@ -4,7 +4,7 @@ Patterns are streamed from the bundle in batches through
 ``stem2eds.preprocess.iter_preprocessed`` with the run's stored settings
 (so prediction preprocesses exactly as training did) and through the model
 under ``torch.inference_mode()``. Reading (a background thread), preprocessing
-(a second background thread, :func:`stem2eds.stream.prefetch`) and the model
+(a second background thread, :func:`stem2eds.io.stream.prefetch`) and the model
 (the caller's thread) overlap; numpy, OpenCV, HDF5 reads and torch all
 release the GIL. :func:`predict_bundle` writes each batch's outputs into the
 prediction file as it comes, so memory does not grow with the scan.
@@ -30,11 +30,12 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from .bundle import ScanBundle, open_bundle
-from .errors import InputError, atomic_output
+from ..formats.bundle import ScanBundle, open_bundle
+from ..errors import InputError
+from ..atomic import atomic_output
 # not from .train: that imports Lightning (seconds of start-up) for nothing here
-from .runinfo import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
-from .runinfo import read_run_info as _read_state
+from ..formats.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
+from ..formats.rundir import read_run_info as _read_state
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Predictor:
         """
         if not (self.filter_predictions if filtered is None else filtered):
             return eds
-        from .preprocess.maps import filter_maps
+        from ..preprocess.maps import filter_maps
 
         s = self.settings
         return filter_maps(eds, s.eds_filter, s.eds_kernel, s.eds_sigma)
@@ -241,7 +242,7 @@ class Predictor:
         outputs : ndarray, shape (n, E [+ 1]), float32
             As :meth:`predict_patterns`.
         """
-        from .stream import prefetch
+        from ..io.stream import prefetch
 
         if batch < 1:
             raise InputError(f"batch must be positive, got {batch}")
@@ -278,7 +279,7 @@ class Predictor:
 
 def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):
     """(start, preprocessed patterns) of a raw bundle with a run's settings."""
-    from .preprocess import iter_preprocessed
+    from ..preprocess import iter_preprocessed
 
     return iter_preprocessed(scan, settings, batch=batch, client=client)
 
@@ -324,7 +325,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> Predictor:
     Parameters
     ----------
     run_dir : path-like
-        Folder written by :func:`stem2eds.train.train`.
+        Folder written by :func:`stem2eds.train.fit.train`.
     device : {"cpu", "cuda", "auto"}
 
     Returns
@@ -344,7 +345,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> Predictor:
 
 def _finished_run(run_dir: Path) -> tuple[dict[str, Any], Any]:
     """``run.json`` of a finished run and its preprocessing settings (no torch needed)."""
-    from .preprocess.pipeline import PreprocessSettings
+    from ..preprocess.pipeline import PreprocessSettings
 
     if not run_dir.is_dir():
         raise InputError("no such run folder", path=run_dir)
@@ -367,7 +368,7 @@ def _load_model(run_dir: Path, info: dict[str, Any], settings, device: str) -> P
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .models import build_model
+    from ..models import build_model
 
     try:
         model = build_model(info["model"], tuple(info["input_shape"]), int(info["n_outputs"]),
@@ -450,9 +451,9 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     """
     from contextlib import nullcontext
 
-    from . import __version__
+    from .. import __version__
 
-    from .stream import Prefetcher
+    from ..io.stream import Prefetcher
 
     run_dir = Path(run_dir)
     out = Path(out)
@@ -474,7 +475,7 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                      "source": str(Path(bundle).resolve()),
                      "eds_filter": _filter_description(predictor)}
             if scheduler is not None:
-                from .preprocess.distributed import dask_client
+                from ..preprocess.distributed import dask_client
             with atomic_output(out) as tmp, \
                     (dask_client(scheduler) if scheduler is not None else nullcontext()) as client:
                 with h5py.File(tmp, "w") as f:

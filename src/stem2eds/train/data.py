@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .bundle import DIFFRACTION, open_bundle
-from .errors import InputError
+from ..formats.bundle import DIFFRACTION, open_bundle
+from ..errors import InputError
 
 #: Patterns up to this many bytes are copied into memory for training.
 MEMORY_LIMIT = 2 << 30

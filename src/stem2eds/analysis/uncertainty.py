@@ -229,10 +229,10 @@ def train_ensemble(bundles: Sequence[str | os.PathLike], folder: str | os.PathLi
     list of Path
         The run folders.
     """
-    from .config import TrainConfig
-    from .errors import InputError
-    from .predict import load_run
-    from .train import train
+    from ..train.config import TrainConfig
+    from ..errors import InputError
+    from ..predict.predictor import load_run
+    from ..train.fit import train
 
     if members < 1:
         raise InputError(f"--ensemble must be at least 1, got {members}")
@@ -280,8 +280,8 @@ def write_prediction_with_std(path: str | os.PathLike, mean: np.ndarray,
     """
     import h5py
 
-    from .errors import atomic_output
-    from .predict import Prediction, write_prediction
+    from ..atomic import atomic_output
+    from ..predict.predictor import Prediction, write_prediction
 
     path = Path(path)
     with atomic_output(path) as tmp:

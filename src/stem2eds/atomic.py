@@ -1,0 +1,193 @@
+"""Writing files so that none is left half-done, and checking disk space first.
+
+:func:`atomic_output` writes under a temporary name and renames on success;
+:func:`check_free_space` and :func:`reserve_space` refuse (or pre-allocate)
+before a large HDF5 write, so a full disk is an error at the start, not a
+truncated file at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def check_free_space(folder: str | os.PathLike, nbytes: int, what: str = "the output") -> None:
+    """Refuse to start writing ``nbytes`` into ``folder`` when the disk lacks the room.
+
+    Parameters
+    ----------
+    folder : path-like
+        Existing folder the output goes to.
+    nbytes : int
+        Expected size of the output in bytes.
+    what : str
+        Named in the message.
+
+    Raises
+    ------
+    InputError
+        When the file system has less than ``nbytes`` free.
+    """
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise InputError(f"not enough free space for {what}: needs about {_mib(nbytes)}, "
+                         f"{_mib(free)} free", path=folder,
+                         hint="free space or choose another --out")
+
+
+def _libc_fallocate():
+    # Linux fallocate(2) without glibc's posix_fallocate fallback, which on
+    # file systems without fallocate would write every byte of the reservation.
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    func = getattr(libc, "fallocate", None)
+    if func is None:
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    func.restype = ctypes.c_int
+    return func
+
+
+def reserve_space(path: str | os.PathLike, nbytes: int, what: str = "the output") -> bool:
+    """Allocate disk blocks for the first ``nbytes`` of an open output file.
+
+    HDF5 does not survive a full disk: writes that fail inside its caches are
+    reported only while objects are freed, and closing such a file can crash
+    the process (seen with h5py 3 on a full tmpfs: segmentation fault, partial
+    file left). Reserving the blocks before any data is written makes a full
+    disk fail here, cleanly, while the file is still nearly empty; later
+    writes inside the reservation cannot run out of space. The file's size is
+    unchanged (``FALLOC_FL_KEEP_SIZE``), so HDF5 sees the file it wrote.
+
+    Parameters
+    ----------
+    path : path-like
+        The (temporary) output file, already created.
+    nbytes : int
+        Bytes to reserve from offset 0.
+    what : str
+        Named in the message.
+
+    Returns
+    -------
+    bool
+        True if reserved; False where the platform or file system offers no
+        fallocate (then only :func:`check_free_space` protects the output).
+
+    Raises
+    ------
+    InputError
+        When the disk has no room for ``nbytes``. Whatever part was
+        allocated is released before raising.
+    """
+    fallocate = _libc_fallocate()
+    if fallocate is None or nbytes <= 0:
+        return False
+    keep_size = 0x01  # FALLOC_FL_KEEP_SIZE
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if fallocate(fd, keep_size, 0, int(nbytes)) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            # Release blocks allocated beyond the data before failing.
+            size = os.fstat(fd).st_size
+            os.ftruncate(fd, size + 1)
+            os.ftruncate(fd, size)
+            folder = Path(path).parent
+            raise InputError(f"not enough free space for {what}: needs about "
+                             f"{_mib(nbytes)}, {_mib(shutil.disk_usage(folder).free)} free",
+                             path=folder, hint="free space or choose another --out")
+        return False  # EOPNOTSUPP and the like: no reservation on this file system
+    finally:
+        os.close(fd)
+
+
+def release_reservation(path: str | os.PathLike) -> None:
+    """Free blocks that :func:`reserve_space` allocated beyond a file's end.
+
+    Call after the file is closed: the reservation is an upper estimate, and
+    on most file systems blocks past the end stay allocated until the file is
+    truncated.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    # Truncating to the current size can be a no-op; one byte up and back
+    # makes the file system drop everything past the end.
+    os.truncate(p, size + 1)
+    os.truncate(p, size)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike,
+                  expected_bytes: int | None = None) -> Iterator[Path]:
+    """Write a file under a temporary name and rename it into place on success.
+
+    The temporary file lies in the same folder (so the rename is atomic) and
+    starts with a dot and ends with ``.partial``, so it never looks like a
+    finished output. On any exception, including KeyboardInterrupt, it is
+    removed and the target is left as it was.
+
+    Parameters
+    ----------
+    path : path-like
+        The final output path.
+    expected_bytes : int, optional
+        Expected size of the output; when given, a disk without that much
+        free space is refused before anything is written
+        (:func:`check_free_space`).
+
+    Yields
+    ------
+    Path
+        The temporary path to write to.
+
+    Examples
+    --------
+    >>> with atomic_output("out.h5") as tmp:          # doctest: +SKIP
+    ...     h5py.File(tmp, "w").close()
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError("output folder does not exist", path=folder,
+                         hint="create it first or choose another --out")
+    if expected_bytes:
+        check_free_space(folder, expected_bytes, what=target.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
+                                    dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # mkstemp creates 0600 files; give the output the permissions any
+        # other file the user creates would get (0666 less the umask), so
+        # bundles and reports can be shared.
+        umask = os.umask(0)
+        os.umask(umask)
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

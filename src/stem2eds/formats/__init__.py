@@ -1,0 +1,15 @@
+"""The project's own file formats: one module reads, writes and validates each.
+
+========================  ==========================================================
+module                    file
+========================  ==========================================================
+:mod:`.bundle`            scan bundle (HDF5): diffraction, EDS, HAADF, calibration
+:mod:`.rundir`            run folder: run.json, config.toml, weights, checkpoints, logs
+:mod:`.prediction`        prediction file (HDF5): predicted EDS/HAADF maps and their std
+:mod:`.metrics_file`      an experiment's metrics.json
+:mod:`.checkpoint`        safe loading of checkpoints and safetensors weights
+========================  ==========================================================
+
+Everything else in the package calls these modules instead of opening the
+files itself, so a layout is written down (and validated) in one place.
+"""
