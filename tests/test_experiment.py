@@ -150,11 +150,12 @@ def test_extrapolate_end_to_end_and_resume(tmp_path, run_cli):
 
     # the default model filters its EDS maps; the ridge baseline does not, and
     # metrics.json also scores the ridge through the same filter
-    from stem2eds.experiments.crossscan import read_prediction, score_scan
+    from stem2eds.experiments.crossscan import score_scan
+    from stem2eds.formats.prediction import read_prediction
 
     assert m["filter_predictions"] is True and cnn.filter_predictions
     for scan in ("0001", "0002"):
-        _, base_eds, _ = read_prediction(out / "predictions" / "baseline" / f"{scan}.h5")
+        base_eds = read_prediction(out / "predictions" / "baseline" / f"{scan}.h5").eds
         with h5py.File(out / "targets" / f"{scan}.h5", "r") as f:
             target = load_targets(paths[int(scan)], cnn.settings, ELEMENTS)
             assert np.allclose(target.eds, np.stack([f["eds"][e][()] for e in ELEMENTS]))

@@ -193,7 +193,7 @@ def test_predict_does_not_import_lightning():
 
 
 def test_outputs_are_written_by_flat_ranges(tmp_path, rng):
-    from stem2eds.predict.predictor import _write_flat
+    from stem2eds.formats.prediction import write_flat as _write_flat
 
     values = rng.random((35, 3)).astype(np.float32)
     with h5py.File(tmp_path / "o.h5", "w") as f:

@@ -4,8 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from stem2eds.analysis.uncertainty import (Z90, ensemble_stats, fit_std_scale, interval_coverage,
-                                           train_ensemble, write_prediction_with_std)
+from stem2eds.analysis.uncertainty import Z90, ensemble_stats, fit_std_scale, interval_coverage
+from stem2eds.experiments.ensemble import train_ensemble
+from stem2eds.formats.prediction import read_prediction, write_prediction_file
 
 
 def test_ensemble_stats_matches_numpy():
@@ -81,11 +82,15 @@ def test_train_ensemble_members_differ_and_are_reused(tiny_series, tmp_path):
     next((broken / "member_0").glob("weights.*")).write_bytes(b"not weights")
     with pytest.raises(InputError, match="cannot be reused"):
         train_ensemble(tiny_series[:1], broken, config, members=1, quiet=True)
-    out = write_prediction_with_std(tmp_path / "p.h5", mean, std, elements, {"ensemble": 2})
+    out = write_prediction_file(tmp_path / "p.h5", elements, mean, eds_std=std,
+                                attrs={"ensemble": 2})
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(f["eds_std"][elements[0]][()], std[0])
         np.testing.assert_allclose(f["eds"][elements[-1]][()], mean[-1])
         assert f.attrs["ensemble"] == 2
+    back = read_prediction(out)
+    assert back.elements == list(elements) and back.attrs["ensemble"] == 2
+    np.testing.assert_allclose(back.eds_std, std, rtol=1e-6)
 
 
 def test_train_ensemble_refuses_zero_members(tmp_path):
@@ -134,3 +139,14 @@ def test_validation_std_scale_from_members_errors():
     cov = interval_coverage(mean, std, target, None, scale=scale)
     raw = interval_coverage(mean, std, target)
     assert np.all(raw < 0.4) and np.all((cov > 0.85) & (cov < 0.97))
+
+
+def test_prediction_file_refuses_unknown_element_names(tmp_path):
+    # names read from a file become HDF5 keys only after the symbol check
+    from stem2eds.errors import InputError
+
+    path = write_prediction_file(tmp_path / "p.h5", ["O", "Te"], np.zeros((2, 3, 4)))
+    with h5py.File(path, "a") as f:
+        f.attrs["elements"] = np.array(["O", "../x"], dtype=h5py.string_dtype())
+    with pytest.raises(InputError, match="unknown element symbol"):
+        read_prediction(path)

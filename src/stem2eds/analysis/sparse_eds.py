@@ -19,7 +19,6 @@ bundles and writes RUN_DIR is :mod:`stem2eds.experiments.sparse`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

@@ -12,8 +12,6 @@ falls in ``mean +/- z * std``.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -205,95 +203,3 @@ def coverage_summary(mean: np.ndarray, std: np.ndarray, target: np.ndarray,
     return {"unscaled": dict(zip(elements, raw.tolist())),
             "scaled": dict(zip(elements, cov.tolist())),
             "unscaled_mean": float(raw.mean()), "scaled_mean": float(cov.mean())}
-
-
-# -- files ------------------------------------------------------------------------------
-def train_ensemble(bundles: Sequence[str | os.PathLike], folder: str | os.PathLike,
-                   config=None, members: int = 5, quiet: bool = False) -> list[Path]:
-    """Train (or reuse) ``members`` runs with seeds ``config.seed + k``.
-
-    Parameters
-    ----------
-    bundles : sequence of path-like
-        Raw training bundles.
-    folder : path-like
-        Runs go to ``folder/member_<k>``; finished runs there are reused, an
-        interrupted one resumes from its checkpoint.
-    config : TrainConfig, optional
-    members : int
-        Ensemble size (1 gives a single model).
-    quiet : bool
-
-    Returns
-    -------
-    list of Path
-        The run folders.
-    """
-    from ..train.config import TrainConfig
-    from ..errors import InputError
-    from ..predict.predictor import load_run
-    from ..train.fit import train
-
-    if members < 1:
-        raise InputError(f"--ensemble must be at least 1, got {members}")
-    config = config or TrainConfig()
-    runs = []
-    for k in range(members):
-        run = Path(folder) / f"member_{k}"
-        done = (run / "run.json").is_file() and any(run.glob("weights.*"))
-        if done:
-            try:
-                load_run(run)
-            except InputError as exc:
-                # finished weights that no longer load (e.g. the model changed since):
-                # resuming would mix two models, so say so rather than guess
-                raise InputError(f"ensemble member {run.name} cannot be reused ({exc})",
-                                 path=run, hint="delete that folder (or use another --out) "
-                                                "to retrain it") from None
-        else:
-            resume = (run / "checkpoints" / "last.ckpt").is_file()
-            run.parent.mkdir(parents=True, exist_ok=True)
-            train(list(bundles), run, config.replace(seed=config.seed + k), resume=resume,
-                  quiet=quiet)
-        runs.append(run)
-    return runs
-
-
-def write_prediction_with_std(path: str | os.PathLike, mean: np.ndarray,
-                              std: np.ndarray | None, elements: Sequence[str],
-                              attrs: dict | None = None,
-                              extra: dict[str, np.ndarray] | None = None) -> Path:
-    """A prediction file (the ``predict`` layout) plus ``eds_std/<El>``, atomically.
-
-    Parameters
-    ----------
-    path : path-like
-    mean : ndarray, shape (E, Rx, Ry)
-        Predicted atomic fractions (``eds/<El>``).
-    std : ndarray, shape (E, Rx, Ry), or None
-        Ensemble standard deviation, atomic fraction (``eds_std/<El>``).
-    elements : sequence of str
-    attrs : dict, optional
-        Root attributes (dicts and lists stored as JSON).
-    extra : dict, optional
-        Further ``name -> array`` datasets (e.g. ``sampled`` positions).
-    """
-    import h5py
-
-    from ..atomic import atomic_output
-    from ..predict.predictor import Prediction, write_prediction
-
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        write_prediction(Prediction(np.asarray(mean, np.float32), None, list(elements),
-                                    tuple(np.shape(mean)[1:])), tmp, attrs=attrs)
-        with h5py.File(tmp, "a") as f:
-            if std is not None:
-                grp = f.create_group("eds_std")
-                grp.attrs["unit"] = "atomic fraction"
-                grp.attrs["meaning"] = "standard deviation over the ensemble members"
-                for el, values in zip(elements, std):
-                    grp.create_dataset(el, data=np.asarray(values, np.float32))
-            for name, values in (extra or {}).items():
-                f.create_dataset(name, data=values)
-    return path

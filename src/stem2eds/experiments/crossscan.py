@@ -38,7 +38,6 @@ interrupted experiment resumes where it stopped.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -54,6 +53,9 @@ from ..formats.bundle import HAADF, TRUTH, open_bundle
 from ..analysis.calibrate import FittedCalibration, fit_calibration
 from ..errors import InputError
 from ..atomic import atomic_output
+from ..formats.prediction import read_prediction, write_prediction_file
+from ..formats.rundir import RunDir
+from ..train.fit import ensure_trained
 
 STRATEGIES = ("random", "extrapolate", "interpolate", "leave-one-out")
 BASELINE_MODEL = "ridge"
@@ -138,26 +140,14 @@ def _write_maps(path: Path, groups: dict[str, dict[str, np.ndarray]],
 def _save_prediction(path: Path, eds: np.ndarray, haadf: np.ndarray | None,
                      elements: Sequence[str], scan_name: str, predictor, source: Path,
                      **extra: Any) -> None:
-    """Write maps in the ``predict`` layout (via :func:`stem2eds.predict.predictor.write_prediction`)."""
+    """Write maps as a prediction file with the attributes ``stem2eds predict`` gives."""
     from .. import __version__
-    from ..predict.predictor import Prediction, write_prediction
 
-    prediction = Prediction(np.asarray(eds, np.float32), haadf, list(elements),
-                            tuple(np.shape(eds)[1:]))
-    write_prediction(prediction, path, attrs={
+    write_prediction_file(path, elements, eds, haadf=haadf, attrs={
         "scan_name": scan_name, "model": predictor.model_name,
         "run_dir": str(Path(predictor.run_dir).resolve()), "stem2eds_version": __version__,
-        "scan_shape": list(prediction.scan_shape), "targets": list(predictor.targets),
+        "scan_shape": list(np.shape(eds)[1:]), "targets": list(predictor.targets),
         "source": str(Path(source).resolve()), **extra})
-
-
-def read_prediction(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """(elements, eds (E, Rx', Ry'), haadf or None) of a prediction file."""
-    with h5py.File(path, "r") as f:
-        elements = [e.decode() if isinstance(e, bytes) else str(e) for e in f.attrs["elements"]]
-        eds = np.stack([f["eds"][e][()] for e in elements])
-        haadf = f[HAADF][()] if HAADF in f else None
-    return elements, eds, haadf
 
 
 # -- what one scan is scored against -------------------------------------------
@@ -245,75 +235,6 @@ def _summary(per_scan: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if haadf:
         summary["haadf"] = metrics.summarize_single(haadf)
     return summary
-
-
-# -- training (files) ------------------------------------------------------------
-def _trained(model_dir: Path) -> bool:
-    """True when ``model_dir`` holds a finished, loadable training run."""
-    if not (model_dir / "run.json").is_file() or not any(model_dir.glob("weights.*")):
-        return False
-    from ..predict.predictor import load_run
-
-    try:
-        load_run(model_dir)
-    except InputError:
-        return False
-    return True
-
-
-def _train_once(bundles: Sequence[Path], model_dir: Path, config, quiet: bool) -> Path:
-    """Train unless a finished run is already there (resuming a checkpoint if any)."""
-    from ..train.fit import train
-
-    if _trained(model_dir):
-        return model_dir
-    resume = (model_dir / "checkpoints" / "last.ckpt").is_file()
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(train(list(bundles), model_dir, config, resume=resume, quiet=quiet))
-
-
-def _validation_mask(model_dir: Path, index: int, shape: tuple[int, int]) -> np.ndarray:
-    """Validation positions (Rx', Ry') bool of the ``index``-th training scan of a run.
-
-    Read from the ``split.npz`` that ``stem2eds.train.fit`` writes beside the weights.
-    """
-    split = model_dir / "split.npz"
-    key = f"val_mask_{index}"
-    if not split.is_file():
-        raise InputError("training run has no split.npz (which positions were validation?)",
-                         path=model_dir, hint="delete the folder so the experiment retrains it")
-    with np.load(split) as z:
-        if key not in z.files:
-            raise InputError(f"split.npz has no {key}", path=split)
-        mask = np.asarray(z[key], bool)
-    if mask.shape != tuple(shape):
-        raise InputError(f"split.npz mask {key} is {mask.shape}, the cropped scan {shape}",
-                         path=split, hint="delete the folder so the experiment retrains it")
-    return mask
-
-
-def _training_curves(model_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Training and validation loss per epoch from the CSVLogger's ``metrics.csv``."""
-    files = sorted(model_dir.glob("logs/**/metrics.csv"))
-    if not files:
-        return {}
-    with open(files[-1], newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "epoch" not in rows[0]:
-        return {}
-    curves: dict[str, tuple[list[float], list[float]]] = {}
-    for col in rows[0]:
-        # the total (weighted) losses; per-target parts would crowd the plot
-        if col not in ("train_loss", "val_loss"):
-            continue
-        by_epoch: dict[float, float] = {}
-        for r in rows:
-            if r.get(col) not in (None, "") and r.get("epoch") not in (None, ""):
-                by_epoch[float(r["epoch"])] = float(r[col])
-        if by_epoch:
-            ep = sorted(by_epoch)
-            curves[col] = (ep, [by_epoch[e] for e in ep])
-    return {k: (np.array(x), np.array(y)) for k, (x, y) in curves.items()}
 
 
 # -- the runner -------------------------------------------------------------------
@@ -455,17 +376,18 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for part in parts:
         train_paths = [paths[i] for i in part.train]
-        cnn_dir = _train_once(train_paths, run / "models" / part.name / "cnn", config, quiet)
-        base_dir = _train_once(train_paths, run / "models" / part.name / BASELINE_MODEL,
-                               base_config, quiet)
-        curves[part.name] = _training_curves(cnn_dir)
+        cnn_dir = ensure_trained(train_paths, run / "models" / part.name / "cnn", config,
+                                 quiet=quiet)
+        base_dir = ensure_trained(train_paths, run / "models" / part.name / BASELINE_MODEL,
+                                  base_config, quiet=quiet)
+        curves[part.name] = RunDir(cnn_dir).training_curves()
         cnn, base = load_run(cnn_dir), load_run(base_dir)
         elements = list(cnn.elements)
         settings = cnn.settings
         train_targets = []
         for k, path in enumerate(train_paths):
             shape = _cropped_shape(path, settings)
-            val = _validation_mask(cnn_dir, k, shape)
+            val = RunDir(cnn_dir).validation_mask(k, shape)
             train_targets.append(load_targets(path, settings, elements,
                                               evaluated=val, train_positions=~val))
         train_names = [names[i] for i in part.train]
@@ -649,6 +571,7 @@ def recompute_metrics(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
                           f["evaluated"][()].astype(bool), f["train_positions"][()].astype(bool),
                           tuple(f.attrs["crop"]))
         for key, sub in (("raw", ""), ("calibrated", "calibrated"), ("baseline", "baseline")):
-            _, eds, haadf = read_prediction(run / "predictions" / sub / f"{name}.h5")
+            saved = read_prediction(run / "predictions" / sub / f"{name}.h5")
+            eds, haadf = saved.eds, saved.haadf
             out[key][name] = score_scan(eds, haadf if key == "raw" else None, tgt, elements)
     return out

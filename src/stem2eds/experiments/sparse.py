@@ -185,8 +185,9 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
     from .crossscan import load_targets
     from ..predict.predictor import load_run
     from ..preprocess import crop_maps, preprocess_bundle
-    from ..analysis.uncertainty import (Z90, ensemble_stats, train_ensemble,
-                                        write_prediction_with_std)
+    from ..analysis.uncertainty import Z90, ensemble_stats
+    from .ensemble import train_ensemble
+    from ..formats.prediction import write_prediction_file
 
     paths = [Path(b) for b in bundles]
     if len(paths) < 2:
@@ -238,9 +239,9 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
 
     common = {"elements": elements, "scan_name": target, "run_dir": str(run.resolve()),
               "stem2eds_version": __version__, "source": str(target_path.resolve())}
-    write_prediction_with_std(run / "predictions" / f"{target}.h5", mean, std, elements,
-                              {**common, "ensemble": len(preds),
-                               "members": [str(m.relative_to(run)) for m in members]})
+    write_prediction_file(run / "predictions" / f"{target}.h5", elements, mean, eds_std=std,
+                          attrs={**common, "ensemble": len(preds),
+                                 "members": [str(m.relative_to(run)) for m in members]})
 
     extrapolation = (_extrapolation_coverage(members, predictors, paths[:-1], mean, std,
                                              references, settings, elements)
@@ -276,13 +277,13 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
         entry, uk_std = _sparse_coverage(estimates, uk, mean, std, measured, references,
                                          mask, elements)
         coverage[key] = entry
-        write_prediction_with_std(run / "predictions" / "sparse" / f"{key}.h5",
-                                  estimates[HEADLINE], uk_std, elements,
-                                  {**common, "fraction": f, "pattern": pattern,
-                                   "method": HEADLINE,
-                                   "eds_std": "standard deviation of the noise-free map "
-                                              "(universal kriging, leave-one-out scaled)"},
-                                  {"sampled": mask.astype(np.uint8)})
+        write_prediction_file(run / "predictions" / "sparse" / f"{key}.h5", elements,
+                              estimates[HEADLINE], eds_std=uk_std,
+                              attrs={**common, "fraction": f, "pattern": pattern,
+                                     "method": HEADLINE,
+                                     "eds_std": "standard deviation of the noise-free map "
+                                                "(universal kriging, leave-one-out scaled)"},
+                              extra={"sampled": mask.astype(np.uint8)})
 
     curve = {m: {ref: [_summary_r(methods[m][f"{100 * f:g}"][ref])["pearson"]
                        for f in fractions] for ref in references}

@@ -21,18 +21,15 @@ numbers (the ring statistics of ``radial``) stay in float32.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import h5py
 import numpy as np
 
 from ..formats.bundle import ScanBundle, open_bundle
 from ..errors import InputError
-from ..atomic import atomic_output
 # not from .train: that imports Lightning (seconds of start-up) for nothing here
 from ..formats.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
 from ..formats.rundir import read_run_info as _read_state
@@ -58,6 +55,13 @@ class Prediction:
     haadf: np.ndarray | None
     elements: list[str]
     scan_shape: tuple[int, int]
+
+    def save(self, path: str | os.PathLike, attrs: dict[str, Any] | None = None) -> Path:
+        """Write these maps as a prediction file (:mod:`stem2eds.formats.prediction`)."""
+        from ..formats.prediction import write_prediction_file
+
+        return write_prediction_file(path, self.elements, self.eds, haadf=self.haadf,
+                                     attrs=attrs)
 
 
 class Predictor:
@@ -392,29 +396,6 @@ def _load_model(run_dir: Path, info: dict[str, Any], settings, device: str) -> P
     return Predictor(run_dir, info, model, settings, dev)
 
 
-def write_prediction(prediction: Prediction, out: str | os.PathLike, *,
-                     attrs: dict[str, Any] | None = None) -> Path:
-    """Write a prediction file (HDF5, atomically).
-
-    Layout: ``eds/<El>`` (Rx', Ry') float32 atomic fractions, ``haadf``
-    (Rx', Ry') float32 when predicted; root attributes ``elements`` and any
-    given ``attrs`` (dicts stored as JSON).
-    """
-    out = Path(out)
-    with atomic_output(out) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["elements"] = np.array(prediction.elements, dtype=h5py.string_dtype())
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
-            grp = f.create_group("eds")
-            grp.attrs["unit"] = "atomic fraction"
-            for el, values in zip(prediction.elements, prediction.eds):
-                grp.create_dataset(el, data=values.astype(np.float32))
-            if prediction.haadf is not None:
-                f.create_dataset("haadf", data=prediction.haadf.astype(np.float32))
-    return out
-
-
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                    out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu",
                    scheduler=None) -> Path:
@@ -434,7 +415,7 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     bundle : path-like
         Raw scan bundle to predict.
     out : path-like
-        Output HDF5 (the layout of :func:`write_prediction`); root attributes
+        Output prediction file (:mod:`stem2eds.formats.prediction`); root attributes
         ``scan_name``, ``model``, ``run_dir``, ``stem2eds_version``,
         ``scan_shape``, ``targets``, ``source``.
     batch : int
@@ -453,6 +434,7 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
 
     from .. import __version__
 
+    from ..formats.prediction import open_prediction_writer
     from ..io.stream import Prefetcher
 
     run_dir = Path(run_dir)
@@ -476,20 +458,16 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                      "eds_filter": _filter_description(predictor)}
             if scheduler is not None:
                 from ..preprocess.distributed import dask_client
-            with atomic_output(out) as tmp, \
-                    (dask_client(scheduler) if scheduler is not None else nullcontext()) as client:
-                with h5py.File(tmp, "w") as f:
-                    datasets = _prediction_datasets(f, predictor.elements,
-                                                    "haadf" in predictor.targets, shape, attrs)
-                    outputs = predictor._outputs(scan, early) if early is not None else \
-                        predictor.iter_outputs(scan, batch, client=client)
-                    for start, values in outputs:
-                        _write_flat(datasets, start, values, shape[1])
-                    if predictor.filter_predictions:
-                        eds_sets = datasets[:len(predictor.elements)]
-                        filtered = predictor.finish_eds(np.stack([ds[()] for ds in eds_sets]))
-                        for ds, values in zip(eds_sets, filtered):
-                            ds[...] = values
+            with (dask_client(scheduler) if scheduler is not None else nullcontext()) as client, \
+                    open_prediction_writer(out, predictor.elements,
+                                           haadf="haadf" in predictor.targets, shape=shape,
+                                           attrs=attrs) as writer:
+                outputs = predictor._outputs(scan, early) if early is not None else \
+                    predictor.iter_outputs(scan, batch, client=client)
+                for start, values in outputs:
+                    writer.write_flat(start, values)
+                if predictor.filter_predictions:
+                    writer.replace_eds(predictor.finish_eds(writer.read_eds()))
         finally:
             if early is not None:
                 early.close()  # stops and joins the preprocessing threads
@@ -503,36 +481,3 @@ def _filter_description(predictor: Predictor) -> str:
         return "none (per-pattern predictions)"
     size = f"sigma {s.eds_sigma} px" if s.eds_sigma else f"{s.eds_kernel}x{s.eds_kernel}"
     return f"{s.eds_filter} {size}, as the training EDS targets"
-
-
-def _prediction_datasets(f: h5py.File, elements: Sequence[str], haadf: bool,
-                         shape: tuple[int, int], attrs: dict[str, Any]) -> list[h5py.Dataset]:
-    """Create the datasets of a prediction file (one per output column, in output order)."""
-    f.attrs["elements"] = np.array(list(elements), dtype=h5py.string_dtype())
-    for key, value in attrs.items():
-        f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
-    grp = f.create_group("eds")
-    grp.attrs["unit"] = "atomic fraction"
-    out = [grp.create_dataset(el, shape=shape, dtype=np.float32) for el in elements]
-    if haadf:
-        out.append(f.create_dataset("haadf", shape=shape, dtype=np.float32))
-    return out
-
-
-def _write_flat(datasets: Sequence[h5py.Dataset], start: int, values: np.ndarray,
-                width: int) -> None:
-    """Write outputs (n, K) of flat positions ``start..start+n`` into K (Rx, Ry) maps."""
-    k, n = 0, len(values)
-    while k < n:
-        i, j = divmod(start + k, width)
-        if j == 0 and n - k >= width:
-            rows = (n - k) // width
-            block = values[k:k + rows * width].reshape(rows, width, -1)
-            for col, ds in enumerate(datasets):
-                ds[i:i + rows] = block[:, :, col]
-            k += rows * width
-        else:
-            take = min(n - k, width - j)
-            for col, ds in enumerate(datasets):
-                ds[i, j:j + take] = values[k:k + take, col]
-            k += take

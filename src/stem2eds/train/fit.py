@@ -46,6 +46,7 @@ from ..atomic import atomic_output
 # The run format and output activation live in runinfo so that prediction
 # can use them without importing Lightning; re-exported here.
 from ..formats.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
+from ..formats.rundir import RunDir
 from ..formats.rundir import read_run_info as _read_state
 
 #: Percentile of the training HAADF used as its scale (robust to hot pixels).
@@ -428,6 +429,51 @@ def train(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
                              title=f"{config.model} on {', '.join(p.stem for p in paths)}",
                              loss=config.loss)
     return run_dir
+
+
+def ensure_trained(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
+                   config: TrainConfig | None = None, *, quiet: bool = False) -> Path:
+    """Train unless ``run_dir`` already holds a finished run; resume an interrupted one.
+
+    The one "train unless already done" of the package: experiments and
+    ensembles call it for every model they need.
+
+    Parameters
+    ----------
+    bundles : sequence of path-like
+        Raw training bundles.
+    run_dir : path-like
+        The run folder.
+    config : TrainConfig, optional
+    quiet : bool
+
+    Returns
+    -------
+    Path
+        ``run_dir``.
+
+    Raises
+    ------
+    InputError
+        When finished weights are there but no longer load (e.g. the model
+        changed since): resuming would mix two models, so the user decides.
+    """
+    from ..predict.predictor import load_run
+
+    run = RunDir(run_dir)
+    if run.run_json.is_file() and run.weights.is_file():
+        try:
+            load_run(run.path)
+        except InputError as exc:
+            if run.is_complete():
+                raise InputError(f"finished run cannot be reused ({exc})", path=run.path,
+                                 hint="delete that folder (or use another output folder) "
+                                      "to retrain it") from None
+        else:
+            return run.path
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(train(list(bundles), run.path, config, resume=run.has_checkpoint(),
+                      quiet=quiet))
 
 
 def _init_output_bias(net: nn.Module, targets: torch.Tensor) -> None:
