@@ -26,6 +26,11 @@ try:
 except Exception as exc:  # noqa: BLE001 - re-raised with context
     raise RuntimeError(f"docs: cannot import stem2eds.cli from {ROOT / 'src'}: {exc!r}") from exc
 
+import stem2eds  # noqa: E402 - already imported above; checked: the checkout's, not an installed copy
+
+if not Path(stem2eds.__file__).resolve().is_relative_to(ROOT / "src"):
+    raise RuntimeError(f"docs: imported stem2eds from {stem2eds.__file__}, not from {ROOT / 'src'}")
+
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:  # argparse has no public accessor
