@@ -1,0 +1,286 @@
+"""Fill the measurement tables of the documentation from benchmarks/results/*.json.
+
+Run by mkdocs-gen-files at build time. A page asks for a table with a line
+
+    <!-- table: NAME -->
+
+and this script replaces it by the Markdown table NAME (see ``TABLES``), followed
+by a line that names the JSON file, the commit and the machine that produced it.
+Nothing in these tables is typed by hand. The build fails (an exception) when a
+page asks for an unknown table, when a table is asked for by no page, or when a
+JSON file is missing or lacks a field a table needs.
+
+Provenance comes from the JSON's top-level ``provenance`` object (``commit``,
+``machine``, ``date``, ``note``). A results file written later without one (the
+benchmark scripts do not write it) gets its commit from ``git log`` and is marked
+as such, so a rerun of a benchmark never breaks the build, and never passes for
+something it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+
+import mkdocs_gen_files
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+RESULTS = ROOT / "benchmarks" / "results"
+MARKER = re.compile(r"^<!-- table: ([a-z0-9_]+) -->[ \t]*$", re.M)
+
+
+# -- inputs ---------------------------------------------------------------------
+
+def load(name: str) -> dict:
+    path = RESULTS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"docs: measurement file {path} is missing")
+    return json.loads(path.read_text())
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def provenance(name: str, data: dict) -> dict:
+    prov = data.get("provenance")
+    if prov:
+        for key in ("commit", "machine", "date"):
+            if key not in prov:
+                raise KeyError(f"docs: {name}: provenance has no '{key}'")
+        return prov
+    rel = f"benchmarks/results/{name}"
+    if _git("status", "--porcelain", "--", rel):
+        commit, date = "uncommitted changes", "not recorded"
+    else:
+        commit, _, date = _git("log", "-1", "--format=%H %cI", "--", rel).partition(" ")
+        commit = commit or "not recorded"
+        date = date or "not recorded"
+    return {"commit": commit, "date": date, "machine": "not recorded",
+            "note": "This file has no provenance field; the commit is the last one that "
+                    "changed it (git log)."}
+
+
+def source_line(*names: str) -> str:
+    parts = []
+    for name in names:
+        prov = provenance(name, load(name))
+        commit = prov["commit"]
+        commit = f"`{commit[:9]}`" if re.fullmatch(r"[0-9a-f]{40}", commit) else commit
+        text = (f"`benchmarks/results/{name}`: commit {commit} ({prov['date']}); "
+                f"machine: {prov['machine']}.")
+        if prov.get("note"):
+            text += f" {prov['note']}"
+        parts.append(text)
+    return "*Source: " + " ".join(parts) + "*"
+
+
+# -- formatting -----------------------------------------------------------------
+
+def r3(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "|" + "---|" * len(header)
+    lines = ["| " + " | ".join(header) + " |", align]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- the tables -------------------------------------------------------------------
+
+def _compare(name: str) -> str:
+    data = load(name)
+    setup = data["setup"]
+    models = data["models"]
+    elements = list(next(iter(models.values()))["summary"]["vs_eds"]["pearson_per_element"])
+    header = (["model", "trainable params", "train s (epochs)", "predict patterns/s",
+               "mean r vs EDS"] + [f"r {el}" for el in elements]
+              + ["MAE vs EDS", "mean r vs truth"])
+    rows = []
+    for label, m in models.items():
+        eds, truth = m["summary"]["vs_eds"], m["summary"]["vs_truth"]
+        own = m.get("run_default", True)
+        if m["parameters"]:
+            params = f"{m['parameters']:,}"
+        else:
+            params = "(linear)"
+        if not own:
+            train = "(same run)"
+        elif not m["epochs_run"]:
+            train = f"{m['train_seconds']:.0f} (closed form)"
+        else:
+            stop = "limit" if m["epochs_run"] >= setup["max_epochs"] else "early stop"
+            train = f"{m['train_seconds']:.0f} ({m['epochs_run']}, {stop})"
+        if own and "filtered" in m:
+            label = f"**{label}** (as its run predicts)"
+        rows.append([label, params, train, f"{m['predict_patterns_per_second']:,.0f}",
+                     r3(eds["mean_pearson"])]
+                    + [r3(eds["pearson_per_element"][el]) for el in elements]
+                    + [f"{eds['mean_mae']:.4f}", r3(truth["mean_pearson"])])
+    caption = (f"Trained on `{setup['train_scan']}` ({setup['split']} 80:20 split, at most "
+               f"{setup['max_epochs']} epochs, patience {setup['patience']}, learning rate "
+               f"{setup['learning_rate']:g}, seed {setup['seed']}, {setup['threads']} torch "
+               f"thread(s), torch {setup['torch']}); predicted "
+               f"{', '.join(f'`{s}`' for s in setup['test_scans'])}; {setup['scan_shape']} "
+               f"positions, {setup['detector']}x{setup['detector']} patterns binned by "
+               f"{setup['bin_factor']}. Pearson r and MAE: mean over the predicted scans "
+               "against their blurred EDS; 'vs truth': against the simulator's noise-free "
+               "composition.")
+    return table(header, rows) + "\n\n" + caption + "\n\n" + source_line(name)
+
+
+def compare_models() -> str:
+    return _compare("compare_models.json")
+
+
+def compare_models_bin4() -> str:
+    return _compare("compare_models_bin4_radial_ridge.json")
+
+
+ABLATION_FILES = ("ablation_heads.json", "ablation_heads_seed5.json")
+ABLATION_COLUMNS = {"ridge": "ridge", "ridge+filter": "ridge + filter",
+                    "linear": "linear head + filter",
+                    "mlp": "linear + MLP correction + filter (**default**)"}
+
+
+def ablation_heads() -> str:
+    rows = []
+    for name in ABLATION_FILES:
+        data = load(name)
+        series = data.get("provenance", {}).get("series_command", data["series"])
+        for i, (setting, runs) in enumerate(data["runs"].items()):
+            missing = set(ABLATION_COLUMNS) - set(runs)
+            if missing:
+                raise KeyError(f"docs: {name}: {setting} lacks {sorted(missing)}")
+            n_train = len(runs["ridge"]["train_scans"])
+            best = max(runs[v]["mean_pearson"] for v in ABLATION_COLUMNS)
+            cells = [(f"**{r3(runs[v]['mean_pearson'])}**"
+                      if runs[v]["mean_pearson"] == best else r3(runs[v]["mean_pearson"]))
+                     for v in ABLATION_COLUMNS]
+            rows.append([f"`{series}`" if i == 0 else "", f"{setting} ({n_train})"] + cells)
+    header = ["series", "setting (training scans)"] + list(ABLATION_COLUMNS.values())
+    caption = ("Mean Pearson r over the elements and the predicted scans, against their "
+               "blurred EDS. extrapolate: train on the first scan, predict the others; "
+               "interpolate: first and last, predict those between; pooled: every scan but "
+               "the middle one, predict it. Best of each row in bold.")
+    return (table(header, rows) + "\n\n" + caption + "\n\n"
+            + source_line(*ABLATION_FILES))
+
+
+def bench_full() -> str:
+    name = "full.json"
+    results = load(name)
+    st = results["stages"]
+    d = results["data"]
+
+    def wall_cpu(r):
+        return f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s)"
+
+    rows = [["convert (MRC -> bundle)", "-", st["convert"]["patterns_per_s"],
+             st["convert"]["peak_rss_mb"], wall_cpu(st["convert"])],
+            ["preprocess (raw -> preprocessed bundle)", "-", st["preprocess"]["patterns_per_s"],
+             st["preprocess"]["peak_rss_mb"], wall_cpu(st["preprocess"])]]
+    for model, r in st["train"].items():
+        shape = "x".join(map(str, r["input_shape"]))
+        rows.append([f"train, per epoch ({r['n_train']:,} patterns)", f"{model} ({shape})",
+                     r["train_patterns_per_s"], r["peak_rss_mb"],
+                     f"{r['seconds_per_epoch']:.1f} s / epoch"])
+    for model, r in st["predict"].items():
+        shape = "x".join(map(str, r["input_shape"]))
+        rows.append([f"predict (whole process, raw bundle of {r['n_patterns']:,})",
+                     f"{model} ({shape})", r["patterns_per_s"], r["peak_rss_mb"], wall_cpu(r)])
+        if r.get("marginal_patterns_per_s"):
+            what = "2x scan minus 1x"
+            if "short_scan" in r:
+                what = f"{r['n_patterns']:,} minus {r['short_scan']['n_patterns']:,} patterns"
+            rows.append([f"predict, without start-up ({what})", f"{model} ({shape})",
+                         r["marginal_patterns_per_s"], r["peak_rss_mb"], "-"])
+    for model, r in st.get("model_only", {}).items():
+        shape = "x".join(map(str, r["input_shape"]))
+        rows.append([f"model alone (preprocessed batch of {r['batch']:,} in memory)",
+                     f"{model} ({shape})", r["patterns_per_s"], None, "-"])
+    body = [[a, b, f"{c:,.0f}", "-" if m is None else f"{m:,.0f}", t] for a, b, c, m, t in rows]
+    header = ["stage", "model (input)", "patterns/s", "peak RSS (MB)", "wall time (CPU time)"]
+    s = results["summary"]
+    caption = (f"{d['n_patterns']:,} patterns of {d['detector'][0]}x{d['detector'][1]} "
+               f"{d['dtype']} ({d['bundle_mb']:,.0f} MB bundle); training scan "
+               f"{d['n_train_scan_patterns']:,} patterns; device {results['device']}. "
+               f"Default model: {s['speedup_vs_paper']:.1f}x the paper CNN's predict "
+               "throughput (the CNN's rate without start-up).")
+    targets = results.get("targets")
+    if targets:
+        met = results.get("targets_met", {})
+        trows = [["`stem2eds predict` patterns/s (whole process)",
+                  f"{targets['predict_patterns_per_s']:,.0f}", f"{s['predict_patterns_per_s']:,.0f}"],
+                 ["speed-up over the paper CNN", f"{targets['speedup_vs_paper']:.0f}x",
+                  f"{s['speedup_vs_paper']:.1f}x"],
+                 ["peak RSS while predicting (MB)", f"{targets['peak_rss_mb']:,.0f}",
+                  f"{s['predict_peak_rss_mb']:,.0f}"]]
+        keys = ("predict_patterns_per_s", "speedup_vs_paper", "peak_rss_mb")
+        for row, key in zip(trows, keys):
+            row.append("met" if met.get(key) else "not met")
+        caption += "\n\n" + table(["target (issue 8)", "target", "measured", ""], trows)
+    return (table(header, body, "|---|---|---:|---:|---:|") + "\n\n" + caption + "\n\n"
+            + source_line(name))
+
+
+def bench_train() -> str:
+    name = "bench_train.json"
+    b = load(name)
+    shape = "x".join(map(str, b["input_shape"]))
+    rows = [["model", f"`{b['model']}` (input {shape}, from {b['detector']}x{b['detector']})"],
+            ["training patterns (one scan)", f"{b['patterns']:,}"],
+            ["raw bundle to finished run folder (preprocessing included)",
+             f"{b['train_seconds_total']:.1f} s"],
+            ["epochs run (best epoch)",
+             f"{b['epochs_run']} ({b['best_epoch']}){', early stop' if b['stopped_early'] else ''}"],
+            ["seconds per epoch", f"{b['seconds_per_epoch']:.2f}"],
+            ["predicting the scan from the raw bundle", f"{b['predict_seconds_incl_preprocessing']:.2f} s "
+             f"({b['predict_patterns_per_second']:,.0f} patterns/s)"],
+            ["torch threads / CPUs", f"{b['threads']} / {b['cpu_count']}"]]
+    cfg = b.get("config", {})
+    caption = (f"Training settings: learning rate {cfg.get('learning_rate', '?'):g}, patience "
+               f"{cfg.get('patience', '?')}, at most {cfg.get('max_epochs', '?')} epochs, "
+               f"{cfg.get('split', '?')} split, targets {', '.join(cfg.get('targets', []))}.")
+    return table(["", "measured"], rows) + "\n\n" + caption + "\n\n" + source_line(name)
+
+
+TABLES = {
+    "compare_models": compare_models,
+    "compare_models_bin4": compare_models_bin4,
+    "ablation_heads": ablation_heads,
+    "bench_full": bench_full,
+    "bench_train": bench_train,
+}
+
+
+def main() -> None:
+    used = set()
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text()
+        names = MARKER.findall(text)
+        if not names:
+            continue
+        unknown = sorted(set(names) - set(TABLES))
+        if unknown:
+            raise KeyError(f"docs: {page}: unknown table(s) {unknown}; known: {sorted(TABLES)}")
+        used.update(names)
+        text = MARKER.sub(lambda m: TABLES[m.group(1)](), text)
+        with mkdocs_gen_files.open(page.relative_to(DOCS).as_posix(), "w") as fh:
+            fh.write(text)
+    unused = sorted(set(TABLES) - used)
+    if unused:
+        raise RuntimeError(f"docs: no page shows the table(s) {unused}")
+
+
+main()
