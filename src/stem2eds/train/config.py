@@ -60,20 +60,27 @@ class TrainConfig:
     Attributes
     ----------
     model : str
-        Registered model name (``stem2eds.models.MODELS``); default ``"radial"``.
+        Registered model (``stem2eds.models.MODELS``): ``radial`` (ring
+        statistics of the centred pattern, linear head with a small MLP
+        correction), ``paper`` (the paper's 2D CNN) or ``ridge`` (radial
+        profile + ridge regression baseline).
     model_params : dict
         Hyperparameters passed to the model class (its defaults otherwise).
     targets : tuple of str
-        ``("eds",)`` or ``("eds", "haadf")`` (HAADF as auxiliary output).
+        What the model predicts: ``eds``, or ``eds,haadf`` (HAADF as an
+        auxiliary output).
     loss_weights : dict
         Weight of each target's loss, e.g. ``{"eds": 1.0, "haadf": 0.5}``.
     loss : {"mae", "mse", "huber"}
         Per-target loss (the paper: MAE).
     learning_rate : float
         Adam learning rate (the paper: 1e-4).
-    batch_size, max_epochs, patience : int
-        Mini-batch size; epoch limit; epochs without validation improvement
-        before early stopping.
+    batch_size : int
+        Mini-batch size.
+    max_epochs : int
+        Maximum number of epochs.
+    patience : int
+        Epochs without validation improvement before early stopping.
     split : {"random", "blocks"}
         Train/validation split of probe positions: random, or square blocks of
         ``block_size`` positions so neighbours (which share blurred EDS signal)
@@ -101,7 +108,7 @@ class TrainConfig:
         preprocessing (``preprocess.eds_filter``, ``eds_kernel``,
         ``eds_sigma``: the paper's 7x7 Gaussian). The targets are filtered
         maps, so a per-pattern prediction filtered the same way predicts
-        them better (neighbouring patterns average out their noise; README,
+        them better (neighbouring patterns average out their noise; docs,
         "Models"). ``auto``: the model's own default (on for ``radial``, off
         for ``paper`` and ``ridge``, which predict pattern by pattern as the
         paper and the baseline do). HAADF predictions are never filtered

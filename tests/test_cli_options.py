@@ -1,0 +1,56 @@
+"""CLI options generated from the settings dataclasses: one definition of each default."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from stem2eds.cli.options import Option, add_settings_options, attribute_docs, given, name_flags
+from stem2eds.train.config import TrainConfig
+
+
+def test_every_training_setting_has_a_description():
+    docs = attribute_docs(TrainConfig)
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in docs]
+    assert missing == []
+    assert docs["max_epochs"][1] == "Maximum number of epochs."
+    assert docs["loss"][0] == '{"mae", "mse", "huber"}'
+
+
+def test_help_shows_the_dataclass_default_and_choices():
+    p = argparse.ArgumentParser()
+    add_settings_options(p, TrainConfig, ["loss", Option("max_epochs", "--epochs")])
+    text = p.format_help()
+    assert "(default: 200)" in text and "(default: mae)" in text
+    assert "{mae,mse,huber}" in text
+    with pytest.raises(SystemExit):
+        p.parse_args(["--loss", "l3"])
+
+
+def test_only_given_settings_override():
+    p = argparse.ArgumentParser()
+    add_settings_options(p, TrainConfig, ["loss", Option("max_epochs", "--epochs"), "seed"])
+    args = p.parse_args(["--epochs", "5"])
+    assert given(args, TrainConfig) == {"max_epochs": 5}
+    assert args.setting_flags == {"loss": "--loss", "max_epochs": "--epochs", "seed": "--seed"}
+
+
+def test_unknown_setting_is_a_programming_error():
+    with pytest.raises(ValueError, match="no setting"):
+        add_settings_options(argparse.ArgumentParser(), TrainConfig, ["epochs"])
+
+
+def test_library_messages_get_the_flags_the_user_typed():
+    flags = {"max_epochs": "--epochs", "scale": "--scale", "crop": "--crop"}
+    assert name_flags("max_epochs must be at least 1, got 0", flags) == \
+        "--epochs must be at least 1, got 0"
+    assert name_flags("scale must be positive", flags) == "--scale must be positive"
+    # a plain word inside prose is left alone
+    assert name_flags("the crop leaves no positions", flags) == "the crop leaves no positions"
+
+
+def test_cli_error_names_the_flag(run_cli, tmp_path):
+    code, _, err = run_cli("train", tmp_path / "x.h5", "--out", tmp_path / "r", "--epochs", "0")
+    assert code == 2 and "--epochs must be at least 1" in err and "max_epochs" not in err
