@@ -117,11 +117,29 @@ def _parser_for(cls: type, name: str) -> Callable[[str], Any] | None:
     return None
 
 
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` with an InputError turned into argparse's own one-line usage error."""
+    from ..errors import InputError
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")  # argparse names it in errors
+    return convert
+
+
 def _describe_default(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        value = f"{value[0]}x{value[1]}"  # a scan shape, as typed: ROWSxCOLS
+    elif isinstance(value, (tuple, list)):
         value = ",".join(str(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return ""
     return f" (default: {value})"
 
 
@@ -154,7 +172,7 @@ def add_settings_options(parser: argparse.ArgumentParser, cls: type,
             kwargs["choices"] = choices
         parse = opt.type or _parser_for(cls, opt.setting)
         if parse is not None:
-            kwargs["type"] = parse
+            kwargs["type"] = _argparse_type(parse)
         if "choices" not in kwargs:
             kwargs["metavar"] = opt.metavar or (opt.flag or opt.setting).lstrip("-").replace(
                 "-", "_").upper()

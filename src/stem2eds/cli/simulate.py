@@ -21,34 +21,25 @@ def register(subparsers) -> None:
         example="""
             stem2eds simulate sim --scans 6 --scan-shape 40x30 --detector 256 --seed 0
             stem2eds simulate sim_small --scans 3 --scan-shape 16x12 --detector 64""")
+    from ..simulate import SimulationSettings
+    from . import parse_pair
+    from .options import Option, add_settings_options
+
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created if missing)")
-    p.add_argument("--scans", type=int, default=6, help="number of scans in the series")
-    p.add_argument("--scan-shape", default="110x45", help="probe positions ROWSxCOLS")
-    p.add_argument("--detector", type=int, default=256, help="detector size in pixels (square)")
-    p.add_argument("--dose", type=float, default=2e5,
-                   help="electrons per diffraction pattern (series mean; the beam current "
-                        "varies by 5 %% from scan to scan)")
-    p.add_argument("--eds-dose", type=float, default=10.0,
-                   help="X-ray counts per nm of film for a unit-yield element (EDS noise)")
-    p.add_argument("--thickness", type=float, default=30.0, help="mean film thickness in nm")
-    p.add_argument("--grain-scans", type=float, default=0.5,
-                   help="fraction of the scans with rock-salt grains (0: all amorphous)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--first-scan", type=int, default=33, help="number of the first scan")
-    p.add_argument("--workers", type=int, default=2,
-                   help="threads generating patterns (the output does not depend on it)")
+    add_settings_options(p, SimulationSettings, [
+        Option("n_scans", "--scans"),
+        Option("scan_shape", metavar="ROWSxCOLS", type=lambda t: parse_pair(t, "scan_shape")),
+        "detector", "dose", "eds_dose", Option("thickness_nm", "--thickness"),
+        Option("grain_scan_fraction", "--grain-scans"), "seed", "first_scan", "workers"])
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from . import parse_pair
     from ..simulate import SimulationSettings, simulate_series
+    from .options import given
 
-    settings = SimulationSettings(n_scans=args.scans, scan_shape=parse_pair(args.scan_shape),
-                                  detector=args.detector, dose=args.dose, eds_dose=args.eds_dose,
-                                  thickness_nm=args.thickness, grain_scan_fraction=args.grain_scans,
-                                  seed=args.seed, first_scan=args.first_scan, workers=args.workers)
+    settings = SimulationSettings(**given(args, SimulationSettings))
     paths = simulate_series(args.out_dir, settings, quiet=args.quiet)
     for path in paths:
         print(path)

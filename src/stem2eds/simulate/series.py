@@ -62,7 +62,8 @@ class SimulationSettings:
         Detector size in px (square); Q pixel size scales to keep the paper's
         field of view (0.1451 1/nm at 256 px).
     dose : float
-        Electrons per diffraction pattern (mean over the series).
+        Electrons per diffraction pattern (mean over the series; the beam
+        current varies from scan to scan by ``dose_variation``).
     dose_variation : float
         Relative standard deviation of the beam current from scan to scan
         (each scan gets its own dose; recorded in its provenance).
@@ -111,17 +112,17 @@ class SimulationSettings:
 
     def __post_init__(self):
         rx, ry = self.scan_shape
-        checks = [(self.n_scans >= 1, "--scans must be at least 1"),
-                  (rx >= 1 and ry >= 1, "--scan-shape must be positive"),
-                  (16 <= self.detector <= 4096, "--detector must be 16..4096 px"),
-                  (self.dose > 0, "--dose must be positive (electrons per pattern)"),
+        checks = [(self.n_scans >= 1, "n_scans must be at least 1"),
+                  (rx >= 1 and ry >= 1, "scan_shape must be positive"),
+                  (16 <= self.detector <= 4096, "detector must be 16..4096 px"),
+                  (self.dose > 0, "dose must be positive (electrons per pattern)"),
                   (0 <= self.dose_variation < 0.5, "dose_variation must be in [0, 0.5)"),
-                  (self.eds_dose > 0, "--eds-dose must be positive"),
-                  (self.thickness_nm > 0, "--thickness must be positive (nm)"),
-                  (0 <= self.grain_scan_fraction <= 1, "--grain-scans must be in [0, 1]"),
+                  (self.eds_dose > 0, "eds_dose must be positive"),
+                  (self.thickness_nm > 0, "thickness_nm must be positive (nm)"),
+                  (0 <= self.grain_scan_fraction <= 1, "grain_scan_fraction must be in [0, 1]"),
                   (self.max_grains >= 1, "max_grains must be at least 1"),
-                  (self.first_scan >= 0, "--first-scan must be non-negative"),
-                  (self.workers >= 1, "--workers must be at least 1")]
+                  (self.first_scan >= 0, "first_scan must be non-negative"),
+                  (self.workers >= 1, "workers must be at least 1")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
