@@ -23,6 +23,7 @@ inelastic or thermal-diffuse background.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
@@ -193,17 +194,54 @@ def expected_patterns(composition: np.ndarray, thickness: np.ndarray, origins: n
         raise InputError("thickness must be non-negative (nm)")
     q_pixel_nm = float(q_pixel_size or default_q_pixel_size(detector))
     radius = float(probe_radius if probe_radius is not None else default_probe_radius(detector))
-    g_t = np.zeros(n) if grain_thickness is None else np.minimum(
-        np.broadcast_to(np.asarray(grain_thickness, dtype=np.float64), (n,)), thickness)
-    g_zone = np.zeros(n, int) if grain_zone is None else np.broadcast_to(grain_zone, (n,))
-    g_rot = np.zeros(n) if grain_rotation is None else np.broadcast_to(grain_rotation, (n,))
-    g_tilt = np.zeros((n, 2)) if grain_tilt is None else np.broadcast_to(grain_tilt, (n, 2))
+    grains = _Grains(
+        np.zeros(n) if grain_thickness is None else np.minimum(
+            np.broadcast_to(np.asarray(grain_thickness, dtype=np.float64), (n,)), thickness),
+        np.zeros(n, int) if grain_zone is None else np.broadcast_to(grain_zone, (n,)),
+        np.zeros(n) if grain_rotation is None else np.broadcast_to(grain_rotation, (n,)),
+        np.zeros((n, 2)) if grain_tilt is None else np.broadcast_to(grain_tilt, (n, 2)))
 
     q, step = _profile_grid(detector, q_pixel_nm)
+    pixel_profile, transmitted = _amorphous_profiles(comp, elements, thickness - grains.thickness,
+                                                     q, q_pixel_nm, dose, energy_kev, radius)
+    out = np.empty((n, detector, detector), dtype=np.float32)
+    dq = q_pixel_nm / 10.0                                           # 1/Angstrom per pixel
+    for lo in range(0, n, _BATCH):
+        hi = min(lo + _BATCH, n)
+        block = _sample_profiles(pixel_profile[lo:hi], origins[lo:hi], detector,
+                                 np.float32(dq / step))
+        _add_beams(block, lo, origins, dose * transmitted[lo:hi], grains, dq, radius,
+                   energy_kev, np.sqrt(2.0) * detector * dq)
+        out[lo:hi] = block
+    return out
+
+
+@dataclass(frozen=True)
+class _Grains:
+    """Crystalline grain crossed at each position: thickness (nm), zone index, rotation, tilt."""
+
+    thickness: np.ndarray
+    zone: np.ndarray
+    rotation: np.ndarray
+    tilt: np.ndarray
+
+
+def _amorphous_profiles(comp: np.ndarray, elements: Sequence[str], t_nm: np.ndarray,
+                        q: np.ndarray, q_pixel_nm: float, dose: float, energy_kev: float,
+                        radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scattered electrons per pixel on the oversampled q grid, and the transmitted fraction.
+
+    Returns
+    -------
+    pixel_profile : ndarray, shape (n, len(q)), float32
+        Expected counts per detector pixel at each q, blurred by the probe's convergence.
+    transmitted : ndarray, shape (n,)
+        Fraction of the beam that crosses the amorphous film unscattered.
+    """
     density_profile, attenuation = radial_profiles(comp, elements, q, energy_kev)
     lam = electron_wavelength(energy_kev)
     dq = q_pixel_nm / 10.0                                           # 1/Angstrom per pixel
-    t_amorphous = (thickness - g_t) * 10.0                           # Angstrom
+    t_amorphous = t_nm * 10.0                                        # Angstrom
     transmitted = np.exp(-attenuation * t_amorphous)
     # Single-scattering fraction per pixel, rescaled so that scattered + unscattered
     # electrons add up to the dose (x -> 1 - exp(-x): multiple scattering is not
@@ -211,43 +249,50 @@ def expected_patterns(composition: np.ndarray, thickness: np.ndarray, origins: n
     optical_depth = np.maximum(attenuation * t_amorphous, 1e-12)
     scale = dose * lam ** 2 * dq ** 2 * t_amorphous * (1.0 - transmitted) / optical_depth
     pixel_profile = (scale[:, None] * density_profile).astype(np.float32)
-    pixel_profile = _convergence_blur(pixel_profile, radius * _OVERSAMPLE)
+    return _convergence_blur(pixel_profile, radius * _OVERSAMPLE), transmitted
 
-    out = np.empty((n, detector, detector), dtype=np.float32)
+
+def _sample_profiles(profiles: np.ndarray, origins: np.ndarray, detector: int,
+                     samples_per_px: np.float32) -> np.ndarray:
+    """Radial profiles (m, S) drawn around each origin (m, 2): (m, detector, detector) float32."""
+    m = len(profiles)
     rows = np.arange(detector, dtype=np.float32)
-    q_max_detector = np.sqrt(2.0) * detector * dq
-    samples_per_px = np.float32(dq / step)
-    last = len(q) - 1
-    for lo in range(0, n, _BATCH):
-        hi = min(lo + _BATCH, n)
-        dr = rows[None, :, None] - origins[lo:hi, 0, None, None].astype(np.float32)
-        dc = rows[None, None, :] - origins[lo:hi, 1, None, None].astype(np.float32)
-        # Nearest sample of the oversampled 1D profile (error < 1/(2*_OVERSAMPLE) px).
-        index = np.sqrt(dr * dr + dc * dc)
-        index *= samples_per_px
-        index += np.float32(0.5)
-        index = np.minimum(index.astype(np.int32), last).reshape(hi - lo, -1)
-        block = np.take_along_axis(pixel_profile[lo:hi], index, axis=1)
-        block = block.reshape(hi - lo, detector, detector)
-        beam = dose * transmitted[lo:hi]
-        which, centres, electrons = [], [], []
-        unscattered = beam.copy()
-        for k in np.flatnonzero(g_t[lo:hi] > 0):
-            idx = lo + k
-            q_xy, fraction = bragg_reflections(int(g_zone[idx]), float(g_rot[idx]),
-                                               np.asarray(g_tilt[idx]), float(g_t[idx]),
-                                               q_max_detector, energy_kev)
-            unscattered[k] *= 1.0 - fraction.sum()
-            which.append(np.full(len(fraction), k))
-            centres.append(origins[idx] + q_xy / dq)
-            electrons.append(beam[k] * fraction)
-        which.append(np.arange(hi - lo))
-        centres.append(origins[lo:hi])
-        electrons.append(unscattered)
-        _add_disks(block, np.concatenate(which), np.concatenate(centres),
-                   np.concatenate(electrons), radius)
-        out[lo:hi] = block
-    return out
+    dr = rows[None, :, None] - origins[:, 0, None, None].astype(np.float32)
+    dc = rows[None, None, :] - origins[:, 1, None, None].astype(np.float32)
+    # Nearest sample of the oversampled 1D profile (error < 1/(2*_OVERSAMPLE) px).
+    index = np.sqrt(dr * dr + dc * dc)
+    index *= samples_per_px
+    index += np.float32(0.5)
+    index = np.minimum(index.astype(np.int32), profiles.shape[1] - 1).reshape(m, -1)
+    return np.take_along_axis(profiles, index, axis=1).reshape(m, detector, detector)
+
+
+def _add_beams(block: np.ndarray, lo: int, origins: np.ndarray, beam: np.ndarray,
+               grains: _Grains, dq: float, radius: float, energy_kev: float,
+               q_max_detector: float) -> None:
+    """Add the unscattered disk and each grain's Bragg disks to the patterns of a batch.
+
+    ``block`` (m, Qx, Qy) holds positions ``lo .. lo + m``; ``beam`` (m,) the
+    electrons that crossed the amorphous film unscattered.
+    """
+    m = len(block)
+    which, centres, electrons = [], [], []
+    unscattered = beam.copy()
+    for k in np.flatnonzero(grains.thickness[lo:lo + m] > 0):
+        idx = lo + k
+        q_xy, fraction = bragg_reflections(int(grains.zone[idx]), float(grains.rotation[idx]),
+                                           np.asarray(grains.tilt[idx]),
+                                           float(grains.thickness[idx]), q_max_detector,
+                                           energy_kev)
+        unscattered[k] *= 1.0 - fraction.sum()
+        which.append(np.full(len(fraction), k))
+        centres.append(origins[idx] + q_xy / dq)
+        electrons.append(beam[k] * fraction)
+    which.append(np.arange(m))
+    centres.append(origins[lo:lo + m])
+    electrons.append(unscattered)
+    _add_disks(block, np.concatenate(which), np.concatenate(centres),
+               np.concatenate(electrons), radius)
 
 
 def _add_disks(block: np.ndarray, which: np.ndarray, centres: np.ndarray, electrons: np.ndarray,
