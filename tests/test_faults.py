@@ -233,3 +233,24 @@ def test_experiment_stopped_while_predicting_resumes_without_retraining(tmp_path
     assert code == 0, err
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert (out / "metrics.json").is_file() and stdout.strip().endswith("report.html")
+
+
+def test_partial_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    # A SIGKILL leaves .NAME.<pid>.XXXX.partial behind; the next atomic write of
+    # NAME removes it, but never the file of a writer that is still running.
+    import subprocess as sp
+
+    from stem2eds.atomic import atomic_output
+
+    dead = sp.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                  capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".out.h5.{dead}.abc123.partial"
+    live = tmp_path / f".out.h5.{os.getpid()}.def456.partial"
+    other = tmp_path / f".other.h5.{dead}.abc123.partial"
+    for p in (stale, live, other):
+        p.write_bytes(b"x")
+    with atomic_output(tmp_path / "out.h5") as tmp:
+        tmp.write_bytes(b"done")
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+    assert (tmp_path / "out.h5").read_bytes() == b"done"

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from glob import escape as glob_escape
 from typing import Iterator
 
 from .errors import InputError
@@ -47,7 +48,7 @@ def check_free_space(folder: str | os.PathLike, nbytes: int, what: str = "the ou
     if nbytes > free:
         raise InputError(f"not enough free space for {what}: needs about {_mib(nbytes)}, "
                          f"{_mib(free)} free", path=folder,
-                         hint="free space or choose another --out")
+                         hint="free space or choose another output folder")
 
 
 def _libc_fallocate():
@@ -116,7 +117,7 @@ def reserve_space(path: str | os.PathLike, nbytes: int, what: str = "the output"
             folder = Path(path).parent
             raise InputError(f"not enough free space for {what}: needs about "
                              f"{_mib(nbytes)}, {_mib(shutil.disk_usage(folder).free)} free",
-                             path=folder, hint="free space or choose another --out")
+                             path=folder, hint="free space or choose another output folder")
         return False  # EOPNOTSUPP and the like: no reservation on this file system
     finally:
         os.close(fd)
@@ -135,6 +136,40 @@ def release_reservation(path: str | os.PathLike) -> None:
     # makes the file system drop everything past the end.
     os.truncate(p, size + 1)
     os.truncate(p, size)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
+    """Delete temporary files of ``target`` left by writers that no longer run.
+
+    A kill (SIGKILL, power loss) gives :func:`atomic_output` no chance to
+    clean up; the next write of the same output removes what the dead
+    process left. Files of a live process (a concurrent writer) are kept.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    target = Path(target)
+    folder = target.parent if str(target.parent) else Path(".")
+    removed = []
+    for tmp in folder.glob(f".{glob_escape(target.name)}.*.partial"):
+        pid_text = tmp.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -170,11 +205,14 @@ def atomic_output(path: str | os.PathLike,
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise InputError("output folder does not exist", path=folder,
-                         hint="create it first or choose another --out")
+                         hint="create it first or choose another output folder")
     if expected_bytes:
         check_free_space(folder, expected_bytes, what=target.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                    dir=folder)
+    remove_stale_partials(target)
+    # The writer's pid is part of the name, so a later run can tell a file
+    # left by a killed process from one that another process is still writing.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.",
+                                    suffix=".partial", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
