@@ -1,6 +1,6 @@
 """The scan bundle: one HDF5 file per scan, the format every stage reads.
 
-Layout (documented in the README; tools outside the project rely on it)::
+Layout (documented in the docs' Formats page; tools outside the project rely on it)::
 
     /                         attrs: format = "stem2eds-bundle", format_version,
                                      kind = "raw" | "preprocessed",

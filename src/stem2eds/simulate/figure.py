@@ -1,7 +1,7 @@
 """Overview figures of a simulated scan: patterns, radial profiles, composition and EDS maps.
 
 Run as ``python -m stem2eds.simulate.figure BUNDLE.h5 OUT_PREFIX`` to write
-``OUT_PREFIX_pattern.png`` and ``OUT_PREFIX_maps.png`` (the README's figures).
+``OUT_PREFIX_pattern.png`` and ``OUT_PREFIX_maps.png`` (the figures of the docs' Simulate page).
 """
 
 from __future__ import annotations
