@@ -12,9 +12,9 @@ one-pattern chunk goes through HDF5's chunk cache and type machinery. When the
 chunk is a plain run of bytes in the file, so :class:`PatternReader` asks
 HDF5 once for the byte offset of every chunk (``H5Dchunk_iter``) and then
 reads blocks of patterns with ``os.preadv`` straight into a numpy buffer:
-one system call per run of consecutive chunks, no GIL held while the kernel
-copies, which is several times faster than h5py's per-chunk path. Compressed or otherwise filtered data
-fall back to h5py slicing, with the same results.
+one system call per run of consecutive chunks, and no GIL held while the
+kernel copies. Compressed or otherwise filtered data fall back to h5py
+slicing, with the same results.
 
 :func:`prefetch` runs any iterator in a background thread a few items ahead,
 so reading overlaps with computing.
