@@ -67,7 +67,7 @@ def test_cli_names_the_flags_where_the_library_names_settings(tmp_path, scan, ru
     with mrcfile.new(path) as mrc:
         mrc.set_data(scan.reshape(RX * RY, QX, QY))
     code, _, err = run_cli("convert", "--diffraction", path, "--out", tmp_path / "a.h5")
-    assert code == 2 and "pass" not in err and "--scan-shape" in err and "`" not in err
+    assert code == 2 and "--scan-shape" in err and "`" not in err
     code, _, err = run_cli("convert", "--diffraction", path, "--scan-shape", "3x3",
                            "--out", tmp_path / "a.h5")
     assert code == 2 and f"has {RX * RY} frames but --scan-shape 3x3 needs 9" in err
