@@ -13,7 +13,7 @@ import pytest
 from stem2eds import open_bundle
 from stem2eds.convert import convert, copy_patterns
 from stem2eds.io import DiffractionSource, open_diffraction
-from stem2eds.io import diffraction as diffraction_module
+from stem2eds.io import source as source_module
 
 SHAPE = (48, 40, 48, 48)  # 8.8 MB of uint16: big enough to see, small enough for CI
 
@@ -147,7 +147,7 @@ def test_memory_mapped_mrc_does_not_stay_resident(tmp_path, monkeypatch):
 
     growth = growth_over_second_half("a.h5")
     assert growth < data_bytes / 16, f"resident memory grew {growth} bytes over 16 MiB read"
-    monkeypatch.setattr(diffraction_module, "_release_pages", lambda root, view: None)
+    monkeypatch.setattr(source_module, "_release_pages", lambda root, view: None)
     control = growth_over_second_half("b.h5")
     assert control > data_bytes / 4, f"control grew only {control} bytes"
     with open_bundle(tmp_path / "a.h5") as b:

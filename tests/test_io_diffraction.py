@@ -55,10 +55,45 @@ def test_mrc_stack_without_scan_shape_says_what_to_pass(tmp_path, scan):
     path = tmp_path / "scan.mrc"
     with mrcfile.new(path) as mrc:
         mrc.set_data(scan.reshape(RX * RY, QX, QY))
-    with pytest.raises(InputError, match="--scan-shape"):
+    with pytest.raises(InputError, match="`scan_shape`"):
         open_diffraction(path)
-    with pytest.raises(InputError, match=rf"has {RX * RY} frames but --scan-shape 3x3 needs 9"):
+    with pytest.raises(InputError, match=rf"has {RX * RY} frames but `scan_shape` 3x3 needs 9"):
         open_diffraction(path, scan_shape=(3, 3))
+
+
+def test_cli_names_the_flags_where_the_library_names_settings(tmp_path, scan, run_cli):
+    """Library errors say `scan_shape`, `dataset`; ``stem2eds convert`` says the flags."""
+    path = tmp_path / "scan.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(scan.reshape(RX * RY, QX, QY))
+    code, _, err = run_cli("convert", "--diffraction", path, "--out", tmp_path / "a.h5")
+    assert code == 2 and "--scan-shape" in err and "`" not in err
+    code, _, err = run_cli("convert", "--diffraction", path, "--scan-shape", "3x3",
+                           "--out", tmp_path / "a.h5")
+    assert code == 2 and f"has {RX * RY} frames but --scan-shape 3x3 needs 9" in err
+    code, _, err = run_cli("convert", "--diffraction", path, "--dataset", "/x",
+                           "--scan-shape", f"{RX}x{RY}", "--out", tmp_path / "a.h5")
+    assert code == 2 and "--dataset applies to HDF5 files" in err and "drop --dataset" in err
+
+
+def test_source_reads_any_ascending_positions(tmp_path, scan):
+    from stem2eds.io.stream import iter_blocks
+
+    path = tmp_path / "scan.npy"
+    np.save(path, scan)
+    flat = scan.reshape(-1, QX, QY)
+    with open_diffraction(path) as src:
+        for index in ([0, 1, 2, 3], [1, 2, 6, 19], [7], [], range(4, 12)):
+            np.testing.assert_array_equal(src.read(np.asarray(index, dtype=int)),
+                                          flat[list(index)])
+        picked = np.array([0, 3, 5, 6, 11, 18])
+        blocks = list(iter_blocks(src, flat=picked, batch=4, read_ahead=1))
+        assert [s for s, _ in blocks] == [0, 4]
+        np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), flat[picked])
+        region = list(iter_blocks(src, (1, 4, 1, 3), batch=3))
+        np.testing.assert_array_equal(np.concatenate([b for _, b in region]),
+                                      scan[1:4, 1:3].reshape(-1, QX, QY))
+        assert [s for s, _ in region] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("layout", ["4d", "3d"])
@@ -89,7 +124,7 @@ def test_hdf5_several_4d_datasets_are_listed(tmp_path, scan):
         f["b/c"] = scan
     with h5py.File(path, "r") as f:
         assert find_4d_datasets(f) == ["/a", "/b/c"]
-    with pytest.raises(InputError, match=r"2 4D datasets: /a, /b/c.*--dataset"):
+    with pytest.raises(InputError, match=r"2 4D datasets: /a, /b/c.*`dataset`"):
         open_diffraction(path)
     with open_diffraction(path, dataset="b/c") as src:
         np.testing.assert_array_equal(_read_all(src), scan)
@@ -105,7 +140,7 @@ def test_hdf5_3d_stack_with_dataset_and_scan_shape(tmp_path, scan):
         np.testing.assert_array_equal(_read_all(src), scan)
     with open_diffraction(path, scan_shape=(RX, RY)) as src:  # the only stack: found
         np.testing.assert_array_equal(_read_all(src), scan)
-    with pytest.raises(InputError, match=r"no 4D dataset \(3D: /frames\).*--scan-shape"):
+    with pytest.raises(InputError, match=r"no 4D dataset \(3D: /frames\).*`scan_shape`"):
         open_diffraction(path)
 
 
@@ -233,7 +268,7 @@ def test_unknown_and_missing_files(tmp_path):
     odd.write_bytes(b"123")
     with pytest.raises(InputError, match="unknown diffraction file type '.xyz'"):
         open_diffraction(odd)
-    with pytest.raises(InputError, match="--dataset applies to HDF5 files"):
+    with pytest.raises(InputError, match="`dataset` applies to HDF5 files"):
         open_diffraction(odd, dataset="/data")
     not_h5 = tmp_path / "scan.h5"
     not_h5.write_bytes(b"not hdf5 at all")

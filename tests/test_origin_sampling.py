@@ -19,7 +19,7 @@ from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.errors import InputError
 from stem2eds.preprocess import (PreprocessSettings, iter_preprocessed, measure_origins,
                                  preprocess_bundle, process_patterns, summarise)
-from stem2eds.preprocess import pipeline
+from stem2eds.preprocess import executor, settings as settings_module
 from stem2eds.preprocess.origin import sample_grid
 from stem2eds.io.stream import Prefetcher
 from test_preprocess import make_patterns
@@ -60,7 +60,7 @@ def test_subsampled_fit_agrees_with_the_fit_of_every_pattern(tmp_path):
     base = PreprocessSettings(origin_sample=0)
     with open_bundle(tmp_path / "raw.h5") as scan:
         full = measure_origins(scan, base)
-        sub = measure_origins(scan, replace(base, origin_sample=pipeline.ORIGIN_SAMPLE))
+        sub = measure_origins(scan, replace(base, origin_sample=settings_module.ORIGIN_SAMPLE))
     assert full.fit.sampled is None and np.all(np.isfinite(full.measured))
     n_sampled = int(sub.fit.sampled.sum())
     assert 900 <= n_sampled <= 1150
@@ -108,7 +108,7 @@ def test_preprocess_records_the_sub_grid_and_old_settings_still_load(tmp_path):
     assert outliers == finite.sum() - inliers.sum() and outliers <= 3
     # settings written before the option existed load with the default
     old = {k: v for k, v in stored.items() if k != "origin_sample"}
-    assert PreprocessSettings.from_dict(old).origin_sample == pipeline.ORIGIN_SAMPLE
+    assert PreprocessSettings.from_dict(old).origin_sample == settings_module.ORIGIN_SAMPLE
     with pytest.raises(InputError, match="origin sample"):
         PreprocessSettings(origin_sample=-1)
     # "none" keeps every measured origin, whatever origin_sample says
@@ -120,12 +120,12 @@ def test_preprocess_records_the_sub_grid_and_old_settings_still_load(tmp_path):
 def test_threaded_pass_two_equals_one_thread_for_any_batch(tmp_path, monkeypatch):
     _plane_scan(tmp_path / "raw.h5", rx=20, ry=30)
     settings = PreprocessSettings(scale=50.0, beam_radius=7.0)
-    monkeypatch.setattr(pipeline, "WORK_CHUNK", 64)  # several chunks per read block
+    monkeypatch.setattr(executor, "WORK_CHUNK", 64)  # several chunks per read block
     with open_bundle(tmp_path / "raw.h5") as scan:
         origins = measure_origins(scan, settings).fitted
         results = {}
         for threads in (1, 3):
-            monkeypatch.setattr(pipeline, "PROCESS_THREADS", threads)
+            monkeypatch.setattr(executor, "PROCESS_THREADS", threads)
             for batch in (1, 7, 100, 1000):
                 blocks = list(iter_preprocessed(scan, settings, batch=batch, origins=origins))
                 starts = [s for s, _ in blocks]

@@ -55,8 +55,8 @@ def test_direct_reads_equal_h5py(tmp_path, rng, compression):
         np.testing.assert_array_equal(forced.read(range(20)), flat)
 
 
-def test_iter_region_blocks_match_the_dataset(tmp_path, rng):
-    from stem2eds.preprocess import iter_region
+def test_iter_blocks_of_a_region_match_the_dataset(tmp_path, rng):
+    from stem2eds.io.stream import iter_blocks
 
     patterns = rng.integers(0, 1000, (6, 7, 8, 8), dtype=np.uint16)
     path = tmp_path / "r.h5"
@@ -67,7 +67,7 @@ def test_iter_region_blocks_match_the_dataset(tmp_path, rng):
     want = patterns[1:5, 2:6].reshape(-1, 8, 8)
     with open_bundle(path) as scan:
         for batch, ahead in ((3, 2), (8, 0), (100, 1)):
-            blocks = list(iter_region(scan, crop, batch, read_ahead=ahead))
+            blocks = list(iter_blocks(scan.diffraction, crop, batch, read_ahead=ahead))
             starts = [s for s, _ in blocks]
             got = np.concatenate([p for _, p in blocks])
             np.testing.assert_array_equal(got, want)

@@ -251,9 +251,9 @@ def test_streaming_driver_equals_in_memory_pipeline(tmp_path, monkeypatch):
         assert raw_calibration(pre).q_pixel_size == pytest.approx(0.02)
     # prediction path: same patterns from the raw bundle, no file written,
     # here also transformed in chunks smaller than the read blocks
-    from stem2eds.preprocess import pipeline
+    from stem2eds.preprocess import executor
 
-    monkeypatch.setattr(pipeline, "WORK_CHUNK", 7)
+    monkeypatch.setattr(executor, "WORK_CHUNK", 7)
     with open_bundle(src) as raw:
         blocks = list(iter_preprocessed(raw, settings, batch=50))
     streamed = np.concatenate([b for _, b in blocks])

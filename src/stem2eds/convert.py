@@ -19,7 +19,8 @@ import numpy as np
 from .formats.bundle import PixelCalibration, create_bundle, describe_source
 from .elements import element_list
 from .errors import InputError
-from .io.diffraction import DiffractionSource, open_diffraction, standard_units
+from .io.calibration import standard_units
+from .io.diffraction import DiffractionSource, open_diffraction
 from .io.maps import AMBIGUOUS_MAX, read_image, read_map_folder
 from .io.spectrum import parse_k_factors, quantify_spectrum_image, read_haadf_from_file
 from .progress import track
@@ -140,21 +141,10 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
     out = Path(out)
     wanted = element_list(elements) if elements is not None else None
     k_table = parse_k_factors(k_factors)
-    for value, flag in ((r_pixel, "--r-pixel"), (q_pixel, "--q-pixel"),
-                        (beam_energy_kev, "--beam-energy")):
-        if value is not None and not (np.isfinite(value) and value > 0):
-            raise InputError(f"{flag} must be a positive number, got {value}")
-    if wanted is not None and eds is None:
-        raise InputError("--elements selects EDS maps but no --eds was given",
-                         hint="pass --eds FOLDER_OR_FILE")
-    if out.exists() and out.is_dir():
-        raise InputError("--out is a folder; give a file name such as scan.h5", path=out)
-    if not out.absolute().parent.is_dir():  # checked now, not after copying the scan
-        raise InputError("output folder does not exist", path=out.absolute().parent,
-                         hint="create it first or choose another --out")
+    _check_arguments(out, wanted, eds, r_pixel, q_pixel, beam_energy_kev)
     with open_diffraction(diffraction, scan_shape=scan_shape, dataset=dataset) as source:
         if out.exists() and out.resolve() == source.path.resolve():
-            raise InputError("--out would overwrite the diffraction input", path=out)
+            raise InputError("`out` would overwrite the diffraction input", path=out)
         notes: list[str] = []
         eds_maps, eds_info = _read_eds(eds, wanted, k_table, beam_energy_kev, source, notes,
                                        eds_unit)
@@ -163,14 +153,7 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
             echo(note)
         calibration = _calibration(source, r_pixel, r_unit, q_pixel, q_unit, beam_energy_kev)
         element_order = list(eds_maps)
-        provenance = {
-            "command": command or "stem2eds.convert.convert()",
-            "diffraction": {**describe_source(source.path), "reader": source.reader,
-                            **({"dataset": dataset} if dataset else {})},
-            **({"eds": {**describe_source(eds), **eds_info}} if eds is not None else {}),
-            **({"haadf": describe_source(haadf)} if haadf is not None else {}),
-            "calibration_from_file": source.calibration,
-        }
+        provenance = _provenance(source, command, dataset, eds, eds_info, haadf)
         with create_bundle(out, scan_shape=source.scan_shape,
                            detector_shape=source.detector_shape, dtype=source.dtype,
                            elements=element_order, calibration=calibration, scan_name=name,
@@ -182,6 +165,35 @@ def convert(diffraction: str | os.PathLike, out: str | os.PathLike, *,
                 bundle.write_haadf(haadf_map)
     return ConvertResult(out, source.scan_shape, source.detector_shape, source.dtype,
                          element_order, haadf_map is not None, calibration, notes)
+
+
+def _check_arguments(out: Path, wanted, eds, r_pixel, q_pixel, beam_energy_kev) -> None:
+    """Refuse bad values and output paths before any file is read."""
+    for value, name in ((r_pixel, "r_pixel"), (q_pixel, "q_pixel"),
+                        (beam_energy_kev, "beam_energy_kev")):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise InputError(f"`{name}` must be a positive number, got {value}")
+    if wanted is not None and eds is None:
+        raise InputError("`elements` selects EDS maps but no `eds` was given",
+                         hint="give `eds`, a folder of maps or a spectrum-image file")
+    if out.exists() and out.is_dir():
+        raise InputError("`out` is a folder; give a file name such as scan.h5", path=out)
+    if not out.absolute().parent.is_dir():  # checked now, not after copying the scan
+        raise InputError("output folder does not exist", path=out.absolute().parent,
+                         hint="create it first or choose another `out`")
+
+
+def _provenance(source: DiffractionSource, command, dataset, eds, eds_info, haadf
+                ) -> dict[str, Any]:
+    """Where the bundle came from: the command, the input files and the file's calibration."""
+    return {
+        "command": command or "stem2eds.convert.convert()",
+        "diffraction": {**describe_source(source.path), "reader": source.reader,
+                        **({"dataset": dataset} if dataset else {})},
+        **({"eds": {**describe_source(eds), **eds_info}} if eds is not None else {}),
+        **({"haadf": describe_source(haadf)} if haadf is not None else {}),
+        "calibration_from_file": source.calibration,
+    }
 
 
 def rows_per_block(source: DiffractionSource, block_bytes: int) -> int:
@@ -216,9 +228,9 @@ def copy_patterns(source: DiffractionSource, target, *, block_bytes: int = DEFAU
     if tuple(target.shape) != source.shape:
         raise ValueError(f"target shape {target.shape} != source shape {source.shape}")
     rows = rows_per_block(source, block_bytes)
-    starts = range(0, source.scan_shape[0], rows)
-    for start in track(starts, description="copying patterns", quiet=quiet):
-        block = source.read_rows(start, start + rows)
+    blocks = source.iter_rows(rows)
+    for start, block in track(blocks, total=-(-source.scan_shape[0] // rows),
+                              description="copying patterns", quiet=quiet):
         target[start:start + len(block)] = block
 
 
@@ -227,7 +239,7 @@ def _check_scan_grid(shape: tuple[int, ...], source: DiffractionSource, what: st
         raise InputError(f"{what} is {shape[0]}x{shape[1]} but the diffraction scan is "
                          f"{source.scan_shape[0]}x{source.scan_shape[1]}", path=path,
                          hint="crop or register it onto the scan grid first "
-                              "(stem2eds preprocess --register)")
+                              "(stem2eds preprocess `register`)")
 
 
 def _read_eds(eds, wanted, k_table, beam_energy_kev, source: DiffractionSource,
@@ -249,7 +261,7 @@ def _read_eds(eds, wanted, k_table, beam_energy_kev, source: DiffractionSource,
         return {e: maps.fractions[e] for e in maps.elements}, info
     if not path.exists():
         raise InputError("no such file or folder", path=path,
-                         hint="give --eds a folder of element maps or a spectrum-image file")
+                         hint="give `eds` a folder of element maps or a spectrum-image file")
     if beam_energy_kev is None:
         beam_energy_kev = source.calibration.get("beam_energy_kev")
     quant = quantify_spectrum_image(path, wanted, k_table, beam_energy_kev)
@@ -284,7 +296,7 @@ def _calibration(source: DiffractionSource, r_pixel, r_unit, q_pixel, q_unit,
         elif unit is not None:
             # A unit alone would relabel the file's number (or the 1.0 of an
             # uncalibrated axis) without converting it.
-            raise InputError(f"--{prefix}-unit needs --{prefix}-pixel with the size in that unit")
+            raise InputError(f"`{prefix}_unit` needs `{prefix}_pixel` with the size in that unit")
     if beam_energy_kev is not None:
         values["beam_energy_kev"] = float(beam_energy_kev)
     return PixelCalibration(**values)

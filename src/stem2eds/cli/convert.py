@@ -6,6 +6,12 @@ import shlex
 import sys
 
 from . import add_command
+from .preprocess import with_flags
+
+#: Settings (arguments of :func:`stem2eds.convert.convert`) whose flag is not
+#: the name with dashes.
+FLAGS = {"r_pixel_size": "--r-pixel", "q_pixel_size": "--q-pixel", "r_pixel": "--r-pixel",
+         "q_pixel": "--q-pixel", "beam_energy_kev": "--beam-energy", "block_bytes": "--block-mb"}
 
 
 def register(subparsers) -> None:
@@ -72,6 +78,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..errors import InputError
+
+    try:
+        return _run(args)
+    except InputError as exc:
+        raise with_flags(exc, FLAGS) from None
+
+
+def _run(args) -> int:
     from . import parse_pair
     from ..convert import convert
     from ..errors import InputError

@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import re
+
 from . import add_command
+
+#: Settings whose flag is not the setting's name with dashes.
+FLAGS = {"bin_factor": "--bin"}
+
+
+def with_flags(exc, flags: dict[str, str]):
+    """The library error ``exc`` with its `setting` names written as this command's flags.
+
+    Library errors name settings in backquotes (``\`beam_radius\```); on the
+    command line the user sees the flag (``--beam-radius``): ``flags`` for
+    the exceptions, the name with dashes otherwise.
+    """
+    from ..errors import InputError
+
+    def swap(text):
+        if text is None:
+            return None
+        return re.sub(r"`([a-z][a-z0-9_]*)`",
+                      lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")), text)
+
+    return InputError(swap(exc.message), path=exc.path, hint=swap(exc.hint))
 
 
 def register(subparsers) -> None:
@@ -62,6 +85,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..errors import InputError
+
+    try:
+        return _run(args)
+    except InputError as exc:
+        raise with_flags(exc, FLAGS) from None
+
+
+def _run(args) -> int:
     from dataclasses import asdict
 
     from ..errors import InputError

@@ -436,28 +436,20 @@ class ScanBundle:
 
     @_damage_is_input_error
     def iter_patterns(self, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
-        """Stream patterns in scan (C) order.
+        """Stream patterns in scan (C) order, through :func:`stem2eds.io.stream.iter_blocks`.
 
         Yields
         ------
         start : int
             Flat index of the first pattern of the block.
         patterns : ndarray, shape (n, Qx, Qy)
-            At most ``batch`` patterns (whole scan rows are read at once when
-            ``batch`` allows, which matches the one-pattern chunks on disk).
+            At most ``batch`` patterns: whole scan rows when ``batch`` allows
+            (which matches the one-pattern chunks on disk), else pieces of
+            one row.
         """
-        rx, ry = self.scan_shape
-        rows = max(1, batch // ry)
-        ds = self.diffraction
-        if batch >= ry:
-            for i in range(0, rx, rows):
-                block = ds[i:i + rows]
-                yield i * ry, block.reshape(-1, *block.shape[2:])
-        else:
-            for flat in range(0, rx * ry, batch):
-                i, j = divmod(flat, ry)
-                take = min(batch, ry - j)
-                yield flat, ds[i, j:j + take]
+        from ..io.stream import iter_blocks
+
+        yield from iter_blocks(self.diffraction, batch=batch)
 
     # -- lifetime -----------------------------------------------------------
     def close(self) -> None:

@@ -1,14 +1,20 @@
-"""Fast streamed reading of diffraction patterns, and a prefetch thread.
+"""The one block reader of diffraction patterns, and a prefetch thread.
+
+:func:`iter_blocks` streams the patterns of a scan (or of a region of it, or
+of a list of positions) in blocks; every path that reads patterns goes
+through it: :meth:`stem2eds.formats.bundle.ScanBundle.iter_patterns`, the
+preprocessing passes (:mod:`stem2eds.preprocess.executor`), and
+:meth:`stem2eds.io.diffraction.DiffractionSource.iter_rows` (conversion).
 
 Reading a bundle through h5py costs about as much as preprocessing it: each
 one-pattern chunk goes through HDF5's chunk cache and type machinery. When the
 ``diffraction`` dataset is stored without filters (the bundle default), every
 chunk is a plain run of bytes in the file, so :class:`PatternReader` asks
 HDF5 once for the byte offset of every chunk (``H5Dchunk_iter``) and then
-reads blocks of patterns with ``os.preadv`` straight into a reusable numpy
-buffer: one system call per run of consecutive chunks, no GIL held while the
-kernel copies, about 5x h5py's rate. Compressed or otherwise filtered data
-fall back to h5py slicing, with the same results.
+reads blocks of patterns with ``os.preadv`` straight into a numpy buffer:
+one system call per run of consecutive chunks, and no GIL held while the
+kernel copies. Compressed or otherwise filtered data fall back to h5py
+slicing, with the same results.
 
 :func:`prefetch` runs any iterator in a background thread a few items ahead,
 so reading overlaps with computing.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import h5py
 import numpy as np
@@ -160,6 +166,118 @@ class PatternReader:
                 take = min(run, ry - j)
                 dest[k:k + take] = self.ds[i, j:j + take]
                 k += take
+
+
+class BlockSource(Protocol):
+    """What :func:`iter_blocks` reads from: patterns addressed by flat scan index.
+
+    :class:`PatternReader` (an HDF5 dataset) and
+    :class:`stem2eds.io.diffraction.DiffractionSource` (any vendor file) are
+    block sources.
+    """
+
+    scan_shape: tuple[int, int]
+
+    def read(self, flat: np.ndarray) -> np.ndarray:
+        """Patterns (n, Qx, Qy) at ascending flat indices ``i * Ry + j``."""
+
+
+def plan_blocks(scan_shape: Sequence[int], box: Sequence[int] | None = None,
+                batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+    """How a scan region is cut into blocks: ``(start, flat indices)`` in C order.
+
+    Blocks are whole region rows when ``batch`` is at least the region's
+    width (``batch // width`` rows each, which matches the one-pattern chunks
+    on disk and the row blocks of memory-mapped files); otherwise pieces of
+    at most ``batch`` patterns within one row, so a block never spans rows.
+
+    Parameters
+    ----------
+    scan_shape : (Rx, Ry)
+    box : (r0, r1, c0, c1) or None
+        Region (end exclusive); None is the whole scan.
+    batch : int
+        Most patterns per block (at least 1).
+
+    Yields
+    ------
+    start : int
+        Flat index, in the region, of the block's first pattern.
+    flat : ndarray of int64, shape (n,)
+        Flat indices in the whole scan of the block's patterns (ascending).
+    """
+    rx, ry = (int(v) for v in scan_shape)
+    r0, r1, c0, c1 = (0, rx, 0, ry) if box is None else (int(v) for v in box)
+    width = c1 - c0
+    batch = max(1, int(batch))
+    cols = np.arange(c0, c1, dtype=np.int64)
+    if batch >= width:
+        rows = batch // width
+        for i in range(r0, r1, rows):
+            flat = (np.arange(i, min(i + rows, r1), dtype=np.int64)[:, None] * ry + cols).ravel()
+            yield (i - r0) * width, flat
+    else:
+        for i in range(r0, r1):
+            for j in range(c0, c1, batch):
+                yield (i - r0) * width + (j - c0), i * ry + np.arange(j, min(j + batch, c1),
+                                                                    dtype=np.int64)
+
+
+def n_blocks(box: Sequence[int], batch: int) -> int:
+    """Number of blocks :func:`plan_blocks` cuts the region ``box`` into (for progress bars)."""
+    r0, r1, c0, c1 = box
+    width = c1 - c0
+    batch = max(1, int(batch))
+    if batch >= width:
+        return -(-(r1 - r0) // (batch // width))
+    return (r1 - r0) * -(-width // batch)
+
+
+def iter_blocks(data: Any, box: Sequence[int] | None = None, batch: int = 256, *,
+                flat: np.ndarray | None = None, read_ahead: int = 0
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream patterns in blocks: the one reader behind every pattern stream.
+
+    Parameters
+    ----------
+    data : h5py.Dataset, shape (Rx, Ry, Qx, Qy), or BlockSource
+        A bundle's ``diffraction`` dataset (read by a :class:`PatternReader`,
+        closed at the end) or any object with ``scan_shape`` and
+        ``read(flat)`` (:class:`PatternReader`, ``DiffractionSource``).
+    box : (r0, r1, c0, c1) or None
+        Scan region, cut as in :func:`plan_blocks`; None is the whole scan.
+    batch : int
+        Most patterns per block.
+    flat : ndarray of int, shape (m,), optional
+        Read these flat scan indices (ascending) instead of a region, in
+        consecutive blocks of ``batch``; ``box`` is then ignored.
+    read_ahead : int
+        Blocks read ahead by a background thread (:func:`prefetch`), so that
+        reading overlaps with the caller's work; 0 reads in the caller's
+        thread.
+
+    Yields
+    ------
+    start : int
+        Position of the block's first pattern in the region (C order) or in
+        ``flat``.
+    patterns : ndarray, shape (n, Qx, Qy)
+        In the stored dtype; a new array the caller may keep.
+    """
+    own = isinstance(data, h5py.Dataset)
+    reader = PatternReader(data) if own else data
+    if flat is not None:
+        indices = np.asarray(flat, dtype=np.int64)
+        step = max(1, int(batch))
+        plan: Iterable = ((lo, indices[lo:lo + step]) for lo in range(0, len(indices), step))
+    else:
+        plan = plan_blocks(reader.scan_shape, box, batch)
+    blocks = ((start, reader.read(index)) for start, index in plan)
+    try:
+        yield from (prefetch(blocks, read_ahead) if read_ahead > 0 else blocks)
+    finally:
+        if own:
+            reader.close()
 
 
 class _Failure:

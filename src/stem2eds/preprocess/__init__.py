@@ -1,7 +1,9 @@
 """Preprocessing of 4D-STEM scans and EDS maps (the paper's data preparation).
 
-Pure functions on batches of patterns (n, Qx, Qy) and maps (E, Rx, Ry), and
-a streaming driver over bundles:
+Pure functions on batches of patterns (n, Qx, Qy) and maps (E, Rx, Ry)
+(``patterns``, ``origin``, ``maps``, ``radial``, and the per-chunk ``passes``),
+the settings (``settings``), where the passes run (``executor``: threads or
+Dask), and the streaming driver over bundles (``pipeline``, ``output``):
 
 >>> from stem2eds.preprocess import PreprocessSettings, preprocess_bundle   # doctest: +SKIP
 >>> settings = preprocess_bundle("scan.h5", "scan_pre.h5", PreprocessSettings(bin_factor=4))
@@ -23,9 +25,10 @@ _EXPORTS = {
     "origin": ("OriginBatch", "OriginFit", "disk_radius", "find_origins", "fit_origins"),
     "patterns": ("apply_scaling", "beam_mask", "bin_patterns", "centre_patterns",
                  "detector_centre", "normalise", "process_patterns", "remove_beam"),
-    "pipeline": ("PreprocessSettings", "iter_preprocessed", "iter_region", "load_settings",
-                 "measure_origins", "preprocess_bundle", "raw_calibration", "summarise"),
+    "output": ("summarise",),
+    "pipeline": ("iter_preprocessed", "measure_origins", "preprocess_bundle", "raw_calibration"),
     "radial": ("radial_axis", "radial_profile", "ring_radii"),
+    "settings": ("PreprocessSettings", "load_settings"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -45,7 +48,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "PreprocessSettings", "preprocess_bundle", "iter_preprocessed", "preprocess_maps",
     "radial_profile", "radial_axis", "ring_radii", "raw_calibration", "load_settings",
-    "measure_origins", "iter_region", "summarise",
+    "measure_origins", "summarise",
     "find_origins", "fit_origins", "disk_radius", "OriginBatch", "OriginFit",
     "centre_patterns", "remove_beam", "beam_mask", "bin_patterns", "apply_scaling",
     "process_patterns", "normalise", "detector_centre",

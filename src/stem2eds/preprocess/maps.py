@@ -18,8 +18,8 @@ def parse_crop(text: str | None) -> tuple[int, int, int, int] | None:
         r0, r1 = (int(v) for v in rows.split(":"))
         c0, c1 = (int(v) for v in cols.split(":"))
     except ValueError:
-        raise InputError(f"--crop {text!r} is not r0:r1,c0:c1",
-                         hint="e.g. --crop 0:70,0:45 keeps scan rows 0-69, all 45 columns") from None
+        raise InputError(f"`crop` {text!r} is not r0:r1,c0:c1",
+                         hint="e.g. 0:70,0:45 keeps scan rows 0-69, all 45 columns") from None
     return r0, r1, c0, c1
 
 

@@ -55,7 +55,7 @@ def _binned(patterns: np.ndarray) -> tuple[np.ndarray, int]:
 
     Only the argmax of a box filter is taken from these, so 8/16-bit counts
     are binned by OpenCV's area resampling in their own dtype (block mean
-    rounded to an integer: about 3x faster than an exact float sum, and
+    rounded to an integer: cheaper than an exact float sum, and
     rounding by at most half a count per pixel cannot move the disk's
     maximum); other dtypes get the exact block sum.
     """
@@ -100,7 +100,7 @@ def _box_sums(stack: np.ndarray, size: int) -> np.ndarray:
     The same argmax as ``scipy.ndimage.uniform_filter(mode="constant")`` (a
     mean over the same boxes) from a summed-area table in float64, exact for
     integer counts. Written with numpy so that measuring origins (on the
-    prediction path) does not import SciPy (about 0.4 s of start-up);
+    prediction path) does not import SciPy (a noticeable start-up cost);
     OpenCV's box filter works on one image at a time.
     """
     n, h, w = stack.shape

@@ -122,8 +122,8 @@ def block_sum(patterns: np.ndarray, factor: int) -> np.ndarray:
     (power-of-two factors up to 8 on 8/16-bit counts or float32 data whose
     block sums are exactly representable) the stack is binned as one tall
     image by OpenCV's area resampling (``INTER_AREA`` at an integer factor
-    is the block mean, computed in vectorised C, about 1.6x numpy's strided
-    sums here), then multiplied back by ``f**2`` (exact for powers of two).
+    is the block mean, computed in vectorised C, cheaper than numpy's strided
+    sums), then multiplied back by ``f**2`` (exact for powers of two).
     Otherwise rows are summed first (contiguous), then columns, with integer
     data summed exactly in uint32/int64 before the conversion.
     """
@@ -164,16 +164,6 @@ def _opencv_block_sum(counts: np.ndarray, factor: int) -> np.ndarray:
     mean = cv2.resize(counts.reshape(n * qx, qy), (by, n * bx), interpolation=cv2.INTER_AREA)
     mean *= np.float32(factor * factor)
     return mean.reshape(n, bx, by)
-
-
-def binned_origins(origins: np.ndarray, factor: int) -> np.ndarray:
-    """Input-detector coordinates (n, 2) -> coordinates on the detector binned by ``factor``.
-
-    Binned pixel ``j`` covers input pixels ``f j .. f j + f - 1``, whose centre
-    is ``f j + (f - 1) / 2``; the input detector centre maps to the binned
-    detector centre.
-    """
-    return (np.asarray(origins, dtype=np.float64) - (factor - 1) / 2) / factor
 
 
 def _disk_pixels(origins: np.ndarray, radius: float, shape: tuple[int, int]
@@ -217,8 +207,8 @@ def process_patterns(patterns: np.ndarray, origins: np.ndarray, beam_radius: flo
                      bin_factor: int, scaling: str, centring: str = "binned") -> np.ndarray:
     """Centre, remove the beam, bin and scale a batch; values not yet divided by the scale.
 
-    ``centring="binned"`` (default, about 4x faster): the beam disk is
-    removed in input coordinates around each pattern's origin
+    ``centring="binned"`` (default; cheaper, since it shifts the small binned
+    patterns): the beam disk is removed in input coordinates around each pattern's origin
     (:func:`beam_counts`), the raw pattern is binned, and the binned pattern
     is shifted (bilinear) by its origin in binned pixels. ``"full"``: shift
     at the input resolution (:func:`centre_patterns`), remove the disk about
@@ -305,8 +295,8 @@ def centre_binned(patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
     # starts at input pixel f K - f + phase; two spare blocks of padding.
     buf = _padded_buffer((n, qx + 2 * f, qy + 2 * f), f)
     # One slice assignment (copy + conversion to float32, in C) per pattern:
-    # 1.6x faster here than grouping patterns by phase, where numpy's fancy
-    # indexing first gathers a uint16 temporary of the group.
+    # cheaper than grouping patterns by phase, where numpy's fancy indexing
+    # first gathers a uint16 temporary of the group.
     for k, (pr, pc) in enumerate(phase.tolist()):
         buf[k, f - pr:f - pr + qx, f - pc:f - pc + qy] = patterns[k]
     if beam_radius > 0:

@@ -30,6 +30,7 @@ from ..formats.bundle import ScanBundle
 from ..elements import atomic_number
 from ..errors import InputError
 from .patterns import detector_centre
+from .settings import EDS_UNREGISTERED, HAADF_UNREGISTERED
 
 
 def annular_sum(centred: np.ndarray, inner: float, outer: float) -> np.ndarray:
@@ -237,11 +238,9 @@ def load_unregistered(scan: ScanBundle) -> tuple[np.ndarray, list[str], float]:
     InputError
         Missing maps, elements or ``pixel_size``, or EDS and HAADF on different grids.
     """
-    from .pipeline import EDS_UNREGISTERED, HAADF_UNREGISTERED
-
     f = scan.file
     if EDS_UNREGISTERED not in f and HAADF_UNREGISTERED not in f:
-        raise InputError(f"--register needs maps in '{EDS_UNREGISTERED}' or "
+        raise InputError(f"registration (`register`) needs maps in '{EDS_UNREGISTERED}' or "
                          f"'{HAADF_UNREGISTERED}'", path=scan.path)
     stack, names, px = [], [], None
 
@@ -306,7 +305,7 @@ def register_bundle_maps(scan: ScanBundle, scan_image: np.ndarray
     if reg.coverage < 0.999:
         raise InputError(f"after registration only {100 * reg.coverage:.1f} % of the scan "
                          "lies inside the EDS/HAADF maps", path=scan.path,
-                         hint="crop the scan (--crop) to the region the maps cover")
+                         hint="crop the scan (`crop`) to the region the maps cover")
     n_eds = len(names) - ("haadf" in names)
     eds = np.clip(registered[:n_eds], 0, 1) if n_eds else None
     haadf = registered[names.index("haadf")] if "haadf" in names else None
