@@ -531,5 +531,5 @@ def test_fraction_unit_refuses_percent_sized_values():
     from stem2eds.errors import InputError
     from stem2eds.io import to_fractions
 
-    with pytest.raises(InputError, match="--eds-unit percent"):
+    with pytest.raises(InputError, match="`eds_unit` percent"):
         to_fractions({"Ge": np.full((2, 2), 30.0)}, unit="fraction")

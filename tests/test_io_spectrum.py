@@ -131,7 +131,7 @@ def test_missing_k_factor_and_beam_energy(tmp_path, atomic):
     s = make_spectrum_image(atomic)
     del s.metadata.Acquisition_instrument
     path2 = _save(s, tmp_path / "no_energy.hspy")
-    with pytest.raises(InputError, match="--beam-energy"):
+    with pytest.raises(InputError, match="`beam_energy_kev`"):
         quantify_spectrum_image(path2, ELEMENTS, K_FACTORS)
     assert quantify_spectrum_image(path2, ELEMENTS, K_FACTORS, beam_energy_kev=200).elements
 
@@ -169,3 +169,53 @@ def test_haadf_from_microscope_file(tmp_path, rng):
     np.testing.assert_array_equal(read_haadf_from_file(emd), haadf)
     bad = _save(other, tmp_path / "df4.hspy")
     np.testing.assert_array_equal(read_haadf_from_file(bad), other.data)  # the only image
+
+
+def test_contradictory_k_factors_are_refused():
+    """Two k-factors for one element (issue 15: ``Ni=1.2,Ni_La=3``): which line is meant?"""
+    for text in ("Ni=1.2,Ni_La=3", "Ni_Ka=1.2,Ni_La=3", "Ni=1,Ni=2"):
+        with pytest.raises(InputError, match="`k_factors` gives Ni twice"):
+            parse_k_factors(text)
+
+
+def test_spectrum_image_without_sample_metadata(tmp_path, atomic):
+    """An .hspy without a Sample node is quantified when the elements are given."""
+    s = make_spectrum_image(atomic)
+    del s.metadata.Sample
+    path = _save(s, tmp_path / "no_sample.hspy")
+    result = quantify_spectrum_image(path, ELEMENTS, K_FACTORS)
+    got = np.stack([result.fractions[e] for e in ELEMENTS], axis=-1)
+    np.testing.assert_allclose(got, atomic, atol=0.01)
+    assert "X-ray lines: Ge_Ka, O_Ka, Si_Ka" in result.notes
+    with pytest.raises(InputError, match="does not list the elements.*`elements`"):
+        quantify_spectrum_image(path, None, K_FACTORS)
+
+
+def test_one_element_is_refused_with_a_sentence(tmp_path, atomic):
+    path = _save(make_spectrum_image(atomic), tmp_path / "si.hspy")
+    with pytest.raises(InputError, match="ratios between elements; quantifying Ge alone"):
+        quantify_spectrum_image(path, ["Ge"], K_FACTORS)
+
+
+def test_k_factor_for_another_line_is_refused(tmp_path, atomic):
+    """A plain ``Ge=`` k-factor is for Ge_Ka at 200 kV; the file's Ge_La line refuses it."""
+    s = make_spectrum_image(atomic)
+    s.metadata.Sample.xray_lines = ["Ge_La", "O_Ka", "Si_Ka"]
+    path = _save(s, tmp_path / "ge_la.hspy")
+    with pytest.raises(InputError, match="k-factor for Ge_Ka .* but Ge_La is quantified"):
+        quantify_spectrum_image(path, ELEMENTS, K_FACTORS)
+    result = quantify_spectrum_image(path, ELEMENTS, {"Ge_La": 3.0, "O": 2.0, "Si": 1.1})
+    assert result.xray_lines["Ge"] == "Ge_La"
+
+
+def test_binning_and_low_counts(tmp_path, atomic):
+    """Few counts per position: refused, with the ``eds_bin`` that would help."""
+    path = _save(make_spectrum_image(atomic, counts=15, background=0.0), tmp_path / "low.hspy")
+    with pytest.raises(InputError, match="positions have fewer than 20 net counts") as info:
+        quantify_spectrum_image(path, ELEMENTS, K_FACTORS)
+    assert "`eds_bin`" in str(info.value)
+    result = quantify_spectrum_image(path, ELEMENTS, K_FACTORS, eds_bin=2)
+    assert result.fractions["Ge"].shape == (RX // 2, RY // 2) and result.eds_bin == 2
+    assert any("0 rows and 1 columns at the far edges dropped" in n for n in result.notes)
+    with pytest.raises(InputError, match="`eds_bin` must be a whole number"):
+        quantify_spectrum_image(path, ELEMENTS, K_FACTORS, eds_bin=0)

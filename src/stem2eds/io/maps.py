@@ -12,7 +12,8 @@ map (:func:`eds_unit_of`):
 * ``1 < m <= 1.5``: ambiguous, refused: it may be a fraction whose noise
   pushes a nearly pure element above 1, or the percent map of minor
   elements only. The user says which (``unit="fraction"``, which clips the
-  values above 1 to 1, or ``unit="percent"``; ``stem2eds convert --eds-unit``).
+  values above 1 to 1, or ``unit="percent"``; the ``eds_unit`` setting of
+  the convert step).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def find_map_files(folder: str | os.PathLike,
     p = Path(folder)
     if not p.is_dir():
         raise InputError("no such folder" if not p.exists() else "not a folder", path=p,
-                         hint="give --eds a folder of per-element maps or a spectrum image")
+                         hint="give `eds` a folder of per-element maps or a spectrum image")
     wanted = None if elements is None else [check_element(e) for e in elements]
     files: dict[str, Path] = {}
     for f in sorted(p.iterdir()):
@@ -201,7 +202,7 @@ def find_map_files(folder: str | os.PathLike,
         if symbol not in ELEMENT_SYMBOLS:
             raise InputError(f"map file {f.name!r} is not named after an element", path=p,
                              hint="name each map by its element symbol (Ge.tif, O.png) "
-                                  "or select maps with --elements")
+                                  "or select maps with `elements`")
         if symbol in files:
             raise InputError(f"two maps for {symbol}: {files[symbol].name} and {f.name}",
                              path=p, hint="keep one file per element")
@@ -211,7 +212,7 @@ def find_map_files(folder: str | os.PathLike,
         if missing:
             raise InputError(f"no map for {', '.join(missing)}", path=p,
                              hint="add <Element>.tif (or .png/.npy/.csv) or drop it from "
-                                  "--elements")
+                                  "`elements`")
         return {e: files[e] for e in wanted}
     if not files:
         raise InputError("folder has no element maps (" + ", ".join(MAP_EXTENSIONS) + ")",
@@ -287,8 +288,8 @@ def eds_unit_of(maps: dict[str, np.ndarray], source=None) -> str:
     raise InputError(f"EDS maps are ambiguous: the largest value ({top:.4g}, map {name}) "
                      "is just above 1, a noisy atomic fraction or a percent map of minor "
                      "elements", path=source,
-                     hint="say which with --eds-unit fraction (values above 1 are clipped) "
-                          "or --eds-unit percent")
+                     hint="say which with `eds_unit` fraction (values above 1 are clipped) "
+                          "or `eds_unit` percent")
 
 
 def to_fractions(maps: dict[str, np.ndarray], source=None,
@@ -321,7 +322,7 @@ def to_fractions(maps: dict[str, np.ndarray], source=None,
     """
     if unit not in EDS_UNITS:
         raise InputError(f"EDS unit {unit!r} is not one of {', '.join(EDS_UNITS)}",
-                         hint="use --eds-unit auto, fraction or percent")
+                         hint="use `eds_unit` auto, fraction or percent")
     if not maps:
         raise InputError("no EDS maps", path=source)
     for name, arr in maps.items():
@@ -343,7 +344,7 @@ def to_fractions(maps: dict[str, np.ndarray], source=None,
             if arr.max() > AMBIGUOUS_MAX:
                 raise InputError(f"map {name} has values up to {arr.max():.4g}, too large "
                                  "for atomic fractions", path=source,
-                                 hint="these look like percent: use --eds-unit percent")
+                                 hint="these look like percent: use `eds_unit` percent")
     # Divide in float64, then store float32, so x/100 is rounded once; a
     # fraction's noise above 1 is clipped (only when the user said fraction).
     fractions = {name: np.clip(np.asarray(arr, np.float64) / (100.0 if was_percent else 1.0),

@@ -1,23 +1,35 @@
 """EDS spectrum images and HAADF images from microscope files, via HyperSpy/exspy.
 
-A spectrum image (Velox ``.emd``, Bruker ``.bcf``, ``.hspy``, ... anything
-HyperSpy loads as an ``EDS_TEM``/``EDS_SEM`` signal with two navigation axes)
-is quantified per probe position with exspy's Cliff-Lorimer method:
+A spectrum image (Velox ``.emd``, Bruker ``.bcf``, TIA ``.emi``, ``.hspy``,
+... anything HyperSpy loads with two navigation axes and an X-ray energy
+axis) is quantified per probe position with exspy's Cliff-Lorimer method:
 background-subtracted line intensities (exspy's background windows), the
-k-factors of the lines, weight fractions, then atomic fractions.
+k-factors of the lines, weight fractions, then atomic fractions (0..1).
 
-K-factors come from ``k_factors`` (``--k-factors O=1.0,Si=1.2`` on the
-command line; keys are elements or X-ray lines such as ``Ge_La``) or, when
-not given, from the file's metadata item ``Sample.kfactors`` (a list in the
-order of ``Sample.xray_lines``, the layout in which exspy users keep them in
-``.hspy`` files). There is no silent default: a k-factor of 1 for every line
-would give compositions off by tens of percent.
+K-factors come from the ``k_factors`` setting (keys are elements, meaning
+the line exspy chooses for the beam energy, or X-ray lines such as
+``Ge_La``) or, when not given, from the file's metadata item
+``Sample.kfactors`` (a list in the order of ``Sample.xray_lines``, the
+layout in which exspy users keep them in ``.hspy`` files). There is no
+silent default: a k-factor of 1 for every line would give compositions off
+by tens of percent. A k-factor is used only for the line it was given for:
+when the spectrum forces another line (its energy range ends below the
+element's K line, say), the k-factor is refused, not applied to that line.
+
+Cliff-Lorimer is the thin-film (TEM) approximation, with no absorption or
+fluorescence correction; SEM spectrum images (bulk samples, beam energy
+below :data:`SEM_MAX_KV`) are quantified all the same, with a note saying
+so. Positions with fewer than :data:`MIN_NET_COUNTS` net counts in the
+quantified lines are counted; when most positions have that few, the
+spectrum image is refused and spatial binning (``eds_bin``: sum ``n x n``
+positions, HyperSpy's ``rebin``) is offered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +39,9 @@ import numpy as np
 
 from ..elements import check_element
 from ..errors import InputError
-
+from .cliff_lorimer import (MIN_NET_COUNTS, SEM_MAX_KV, bin_positions, cliff_lorimer, count_low,
+                            lines_and_k_factors, net_intensities, pixel_size_nm,
+                            settle_beam_energy)
 
 @dataclass
 class QuantifiedMaps:
@@ -39,16 +53,34 @@ class QuantifiedMaps:
         Symbols in output order.
     fractions : dict of str to ndarray, shape (Rx, Ry)
         float32 atomic fractions in [0, 1], summing to 1 at every position
-        with counts (0 everywhere at positions with no counts).
+        with net counts (0 everywhere at positions with none).
     xray_lines : dict of str to str
         The line quantified for each element, e.g. ``{"Ge": "Ge_Ka"}``.
     k_factors : dict of str to float
-        The k-factor used for each element.
+        The k-factor used for each element (for the line in ``xray_lines``).
     k_factor_source : str
-        ``"flags"`` or ``"file metadata"``.
+        ``"flags"`` (given by the caller, ``k_factors``; the name is kept as
+        stored in bundles), ``"file metadata"`` or ``"flags and file metadata"``.
     notes : list of str
-        Things the user should know (positions without counts, clipped
-        negative intensities).
+        Sentences for the user (lines used, binning, low-count positions,
+        clipped negative intensities, SEM data); the caller prints them.
+    beam_energy_kev : float
+        Beam energy used to choose the lines (from the file, else given).
+    microscope : {"TEM", "SEM"}
+        Where the spectrum image was taken (file metadata or beam energy).
+    pixel_size_nm : tuple of float or None
+        Scan step (row, column) in nm after binning; None if the file's scan
+        axes are not in length units.
+    eds_bin : int
+        Positions summed along each scan axis (1: none).
+    low_count_positions : int
+        Positions with fewer than :data:`MIN_NET_COUNTS` net counts.
+    clipped : dict of str to int
+        Per element, the positions whose net line intensity was negative
+        (background above the line: noise) and was set to 0 before
+        quantification.
+    clipping_shift : dict of str to float
+        Per element, mean atomic fraction with clipping minus without it.
     """
 
     elements: list[str]
@@ -57,6 +89,13 @@ class QuantifiedMaps:
     k_factors: dict[str, float]
     k_factor_source: str
     notes: list[str] = field(default_factory=list)
+    beam_energy_kev: float = float("nan")
+    microscope: str = "TEM"
+    pixel_size_nm: tuple[float, float] | None = None
+    eds_bin: int = 1
+    low_count_positions: int = 0
+    clipped: dict[str, int] = field(default_factory=dict)
+    clipping_shift: dict[str, float] = field(default_factory=dict)
 
 
 def parse_k_factors(text: str | Mapping[str, float] | None) -> dict[str, float] | None:
@@ -65,7 +104,8 @@ def parse_k_factors(text: str | Mapping[str, float] | None) -> dict[str, float] 
     Raises
     ------
     InputError
-        Malformed entries, unknown elements, non-positive factors.
+        Malformed entries, unknown elements, non-positive factors, and two
+        k-factors for one element (``Ni=1.2,Ni_La=3``: which line is meant?).
     """
     if text is None:
         return None
@@ -78,8 +118,8 @@ def parse_k_factors(text: str | Mapping[str, float] | None) -> dict[str, float] 
                 continue
             key, sep, value = part.partition("=")
             if not sep:
-                raise InputError(f"--k-factors entry {part.strip()!r} is not ELEMENT=VALUE",
-                                 hint="e.g. --k-factors O=1.0,Si=1.2,Ge=1.6")
+                raise InputError(f"`k_factors` entry {part.strip()!r} is not ELEMENT=VALUE",
+                                 hint="e.g. O=1.0,Si=1.2,Ge=1.6 or Ge_La=2.1")
             items.append((key, value))
     result: dict[str, float] = {}
     for key, value in items:
@@ -88,10 +128,18 @@ def parse_k_factors(text: str | Mapping[str, float] | None) -> dict[str, float] 
         try:
             factor = float(value)
         except (TypeError, ValueError):
-            raise InputError(f"--k-factors value {value!r} for {key} is not a number") from None
+            raise InputError(f"`k_factors` value {value!r} for {key} is not a number") from None
         if not np.isfinite(factor) or factor <= 0:
-            raise InputError(f"--k-factors value for {key} must be positive, got {factor}")
-        result[f"{element}_{line}" if line else element] = factor
+            raise InputError(f"`k_factors` value for {key} must be positive, got {factor}")
+        name = f"{element}_{line}" if line else element
+        same = [k for k in result if k.split("_")[0] == element]
+        if same:
+            given = ", ".join(f"{k}={result[k]:g}" for k in same)
+            raise InputError(f"`k_factors` gives {element} twice ({given}, {name}={factor:g}); "
+                             "a k-factor belongs to one X-ray line",
+                             hint=f"keep one: {element}=VALUE for the line chosen for the "
+                                  f"beam energy, or {element}_La=VALUE (etc.) for another line")
+        result[name] = factor
     return result
 
 
@@ -103,16 +151,36 @@ def _load_signals(path: Path, **kwargs):
             warnings.simplefilter("ignore")
             loaded = hs.load(str(path), **kwargs)
     except ModuleNotFoundError as exc:
-        raise InputError(f"reading this file needs the Python package {exc.name!r}",
-                         path=path, hint=f"pip install {exc.name}") from None
+        name = exc.name or next(iter(re.findall(r"'(\w+)'", str(exc))), "?")
+        raise InputError(f"reading this file needs the Python package {name!r}",
+                         path=path, hint=f"pip install {name}") from None
     except Exception as exc:  # noqa: BLE001 - HyperSpy raises many kinds on foreign files
         raise InputError(f"HyperSpy cannot read it: {' '.join(str(exc).split())}",
                          path=path) from None
     return loaded if isinstance(loaded, list) else [loaded]
 
 
+def _energy_axis_kev(s) -> tuple[float, float] | None:
+    """(low, high) of a signal's energy axis in keV, or None if not in eV/keV."""
+    axis = s.axes_manager.signal_axes[0]
+    scale = {"keV": 1.0, "eV": 1e-3}.get(str(axis.units).strip())
+    if scale is None:
+        return None
+    return axis.low_value * scale, axis.high_value * scale
+
+
+def _describe(signals) -> str:
+    return ", ".join(f"{s.metadata.General.title or '?'} "
+                     f"({s.metadata.Signal.signal_type or 'untyped'}, shape "
+                     f"{'x'.join(map(str, s.data.shape))})" for s in signals)
+
+
 def load_spectrum_image(path: str | os.PathLike):
     """Load the one EDS spectrum image in a file, lazily.
+
+    A spectrum image whose file does not say its kind (TIA ``.emi``/``.ser``)
+    is taken as EDS when its signal axis is an energy (eV or keV) reaching
+    1 keV; an eV axis is converted to keV.
 
     Parameters
     ----------
@@ -122,12 +190,14 @@ def load_spectrum_image(path: str | os.PathLike):
     -------
     exspy EDSTEMSpectrum (lazy)
         Navigation shape (Rx, Ry) (``signal.data`` is (Rx, Ry, channels));
-        an ``EDS_SEM`` signal is retyped to ``EDS_TEM``.
+        an ``EDS_SEM`` signal is retyped to ``EDS_TEM``, with
+        ``metadata.General.stem2eds_microscope`` set to ``"SEM"``.
 
     Raises
     ------
     InputError
-        Unreadable file, no or several EDS spectrum images.
+        Unreadable file, no or several EDS spectrum images, an EELS
+        spectrum image.
     """
     p = Path(path)
     if not p.is_file():
@@ -136,29 +206,71 @@ def load_spectrum_image(path: str | os.PathLike):
     if p.suffix.lower() == ".emd":
         kwargs["select_type"] = "spectrum_image"
     signals = _load_signals(p, **kwargs)
-    eds = [s for s in signals if str(s.metadata.Signal.signal_type).startswith("EDS")
-           and s.axes_manager.navigation_dimension == 2 and s.axes_manager.signal_dimension == 1]
+    cubes = [s for s in signals if s.axes_manager.navigation_dimension == 2
+             and s.axes_manager.signal_dimension == 1]
+    eds = [s for s in cubes if str(s.metadata.Signal.signal_type).startswith("EDS")]
     if not eds:
-        kinds = ", ".join(f"{s.metadata.General.title or '?'} "
-                          f"({s.metadata.Signal.signal_type or 'untyped'})" for s in signals)
-        raise InputError(f"no EDS spectrum image with 2 scan axes in the file (found: {kinds})",
-                         path=p, hint="give a Velox .emd, Bruker .bcf or an EDS_TEM .hspy, "
-                                      "or a folder of element maps")
+        untyped = [s for s in cubes if not s.metadata.Signal.signal_type
+                   and (_energy_axis_kev(s) or (0, 0))[1] >= 1.0]
+        eels = [s for s in cubes if str(s.metadata.Signal.signal_type).startswith("EELS")]
+        if eels and not untyped:
+            raise InputError(f"the file holds an EELS spectrum image ({_describe(eels)}), "
+                             "not EDS", path=p,
+                             hint="quantify EELS elsewhere and give the element maps as a "
+                                  "folder")
+        eds = untyped
+    if not eds:
+        raise InputError("no EDS spectrum image with 2 scan axes and an X-ray energy axis "
+                         f"in the file (found: {_describe(signals)})", path=p,
+                         hint="give a Velox .emd, Bruker .bcf, TIA .emi or an EDS_TEM .hspy, "
+                              "or a folder of element maps")
     if len(eds) > 1:
         raise InputError(f"{len(eds)} EDS spectrum images in the file", path=p,
                          hint="export the one to use to its own .hspy")
     si = eds[0]
+    sem = str(si.metadata.Signal.signal_type) == "EDS_SEM" or (
+        si.metadata.has_item("Acquisition_instrument.SEM")
+        and not si.metadata.has_item("Acquisition_instrument.TEM"))
+    axis = si.axes_manager.signal_axes[0]
+    if str(axis.units).strip() == "eV":
+        axis.scale, axis.offset, axis.units = axis.scale / 1000, axis.offset / 1000, "keV"
     if si.metadata.Signal.signal_type != "EDS_TEM":
         # Cliff-Lorimer lives on exspy's EDS_TEM class (thin-film quantification);
-        # Bruker files from a TEM are sometimes typed EDS_SEM. exspy moves the
-        # SEM acquisition metadata (beam energy, detector) over to TEM itself.
+        # Bruker files are often typed EDS_SEM. exspy moves the SEM acquisition
+        # metadata (beam energy, detector) over to TEM itself.
         si.set_signal_type("EDS_TEM")
+    si.metadata.set_item("General.stem2eds_microscope", "SEM" if sem else "TEM")
     return si
+
+
+def read_beam_energy_kev(path: str | os.PathLike) -> float | None:
+    """The beam energy (keV) a microscope file's metadata states, or None.
+
+    Reads (lazily) any file HyperSpy opens: Velox ``.emd``, TIA ``.emi``,
+    Bruker ``.bcf``, DM, blockfile, ... The first signal with
+    ``Acquisition_instrument.TEM.beam_energy`` (or ``SEM``) counts.
+
+    Raises
+    ------
+    InputError
+        Unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such file", path=p)
+    kwargs = {"select_type": "images"} if p.suffix.lower() == ".emd" else {}
+    for s in _load_signals(p, lazy=True, **kwargs):
+        for where in ("TEM", "SEM"):
+            value = s.metadata.get_item(f"Acquisition_instrument.{where}.beam_energy")
+            if value is not None and np.isfinite(float(value)) and float(value) > 0:
+                return float(value)
+    return None
 
 
 def quantify_spectrum_image(path: str | os.PathLike, elements: Sequence[str] | None = None,
                             k_factors: Mapping[str, float] | None = None,
-                            beam_energy_kev: float | None = None) -> QuantifiedMaps:
+                            beam_energy_kev: float | None = None,
+                            eds_bin: int = 1) -> QuantifiedMaps:
     """Quantify an EDS spectrum image per position with Cliff-Lorimer (exspy).
 
     Parameters
@@ -166,12 +278,17 @@ def quantify_spectrum_image(path: str | os.PathLike, elements: Sequence[str] | N
     path : path-like
         Spectrum-image file that HyperSpy/exspy reads.
     elements : sequence of str, optional
-        Elements to quantify, in output order; default: the file's
-        ``Sample.elements`` in the order stored.
+        At least two elements to quantify, in output order; default: the
+        file's ``Sample.elements`` in the order stored.
     k_factors : mapping, optional
-        Element symbol (or X-ray line) to k-factor; overrides the file's.
+        Element symbol (its line for the beam energy) or X-ray line
+        (``Ge_La``) to k-factor; overrides the file's.
     beam_energy_kev : float, optional
-        Used to choose the lines when the file does not say the beam energy.
+        Used when the file does not say the beam energy (the file's wins).
+    eds_bin : int
+        Sum ``eds_bin x eds_bin`` positions before quantifying (HyperSpy
+        ``rebin``; edges that do not fill a bin are cropped). The maps then
+        have shape (Rx // eds_bin, Ry // eds_bin).
 
     Returns
     -------
@@ -181,10 +298,14 @@ def quantify_spectrum_image(path: str | os.PathLike, elements: Sequence[str] | N
     Raises
     ------
     InputError
-        No elements known, a missing k-factor, beam energy unknown.
+        No or one element, a missing or contradictory k-factor, a k-factor
+        for another line than the one quantified, beam energy unknown, or
+        most positions with fewer than :data:`MIN_NET_COUNTS` net counts.
     """
+    if isinstance(eds_bin, bool) or not isinstance(eds_bin, (int, np.integer)) or eds_bin < 1:
+        raise InputError(f"`eds_bin` must be a whole number >= 1, got {eds_bin!r}")
     with _no_progress_bars():
-        return _quantify(Path(path), elements, k_factors, beam_energy_kev)
+        return _quantify(Path(path), elements, k_factors, beam_energy_kev, int(eds_bin))
 
 
 @contextlib.contextmanager
@@ -201,99 +322,46 @@ def _no_progress_bars():
         general.show_progressbar = before
 
 
-def _quantify(p: Path, elements, k_factors, beam_energy_kev) -> QuantifiedMaps:
+def _quantify(p: Path, elements, k_factors, beam_energy_kev, eds_bin: int) -> QuantifiedMaps:
     s = load_spectrum_image(p)
+    notes: list[str] = []
     stored = list(s.metadata.get_item("Sample.elements", default=[]) or [])
     if elements is None:
         if not stored:
             raise InputError("the file does not list the elements to quantify", path=p,
-                             hint="pass --elements O,Si,...")
+                             hint="give `elements`, e.g. O,Si,Ge")
         elements = stored
-    elements = [check_element(e) for e in elements]
-    if beam_energy_kev is not None:
-        s.set_microscope_parameters(beam_energy=float(beam_energy_kev))
-    if not s.metadata.has_item("Acquisition_instrument.TEM.beam_energy") and \
-            not s.metadata.has_item("Acquisition_instrument.SEM.beam_energy"):
-        raise InputError("the file does not say the beam energy, needed to choose X-ray lines",
-                         path=p, hint="pass --beam-energy KEV")
-
-    # Lines: those named in --k-factors (e.g. Ge_La), then the file's lines
-    # for the chosen elements, then exspy's choice for elements with none.
-    given = dict(k_factors or {})
-    stored_lines = list(s.metadata.get_item("Sample.xray_lines", default=[]) or [])
-    stored_k = list(s.metadata.get_item("Sample.kfactors", default=[]) or [])
-    file_k = dict(zip(stored_lines, stored_k)) if len(stored_k) == len(stored_lines) else {}
-    preset: dict[str, str] = {}
-    for line in [k for k in given if "_" in k] + stored_lines:
-        element = line.split("_")[0]
-        if element in elements:
-            preset.setdefault(element, line)
-    s.metadata.Sample.elements = sorted(elements)
-    s.metadata.Sample.xray_lines = sorted(preset.values())
-    s.add_lines()  # adds the best line of every element that has none yet
-    line_of: dict[str, str] = dict(preset)
-    for line in s.metadata.Sample.xray_lines:
-        line_of.setdefault(line.split("_")[0], line)
-    missing_lines = [e for e in elements if e not in line_of]
-    if missing_lines:
-        raise InputError(f"no X-ray line found for {', '.join(missing_lines)} within the "
-                         "spectrum's energy range", path=p)
-    lines = {e: line_of[e] for e in elements}
-
-    k_used: dict[str, float] = {}
-    missing_k = []
-    for element, line in lines.items():
-        for key, table in ((line, given), (element, given), (line, file_k)):
-            if key in table:
-                k_used[element] = float(table[key])
-                break
-        else:
-            missing_k.append(line)
-    if missing_k:
-        raise InputError(f"no k-factor for {', '.join(missing_k)}", path=p,
-                         hint="pass --k-factors " + ",".join(f"{e}=VALUE" for e in elements))
-    from_flags = [lines[e] in given or e in given for e in lines]
-    source = ("flags" if all(from_flags) else "file metadata" if not any(from_flags)
-              else "flags and file metadata")
-
+    elements = list(dict.fromkeys(check_element(e) for e in elements))
+    if len(elements) < 2:
+        raise InputError(f"Cliff-Lorimer gives ratios between elements; quantifying "
+                         f"{elements[0] if elements else 'no element'} alone would give 100 % "
+                         "everywhere", path=p,
+                         hint="give `elements` with every element present (at least two)")
+    energy = settle_beam_energy(s, beam_energy_kev, p)
+    microscope = str(s.metadata.get_item("General.stem2eds_microscope", default="TEM"))
+    if microscope == "SEM" or energy < SEM_MAX_KV:
+        microscope = "SEM"
+        notes.append(f"SEM spectrum image ({energy:g} kV): quantified as a thin TEM film "
+                     "(Cliff-Lorimer, no absorption or fluorescence correction); "
+                     "compositions of bulk samples are only approximate")
+    if eds_bin > 1:
+        s, note = bin_positions(s, eds_bin, p)
+        notes.append(note)
+    lines, k_used, source = lines_and_k_factors(s, elements, dict(k_factors or {}), energy, p)
+    notes.append("X-ray lines: " + ", ".join(lines[e] for e in elements))
     order = sorted(elements, key=lambda e: lines[e])  # exspy keeps lines sorted
-    axis = s.axes_manager.signal_axes[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        windows = s.estimate_background_windows(xray_lines=[lines[e] for e in order])
-        # exspy places background windows symmetrically about each line; near
-        # the ends of the spectrum they would leave the axis and fail, so
-        # they are clipped to it (one-sided background there).
-        windows = np.clip(windows, axis.low_value, axis.high_value)
-        intensities = s.get_lines_intensity(xray_lines=[lines[e] for e in order],
-                                            background_windows=windows)
-        for i in intensities:
-            if getattr(i, "_lazy", False):
-                i.compute()  # in place: a LazySignal becomes a plain signal
-        negative = int(sum(np.count_nonzero(np.asarray(i.data) < 0) for i in intensities))
-        for i in intensities:
-            # A background estimate above the line (noise) is no negative amount
-            # of element; it is counted and reported, then treated as zero.
-            i.data = np.clip(np.asarray(i.data, dtype=float), 0, None)
-        composition = s.quantification(intensities, method="CL",
-                                       factors=[k_used[e] for e in order],
-                                       composition_units="atomic", plot_result=False,
-                                       show_progressbar=False)
-    fractions_stack = np.stack([np.asarray(c.data, dtype=np.float64) for c in composition]) / 100
-    fractions_stack = np.clip(np.nan_to_num(fractions_stack, nan=0.0), 0.0, 1.0)
-    totals = fractions_stack.sum(axis=0)
-    empty = int(np.count_nonzero(totals == 0))
-    fractions_stack = np.divide(fractions_stack, totals, out=np.zeros_like(fractions_stack),
-                                where=totals > 0)
-    notes = []
-    if negative:
-        notes.append(f"{negative} background-subtracted line intensities were negative "
-                     "and set to zero")
-    if empty:
-        notes.append(f"{empty} positions have no counts in any line; their fractions are 0")
-    fractions = {e: fractions_stack[order.index(e)].astype(np.float32) for e in elements}
-    return QuantifiedMaps(elements, fractions, {e: lines[e] for e in elements},
-                          {e: k_used[e] for e in elements}, source, notes)
+    intensities = net_intensities(s, [lines[e] for e in order])
+    low = count_low([i.data for i in intensities], p, eds_bin)
+    fractions, clipped, shift = cliff_lorimer(s, intensities, [k_used[e] for e in order],
+                                              order, notes)
+    if low:
+        notes.append(f"{low} of {intensities[0].data.size} positions have fewer than "
+                     f"{MIN_NET_COUNTS} net counts in these lines; their fractions are noisy "
+                     "(0 where none)")
+    return QuantifiedMaps(elements, {e: fractions[e] for e in elements},
+                          {e: lines[e] for e in elements}, {e: k_used[e] for e in elements},
+                          source, notes, energy, microscope, pixel_size_nm(s), eds_bin, low,
+                          {e: clipped[e] for e in elements}, {e: shift[e] for e in elements})
 
 
 def read_haadf_from_file(path: str | os.PathLike) -> np.ndarray:
@@ -316,7 +384,9 @@ def read_haadf_from_file(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise InputError("no such file", path=p)
-    kwargs = {"select_type": "image"} if p.suffix.lower() == ".emd" else {}
+    # RosettaSciIO's Velox reader takes "images" (singular "image" is refused);
+    # other .emd flavours ignore the argument.
+    kwargs = {"select_type": "images"} if p.suffix.lower() == ".emd" else {}
     signals = _load_signals(p, **kwargs)
     images = [s for s in signals if s.axes_manager.signal_dimension == 2
               and s.axes_manager.navigation_dimension == 0]
