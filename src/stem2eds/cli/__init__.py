@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import logging
 import pickle
 import signal
 import sys
@@ -117,8 +118,84 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    with _sigterm_as_interrupt():
+    show = bool(getattr(args, "verbose", False) or args.debug)
+    with _sigterm_as_interrupt(), _library_logs(args.command, show,
+                                                bool(getattr(args, "quiet", False))):
         return _run_command(args)
+
+
+#: Loggers of the libraries that read microscope files. RosettaSciIO and
+#: HyperSpy attach their own handler writing to *stdout* whenever their log
+#: level is set (at import); the command's stdout is its result, so their
+#: records are routed to stderr here.
+LIBRARY_LOGGERS = ("rsciio", "hyperspy", "exspy")
+_LIBRARY_NAMES = {"rsciio": "RosettaSciIO", "hyperspy": "HyperSpy", "exspy": "exspy"}
+
+
+class _LibraryLog(logging.Handler):
+    """Library records on stderr: errors always, warnings with --verbose/--debug.
+
+    Warnings not shown (and HyperSpy's request to report a file it could not
+    read, which the command's own error line explains) are counted, for one
+    summary line at the end.
+    """
+
+    def __init__(self, command: str, show_warnings: bool):
+        super().__init__(logging.WARNING)
+        self.command, self.show_warnings, self.hidden = command, show_warnings, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # HyperSpy's "please report this error" comes before the exception
+        # that the command explains in its own error line.
+        routine = record.levelno < logging.ERROR or "please report" in record.getMessage()
+        if routine and not self.show_warnings:
+            self.hidden += 1
+            return
+        library = _LIBRARY_NAMES.get(record.name.split(".")[0], record.name)
+        message = " ".join(record.getMessage().split())
+        print(f"stem2eds {self.command}: {library} {record.levelname.lower()}: {message}",
+              file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _library_logs(command: str, show_warnings: bool, quiet: bool):
+    """Route the file libraries' log records to stderr (see :class:`_LibraryLog`)."""
+    handler = _LibraryLog(command, show_warnings)
+
+    def to_stderr(*names):  # replaces the libraries' initialize_logger (stdout handler)
+        logger = logging.getLogger(*names)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        return logger
+
+    patched = []
+    for module_name in ("rsciio._logger", "hyperspy.logger"):
+        try:  # light modules (~0.1 s); the libraries call them again when imported
+            module = importlib.import_module(module_name)
+        except Exception:  # noqa: BLE001 - a library missing or broken: nothing to route
+            continue
+        patched.append((module, module.initialize_logger))
+        module.initialize_logger = to_stderr
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        to_stderr(name)
+        logger.propagate = False
+    try:
+        yield handler
+    finally:
+        for module, original in patched:
+            module.initialize_logger = original
+        for logger, handlers, propagate in saved:
+            logger.removeHandler(handler)
+            for old in handlers:
+                logger.addHandler(old)
+            logger.propagate = propagate
+        if handler.hidden and not quiet:
+            print(f"stem2eds {command}: {handler.hidden} warning(s) from the file-reading "
+                  "libraries not shown (--debug shows them)", file=sys.stderr)
 
 
 def _run_command(args: argparse.Namespace) -> int:
