@@ -195,9 +195,13 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
 
     Library errors name settings (``max_epochs must be at least 1``); on the
     command line the user typed flags (``--epochs``). A setting is replaced
-    where it is unambiguous: a name with an underscore anywhere, a plain
-    word only at the start of the message.
+    where it is unambiguous: a name in backquotes (`` `beam_radius` ``, the
+    convention of library messages) anywhere, with this command's flag or
+    else the name with dashes; an unquoted name with an underscore anywhere,
+    a plain word only at the start of the message.
     """
+    message = re.sub(r"`([a-z][a-z0-9_]*)`",
+                     lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")), message)
     for setting, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
         if "_" in setting:
             message = re.sub(rf"(?<![\w-]){re.escape(setting)}(?![\w-])", flag, message)
