@@ -27,6 +27,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+# to_jsonable moved to the metrics.json owner; kept here for existing callers
+from .formats.metrics_file import to_jsonable  # noqa: F401
+
 #: Metric names, in the order reports show them.
 METRICS = ("pearson", "mae", "percent_error", "r2")
 #: Metrics for which larger is better (the others are errors).
@@ -229,21 +232,3 @@ def high_error_region(error_map: np.ndarray, quantile: float = 0.95,
     high = valid & (err >= hi)
     typical = valid & (err >= q40) & (err <= q60)
     return high, typical
-
-
-def to_jsonable(value):
-    """Nested dicts/lists/arrays with NaN and inf turned into None (valid JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
