@@ -27,9 +27,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-# to_jsonable moved to the metrics.json owner; kept here for existing callers
-from .formats.metrics_file import to_jsonable  # noqa: F401
-
 #: Metric names, in the order reports show them.
 METRICS = ("pearson", "mae", "percent_error", "r2")
 #: Metrics for which larger is better (the others are errors).
