@@ -226,7 +226,7 @@ def test_experiment_stopped_while_predicting_resumes_without_retraining(tmp_path
         with h5py.File(done, "r") as f:
             assert set(f["eds"]) == {"O", "Si", "Ge", "Sb", "Te"}
     weights = sorted((out / "models").rglob("weights.safetensors"))
-    assert len(weights) == 2                               # cnn and ridge finished
+    assert len(weights) == 2                               # radial and ridge finished
     stamps = [w.stat().st_mtime_ns for w in weights]
 
     code, stdout, err = run_cli(*args)

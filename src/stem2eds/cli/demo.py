@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         example="stem2eds demo --out stem2eds-demo")
     p.add_argument("--out", default="stem2eds-demo", metavar="DIR", help="output folder")
     p.add_argument("--epochs", type=int, default=None,
-                   help="maximum training epochs of the CNN (default: the demo's)")
+                   help="maximum training epochs of the trained models (default: the demo's)")
     p.add_argument("--scan-shape", default=None, metavar="RxRy",
                    help="probe positions per simulated scan, e.g. 40x30")
     p.add_argument("--seed", type=int, default=None, help="seed of simulation and training")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..cli import add_command
-
-STRATEGIES = ("random", "extrapolate", "interpolate", "leave-one-out", "sparse")
+from ..experiments import STRATEGIES
 
 
 def register(subparsers) -> None:
@@ -56,7 +55,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..train.config import TrainConfig
     from ..errors import InputError
-    from ..experiments.crossscan import run_experiment
+    from ..experiments import run_experiment
 
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     if args.epochs is not None and args.epochs < 1:
@@ -66,14 +65,7 @@ def run(args) -> int:
     sparse = None
     given = [f for f in ("fraction", "pattern", "ensemble") if getattr(args, f) is not None]
     if args.strategy == "sparse":
-        sparse = {"pattern": args.pattern or "random",
-                  "ensemble": 5 if args.ensemble is None else args.ensemble}
-        if args.fraction is not None:
-            try:
-                sparse["fractions"] = [float(v) / 100 for v in args.fraction.split(",")]
-            except ValueError:
-                raise InputError(f"--fraction {args.fraction!r} is not a list of percents",
-                                 hint="e.g. --fraction 2 or --fraction 0.5,1,2,5") from None
+        sparse = _sparse_settings(args)
     elif given:
         raise InputError(f"--{given[0]} applies to --strategy sparse only")
     run_dir = run_experiment(args.bundles, args.out, args.strategy, config,
@@ -81,3 +73,27 @@ def run(args) -> int:
                              figures=not args.no_figures, sparse=sparse)
     print(run_dir / "report.html")
     return 0
+
+
+def _sparse_settings(args) -> dict:
+    """The sparse workflow's settings from the flags (percents -> fractions), checked here
+    so that errors name the flags."""
+    from ..errors import InputError
+
+    sparse = {"pattern": args.pattern or "random",
+              "ensemble": 5 if args.ensemble is None else args.ensemble}
+    if sparse["ensemble"] < 1:
+        raise InputError(f"--ensemble must be at least 1, got {sparse['ensemble']}")
+    if args.fraction is not None:
+        try:
+            percents = [float(v) for v in args.fraction.split(",")]
+        except ValueError:
+            raise InputError(f"--fraction {args.fraction!r} is not a list of percents",
+                             hint="e.g. --fraction 2 or --fraction 0.5,1,2,5") from None
+        for p in percents:
+            if not 0 < p / 100 <= 1:
+                raise InputError(f"--fraction {p:g} % is a sampling fraction of {p / 100:g}, "
+                                 "outside (0, 1]",
+                                 hint="give --fraction in percent, e.g. 2 for 2 %")
+        sparse["fractions"] = [p / 100 for p in percents]
+    return sparse
