@@ -149,7 +149,8 @@ def test_radial_runs_filter_their_eds_maps_like_the_targets(run_dir, scans, tmp_
     from scipy import ndimage
 
     from stem2eds.formats.bundle import open_bundle
-    from stem2eds.predict.predictor import load_run, predict_bundle
+    from stem2eds.predict.bundle import predict_bundle
+    from stem2eds.predict.predictor import load_run
 
     predictor = load_run(run_dir)
     assert json.loads((run_dir / "run.json").read_text())["filter_predictions"] is True

@@ -177,10 +177,14 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
 
     Library errors name settings (``max_epochs must be at least 1``); on the
     command line the user typed flags (``--epochs``). A setting is replaced
-    where it is unambiguous: a name with an underscore anywhere, a plain
-    word only at the start of the message.
+    where it is unambiguous: written as a keyword (``resume=True`` becomes
+    ``--resume``, ``device="cpu"`` becomes ``--device cpu``), a name with an
+    underscore anywhere, a plain word only at the start of the message.
     """
     for setting, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        keyword = rf"(?<![\w-]){re.escape(setting)}=(True\b|\"[^\"]*\"|'[^']*'|[^\s,;()]+)"
+        message = re.sub(keyword, lambda m: flag if m.group(1) == "True"
+                         else f"{flag} {m.group(1).strip(chr(34) + chr(39))}", message)
         if "_" in setting:
             message = re.sub(rf"(?<![\w-]){re.escape(setting)}(?![\w-])", flag, message)
         elif re.match(rf"{re.escape(setting)}\b", message):
