@@ -227,4 +227,4 @@ def parse_params(params_cls: type[ModelParams], table: Mapping[str, Any] | Model
     try:
         return params_cls(**values)
     except ValueError as exc:
-        raise InputError(f"{bad} {exc}") from None
+        raise InputError(f"{bad} model_params: {exc}") from None

@@ -37,8 +37,9 @@ class PaperParams(ModelParams):
     dropout: float = 0.3
 
     def __post_init__(self):
-        if not self.channels or any(c < 1 for c in self.channels) or self.dense < 1:
-            raise ValueError("channels and dense must be positive")
+        if not (self.channels and all(1 <= c <= 4096 for c in self.channels)
+                and len(self.channels) <= 16 and 1 <= self.dense <= 65536):
+            raise ValueError("channels must be 1 to 16 widths in 1..4096 and dense in 1..65536")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -73,8 +73,8 @@ class RadialParams(ModelParams):
     alphas: tuple[float, ...] = ALPHAS
 
     def __post_init__(self):
-        if self.n_hidden < 0 or self.hidden < 1:
-            raise ValueError("hidden must be at least 1 and n_hidden at least 0")
+        if not (0 <= self.n_hidden <= 64 and 1 <= self.hidden <= 65536):
+            raise ValueError("hidden must be in 1..65536 and n_hidden in 0..64")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         unknown = sorted(set(self.statistics) - set(STATISTICS))
