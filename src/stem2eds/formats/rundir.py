@@ -28,11 +28,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # torch is imported only where it is used
+    import torch
 
 RUN_FORMAT = "stem2eds-run"
 RUN_FORMAT_VERSION = 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from ..errors import InputError
 from ..formats.bundle import ScanBundle, open_bundle
 # not from ..train: that would import Lightning (seconds of start-up) for nothing here
 from ..formats.rundir import RunDir, apply_output_activation
+
+if TYPE_CHECKING:  # torch is imported when the model is built
+    import torch
 
 
 @dataclass
