@@ -66,3 +66,17 @@ def test_library_messages_get_the_flags_the_user_typed():
 def test_cli_error_names_the_flag(run_cli, tmp_path):
     code, _, err = run_cli("train", tmp_path / "x.h5", "--out", tmp_path / "r", "--epochs", "0")
     assert code == 2 and "--epochs must be at least 1" in err and "max_epochs" not in err
+
+
+def test_keyword_settings_in_library_errors_become_flags():
+    from stem2eds.cli.options import name_flags
+
+    flags = {"resume": "--resume", "device": "--device", "targets": "--targets",
+             "run_dir": "--out"}
+    assert name_flags("start a new run without resume=True", flags) == \
+        "start a new run without --resume"
+    assert name_flags('use device="cpu" or device="auto"', flags) == \
+        "use --device cpu or --device auto"
+    assert name_flags("train with targets='eds'", flags) == "train with --targets eds"
+    assert name_flags("choose another run_dir", flags) == "choose another --out"
+    assert name_flags("resumed=True stays", flags) == "resumed=True stays"

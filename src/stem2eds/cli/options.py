@@ -197,12 +197,17 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
     command line the user typed flags (``--epochs``). A setting is replaced
     where it is unambiguous: a name in backquotes (`` `beam_radius` ``, the
     convention of library messages) anywhere, with this command's flag or
-    else the name with dashes; an unquoted name with an underscore anywhere,
-    a plain word only at the start of the message.
+    else the name with dashes; a keyword (``resume=True`` becomes
+    ``--resume``, ``device="cpu"`` becomes ``--device cpu``); an unquoted
+    name with an underscore anywhere; a plain word only at the start of the
+    message.
     """
     message = re.sub(r"`([a-z][a-z0-9_]*)`",
                      lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")), message)
     for setting, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        keyword = rf"(?<![\w-]){re.escape(setting)}=(True\b|\"[^\"]*\"|'[^']*'|[^\s,;()]+)"
+        message = re.sub(keyword, lambda m: flag if m.group(1) == "True"
+                         else f"{flag} {m.group(1).strip(chr(34) + chr(39))}", message)
         if "_" in setting:
             message = re.sub(rf"(?<![\w-]){re.escape(setting)}(?![\w-])", flag, message)
         elif re.match(rf"{re.escape(setting)}\b", message):
