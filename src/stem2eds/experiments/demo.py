@@ -47,8 +47,10 @@ class DemoSettings:
         Simulated detector size (px); preprocessing bins it by ``bin_factor``.
     bin_factor : int
         Detector binning before the network (256 / 4 = 64 px patterns).
-    max_epochs, patience : int
-        Training length and early-stopping patience of the trained models.
+    max_epochs : int
+        Maximum training epochs of the trained models.
+    patience : int
+        Epochs without validation improvement before early stopping.
     model : str or None
         Registered model (None: the package default).
     seed : int
@@ -66,6 +68,14 @@ class DemoSettings:
     model: str | None = None
     seed: int = 0
     figures: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_scans", "detector", "bin_factor", "max_epochs", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if self.n_scans < 3:
+            # extrapolation and interpolation need scans between the training ones
+            raise InputError(f"`n_scans` must be at least 3, got {self.n_scans}")
 
 
 def _simulate(data_dir: Path, settings: DemoSettings, quiet: bool) -> list[Path]:
