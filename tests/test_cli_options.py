@@ -80,3 +80,12 @@ def test_keyword_settings_in_library_errors_become_flags():
     assert name_flags("train with targets='eds'", flags) == "train with --targets eds"
     assert name_flags("choose another run_dir", flags) == "choose another --out"
     assert name_flags("resumed=True stays", flags) == "resumed=True stays"
+
+
+def test_a_command_argument_named_like_a_setting_is_not_a_setting():
+    # experiment --strategy (cross-scan strategy) vs TrainConfig.strategy (Lightning's)
+    p = argparse.ArgumentParser()
+    p.add_argument("--strategy")
+    add_settings_options(p, TrainConfig, ["seed"])
+    assert given(p.parse_args(["--strategy", "extrapolate", "--seed", "3"]), TrainConfig) == \
+        {"seed": 3}

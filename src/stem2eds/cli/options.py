@@ -185,8 +185,13 @@ def add_settings_options(parser: argparse.ArgumentParser, cls: type,
 
 
 def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The settings of ``cls`` that were given on the command line (not None)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The settings of ``cls`` that were given on the command line (not None).
+
+    Only options added by :func:`add_settings_options` count: a command's
+    own argument that shares a setting's name (``experiment --strategy``
+    vs ``TrainConfig.strategy``) is not a setting.
+    """
+    names = {f.name for f in dataclasses.fields(cls)} & set(vars(args).get("setting_flags") or {})
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 

@@ -61,6 +61,9 @@ def _summary_r(per_element: dict[str, dict[str, float]]) -> dict[str, float]:
     return {metric: float(np.nanmean(list(values.values())))
             for metric, values in per_element.items()}
 
+#: Models in the deep ensemble of a sparse run (1: no uncertainty).
+ENSEMBLE = 5
+
 
 def _key(fraction: float) -> str:
     """The percent key of a fraction in ``metrics.json`` and file names (0.02 -> "2")."""
@@ -373,7 +376,7 @@ def sparse_document(plan: SparsePlan, ens: EnsemblePrediction, maps: TargetMaps,
 
 def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
                           fractions: Sequence[float] = FRACTIONS, pattern: str = "random",
-                          config=None, *, ensemble: int = 5, seed: int = 0,
+                          config=None, *, ensemble: int = ENSEMBLE, seed: int = 0,
                           anomaly_threshold: float = anomaly.THRESHOLD, quiet: bool = False,
                           figures: bool = True) -> Path:
     """Sparse-EDS completion, ensemble uncertainty and anomaly map of one new scan.
