@@ -6,43 +6,13 @@ import os
 import h5py
 import numpy as np
 import pytest
-from scipy import ndimage
 
-from stem2eds.formats.bundle import PixelCalibration, create_bundle
 from stem2eds.experiments.crossscan import plan, recompute_metrics
 from stem2eds.experiments.common import load_targets, score_scan
 
-ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
+from builders import SERIES_ELEMENTS as ELEMENTS, make_series  # noqa: E402
 
 
-def make_series(folder, n_scans=3, shape=(12, 10), detector=32, seed=0):
-    """Small raw bundles: smooth composition fields -> simulated patterns, noisy EDS, HAADF, truth."""
-    from stem2eds.simulate import simulate_patterns
-
-    rng = np.random.default_rng(seed)
-    rx, ry = shape
-    paths = []
-    for s in range(n_scans):
-        field = ndimage.gaussian_filter(rng.normal(size=(5, rx, ry)), (0, 2, 2))
-        comp = np.exp(3 * field)
-        comp /= comp.sum(axis=0)
-        patterns = simulate_patterns(comp.reshape(5, -1).T, np.full(rx * ry, 30.0),
-                                     np.full((rx * ry, 2), detector / 2), rng,
-                                     elements=ELEMENTS, detector=detector, dose=2e4)
-        path = folder / f"scan_{s:04d}.h5"
-        with create_bundle(path, scan_shape=shape, detector_shape=(detector, detector),
-                           dtype=np.uint16, elements=ELEMENTS, scan_name=f"{s:04d}",
-                           calibration=PixelCalibration(1.05, 1.16, "nm", "1/nm", 200.0)) as b:
-            b.write_patterns(0, patterns)
-            noisy = np.clip(comp + rng.normal(0, 0.02, comp.shape), 0, 1)
-            b.write_eds(dict(zip(ELEMENTS, noisy)))
-            b.write_haadf(1.0 + 3.0 * comp[3] + 2.0 * comp[4])
-            b.write_maps("truth", dict(zip(ELEMENTS, comp)))
-        paths.append(path)
-    return paths
-
-
-# -- planning ---------------------------------------------------------------------
 def test_plan_strategies():
     assert [(p.train, p.test) for p in plan("extrapolate", 4)] == [([0], [1, 2, 3])]
     assert [(p.train, p.test) for p in plan("interpolate", 4)] == [([0, 3], [1, 2])]

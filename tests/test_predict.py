@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stem2eds.errors import InputError
-from test_train import ELEMENTS, make_raw_scan, small_config
+from builders import ELEMENTS, make_raw_scan, small_config
 
 
 @pytest.fixture(scope="module")
