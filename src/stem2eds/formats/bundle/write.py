@@ -45,7 +45,7 @@ def _check_map(name: str, values: np.ndarray, scan_shape: tuple[int, int],
     if arr.shape != tuple(scan_shape):
         raise InputError(f"map {name!r} has shape {arr.shape} but the scan is {tuple(scan_shape)}",
                          hint="crop or register the map onto the scan grid "
-                              "(stem2eds preprocess --register)")
+                              "(stem2eds preprocess with `register`)")
     if not np.all(np.isfinite(arr)):
         raise InputError(f"map {name!r} contains NaN or infinite values",
                          hint="fill or mask the bad pixels before converting")
