@@ -23,7 +23,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from test_train import make_raw_scan, small_config
+from builders import make_raw_scan, small_config
 
 RX, RY, Q = 4, 3, 16
 ELEMENTS = ("Ge", "Sb", "Te")

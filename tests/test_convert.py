@@ -271,7 +271,7 @@ BAD_CASES = {
     "missing EDS folder": "no_maps: no such file or folder",
     "missing HAADF": "nope.tif: no such file",
     "NaN in a map": "Ge.tif: map contains 1 NaN",
-    "map shape differs from scan": "stem2eds preprocess --register",
+    "map shape differs from scan": "stem2eds preprocess with --register",
     "HAADF shape differs from scan": "HAADF image is 3x4 but the diffraction scan is 4x3",
     "unknown element": "unknown element symbol 'Xx'",
     "element without a map": "no map for Sb",

@@ -26,7 +26,7 @@ def test_tiny_demo_writes_reports_and_index(tmp_path):
     assert interp["test_scans"] == ["scan_0034"]
     # extrapolation trains exactly what the random split trained: reused, not retrained
     models = tmp_path / "demo"
-    for m in ("cnn", "ridge"):
+    for m in ("radial", "ridge"):  # the default model's folder is named after it
         first = json.loads((models / "random/models/random" / m / "run.json").read_text())
         again = json.loads((models / "extrapolate/models/extrapolate" / m / "run.json").read_text())
         assert first == again

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from test_train import ELEMENTS, make_raw_scan
+from builders import ELEMENTS, make_raw_scan
 
 
 @pytest.fixture(scope="module")

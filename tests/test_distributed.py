@@ -8,7 +8,7 @@ import pytest
 from stem2eds.formats.bundle import open_bundle
 from stem2eds.preprocess import PreprocessSettings, iter_preprocessed, preprocess_bundle
 from stem2eds.preprocess import executor
-from test_preprocess import make_bundle
+from builders import make_bundle
 
 
 @pytest.fixture(scope="module")

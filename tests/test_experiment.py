@@ -6,42 +6,13 @@ import os
 import h5py
 import numpy as np
 import pytest
-from scipy import ndimage
 
-from stem2eds.formats.bundle import PixelCalibration, create_bundle
 from stem2eds.experiments.crossscan import plan, recompute_metrics
+from stem2eds.experiments.common import load_targets, score_scan
 
-ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
-
-
-def make_series(folder, n_scans=3, shape=(12, 10), detector=32, seed=0):
-    """Small raw bundles: smooth composition fields -> simulated patterns, noisy EDS, HAADF, truth."""
-    from stem2eds.simulate import simulate_patterns
-
-    rng = np.random.default_rng(seed)
-    rx, ry = shape
-    paths = []
-    for s in range(n_scans):
-        field = ndimage.gaussian_filter(rng.normal(size=(5, rx, ry)), (0, 2, 2))
-        comp = np.exp(3 * field)
-        comp /= comp.sum(axis=0)
-        patterns = simulate_patterns(comp.reshape(5, -1).T, np.full(rx * ry, 30.0),
-                                     np.full((rx * ry, 2), detector / 2), rng,
-                                     elements=ELEMENTS, detector=detector, dose=2e4)
-        path = folder / f"scan_{s:04d}.h5"
-        with create_bundle(path, scan_shape=shape, detector_shape=(detector, detector),
-                           dtype=np.uint16, elements=ELEMENTS, scan_name=f"{s:04d}",
-                           calibration=PixelCalibration(1.05, 1.16, "nm", "1/nm", 200.0)) as b:
-            b.write_patterns(0, patterns)
-            noisy = np.clip(comp + rng.normal(0, 0.02, comp.shape), 0, 1)
-            b.write_eds(dict(zip(ELEMENTS, noisy)))
-            b.write_haadf(1.0 + 3.0 * comp[3] + 2.0 * comp[4])
-            b.write_maps("truth", dict(zip(ELEMENTS, comp)))
-        paths.append(path)
-    return paths
+from builders import SERIES_ELEMENTS as ELEMENTS, make_series  # noqa: E402
 
 
-# -- planning ---------------------------------------------------------------------
 def test_plan_strategies():
     assert [(p.train, p.test) for p in plan("extrapolate", 4)] == [([0], [1, 2, 3])]
     assert [(p.train, p.test) for p in plan("interpolate", 4)] == [([0, 3], [1, 2])]
@@ -135,14 +106,17 @@ def test_extrapolate_end_to_end_and_resume(tmp_path, run_cli):
     assert html.count("data:image/png;base64") == len(m["figures"])
     # the calibration was fitted on the training scan's training positions only
     from stem2eds.analysis.calibrate import FittedCalibration, fit_calibration
-    from stem2eds.experiments.crossscan import load_targets
     from stem2eds.predict.predictor import load_run
 
-    cnn = load_run(out / "models" / "extrapolate" / "cnn")
-    with np.load(out / "models" / "extrapolate" / "cnn" / "split.npz") as z:
+    # the trained model's run folder is named after the model (the default: radial)
+    assert m["model"] == "radial"
+    assert [(p["model_dir"], p["baseline_dir"]) for p in m["parts"]] == \
+        [("models/extrapolate/radial", "models/extrapolate/ridge")]
+    model = load_run(out / "models" / "extrapolate" / "radial")
+    with np.load(out / "models" / "extrapolate" / "radial" / "split.npz") as z:
         val = z["val_mask_0"]
-    tgt = load_targets(paths[0], cnn.settings, ELEMENTS)
-    pred = cnn.predict_scan(paths[0]).eds
+    tgt = load_targets(paths[0], model.settings, ELEMENTS)
+    pred = model.predict_scan(paths[0]).eds
     refit = fit_calibration(pred[:, ~val], tgt.eds[:, ~val], ELEMENTS, "linear")
     stored = FittedCalibration.from_dict(m["calibrated"]["calibrations"]["extrapolate"])
     x = np.linspace(0, 1, 7)[None].repeat(5, 0)
@@ -150,23 +124,22 @@ def test_extrapolate_end_to_end_and_resume(tmp_path, run_cli):
 
     # the default model filters its EDS maps; the ridge baseline does not, and
     # metrics.json also scores the ridge through the same filter
-    from stem2eds.experiments.crossscan import score_scan
     from stem2eds.formats.prediction import read_prediction
 
-    assert m["filter_predictions"] is True and cnn.filter_predictions
+    assert m["filter_predictions"] is True and model.filter_predictions
     for scan in ("0001", "0002"):
         base_eds = read_prediction(out / "predictions" / "baseline" / f"{scan}.h5").eds
         with h5py.File(out / "targets" / f"{scan}.h5", "r") as f:
-            target = load_targets(paths[int(scan)], cnn.settings, ELEMENTS)
+            target = load_targets(paths[int(scan)], model.settings, ELEMENTS)
             assert np.allclose(target.eds, np.stack([f["eds"][e][()] for e in ELEMENTS]))
-        again = score_scan(cnn.finish_eds(base_eds, filtered=True), None, target, ELEMENTS)
+        again = score_scan(model.finish_eds(base_eds, filtered=True), None, target, ELEMENTS)
         for el in ELEMENTS:
             assert m["baseline"]["filtered"]["scans"][scan]["pearson"][el] == \
                 pytest.approx(again["pearson"][el], abs=1e-6)
-    assert "+ the CNN's EDS filter" in html
+    assert "+ the radial model's EDS filter" in html
 
     # an interrupted/repeated run reuses the finished training runs
-    weights = out / "models" / "extrapolate" / "cnn" / "weights.safetensors"
+    weights = out / "models" / "extrapolate" / "radial" / "weights.safetensors"
     stamp = os.stat(weights).st_mtime_ns
     code, _, err = run_cli("experiment", "--strategy", "extrapolate", "--out", out,
                            "--epochs", "2", "--targets", "eds,haadf", "--quiet",
@@ -186,7 +159,7 @@ def test_random_blocks_scores_validation_positions_only(tmp_path, run_cli):
                            "--quiet", "--no-figures", *paths)
     assert code == 0, err
     m = json.loads((out / "metrics.json").read_text())
-    with np.load(out / "models" / "random" / "cnn" / "split.npz") as z:
+    with np.load(out / "models" / "random" / "radial" / "split.npz") as z:
         val = z["val_mask_0"]
     assert m["split"] == "blocks" and "blocks" in m["split_description"]
     assert m["evaluated_positions"]["0000"] == int(val.sum()) < val.size

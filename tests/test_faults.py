@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_train import make_raw_scan
+from builders import make_raw_scan
 
 
 def _cli(*args) -> list[str]:
@@ -194,7 +194,7 @@ def test_interrupted_preprocess_leaves_nothing(big_raw, tmp_path, sig):
 
 def test_sigterm_during_predict_leaves_nothing(tmp_path):
     from stem2eds.train.fit import train
-    from test_train import small_config
+    from builders import small_config
 
     raw = make_raw_scan(tmp_path / "raw.h5", seed=6, scan_shape=(8, 6))
     run = train([raw], tmp_path / "run", small_config(max_epochs=1, targets=("eds", "haadf")),
@@ -213,7 +213,7 @@ def test_experiment_stopped_while_predicting_resumes_without_retraining(tmp_path
     re-run reuses both trained models and finishes the report."""
     import h5py
 
-    from test_experiment import make_series
+    from builders import make_series
 
     scans = make_series(tmp_path, n_scans=3)
     out = tmp_path / "exp"
@@ -226,7 +226,7 @@ def test_experiment_stopped_while_predicting_resumes_without_retraining(tmp_path
         with h5py.File(done, "r") as f:
             assert set(f["eds"]) == {"O", "Si", "Ge", "Sb", "Te"}
     weights = sorted((out / "models").rglob("weights.safetensors"))
-    assert len(weights) == 2                               # cnn and ridge finished
+    assert len(weights) == 2                               # radial and ridge finished
     stamps = [w.stat().st_mtime_ns for w in weights]
 
     code, stdout, err = run_cli(*args)

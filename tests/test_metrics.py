@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from stem2eds import metrics
+from stem2eds.formats.metrics_file import to_jsonable
 
 
 def test_perfect_prediction(rng):
@@ -56,7 +57,7 @@ def test_constant_map_gives_nan_and_json_none():
     y = np.full((1, 4, 4), 0.3)
     m = metrics.element_metrics(y, y, ["Te"])
     assert math.isnan(m["pearson"]["Te"])
-    text = json.dumps(metrics.to_jsonable(m))
+    text = json.dumps(to_jsonable(m))
     assert json.loads(text)["pearson"]["Te"] is None
 
 

@@ -171,3 +171,79 @@ def test_radial_loads_weights_saved_before_target_scaling(rng):
     fresh.load_state_dict(state, strict=True)
     assert torch.equal(fresh.target_scale, torch.ones(2))
     assert torch.equal(fresh.target_mean, torch.zeros(2))
+
+
+# -- the model interface and typed hyperparameters --------------------------------
+
+def test_registry_refuses_a_model_without_the_interface(monkeypatch):
+    from torch import nn
+
+    from stem2eds.models import StemModel, register_model
+    from stem2eds.models.base import ModelParams
+
+    class Plain(nn.Module):
+        name = "plain"
+
+        def forward(self, x):
+            return x
+
+    class Half(StemModel):  # forward left abstract
+        name = "half"
+        Params = ModelParams
+
+    for cls in (Plain, Half):
+        with pytest.raises(TypeError):
+            register_model(cls)
+        monkeypatch.setitem(MODELS, cls.name, cls)
+        with pytest.raises(TypeError):
+            build_model(cls.name, (16, 16), 2)
+
+
+def test_models_implement_their_capabilities():
+    from stem2eds.models import ClosedFormModel, FixedFrontend, StemModel
+
+    nets = {name: build_model(name, (16, 16), 2) for name in MODELS}
+    assert all(isinstance(n, StemModel) for n in nets.values())
+    assert isinstance(nets["radial"], FixedFrontend)
+    assert isinstance(nets["ridge"], ClosedFormModel)
+    assert not isinstance(nets["paper"], (FixedFrontend, ClosedFormModel))
+    assert nets["ridge"].output_layer is None and nets["paper"].output_layer is not None
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"hiden": 3}, r"model_params\.hiden"),
+    ({"hidden": "64"}, r"model_params\.hidden must be int"),
+    ({"hidden": True}, r"model_params\.hidden must be int"),
+    ({"dropout": "x"}, r"model_params\.dropout must be float"),
+    ({"statistics": "mean"}, r"model_params\.statistics must be a list"),
+    ({"statistics": ["mean", "median"]}, "statistics"),
+    ({"hidden": 0}, "hidden"),
+    ({"hidden": 10**9}, "hidden"),
+])
+def test_hyperparameters_are_validated_into_a_dataclass(params, match):
+    with pytest.raises(InputError, match=match):
+        build_model("radial", (16, 16), 2, params)
+
+
+def test_hyperparameters_typed_and_recorded_as_a_table():
+    from stem2eds.models import RadialParams, model_params
+
+    p = model_params("radial", {"hidden": 8, "dropout": 0, "statistics": ["mean", "max"]})
+    assert p == RadialParams(hidden=8, dropout=0.0, statistics=("mean", "max"))
+    net = build_model("radial", (16, 16), 2, p)
+    assert net.params is p
+    assert net.hparams["statistics"] == ["mean", "max"] and net.hparams["hidden"] == 8
+    assert build_model("paper", (16, 16), 2, {"channels": [4, 8]}).hparams["channels"] == [4, 8]
+
+
+def test_train_config_checks_model_and_params_once():
+    from stem2eds.models import RadialParams
+    from stem2eds.train.config import TrainConfig
+
+    cfg = TrainConfig(model_params={"n_hidden": 0})
+    assert cfg.hparams == RadialParams(n_hidden=0)
+    assert cfg.to_dict()["model_params"] == {"n_hidden": 0}    # the table as given
+    with pytest.raises(InputError, match=r"model_params\.widht"):
+        TrainConfig.from_dict({"model_params": {"widht": 3}})
+    with pytest.raises(InputError, match="unknown model"):
+        TrainConfig(model="resnet")

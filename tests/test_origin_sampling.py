@@ -22,7 +22,7 @@ from stem2eds.preprocess import (PreprocessSettings, iter_preprocessed, measure_
 from stem2eds.preprocess import executor, settings as settings_module
 from stem2eds.preprocess.origin import sample_grid
 from stem2eds.io.stream import Prefetcher
-from test_preprocess import make_patterns
+from builders import make_patterns
 
 
 def _plane_scan(path, rx=36, ry=30, q=64, jitter=0.15, seed=3):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stem2eds.errors import InputError
-from test_train import ELEMENTS, make_raw_scan, small_config
+from builders import ELEMENTS, make_raw_scan, small_config
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,8 @@ def test_radial_runs_filter_their_eds_maps_like_the_targets(run_dir, scans, tmp_
     from scipy import ndimage
 
     from stem2eds.formats.bundle import open_bundle
-    from stem2eds.predict.predictor import load_run, predict_bundle
+    from stem2eds.predict.bundle import predict_bundle
+    from stem2eds.predict.predictor import load_run
 
     predictor = load_run(run_dir)
     assert json.loads((run_dir / "run.json").read_text())["filter_predictions"] is True
@@ -189,3 +190,36 @@ def test_filter_choice_is_recorded_and_obeyed(scans, tmp_path, model, choice, ex
     raw = predictor.predict_scan(scans[1], filtered=False).eds
     pred = predictor.predict_scan(scans[1])
     assert np.allclose(pred.eds, raw, atol=1e-6) is not expected
+
+
+@pytest.mark.parametrize("field, value", [
+    ("input_shape", [16, 0]), ("input_shape", [16, 5000]), ("input_shape", "16x16"),
+    ("n_outputs", 0), ("n_outputs", 65), ("n_outputs", 2.5),
+    ("elements", ["O", "Xx"]), ("elements", "O,Si"), ("elements", []),
+    ("targets", ["haadf"]), ("model", "../../evil"), ("model", 3),
+    ("model_params", [1, 2]), ("target_scales", {"haadf": -1.0}), ("preprocess", None),
+])
+def test_run_json_fields_are_validated_on_read(run_dir, tmp_path, field, value):
+    from stem2eds.formats.rundir import RunDir
+    from stem2eds.predict.predictor import load_run
+
+    broken = _broken_copy(run_dir, tmp_path)
+    _edit_info(broken, **{field: value})
+    with pytest.raises(InputError) as exc:
+        RunDir(broken).info()
+    assert "run.json" in str(exc.value)
+    assert field in str(exc.value) or "element" in str(exc.value)
+    with pytest.raises(InputError):
+        load_run(broken)
+    assert not RunDir(broken).is_complete()
+
+
+def test_run_json_bad_hyperparameters_name_the_setting_and_file(run_dir, tmp_path):
+    from stem2eds.predict.predictor import load_run
+
+    broken = _broken_copy(run_dir, tmp_path)
+    info = json.loads((broken / "run.json").read_text())
+    _edit_info(broken, model_params={**info["model_params"], "hidden": 10**9})
+    with pytest.raises(InputError, match=r"run\.json.*hidden") as exc:
+        load_run(broken)
+    assert "model_params" in str(exc.value) or "hidden" in str(exc.value)

@@ -11,7 +11,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-from scipy.special import erfc
 
 from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.preprocess import (PreprocessSettings, bin_patterns, centre_patterns,
@@ -22,55 +21,8 @@ from stem2eds.preprocess import (PreprocessSettings, bin_patterns, centre_patter
 from stem2eds.preprocess.patterns import apply_scaling, detector_centre
 
 
-def make_patterns(origins, q=128, disk_radius=10.0, disk_counts=30.0, ring_radius=40.0,
-                  ring_counts=2.0, n_spots=6, spot_counts=60.0, background=0.2, seed=0,
-                  noise=True):
-    """(n, q, q) patterns: disk (edge blur 0.8 px) at each origin, ring, Bragg spots, Poisson."""
-    rng = np.random.default_rng(seed)
-    origins = np.asarray(origins, float)
-    n = len(origins)
-    rr = np.arange(q, dtype=float)[None, :, None] - origins[:, 0, None, None]
-    cc = np.arange(q, dtype=float)[None, None, :] - origins[:, 1, None, None]
-    d = np.hypot(rr, cc)
-    img = disk_counts * 0.5 * erfc((d - disk_radius) / (np.sqrt(2) * 0.8))
-    ring_counts = np.asarray(ring_counts, float).reshape(-1, 1, 1)  # scalar or one per pattern
-    img += ring_counts * np.exp(-0.5 * ((d - ring_radius) / 4.0) ** 2) + background
-    for _ in range(n_spots):
-        ang = rng.uniform(0, 2 * np.pi, n)
-        rad = rng.uniform(disk_radius + 6, q / 2 - 8, n)
-        img += spot_counts * np.exp(-0.5 * ((rr - (rad * np.cos(ang))[:, None, None]) ** 2
-                                            + (cc - (rad * np.sin(ang))[:, None, None]) ** 2)
-                                    / 1.5 ** 2)
-    if not noise:
-        return img.astype(np.float32)
-    return rng.poisson(img).astype(np.uint16)
+from builders import make_bundle, make_patterns  # noqa: E402
 
-
-def descan(rx, ry, q):
-    """Smooth (plane) origin drift across the scan, in detector px."""
-    i, j = np.meshgrid(np.arange(rx), np.arange(ry), indexing="ij")
-    return np.stack([q / 2 + 0.3 * i - 0.1 * j + 1.3, q / 2 - 0.2 * i + 0.25 * j - 0.7], -1)
-
-
-def make_bundle(path, rx=12, ry=10, q=64, seed=0, elements=("Ge", "Sb", "Te"), **kw):
-    rng = np.random.default_rng(seed)
-    origins = descan(rx, ry, q)
-    kw.setdefault("disk_radius", 6.0)
-    kw.setdefault("disk_counts", 20.0)
-    pats = make_patterns(origins.reshape(-1, 2), q=q, ring_radius=q * 0.3, n_spots=3,
-                         spot_counts=2 * kw["disk_counts"], seed=seed, **kw)
-    comp = rng.dirichlet(np.ones(len(elements)), size=(rx, ry)).transpose(2, 0, 1)
-    with create_bundle(path, scan_shape=(rx, ry), detector_shape=(q, q), dtype=np.uint16,
-                       elements=elements, calibration=PixelCalibration(1.0, 0.02, "nm", "1/nm")) as b:
-        b.write_patterns(0, pats)
-        b.write_eds(dict(zip(elements, comp.astype(np.float32))))
-        b.write_haadf(pats.reshape(rx, ry, q, q).sum((2, 3)).astype(np.float32))
-        b.write_maps("truth", dict(zip(elements, comp.astype(np.float32))))
-        b.write_array("simulation/origin", origins)
-    return origins, pats.reshape(rx, ry, q, q), comp.astype(np.float32)
-
-
-# -- origins -------------------------------------------------------------------
 
 @pytest.mark.parametrize("q, radius, counts", [(256, 20.0, 5.0), (128, 10.0, 5.0)])
 def test_origin_error_below_0_2_px_with_bragg_spots(q, radius, counts):

@@ -8,7 +8,7 @@ import numpy as np
 
 from stem2eds.formats.bundle import open_bundle
 from stem2eds.preprocess import PreprocessSettings
-from test_preprocess import make_bundle
+from builders import make_bundle
 
 
 def test_cli_writes_bundle_and_reports(tmp_path, run_cli):

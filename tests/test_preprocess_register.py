@@ -7,7 +7,7 @@ import numpy as np
 from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
 from stem2eds.preprocess.register import annular_sum, register_maps, resample_maps
 from stem2eds.preprocess.patterns import detector_centre
-from test_preprocess import descan, make_patterns
+from builders import descan, make_patterns
 
 
 def field(y, x, seed=5):

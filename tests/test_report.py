@@ -123,3 +123,83 @@ def test_report_renders_in_headless_chromium(tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), float)
     # a rendered page has text and figures: far from a blank (uniform) screenshot
     assert img.std() > 10
+
+
+# -- metrics.json: one reader/writer that validates -------------------------------------
+def test_metrics_file_refuses_non_objects_and_missing_keys(tmp_path, run_cli):
+    from stem2eds.errors import InputError
+    from stem2eds.formats.metrics_file import read_metrics
+
+    path = tmp_path / "metrics.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a JSON object") as info:
+        read_metrics(tmp_path)
+    assert str(path) in str(info.value)
+    doc = _fake_metrics()
+    del doc["elements"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="'elements'") as info:
+        read_metrics(tmp_path)
+    assert str(path) in str(info.value)
+    code, _, err = run_cli("report", tmp_path)
+    assert code == 2 and "metrics.json" in err and "'elements'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "report.html").exists()
+    sparse = {"strategy": "sparse", "elements": ["O"], "target_scan": "s"}
+    path.write_text(json.dumps(sparse))
+    with pytest.raises(InputError, match="'train_scans'"):
+        read_metrics(tmp_path)
+
+
+def test_metrics_file_round_trip_writes_strict_json(tmp_path):
+    from stem2eds.errors import InputError
+    from stem2eds.formats.metrics_file import read_metrics, write_metrics
+
+    doc = _fake_metrics()
+    doc["summary"]["pearson"]["O"]["std"] = np.float32("nan")
+    doc["evaluated"] = np.int64(7)
+    write_metrics(tmp_path, doc)
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text
+    back = read_metrics(tmp_path)
+    assert back["summary"]["pearson"]["O"]["std"] is None and back["evaluated"] == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
+    with pytest.raises(InputError, match="'strategy'"):
+        write_metrics(tmp_path, {"elements": ["O"]})
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/secret.png", "figures/../secret.png",
+                                  "sub/a.png", "..", "", "figures/", "C:\\secret.png",
+                                  "other/figures/a.png"])
+def test_report_never_embeds_a_file_outside_run_figures(tmp_path, run_cli, name):
+    run = tmp_path / "run"
+    (run / "figures").mkdir(parents=True)
+    secret = figures.training_curves({"train": ([0, 1], [1.0, 0.5])})
+    figures.save_figure(secret, tmp_path / "secret.png")
+    doc = _fake_metrics()
+    doc["figures"] = [{"file": name, "title": "x", "caption": "y"}]
+    (run / "metrics.json").write_text(json.dumps(doc))
+    code, _, err = run_cli("report", run)
+    assert code == 2 and "metrics.json" in err and "figures[0].file" in err, err
+    assert not (run / "report.html").exists()
+
+
+def test_figure_entries_name_files_in_run_figures(tmp_path):
+    from stem2eds.formats.metrics_file import figure_path
+
+    # cross-scan runs list bare names, sparse runs "figures/<name>": both mean RUN/figures
+    assert figure_path(tmp_path, "a.png") == tmp_path / "figures" / "a.png"
+    assert figure_path(tmp_path, "figures/a.png") == tmp_path / "figures" / "a.png"
+    (tmp_path / "figures").mkdir()
+    figures.save_figure(figures.training_curves({"train": ([0, 1], [1.0, 0.5])}),
+                        tmp_path / "figures" / "a.png")
+    doc = _fake_metrics()
+    doc["figures"] = [{"file": "figures/a.png", "title": "Curves", "caption": "loss"}]
+    (tmp_path / "metrics.json").write_text(json.dumps(doc))
+    assert write_report(tmp_path).read_text().count("data:image/png;base64") == 1
+
+
+def test_report_labels_columns_by_model_name():
+    text = render_report(_fake_metrics(), [])
+    assert "<th>radial</th>" in text and "<th>radial calibrated</th>" in text
+    assert "ridge baseline" in text and "CNN" not in text

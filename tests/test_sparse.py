@@ -130,7 +130,7 @@ def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
         assert doc["curve"]["interp_gp"][ref][1] > doc["curve"]["interp_gp"][ref][0]
     # the stored estimate is what was scored
     from stem2eds import metrics
-    from stem2eds.experiments.crossscan import load_targets
+    from stem2eds.experiments.common import load_targets
     from stem2eds.predict.predictor import load_run
 
     member = load_run(out / "models" / "member_0")
@@ -147,6 +147,11 @@ def test_cli_sparse_end_to_end(series, tmp_path, run_cli):
         assert set(f["eds_std"]) == set(member.elements) and f.attrs["ensemble"] == 2
     html = (out / "report.html").read_text()
     assert "Dose saved" in html and "figures/dose_accuracy.png" in html
+    # 'stem2eds report' rebuilds the sparse page (not the cross-scan one) from metrics.json
+    (out / "report.html").unlink()
+    code, stdout, err = run_cli("report", out)
+    assert code == 0, err
+    assert (out / "report.html").read_text() == html
     for name in ("dose_accuracy", "uncertainty_maps", "anomaly_map"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
     # the grains of scan 0035 are found (measured when written: precision 1.0, recall 0.93)

@@ -14,60 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from stem2eds.formats.bundle import PixelCalibration, create_bundle, open_bundle
+from stem2eds.formats.bundle import open_bundle
 from stem2eds.errors import InputError
 
-ELEMENTS = ("Ge", "Sb", "Te")
-
-
-def make_raw_scan(path: Path, seed: int = 0, scan_shape=(12, 10), detector: int = 32,
-                  haadf: bool = True) -> Path:
-    """A small raw bundle whose diffraction depends on composition.
-
-    Compositions are smooth random fields (rows sum to 1). Each pattern has a
-    central beam disk (drifting across the scan, as descan does) and an
-    amorphous ring whose radius grows with the Ge fraction and whose
-    intensity grows with Te, with Poisson noise: a radial signal a model can
-    learn, but not trivially.
-    """
-    rng = np.random.default_rng(seed)
-    rx, ry = scan_shape
-    rows, cols = np.mgrid[0:rx, 0:ry]
-    fields = []
-    for _ in ELEMENTS:
-        kx, ky, ph = rng.uniform(0.2, 0.7), rng.uniform(0.2, 0.7), rng.uniform(0, 6.3)
-        fields.append(1.0 + 0.8 * np.sin(kx * rows + ph) * np.cos(ky * cols - ph))
-    comp = np.stack(fields)
-    comp /= comp.sum(axis=0, keepdims=True)                     # (E, Rx, Ry), sums to 1
-    q = np.arange(detector) - (detector - 1) / 2
-    origin = np.stack([0.02 * rows + 0.3, -0.015 * cols + 0.2], axis=-1)  # descan, px
-    qr = q[None, None, :, None] - origin[..., 0, None, None]
-    qc = q[None, None, None, :] - origin[..., 1, None, None]
-    radius = np.hypot(qr, qc)                                    # (Rx, Ry, Q, Q)
-    ring_r = (6.0 + 6.0 * comp[0])[..., None, None]
-    ring_i = (30.0 + 60.0 * comp[2])[..., None, None]
-    expected = ring_i * np.exp(-0.5 * ((radius - ring_r) / 1.5) ** 2)
-    expected += 2000.0 * (radius < 2.5) + 3.0
-    patterns = rng.poisson(expected).astype(np.uint16)
-    z = np.array([32, 51, 52])[:, None, None]
-    with create_bundle(path, scan_shape=scan_shape, detector_shape=(detector, detector),
-                       dtype=np.uint16, elements=ELEMENTS, scan_name=path.stem,
-                       calibration=PixelCalibration(1.0, 0.1, "nm", "1/nm", 200.0)) as b:
-        b.write_patterns(0, patterns.reshape(-1, detector, detector))
-        b.write_eds({el: comp[i] for i, el in enumerate(ELEMENTS)})
-        if haadf:
-            b.write_haadf((z * comp).sum(axis=0) * 10.0 + rng.normal(0, 0.2, scan_shape) + 5)
-    return path
-
-
-def small_config(**overrides):
-    from stem2eds.train.config import TrainConfig
-    from stem2eds.preprocess import PreprocessSettings
-
-    base = dict(max_epochs=3, patience=5, batch_size=32, learning_rate=3e-3, threads=1,
-                device="cpu", preprocess=PreprocessSettings(bin_factor=1, eds_kernel=3))
-    base.update(overrides)
-    return TrainConfig(**base)
+from builders import ELEMENTS, make_raw_scan, small_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import make_raw_scan, small_config
+from builders import make_raw_scan, small_config
 
 
 class _WritesMarker:

@@ -239,7 +239,7 @@ def _check_scan_grid(shape: tuple[int, ...], source: DiffractionSource, what: st
         raise InputError(f"{what} is {shape[0]}x{shape[1]} but the diffraction scan is "
                          f"{source.scan_shape[0]}x{source.scan_shape[1]}", path=path,
                          hint="crop or register it onto the scan grid first "
-                              "(stem2eds preprocess `register`)")
+                              "(stem2eds preprocess with `register`)")
 
 
 def _read_eds(eds, wanted, k_table, beam_energy_kev, source: DiffractionSource,

@@ -25,11 +25,13 @@ class InputError(Exception):
     Parameters
     ----------
     message : str
-        What is wrong, e.g. ``"has 1100 frames but --scan-shape 40x30 needs 1200"``.
+        What is wrong, e.g. ``"has 1100 frames but `scan_shape` 40x30 needs 1200"``.
+        Settings are named in backquotes; the command line shows them as
+        its flags (``--scan-shape``), a notebook user sees the setting.
     path : str or Path, optional
         The file or folder concerned; put in front of the message.
     hint : str, optional
-        How to fix it, e.g. ``"pass --scan-shape ROWSxCOLS"``.
+        How to fix it, e.g. ``"give `scan_shape` as (rows, columns)"``.
     """
 
     def __init__(self, message: str, path: str | os.PathLike | None = None,

@@ -229,21 +229,3 @@ def high_error_region(error_map: np.ndarray, quantile: float = 0.95,
     high = valid & (err >= hi)
     typical = valid & (err >= q40) & (err <= q60)
     return high, typical
-
-
-def to_jsonable(value):
-    """Nested dicts/lists/arrays with NaN and inf turned into None (valid JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

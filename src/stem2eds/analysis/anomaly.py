@@ -12,7 +12,7 @@ MAD over the scan) and averaged where available:
   (calibrated) composition prediction;
 - *uncertainty*: summed ensemble standard deviation.
 
-Positions scoring above a threshold (robust z, default 3) are flagged;
+Positions scoring above a threshold (robust z, default :data:`THRESHOLD`) are flagged;
 :func:`detection_scores` measures precision and recall against a reference
 mask (for simulated scans, ``simulation/grain_mask``).
 """
@@ -23,6 +23,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+#: Default robust z-score above which a position is flagged (the one definition;
+#: the sparse experiment's ``anomaly_threshold`` defaults to it).
 THRESHOLD = 3.0
 _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this = its sigma
 

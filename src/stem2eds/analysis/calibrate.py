@@ -1,6 +1,6 @@
 """Calibration after training: per-element maps from predicted to actual values.
 
-The CNN's predictions of a new scan are often correlated with the truth but
+A trained model's predictions of a new scan are often correlated with the truth but
 offset or compressed (the paper, step 9). A per-element correction
 ``y = f(y_hat)`` is fitted on the TRAINING data only (predictions of the
 training positions against their targets), then applied to every predicted

@@ -142,6 +142,55 @@ def _restricted_nll(log_params: np.ndarray, dist2: np.ndarray, y: np.ndarray, F:
                   + quad)
 
 
+def _fit_hyperparameters(dist2: np.ndarray, ys: np.ndarray, F: np.ndarray,
+                         mvn: np.ndarray | None, precision: np.ndarray, extent: float,
+                         min_length: float) -> np.ndarray:
+    """Log hyperparameters (signal, length, noise[, tau2]) maximising the restricted likelihood.
+
+    Parameters
+    ----------
+    dist2 : ndarray, shape (n, n)
+        Squared distances between the sampled points.
+    ys : ndarray, shape (n,)
+        Values in units of their spread, prior mean removed.
+    F : ndarray, shape (n, p)
+    mvn : ndarray, shape (n,), or None
+        Normalised model variance.
+    precision : ndarray, shape (p,)
+        Prior precision of the coefficients (0: flat).
+    extent : float
+        Scan size in pixels.
+    min_length : float
+
+    Returns
+    -------
+    ndarray, shape (3,) or (4,)
+    """
+    from scipy.optimize import minimize
+
+    min_length = min(max(float(min_length), 1.0), 4 * extent)
+    # the smooth term cannot vary more than the measured values do: with a handful of
+    # points an unbounded likelihood can trade a huge, very long-range GP (a steep trend
+    # extrapolated across the scan) against the model's weight
+    bounds = [(np.log(1e-3), 0.0), (np.log(min_length), np.log(4 * extent)),
+              (np.log(1e-4), np.log(10.0))]
+    if mvn is not None:
+        bounds.append((np.log(1e-4), np.log(1e2)))
+    best = None
+    # two starts: a short and a long correlation length (the likelihood can be bimodal)
+    for length0 in (extent / 10, extent / 3):
+        x0 = [np.log(0.5), np.log(max(length0, 1.0)), np.log(0.1)]
+        x0 += [np.log(0.1)] if mvn is not None else []
+        x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = minimize(_restricted_nll, x0, args=(dist2, ys, F, mvn, precision),
+                           method="L-BFGS-B", bounds=bounds)
+        if best is None or res.fun < best.fun:
+            best = res
+    return best.x
+
+
 def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndarray,
                           model_var: np.ndarray | None = None,
                           extent: float | None = None,
@@ -180,7 +229,6 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
     KrigingFit
     """
     from scipy.linalg import cho_factor, cho_solve
-    from scipy.optimize import minimize
 
     pts = np.asarray(points, np.float64)
     y = np.asarray(y, np.float64)
@@ -203,27 +251,7 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
     mvn = None if mv is None else mv / mv_scale
     extent = float(extent or max(np.ptp(pts, axis=0).max(), 1.0))
     dist2 = np.sum((pts[:, None, :] - pts[None, :, :]) ** 2, axis=-1)
-    min_length = min(max(float(min_length), 1.0), 4 * extent)
-    # the smooth term cannot vary more than the measured values do: with a handful of
-    # points an unbounded likelihood can trade a huge, very long-range GP (a steep trend
-    # extrapolated across the scan) against the model's weight
-    bounds = [(np.log(1e-3), 0.0), (np.log(min_length), np.log(4 * extent)),
-              (np.log(1e-4), np.log(10.0))]
-    if mvn is not None:
-        bounds.append((np.log(1e-4), np.log(1e2)))
-    best = None
-    # two starts: a short and a long correlation length (the likelihood can be bimodal)
-    for length0 in (extent / 10, extent / 3):
-        x0 = [np.log(0.5), np.log(max(length0, 1.0)), np.log(0.1)]
-        x0 += [np.log(0.1)] if mvn is not None else []
-        x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = minimize(_restricted_nll, x0, args=(dist2, ys, F, mvn, precision),
-                           method="L-BFGS-B", bounds=bounds)
-        if best is None or res.fun < best.fun:
-            best = res
-    lp = best.x
+    lp = _fit_hyperparameters(dist2, ys, F, mvn, precision, extent, min_length)
     signal, length, noise = np.exp(lp[:3])
     tau2 = float(np.exp(lp[3])) / mv_scale if mvn is not None else 0.0
     diag = noise + (tau2 * mv if mvn is not None else 0.0)

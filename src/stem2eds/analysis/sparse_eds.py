@@ -76,7 +76,7 @@ def sample_positions(shape: tuple[int, int], fraction: float, pattern: str = "ra
     """
     if not 0 < fraction <= 1:
         raise InputError(f"sampling fraction must be in (0, 1], got {fraction}",
-                         hint="give --fraction in percent, e.g. 2 for 2 %")
+                         hint="fractions are shares of the scan's positions, e.g. 0.02 for 2 %")
     if pattern not in PATTERNS:
         raise InputError(f"unknown sampling pattern {pattern!r}",
                          hint=f"use one of {', '.join(PATTERNS)}")

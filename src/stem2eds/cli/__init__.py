@@ -204,12 +204,12 @@ def _run_command(args: argparse.Namespace) -> int:
     except InputError as exc:
         if args.debug:
             raise
-        flags = vars(args).get("setting_flags")
-        if flags:  # the library names settings; the user typed flags
-            from .options import name_flags
+        # The library names settings; the user typed flags.
+        from .options import name_flags
 
-            exc = InputError(name_flags(exc.message, flags), exc.path,
-                             exc.hint and name_flags(exc.hint, flags))
+        flags = vars(args).get("setting_flags") or {}
+        exc = InputError(name_flags(exc.message, flags), exc.path,
+                         exc.hint and name_flags(exc.hint, flags))
         print(f"stem2eds {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

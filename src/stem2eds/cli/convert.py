@@ -6,7 +6,6 @@ import shlex
 import sys
 
 from . import add_command
-from .preprocess import with_flags
 
 #: Settings (arguments of :func:`stem2eds.convert.convert`) whose flag is not
 #: the name with dashes.
@@ -74,25 +73,16 @@ def register(subparsers) -> None:
                    help="largest block of patterns held in memory while copying, MiB")
     p.add_argument("--quiet", action="store_true", help="no progress or notes on stderr")
     p.add_argument("--out", required=True, metavar="BUNDLE.h5", help="scan bundle to write")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, setting_flags=FLAGS)
 
 
 def run(args) -> int:
-    from ..errors import InputError
-
-    try:
-        return _run(args)
-    except InputError as exc:
-        raise with_flags(exc, FLAGS) from None
-
-
-def _run(args) -> int:
     from . import parse_pair
     from ..convert import convert
     from ..errors import InputError
 
     if not args.block_mb > 0:
-        raise InputError(f"--block-mb must be positive, got {args.block_mb}")
+        raise InputError(f"`block_mb` must be positive, got {args.block_mb}")
     scan_shape = parse_pair(args.scan_shape) if args.scan_shape else None
     result = convert(
         args.diffraction, args.out, scan_shape=scan_shape, dataset=args.dataset,

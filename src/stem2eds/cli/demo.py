@@ -19,34 +19,22 @@ def register(subparsers) -> None:
             minutes on two CPU cores with the defaults.""",
         example="stem2eds demo --out stem2eds-demo")
     p.add_argument("--out", default="stem2eds-demo", metavar="DIR", help="output folder")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="maximum training epochs of the CNN (default: the demo's)")
-    p.add_argument("--scan-shape", default=None, metavar="RxRy",
-                   help="probe positions per simulated scan, e.g. 40x30")
-    p.add_argument("--seed", type=int, default=None, help="seed of simulation and training")
-    p.add_argument("--model", default=None, help="registered model name")
+    from ..experiments.demo import DemoSettings
+    from . import parse_pair
+    from .options import Option, add_settings_options
+
+    add_settings_options(p, DemoSettings, [
+        Option("max_epochs", "--epochs"),
+        Option("scan_shape", metavar="ROWSxCOLS", type=lambda t: parse_pair(t, "scan_shape")),
+        "seed", "model"])
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from dataclasses import replace
-
-    from . import parse_pair
     from ..experiments.demo import DemoSettings, run_demo
-    from ..errors import InputError
+    from .options import given
 
-    settings = DemoSettings()
-    changes = {}
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise InputError(f"--epochs must be at least 1, got {args.epochs}")
-        changes["max_epochs"] = args.epochs
-    if args.scan_shape:
-        changes["scan_shape"] = parse_pair(args.scan_shape, "--scan-shape")
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    if args.model:
-        changes["model"] = args.model
-    print(run_demo(args.out, replace(settings, **changes), quiet=args.quiet))
+    settings = DemoSettings(**given(args, DemoSettings))
+    print(run_demo(args.out, settings, quiet=args.quiet))
     return 0

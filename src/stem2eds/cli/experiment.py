@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..cli import add_command
-
-STRATEGIES = ("random", "extrapolate", "interpolate", "leave-one-out", "sparse")
+from ..experiments import STRATEGIES
 
 
 def register(subparsers) -> None:
@@ -33,22 +32,26 @@ def register(subparsers) -> None:
     p.add_argument("--strategy", required=True, choices=STRATEGIES)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder")
     p.add_argument("--config", metavar="FILE.toml", help="training settings (TrainConfig TOML)")
-    p.add_argument("--model", help="registered model name (default: the config's)")
-    p.add_argument("--epochs", type=int, help="maximum training epochs")
-    p.add_argument("--targets", help="'eds' or 'eds,haadf' (HAADF as auxiliary output)")
-    p.add_argument("--split", choices=("random", "blocks"),
-                   help="train/validation split of probe positions")
+    from ..analysis.sparse_eds import FRACTIONS, PATTERNS
+    from ..experiments.sparse import ENSEMBLE
+    from ..train.config import TrainConfig
+    from .options import Option, add_settings_options
+
+    add_settings_options(p, TrainConfig, ["model", Option("max_epochs", "--epochs"),
+                                          "targets", "split"])
     p.add_argument("--calibration", default="linear", choices=("linear", "poly", "isotonic"),
                    help="per-element correction fitted after training")
-    p.add_argument("--seed", type=int, help="seed of the split, weights and shuffling")
+    add_settings_options(p, TrainConfig, ["seed"])
     p.add_argument("--no-figures", action="store_true",
                    help="skip drawing figures (faster; report.html has the tables only)")
+    percents = ",".join(f"{100 * f:g}" for f in FRACTIONS)
     p.add_argument("--fraction", metavar="PERCENT[,PERCENT...]",
-                   help="sparse: percent of positions with EDS (default 0.5,1,2,5,10,20)")
-    p.add_argument("--pattern", choices=("random", "grid", "lines"),
-                   help="sparse: where the EDS positions lie (default random)")
+                   help=f"sparse: percent of positions with EDS (default {percents})")
+    p.add_argument("--pattern", choices=PATTERNS,
+                   help=f"sparse: where the EDS positions lie (default {PATTERNS[0]})")
     p.add_argument("--ensemble", type=int, metavar="N",
-                   help="sparse: models in the deep ensemble (default 5; 1 = no uncertainty)")
+                   help=f"sparse: models in the deep ensemble (default {ENSEMBLE}; "
+                        "1 = no uncertainty)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -56,24 +59,16 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..train.config import TrainConfig
     from ..errors import InputError
-    from ..experiments.crossscan import run_experiment
+    from ..experiments import run_experiment
+
+    from .options import given
 
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
-    if args.epochs is not None and args.epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {args.epochs}")
-    config = config.replace(model=args.model, max_epochs=args.epochs, targets=args.targets,
-                            split=args.split, seed=args.seed)
+    config = config.replace(**given(args, TrainConfig))
     sparse = None
     given = [f for f in ("fraction", "pattern", "ensemble") if getattr(args, f) is not None]
     if args.strategy == "sparse":
-        sparse = {"pattern": args.pattern or "random",
-                  "ensemble": 5 if args.ensemble is None else args.ensemble}
-        if args.fraction is not None:
-            try:
-                sparse["fractions"] = [float(v) / 100 for v in args.fraction.split(",")]
-            except ValueError:
-                raise InputError(f"--fraction {args.fraction!r} is not a list of percents",
-                                 hint="e.g. --fraction 2 or --fraction 0.5,1,2,5") from None
+        sparse = _sparse_settings(args)
     elif given:
         raise InputError(f"--{given[0]} applies to --strategy sparse only")
     run_dir = run_experiment(args.bundles, args.out, args.strategy, config,
@@ -81,3 +76,30 @@ def run(args) -> int:
                              figures=not args.no_figures, sparse=sparse)
     print(run_dir / "report.html")
     return 0
+
+
+def _sparse_settings(args) -> dict:
+    """The sparse workflow's settings from the flags (percents -> fractions), checked here
+    so that errors name the flags."""
+    from ..errors import InputError
+
+    from ..analysis.sparse_eds import PATTERNS
+    from ..experiments.sparse import ENSEMBLE
+
+    sparse = {"pattern": args.pattern or PATTERNS[0],
+              "ensemble": ENSEMBLE if args.ensemble is None else args.ensemble}
+    if sparse["ensemble"] < 1:
+        raise InputError(f"--ensemble must be at least 1, got {sparse['ensemble']}")
+    if args.fraction is not None:
+        try:
+            percents = [float(v) for v in args.fraction.split(",")]
+        except ValueError:
+            raise InputError(f"--fraction {args.fraction!r} is not a list of percents",
+                             hint="e.g. --fraction 2 or --fraction 0.5,1,2,5") from None
+        for p in percents:
+            if not 0 < p / 100 <= 1:
+                raise InputError(f"--fraction {p:g} % is a sampling fraction of {p / 100:g}, "
+                                 "outside (0, 1]",
+                                 hint="give --fraction in percent, e.g. 2 for 2 %")
+        sparse["fractions"] = [p / 100 for p in percents]
+    return sparse

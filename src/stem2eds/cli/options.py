@@ -185,8 +185,13 @@ def add_settings_options(parser: argparse.ArgumentParser, cls: type,
 
 
 def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The settings of ``cls`` that were given on the command line (not None)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The settings of ``cls`` that were given on the command line (not None).
+
+    Only options added by :func:`add_settings_options` count: a command's
+    own argument that shares a setting's name (``experiment --strategy``
+    vs ``TrainConfig.strategy``) is not a setting.
+    """
+    names = {f.name for f in dataclasses.fields(cls)} & set(vars(args).get("setting_flags") or {})
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
@@ -195,10 +200,19 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
 
     Library errors name settings (``max_epochs must be at least 1``); on the
     command line the user typed flags (``--epochs``). A setting is replaced
-    where it is unambiguous: a name with an underscore anywhere, a plain
-    word only at the start of the message.
+    where it is unambiguous: a name in backquotes (`` `beam_radius` ``, the
+    convention of library messages) anywhere, with this command's flag or
+    else the name with dashes; a keyword (``resume=True`` becomes
+    ``--resume``, ``device="cpu"`` becomes ``--device cpu``); an unquoted
+    name with an underscore anywhere; a plain word only at the start of the
+    message.
     """
+    message = re.sub(r"`([a-z][a-z0-9_]*)`",
+                     lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")), message)
     for setting, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        keyword = rf"(?<![\w-]){re.escape(setting)}=(True\b|\"[^\"]*\"|'[^']*'|[^\s,;()]+)"
+        message = re.sub(keyword, lambda m: flag if m.group(1) == "True"
+                         else f"{flag} {m.group(1).strip(chr(34) + chr(39))}", message)
         if "_" in setting:
             message = re.sub(rf"(?<![\w-]){re.escape(setting)}(?![\w-])", flag, message)
         elif re.match(rf"{re.escape(setting)}\b", message):

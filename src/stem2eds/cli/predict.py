@@ -28,7 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="preprocess on a Dask cluster: 'local' (one worker process per "
                         "core) or a scheduler address such as tcp://host:8786")
-    p.set_defaults(func=run)
+    # Library errors name settings; these are the flags (or command) that set them here.
+    p.set_defaults(func=run, setting_flags={"device": "--device", "batch": "--batch",
+                                            "resume": "'stem2eds train --resume'"})
 
 
 def run(args) -> int:
@@ -40,7 +42,7 @@ def run(args) -> int:
     # Read when torch loads, so set here, before predict imports it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..errors import InputError
-    from ..predict.predictor import predict_bundle
+    from ..predict.bundle import predict_bundle
 
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")

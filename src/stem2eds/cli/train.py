@@ -48,7 +48,9 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR from checkpoints/last.ckpt after a crash or kill")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=run)
+    # train()'s own arguments, named in its errors, and the flags that set them
+    p.set_defaults(func=run, setting_flags={**p.get_default("setting_flags"),
+                                            "resume": "--resume", "run_dir": "--out"})
 
 
 def run(args) -> int:

@@ -8,8 +8,10 @@ Strategies (bundles are given in series order):
 - ``extrapolate``: train on the first scan, predict all the others.
 - ``interpolate``: train on the first and last, predict those between.
 - ``leave-one-out``: every scan predicted by a model trained on all others.
-- ``sparse``: the last scan predicted from its 4D-STEM scan plus EDS at a
-  fraction of its positions (handled by :func:`stem2eds.experiments.sparse.run_sparse_experiment`).
+
+(The ``sparse`` strategy is a workflow of its own,
+:func:`stem2eds.experiments.sparse.run_sparse_experiment`;
+:func:`stem2eds.experiments.run_experiment` runs either.)
 
 Every part trains the chosen model and the ``ridge`` baseline on the same
 data, fits a per-element calibration on the training positions only
@@ -18,6 +20,11 @@ calibrated predictions against the preprocessed (blurred, cropped) EDS
 target (:mod:`stem2eds.metrics`), and, for simulated scans, against the
 noise-free ``truth``.
 
+The runner is four steps: :func:`plan` (which runs), :func:`fit_part`
+(train or reuse, calibrate), :func:`score_part` (predict the test scans,
+write their files) and :func:`metrics_document` (the numbers), then
+``metrics.json``, figures and ``report.html`` are written.
+
 RUN_DIR layout (tools outside the project rely on these names)::
 
     metrics.json                 strategy, elements, train_scans, test_scans, split,
@@ -25,10 +32,14 @@ RUN_DIR layout (tools outside the project rely on these names)::
                                  calibrated.{scans,summary,calibrations},
                                  baseline.{model,scans,summary,calibrated},
                                  truth.{scans,summary,calibrated,baseline,ceiling}
-    predictions/<scan>.h5        raw CNN prediction (the ``predict`` layout)
+                                 (written by :mod:`stem2eds.formats.metrics_file`)
+    predictions/<scan>.h5        raw prediction of the chosen model (the ``predict`` layout)
     predictions/calibrated/<scan>.h5, predictions/baseline/<scan>.h5
     targets/<scan>.h5            the maps scored against + the evaluated-position mask
-    models/<part>/cnn/, models/<part>/ridge/   the training runs (reused on re-run)
+                                 (:mod:`stem2eds.formats.targets_file`)
+    models/<part>/<model>/, models/<part>/ridge/   the training runs (reused on re-run);
+                                 ``<model>`` is the chosen model's name, ``ridge_main``
+                                 when that is ridge too (:func:`.common.model_folder`)
     preprocessed/<scan>_<hash>.h5   scans preprocessed with a run's settings (reused)
     figures/*.png, report.html
 
@@ -39,26 +50,31 @@ interrupted experiment resumes where it stopped.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import h5py
 import numpy as np
 
 from .. import metrics
-from ..formats.bundle import HAADF, TRUTH, open_bundle
 from ..analysis.calibrate import FittedCalibration, fit_calibration
 from ..errors import InputError
-from ..atomic import atomic_output
-from ..formats.prediction import read_prediction, write_prediction_file
+from ..formats.metrics_file import write_metrics
+from ..formats.prediction import read_prediction
 from ..formats.rundir import RunDir
+from ..formats.targets_file import Targets, read_targets, write_targets
 from ..train.fit import ensure_trained
+from .common import (BASELINE_MODEL, PreprocessedCache, cropped_shape, load_targets,
+                     model_folder, prepare_run_dir, save_prediction, scan_names, score_scan,
+                     summarize_scores)
+
+__all__ = ["STRATEGIES", "CALIBRATIONS", "Part", "plan", "TrainedPart", "ScoredScans",
+           "fit_part", "score_part", "metrics_document", "run_crossscan", "recompute_metrics",
+           "load_targets", "score_scan", "Targets", "BASELINE_MODEL"]
 
 STRATEGIES = ("random", "extrapolate", "interpolate", "leave-one-out")
-BASELINE_MODEL = "ridge"
+CALIBRATIONS = ("linear", "poly", "isotonic")
 
 
 # -- planning (pure) -----------------------------------------------------------
@@ -75,6 +91,9 @@ class Part:
     test : list of int
         Indices of the predicted scans. For ``random`` these are the training
         scans themselves, scored on their validation positions only.
+    held_out_positions : bool
+        True when the test scans are the training scans (``random``): only
+        their validation positions are scored.
     """
 
     name: str
@@ -108,166 +127,100 @@ def plan(strategy: str, n_scans: int) -> list[Part]:
     return [Part(f"without_{k}", [i for i in every if i != k], [k]) for k in every]
 
 
-# -- small file helpers --------------------------------------------------------
-def _scan_names(bundles: Sequence[Path]) -> list[str]:
-    names = []
-    for path in bundles:
-        with open_bundle(path, require=("diffraction", "eds")) as scan:
-            names.append(scan.name)
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InputError(f"scan name(s) {', '.join(dupes)} appear more than once",
-                         hint="give each bundle once; scan names come from the bundles' "
-                              "scan_name attribute")
-    return names
-
-
-def _write_maps(path: Path, groups: dict[str, dict[str, np.ndarray]],
-                arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-    """Write ``group/<name>`` float32 maps, extra arrays and root attributes atomically."""
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for group, maps in groups.items():
-                g = f.create_group(group)
-                for name, values in maps.items():
-                    g.create_dataset(name, data=np.asarray(values, np.float32))
-            for name, values in arrays.items():
-                f.create_dataset(name, data=values)
-            for key, value in attrs.items():
-                f.attrs[key] = value
-
-
-def _save_prediction(path: Path, eds: np.ndarray, haadf: np.ndarray | None,
-                     elements: Sequence[str], scan_name: str, predictor, source: Path,
-                     **extra: Any) -> None:
-    """Write maps as a prediction file with the attributes ``stem2eds predict`` gives."""
-    from .. import __version__
-
-    write_prediction_file(path, elements, eds, haadf=haadf, attrs={
-        "scan_name": scan_name, "model": predictor.model_name,
-        "run_dir": str(Path(predictor.run_dir).resolve()), "stem2eds_version": __version__,
-        "scan_shape": list(np.shape(eds)[1:]), "targets": list(predictor.targets),
-        "source": str(Path(source).resolve()), **extra})
-
-
-# -- what one scan is scored against -------------------------------------------
+# -- fitting: train (or reuse) one part's models and calibrate them ------------
 @dataclass
-class Targets:
-    """The maps a prediction of one scan is scored against, on the cropped grid.
+class TrainedPart:
+    """One part's trained models and the calibrations fitted on their training positions.
 
     Attributes
     ----------
-    eds : ndarray, shape (E, Rx', Ry')
-        Preprocessed (blurred, cropped) EDS maps: the training target.
-    haadf : ndarray, shape (Rx', Ry'), or None
-    truth : ndarray, shape (E, Rx', Ry'), or None
-        Noise-free composition (simulated scans), cropped, not blurred.
-    evaluated : ndarray of bool, shape (Rx', Ry')
-        Positions that count (all, or the validation positions of a random split).
-    train_positions : ndarray of bool, shape (Rx', Ry')
-        Positions the model was trained on (used to fit the calibration).
+    part : Part
+    model_dir, base_dir : Path
+        Run folders of the chosen model and of the baseline.
+    model, base : Predictor
+        The loaded runs.
+    calibration, base_calibration : FittedCalibration
+    train_targets : list of Targets
+        One per training scan; ``evaluated`` = its validation positions.
+    curves : dict
+        ``{column: (epochs, loss)}`` of the chosen model's training log.
     """
 
-    eds: np.ndarray
-    haadf: np.ndarray | None
-    truth: np.ndarray | None
-    evaluated: np.ndarray
-    train_positions: np.ndarray
-    crop: tuple[int, int, int, int]
+    part: Part
+    model_dir: Path
+    base_dir: Path
+    model: Any
+    base: Any
+    calibration: FittedCalibration
+    base_calibration: FittedCalibration
+    train_targets: list[Targets]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def record(self, names: Sequence[str], run: Path) -> dict[str, Any]:
+        """The part's entry of ``metrics.json``'s ``parts``."""
+        return {"name": self.part.name, "train_scans": [names[i] for i in self.part.train],
+                "test_scans": [names[i] for i in self.part.test],
+                "model_dir": str(self.model_dir.relative_to(run)),
+                "baseline_dir": str(self.base_dir.relative_to(run))}
 
 
-def load_targets(bundle: Path, settings, elements: Sequence[str],
-                 evaluated: np.ndarray | None = None,
-                 train_positions: np.ndarray | None = None) -> Targets:
-    """Read the target maps of a raw bundle, preprocessed as the model saw them.
+def _fit_calibration(predictor, bundles: Sequence[Path], names: Sequence[str],
+                     targets: Sequence[Targets], elements: Sequence[str], method: str,
+                     cache: PreprocessedCache) -> FittedCalibration:
+    """Calibration of one model fitted on its training positions only."""
+    preds, acts = [], []
+    for path, name, tgt in zip(bundles, names, targets):
+        pred = cache.predict(predictor, path, name).eds
+        preds.append(pred[:, tgt.train_positions])
+        acts.append(tgt.eds[:, tgt.train_positions])
+    return fit_calibration(np.concatenate(preds, axis=1), np.concatenate(acts, axis=1),
+                           elements, method)
+
+
+def fit_part(part: Part, paths: Sequence[Path], names: Sequence[str], run: Path, config,
+             calibration: str, cache: PreprocessedCache, quiet: bool) -> TrainedPart:
+    """Train (or reuse) the chosen model and the baseline of one part, and calibrate both.
 
     Parameters
     ----------
-    bundle : Path
-        Raw scan bundle.
-    settings : PreprocessSettings
-        The training run's resolved settings (blur and crop are applied
-        exactly as in training, by :func:`stem2eds.preprocess.preprocess_maps`).
-    elements : sequence of str
-    evaluated, train_positions : ndarray of bool, shape (Rx', Ry'), optional
-        Default: every position evaluated / none trained on.
-    """
-    from ..preprocess import crop_maps, preprocess_maps
-    from ..preprocess.maps import check_crop
-
-    with open_bundle(bundle, require=("eds",)) as scan:
-        box = check_crop(getattr(settings, "crop", None), scan.scan_shape)
-        eds = preprocess_maps(scan.eds(elements), settings)
-        haadf = scan.haadf
-        haadf = None if haadf is None else crop_maps(haadf, box)
-        truth = None
-        if scan.has(TRUTH) and all(e in scan.file[TRUTH] for e in elements):
-            truth = crop_maps(scan.maps(TRUTH, elements), box)
-    shape = eds.shape[1:]
-    if evaluated is None:
-        evaluated = np.ones(shape, bool)
-    if train_positions is None:
-        train_positions = np.zeros(shape, bool)
-    return Targets(np.clip(eds, 0, 1), haadf, truth, evaluated, train_positions, box)
-
-
-# -- scoring (pure) --------------------------------------------------------------
-def score_scan(eds_pred: np.ndarray, haadf_pred: np.ndarray | None, targets: Targets,
-               elements: Sequence[str]) -> dict[str, Any]:
-    """Metrics of one predicted scan on its evaluated positions.
+    part : Part
+    paths, names : sequence
+        Every bundle of the experiment and its scan name.
+    run : Path
+        The experiment's run folder; runs go to ``models/<part>/<folder>``.
+    config : TrainConfig
+        Settings of the chosen model (the baseline: the same with ``model="ridge"``).
+    calibration : {"linear", "poly", "isotonic"}
+    cache : PreprocessedCache
+    quiet : bool
 
     Returns
     -------
-    dict
-        ``{metric: {El: value}}`` plus ``haadf: {metric: value}`` when both
-        predicted and real HAADF exist.
+    TrainedPart
     """
-    out: dict[str, Any] = metrics.element_metrics(eds_pred, targets.eds, elements, targets.evaluated)
-    if haadf_pred is not None and targets.haadf is not None:
-        out["haadf"] = metrics.single_metrics(haadf_pred, targets.haadf, targets.evaluated)
-    return out
+    from ..predict.predictor import load_run
+
+    train_paths = [paths[i] for i in part.train]
+    folder = run / "models" / part.name
+    model_dir = ensure_trained(train_paths, folder / model_folder(config.model), config,
+                               quiet=quiet)
+    base_dir = ensure_trained(train_paths, folder / BASELINE_MODEL,
+                              config.replace(model=BASELINE_MODEL), quiet=quiet)
+    model, base = load_run(model_dir), load_run(base_dir)
+    elements = list(model.elements)
+    train_targets = []
+    for k, path in enumerate(train_paths):
+        val = RunDir(model_dir).validation_mask(k, cropped_shape(path, model.settings))
+        train_targets.append(load_targets(path, model.settings, elements,
+                                          evaluated=val, train_positions=~val))
+    train_names = [names[i] for i in part.train]
+    cals = [_fit_calibration(p, train_paths, train_names, train_targets, elements,
+                             calibration, cache) for p in (model, base)]
+    return TrainedPart(part, model_dir, base_dir, model, base, cals[0], cals[1],
+                       train_targets, RunDir(model_dir).training_curves())
 
 
-def _summary(per_scan: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    summary = metrics.summarize({s: {k: v for k, v in d.items() if k != "haadf"}
-                           for s, d in per_scan.items()})
-    haadf = {s: d["haadf"] for s, d in per_scan.items() if "haadf" in d}
-    if haadf:
-        summary["haadf"] = metrics.summarize_single(haadf)
-    return summary
-
-
-# -- the runner -------------------------------------------------------------------
-class _PreprocessedCache:
-    """Each scan preprocessed once per set of settings, shared by the CNN and the baseline.
-
-    Predicting from a preprocessed bundle gives the same numbers as predicting
-    the raw bundle (``Predictor.predict_scan`` checks the settings match) but
-    spares repeating the centring and binning for every model that predicts
-    the scan. Files: ``RUN_DIR/preprocessed/<scan>_<settings hash>.h5``.
-    """
-
-    def __init__(self, folder: Path, quiet: bool):
-        self.folder = folder
-        self.quiet = quiet
-
-    def get(self, source: Path, name: str, settings) -> Path:
-        import hashlib
-
-        from ..preprocess import preprocess_bundle
-
-        key = hashlib.sha1(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()
-        out = self.folder / f"{name}_{key[:12]}.h5"
-        if not out.is_file():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            preprocess_bundle(source, out, settings, quiet=self.quiet)
-        return out
-
-    def predict(self, predictor, source: Path, name: str):
-        """``predictor.predict_scan`` of the cached preprocessed scan."""
-        return predictor.predict_scan(self.get(source, name, predictor.settings))
-
-
+# -- scoring: predict the test scans ---------------------------------------------
 @dataclass
 class ScoredScans:
     """Predictions and targets of every predicted scan, for metrics and figures.
@@ -275,9 +228,9 @@ class ScoredScans:
     Attributes
     ----------
     raw : dict
-        ``{scan: (eds (E, Rx', Ry'), haadf (Rx', Ry') or None)}`` of the CNN.
+        ``{scan: (eds (E, Rx', Ry'), haadf (Rx', Ry') or None)}`` of the chosen model.
     calibrated, base_raw, base_calibrated : dict
-        ``{scan: eds (E, Rx', Ry')}``: calibrated CNN, baseline, calibrated baseline.
+        ``{scan: eds (E, Rx', Ry')}``: calibrated model, baseline, calibrated baseline.
     base_filtered : dict
         ``{scan: eds}``: the baseline through the main model's EDS filter, when
         the main model filters its predictions and the baseline does not (so
@@ -299,23 +252,65 @@ class ScoredScans:
     calibration_method: str = "linear"
 
 
-def _fit_part_calibration(predictor, bundles: Sequence[Path], names: Sequence[str],
-                          targets: Sequence[Targets], elements: Sequence[str], method: str,
-                          cache: _PreprocessedCache) -> FittedCalibration:
-    """Calibration of one model fitted on its training positions only."""
-    preds, acts = [], []
-    for path, name, tgt in zip(bundles, names, targets):
-        pred = cache.predict(predictor, path, name).eds
-        preds.append(pred[:, tgt.train_positions])
-        acts.append(tgt.eds[:, tgt.train_positions])
-    return fit_calibration(np.concatenate(preds, axis=1), np.concatenate(acts, axis=1),
-                           elements, method)
+def score_part(trained: TrainedPart, paths: Sequence[Path], names: Sequence[str],
+               scored: ScoredScans, cache: PreprocessedCache, run: Path) -> None:
+    """Predict one part's test scans into ``scored`` and write their files.
+
+    Writes ``predictions/{,calibrated/,baseline/}<scan>.h5`` and
+    ``targets/<scan>.h5`` of every test scan of the part.
+    """
+    part, model, base = trained.part, trained.model, trained.base
+    elements = list(model.elements)
+    for i in part.test:
+        name = names[i]
+        if part.held_out_positions:
+            tgt = trained.train_targets[part.train.index(i)]
+        else:
+            tgt = load_targets(paths[i], model.settings, elements)
+        pred = cache.predict(model, paths[i], name)
+        base_pred = cache.predict(base, paths[i], name).eds
+        scored.raw[name] = (pred.eds, pred.haadf)
+        scored.calibrated[name] = trained.calibration.apply(pred.eds)
+        scored.base_raw[name] = base_pred
+        scored.base_calibrated[name] = trained.base_calibration.apply(base_pred)
+        if model.filter_predictions and not base.filter_predictions:
+            scored.base_filtered[name] = base.finish_eds(base_pred, filtered=True)
+        scored.targets[name] = tgt
+        scored.paths[name] = paths[i]
+        _write_scan_files(run, name, scored, elements, model, base)
 
 
-def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
-                   strategy: str, config=None, *, calibration: str = "linear",
-                   quiet: bool = False, figures: bool = True,
-                   sparse: dict[str, Any] | None = None) -> Path:
+def _write_scan_files(run: Path, name: str, scored: ScoredScans, elements: list[str],
+                      model, base) -> None:
+    """predictions/{,calibrated/,baseline/}<scan>.h5 and targets/<scan>.h5 of one scan."""
+    eds, haadf = scored.raw[name]
+    source = scored.paths[name]
+    save_prediction(run / "predictions" / f"{name}.h5", eds, haadf, elements, name, model,
+                    source)
+    save_prediction(run / "predictions" / "calibrated" / f"{name}.h5",
+                    scored.calibrated[name], haadf, elements, name, model, source,
+                    calibration=scored.calibration_method)
+    save_prediction(run / "predictions" / "baseline" / f"{name}.h5", scored.base_raw[name],
+                    None, elements, name, base, source)
+    write_targets(run / "targets" / f"{name}.h5", scored.targets[name], elements, name,
+                  source)
+
+
+# -- the runner -------------------------------------------------------------------
+def _check_inputs(bundles, run_dir, strategy: str, calibration: str):
+    """Paths, parts, scan names and run folder, all checked before anything is written."""
+    paths = [Path(b) for b in bundles]
+    parts = plan(strategy, len(paths))
+    names = scan_names(paths)
+    if calibration not in CALIBRATIONS:
+        raise InputError(f"calibration {calibration!r} not understood",
+                         hint=f"use one of {', '.join(CALIBRATIONS)}")
+    return paths, parts, names, prepare_run_dir(run_dir)
+
+
+def run_crossscan(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
+                  strategy: str, config=None, *, calibration: str = "linear",
+                  quiet: bool = False, figures: bool = True) -> Path:
     """Run a cross-scan experiment and write RUN_DIR (see the module docstring).
 
     Parameters
@@ -332,9 +327,6 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     quiet : bool
     figures : bool
         Draw the figures (``report.html`` is written either way).
-    sparse : dict, optional
-        Keyword arguments of :func:`stem2eds.experiments.sparse.run_sparse_experiment`
-        (``fractions``, ``pattern``, ``ensemble``) for ``strategy="sparse"``.
 
     Returns
     -------
@@ -342,143 +334,69 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
         ``run_dir``.
     """
     from ..train.config import TrainConfig
-    from ..predict.predictor import load_run
 
-    if strategy == "sparse":
-        from .sparse import run_sparse_experiment
-
-        return run_sparse_experiment(bundles, run_dir, config=config, quiet=quiet,
-                                     figures=figures, **(sparse or {}))
-    paths = [Path(b) for b in bundles]
-    parts = plan(strategy, len(paths))
-    names = _scan_names(paths)
+    paths, parts, names, run = _check_inputs(bundles, run_dir, strategy, calibration)
     config = config or TrainConfig()
-    if calibration not in ("linear", "poly", "isotonic"):
-        raise InputError(f"calibration {calibration!r} not understood",
-                         hint="use linear, poly or isotonic")
-    run = Path(run_dir)
-    if run.exists() and not run.is_dir():
-        raise InputError("output exists and is not a folder", path=run,
-                         hint="choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "predictions" / "calibrated").mkdir(parents=True, exist_ok=True)
-    (run / "predictions" / "baseline").mkdir(parents=True, exist_ok=True)
-    (run / "targets").mkdir(exist_ok=True)
-    base_config = config.replace(model=BASELINE_MODEL)
+    for sub in ("predictions/calibrated", "predictions/baseline", "targets"):
+        (run / sub).mkdir(parents=True, exist_ok=True)
 
     scored = ScoredScans(calibration_method=calibration)
-    cache = _PreprocessedCache(run / "preprocessed", quiet)
-    calibrations: dict[str, Any] = {}
-    base_calibrations: dict[str, Any] = {}
-    part_records = []
-    elements: list[str] = []
-    settings = None
-    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    cache = PreprocessedCache(run / "preprocessed", quiet)
+    trained = []
     for part in parts:
-        train_paths = [paths[i] for i in part.train]
-        cnn_dir = ensure_trained(train_paths, run / "models" / part.name / "cnn", config,
-                                 quiet=quiet)
-        base_dir = ensure_trained(train_paths, run / "models" / part.name / BASELINE_MODEL,
-                                  base_config, quiet=quiet)
-        curves[part.name] = RunDir(cnn_dir).training_curves()
-        cnn, base = load_run(cnn_dir), load_run(base_dir)
-        elements = list(cnn.elements)
-        settings = cnn.settings
-        train_targets = []
-        for k, path in enumerate(train_paths):
-            shape = _cropped_shape(path, settings)
-            val = RunDir(cnn_dir).validation_mask(k, shape)
-            train_targets.append(load_targets(path, settings, elements,
-                                              evaluated=val, train_positions=~val))
-        train_names = [names[i] for i in part.train]
-        cal = _fit_part_calibration(cnn, train_paths, train_names, train_targets, elements,
-                                    calibration, cache)
-        base_cal = _fit_part_calibration(base, train_paths, train_names, train_targets,
-                                         elements, calibration, cache)
-        calibrations[part.name] = cal.to_dict()
-        base_calibrations[part.name] = base_cal.to_dict()
-        for i in part.test:
-            name = names[i]
-            if part.held_out_positions:
-                tgt = train_targets[part.train.index(i)]
-            else:
-                tgt = load_targets(paths[i], settings, elements)
-            pred = cache.predict(cnn, paths[i], name)
-            base_pred = cache.predict(base, paths[i], name).eds
-            scored.raw[name] = (pred.eds, pred.haadf)
-            scored.calibrated[name] = cal.apply(pred.eds)
-            scored.base_raw[name] = base_pred
-            scored.base_calibrated[name] = base_cal.apply(base_pred)
-            if cnn.filter_predictions and not base.filter_predictions:
-                scored.base_filtered[name] = base.finish_eds(base_pred, filtered=True)
-            scored.targets[name] = tgt
-            scored.paths[name] = paths[i]
-            _write_scan_files(run, name, scored, elements, cnn, base)
-        part_records.append({"name": part.name, "train_scans": [names[i] for i in part.train],
-                             "test_scans": [names[i] for i in part.test],
-                             "model_dir": str(cnn_dir.relative_to(run)),
-                             "baseline_dir": str(base_dir.relative_to(run))})
+        trained.append(fit_part(part, paths, names, run, config, calibration, cache, quiet))
+        score_part(trained[-1], paths, names, scored, cache, run)
 
-    result = _metrics_document(strategy, config, calibration, names, parts, part_records,
-                               elements, settings, scored, calibrations, base_calibrations)
+    doc = metrics_document(strategy, config, names, parts, trained, scored, run)
     if figures:
         from ..report.build import draw_figures
 
-        result["figures"] = draw_figures(run, result, scored, curves)
-    _write_json(run / "metrics.json", result)
+        curves = {t.part.name: t.curves for t in trained}
+        doc["figures"] = draw_figures(run, doc, scored, curves)
+    write_metrics(run, doc)
     from ..report import write_report
 
     write_report(run)
     return run
 
 
-def _cropped_shape(path: Path, settings) -> tuple[int, int]:
-    from ..preprocess.maps import check_crop
+# -- the numbers ------------------------------------------------------------------
+def metrics_document(strategy: str, config, names: Sequence[str], parts: Sequence[Part],
+                     trained: Sequence[TrainedPart], scored: ScoredScans,
+                     run: Path) -> dict[str, Any]:
+    """The content of ``metrics.json`` (layout in the module docstring).
 
-    with open_bundle(path) as scan:
-        r0, r1, c0, c1 = check_crop(getattr(settings, "crop", None), scan.scan_shape)
-    return r1 - r0, c1 - c0
+    Parameters
+    ----------
+    strategy : str
+    config : TrainConfig
+    names : sequence of str
+        Scan names of every bundle.
+    parts : sequence of Part
+    trained : sequence of TrainedPart
+        In the order of ``parts``.
+    scored : ScoredScans
+    run : Path
+        The run folder (model folders are recorded relative to it).
 
-
-def _write_scan_files(run: Path, name: str, scored: ScoredScans, elements: list[str],
-                      cnn, base) -> None:
-    """predictions/{,calibrated/,baseline/}<scan>.h5 and targets/<scan>.h5 of one scan."""
-    eds, haadf = scored.raw[name]
-    tgt = scored.targets[name]
-    source = scored.paths[name]
-    _save_prediction(run / "predictions" / f"{name}.h5", eds, haadf, elements, name, cnn,
-                     source)
-    _save_prediction(run / "predictions" / "calibrated" / f"{name}.h5",
-                     scored.calibrated[name], haadf, elements, name, cnn, source,
-                     calibration=scored.calibration_method)
-    _save_prediction(run / "predictions" / "baseline" / f"{name}.h5", scored.base_raw[name],
-                     None, elements, name, base, source)
-    groups = {"eds": dict(zip(elements, tgt.eds))}
-    if tgt.truth is not None:
-        groups[TRUTH] = dict(zip(elements, tgt.truth))
-    arrays = {"evaluated": tgt.evaluated.astype(np.uint8),
-              "train_positions": tgt.train_positions.astype(np.uint8)}
-    if tgt.haadf is not None:
-        arrays[HAADF] = tgt.haadf.astype(np.float32)
-    _write_maps(run / "targets" / f"{name}.h5", groups, arrays,
-                {"elements": elements, "scan_name": name, "source": str(scored.paths[name]),
-                 "crop": list(tgt.crop)})
-
-
-def _metrics_document(strategy, config, calibration, names, parts, part_records, elements,
-                      settings, scored: ScoredScans, calibrations, base_calibrations) -> dict:
+    Returns
+    -------
+    dict
+    """
     from .. import __version__
 
+    calibration = scored.calibration_method
+    elements = list(trained[-1].model.elements)
+    settings = trained[-1].model.settings
     test_names = list(scored.raw)
-    raw = {s: score_scan(*scored.raw[s], scored.targets[s], elements) for s in test_names}
-    cal = {s: score_scan(scored.calibrated[s], None, scored.targets[s], elements)
-           for s in test_names}
-    base = {s: score_scan(scored.base_raw[s], None, scored.targets[s], elements)
-            for s in test_names}
-    base_cal = {s: score_scan(scored.base_calibrated[s], None, scored.targets[s], elements)
-                for s in test_names}
-    base_filt = {s: score_scan(scored.base_filtered[s], None, scored.targets[s], elements)
-                 for s in scored.base_filtered}
+
+    def scores(maps, with_haadf=False):
+        return {s: score_scan(*(maps[s] if with_haadf else (maps[s], None)),
+                              scored.targets[s], elements) for s in maps}
+
+    raw = scores(scored.raw, with_haadf=True)
+    cal, base = scores(scored.calibrated), scores(scored.base_raw)
+    base_cal, base_filt = scores(scored.base_calibrated), scores(scored.base_filtered)
     train_names = sorted({names[i] for p in parts for i in p.train}, key=names.index)
     doc: dict[str, Any] = {
         "strategy": strategy, "elements": elements, "train_scans": train_names,
@@ -486,48 +404,59 @@ def _metrics_document(strategy, config, calibration, names, parts, part_records,
         "split_description": _split_description(strategy, config),
         "model": config.model, "baseline_model": BASELINE_MODEL,
         "calibration": calibration, "targets": list(config.targets),
-        "epochs": config.max_epochs, "seed": config.seed, "parts": part_records,
+        "epochs": config.max_epochs, "seed": config.seed,
+        "parts": [t.record(names, run) for t in trained],
         "evaluated_positions": {s: int(scored.targets[s].evaluated.sum()) for s in test_names},
         "preprocess": settings.to_dict() if settings is not None else None,
         "config": config.to_dict(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stem2eds_version": __version__,
-        "scans": raw, "summary": _summary(raw),
-        "calibrated": {"method": calibration, "scans": cal, "summary": _summary(cal),
-                       "calibrations": calibrations},
-        "baseline": {"model": BASELINE_MODEL, "scans": base, "summary": _summary(base),
-                     "calibrated": {"scans": base_cal, "summary": _summary(base_cal),
-                                    "calibrations": base_calibrations}},
+        "scans": raw, "summary": summarize_scores(raw),
+        "calibrated": {"method": calibration, "scans": cal, "summary": summarize_scores(cal),
+                       "calibrations": {t.part.name: t.calibration.to_dict()
+                                        for t in trained}},
+        "baseline": {"model": BASELINE_MODEL, "scans": base, "summary": summarize_scores(base),
+                     "calibrated": {"scans": base_cal, "summary": summarize_scores(base_cal),
+                                    "calibrations": {t.part.name: t.base_calibration.to_dict()
+                                                     for t in trained}}},
         "filter_predictions": config.resolved_filter(),
-        "correlation": {s: {"predicted": metrics.correlation_matrix(scored.calibrated[s],
-                                                              scored.targets[s].evaluated),
-                            "real": metrics.correlation_matrix(scored.targets[s].eds,
-                                                         scored.targets[s].evaluated)}
+        "correlation": {s: {"predicted": metrics.correlation_matrix(
+                                scored.calibrated[s], scored.targets[s].evaluated),
+                            "real": metrics.correlation_matrix(
+                                scored.targets[s].eds, scored.targets[s].evaluated)}
                         for s in test_names},
     }
     if base_filt:
         doc["baseline"]["filtered"] = {
-            "scans": base_filt, "summary": _summary(base_filt),
+            "scans": base_filt, "summary": summarize_scores(base_filt),
             "note": f"{BASELINE_MODEL} predictions through the {config.model} run's EDS "
                     "filter (uncalibrated; Pearson r does not change under the linear "
                     "calibration)"}
-    with_truth = [s for s in test_names if scored.targets[s].truth is not None]
-    if with_truth:
-        def vs_truth(maps):
-            return {s: metrics.element_metrics(maps[s], scored.targets[s].truth, elements,
-                                         scored.targets[s].evaluated) for s in with_truth}
-
-        raw_t = vs_truth({s: scored.raw[s][0] for s in with_truth})
-        cal_t = vs_truth(scored.calibrated)
-        base_t = vs_truth(scored.base_calibrated)
-        ceil_t = vs_truth({s: scored.targets[s].eds for s in with_truth})
-        doc["truth"] = {"scans": raw_t, "summary": _summary(raw_t),
-                        "calibrated": _summary(cal_t), "baseline": _summary(base_t),
-                        "ceiling": _summary(ceil_t),
-                        "note": "CNN (raw), CNN calibrated, ridge calibrated and the measured "
-                                "(blurred) EDS target itself, each scored against the "
-                                "noise-free simulated composition"}
+    truth = _truth_block(scored, elements, config.model)
+    if truth:
+        doc["truth"] = truth
     return doc
+
+
+def _truth_block(scored: ScoredScans, elements: Sequence[str], model: str) -> dict | None:
+    """Scores against the noise-free composition of simulated scans (None without truth)."""
+    with_truth = [s for s in scored.raw if scored.targets[s].truth is not None]
+    if not with_truth:
+        return None
+
+    def vs_truth(maps):
+        return {s: metrics.element_metrics(maps[s], scored.targets[s].truth, elements,
+                                           scored.targets[s].evaluated) for s in with_truth}
+
+    raw_t = vs_truth({s: scored.raw[s][0] for s in with_truth})
+    return {"scans": raw_t, "summary": summarize_scores(raw_t),
+            "calibrated": summarize_scores(vs_truth(scored.calibrated)),
+            "baseline": summarize_scores(vs_truth(scored.base_calibrated)),
+            "ceiling": summarize_scores(vs_truth({s: scored.targets[s].eds
+                                                  for s in with_truth})),
+            "note": f"{model} (raw), {model} calibrated, {BASELINE_MODEL} calibrated and the "
+                    "measured (blurred) EDS target itself, each scored against the "
+                    "noise-free simulated composition"}
 
 
 def _split_description(strategy: str, config) -> str:
@@ -541,11 +470,6 @@ def _split_description(strategy: str, config) -> str:
             "leave-one-out": "whole scans: each scan predicted by a model trained on all others",
             }[strategy] + f" (early stopping on a {config.split} {100 * config.val_fraction:.0f} % " \
                           "validation split of the training scans)"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(metrics.to_jsonable(data), indent=1), encoding="utf-8")
 
 
 def recompute_metrics(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -563,15 +487,9 @@ def recompute_metrics(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"raw": {}, "calibrated": {}, "baseline": {}}
     for tpath in sorted((run / "targets").glob("*.h5")):
         name = tpath.stem
-        with h5py.File(tpath, "r") as f:
-            elements = [e.decode() if isinstance(e, bytes) else str(e)
-                        for e in f.attrs["elements"]]
-            tgt = Targets(np.stack([f["eds"][e][()] for e in elements]),
-                          f[HAADF][()] if HAADF in f else None, None,
-                          f["evaluated"][()].astype(bool), f["train_positions"][()].astype(bool),
-                          tuple(f.attrs["crop"]))
+        tgt, elements = read_targets(tpath)
         for key, sub in (("raw", ""), ("calibrated", "calibrated"), ("baseline", "baseline")):
             saved = read_prediction(run / "predictions" / sub / f"{name}.h5")
-            eds, haadf = saved.eds, saved.haadf
-            out[key][name] = score_scan(eds, haadf if key == "raw" else None, tgt, elements)
+            out[key][name] = score_scan(saved.eds, saved.haadf if key == "raw" else None, tgt,
+                                        elements)
     return out

@@ -2,7 +2,7 @@
 
 :func:`run_demo` simulates a six-scan Ge-Sb-Te series (``stem2eds.simulate``),
 runs the random split (on the first scan), extrapolation and interpolation
-(:func:`stem2eds.experiments.crossscan.run_experiment`), each with the ridge baseline
+(:func:`stem2eds.experiments.crossscan.run_crossscan`), each with the ridge baseline
 and a linear calibration, and writes one report per experiment plus an index
 page linking them::
 
@@ -12,8 +12,8 @@ page linking them::
     DIR/timings.json                           seconds per stage of the last run
 
 Everything already finished in DIR (bundles, trained models) is reused, so an
-interrupted demo resumes. The default sizes keep the whole job under ten
-minutes on two CPU cores (``benchmarks/bench_demo.py`` measures it).
+interrupted demo resumes. The default sizes are chosen to keep the whole job
+short on a laptop's CPU (``benchmarks/bench_demo.py`` measures it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ DEMO_STRATEGIES = ("random", "extrapolate", "interpolate")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of the demo (defaults chosen to finish in < 10 min on 2 CPU cores).
+    """Sizes of the demo (defaults chosen to finish in minutes on a few CPU cores).
 
     Attributes
     ----------
@@ -47,8 +47,10 @@ class DemoSettings:
         Simulated detector size (px); preprocessing bins it by ``bin_factor``.
     bin_factor : int
         Detector binning before the network (256 / 4 = 64 px patterns).
-    max_epochs, patience : int
-        Training length and early-stopping patience of the CNN.
+    max_epochs : int
+        Maximum training epochs of the trained models.
+    patience : int
+        Epochs without validation improvement before early stopping.
     model : str or None
         Registered model (None: the package default).
     seed : int
@@ -66,6 +68,14 @@ class DemoSettings:
     model: str | None = None
     seed: int = 0
     figures: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_scans", "detector", "bin_factor", "max_epochs", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if self.n_scans < 3:
+            # extrapolation and interpolation need scans between the training ones
+            raise InputError(f"`n_scans` must be at least 3, got {self.n_scans}")
 
 
 def _simulate(data_dir: Path, settings: DemoSettings, quiet: bool) -> list[Path]:
@@ -110,7 +120,7 @@ def run_demo(out: str | os.PathLike = "stem2eds-demo", settings: DemoSettings = 
         ``out/index.html``.
     """
     from ..train.config import TrainConfig
-    from .crossscan import run_experiment
+    from .crossscan import run_crossscan
 
     root = Path(out)
     if root.exists() and not root.is_dir():
@@ -133,9 +143,9 @@ def run_demo(out: str | os.PathLike = "stem2eds-demo", settings: DemoSettings = 
             # Extrapolation trains on the first scan with the same settings and
             # split as the random experiment: the very same training runs.
             _reuse_training(root / "random" / "models" / "random",
-                            root / "extrapolate" / "models" / "extrapolate")
-        run_experiment(scans, root / strategy, strategy, config, quiet=quiet,
-                       figures=settings.figures)
+                            root / "extrapolate" / "models" / "extrapolate", config.model)
+        run_crossscan(scans, root / strategy, strategy, config, quiet=quiet,
+                      figures=settings.figures)
         timings[strategy] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     with atomic_output(root / "timings.json") as tmp:
@@ -143,17 +153,17 @@ def run_demo(out: str | os.PathLike = "stem2eds-demo", settings: DemoSettings = 
     return write_index(root, timings)
 
 
-def _reuse_training(src: Path, dst: Path) -> None:
-    """Copy finished training runs (CNN and baseline) to where another experiment looks.
+def _reuse_training(src: Path, dst: Path, model: str) -> None:
+    """Copy finished training runs (main model and baseline) to where another experiment looks.
 
     Only called where both experiments train on the same scans with the same
-    configuration; :func:`stem2eds.experiments.crossscan.run_experiment` then finds them
+    configuration; :func:`stem2eds.experiments.crossscan.run_crossscan` then finds them
     finished and skips training.
     """
-    from .crossscan import BASELINE_MODEL
+    from .common import BASELINE_MODEL, model_folder
 
     if dst.exists() or not all((src / m / "weights.safetensors").is_file()
-                               for m in ("cnn", BASELINE_MODEL)):
+                               for m in (model_folder(model), BASELINE_MODEL)):
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.partial")
@@ -164,16 +174,16 @@ def _reuse_training(src: Path, dst: Path) -> None:
 
 def write_index(root: Path, timings: dict[str, float] | None = None) -> Path:
     """Write ``root/index.html`` linking the demo's reports with their headline numbers."""
+    from ..formats.metrics_file import metrics_path, read_metrics
     from ..report import render_index, summary_table_html
 
     if timings is None and (root / "timings.json").is_file():
         timings = json.loads((root / "timings.json").read_text())
     entries = []
     for strategy in DEMO_STRATEGIES:
-        path = root / strategy / "metrics.json"
-        if not path.is_file():
+        if not metrics_path(root / strategy).is_file():
             continue
-        metrics = json.loads(path.read_text())
+        metrics = read_metrics(root / strategy)
         took = f"<p>Took {timings[strategy]:.0f} s.</p>" if timings and strategy in timings \
             else ""
         about = html.escape(metrics.get("split_description", ""))

@@ -18,7 +18,7 @@ Layout (written by :func:`stem2eds.train.fit.train`)::
 package builds a path inside a run folder by hand. This module imports
 neither torch nor Lightning (``stem2eds predict`` reads ``run.json`` and starts
 preprocessing while torch loads); torch is imported only by
-:func:`apply_output_activation`.
+:func:`apply_output_activation` and the weight methods of :class:`RunDir`.
 """
 
 from __future__ import annotations
@@ -28,18 +28,32 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
 
+if TYPE_CHECKING:  # torch is imported only where it is used
+    import torch
+
 RUN_FORMAT = "stem2eds-run"
 RUN_FORMAT_VERSION = 1
 
 
+#: Largest detector side (pixels) and number of outputs a run may describe.
+MAX_INPUT_SIDE = 4096
+MAX_OUTPUTS = 64
+
+
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Contents of ``run_dir/run.json``; InputError when missing or not a run description."""
+    """Contents of ``run_dir/run.json``, checked by :func:`check_run_info`.
+
+    Raises
+    ------
+    InputError
+        When missing, not JSON, not a run description, or a field is invalid.
+    """
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise InputError("no run.json: not a stem2eds run folder", path=run_dir)
@@ -49,7 +63,77 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"run.json is not valid JSON ({exc})", path=run_dir) from None
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
         raise InputError("run.json is not a stem2eds run description", path=run_dir)
+    check_run_info(data, path)
     return data
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_run_info(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """The one validation of ``run.json`` fields (types and sane ranges).
+
+    Checks ``format_version`` (not newer than this package reads), ``model`` (a name), ``model_params`` (a table; its values are
+    checked by the model's ``Params`` when built), ``input_shape`` (two ints
+    in 1..4096), ``n_outputs`` (1..64), ``elements`` (chemical symbols),
+    ``targets`` (``eds`` [, ``haadf``]), ``target_scales`` (positive numbers),
+    ``preprocess`` (a table) and ``status``. The registered-model check is
+    the registry's (:func:`stem2eds.models.get_model`, when the run is loaded).
+
+    Raises
+    ------
+    InputError
+        Naming the file and the field.
+    """
+    import math
+
+    from ..elements import check_element
+
+    def bad(field: str, why: str):
+        return InputError(f"run.json field {field!r} {why}, got {data.get(field)!r}"[:300],
+                          path=path)
+
+    version = data.get("format_version")
+    if not _is_int(version, 1, 10**6):
+        raise bad("format_version", "must be a positive integer")
+    if version > RUN_FORMAT_VERSION:
+        raise InputError(f"run format version {version} is not supported (this stem2eds "
+                         f"reads up to {RUN_FORMAT_VERSION})", path=path,
+                         hint="upgrade stem2eds or retrain")
+    model = data.get("model")
+    if not (isinstance(model, str) and model.replace("_", "").isalnum() and len(model) < 64):
+        raise bad("model", "must be a model name")
+    if not isinstance(data.get("model_params", {}), dict):
+        raise bad("model_params", "must be a table")
+    shape = data.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 2
+            and all(_is_int(v, 1, MAX_INPUT_SIDE) for v in shape)):
+        raise bad("input_shape", f"must be two integers in 1..{MAX_INPUT_SIDE}")
+    if not _is_int(data.get("n_outputs"), 1, MAX_OUTPUTS):
+        raise bad("n_outputs", f"must be an integer in 1..{MAX_OUTPUTS}")
+    elements = data.get("elements")
+    if not (isinstance(elements, list) and 1 <= len(elements) <= MAX_OUTPUTS
+            and all(isinstance(e, str) for e in elements)):
+        raise bad("elements", "must be a list of element symbols")
+    for e in elements:
+        if check_element(e, source=path) != e:
+            raise bad("elements", "must hold element symbols as written by train")
+    targets = data.get("targets")
+    if not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+            and len(set(targets)) == len(targets) and set(targets) in ({"eds"}, {"eds", "haadf"})):
+        raise bad("targets", "must be ['eds'] or ['eds', 'haadf']")
+    scales = data.get("target_scales", {})
+    if not (isinstance(scales, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0 for v in scales.values())):
+        raise bad("target_scales", "must map targets to positive numbers")
+    if "haadf" in targets and "haadf" not in scales:
+        raise bad("target_scales", "must hold the haadf scale of a run with a haadf target")
+    if not isinstance(data.get("preprocess"), dict):
+        raise bad("preprocess", "must be a table of preprocessing settings")
+    if not isinstance(data.get("status"), str):
+        raise bad("status", "must be a string")
 
 
 @dataclass(frozen=True)
@@ -135,6 +219,42 @@ class RunDir:
         except InputError:
             return False
 
+    def write_info(self, state: dict[str, Any]) -> None:
+        """Write ``run.json`` (atomically, never a half-written file)."""
+        write_json(self.run_json, state)
+
+    @property
+    def preprocess_record(self) -> Path:
+        """``preprocessed/settings.json``: sources and resolved settings of the preprocessed bundles."""
+        return self.preprocessed / "settings.json"
+
+    def preprocessed_bundle(self, index: int, source: str | os.PathLike) -> Path:
+        """Path of the ``index``-th training bundle after preprocessing."""
+        return self.preprocessed / f"{int(index):02d}_{Path(source).stem}.h5"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.figures / "training_curves.png"
+
+    # -- weights ------------------------------------------------------------------
+    def save_weights(self, state_dict: dict[str, Any]) -> None:
+        """Save a model's state (parameters and buffers) as safetensors, atomically."""
+        from safetensors.torch import save_file
+
+        from ..atomic import atomic_output
+
+        state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        with atomic_output(self.weights) as tmp:
+            save_file(state, str(tmp), metadata={"format": RUN_FORMAT})
+
+    def load_weights(self) -> dict[str, Any]:
+        """The weights as CPU tensors (safetensors only: no code can run on load)."""
+        from .checkpoint import load_safetensors
+
+        if not self.weights.is_file():
+            raise InputError("no weights.safetensors in the run folder", path=self.path)
+        return load_safetensors(self.weights)
+
     # -- split.npz --------------------------------------------------------------
     def write_split(self, masks: list[np.ndarray], bundle_names: list[str]) -> None:
         """Store the validation mask (Rx', Ry') bool of every training bundle, atomically."""
@@ -203,6 +323,27 @@ class RunDir:
                 ep = sorted(by_epoch)
                 curves[col] = (np.array(ep), np.array([by_epoch[e] for e in ep]))
         return curves
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file (numpy scalars and paths converted)."""
+    from ..atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default) + "\n",
+                             encoding="utf-8")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, (np.ndarray, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def apply_output_activation(raw: torch.Tensor, n_eds: int) -> torch.Tensor:

@@ -1,63 +1,102 @@
-"""Model registry: every model is a torch module built by name.
+"""Model registry: every model is a :class:`~.base.StemModel` built by name.
 
-Each model class takes ``(input_shape, n_outputs, **hparams)``, maps
-(n, Qx, Qy) float32 patterns to (n, n_outputs) linear outputs, exposes the
-hyperparameters it was built with as ``.hparams`` (recorded in ``run.json``)
-exposes its last ``nn.Linear`` as ``.output_layer`` (trainable models), and
-says with ``.trainable`` whether it is trained by gradient descent
-(``False`` for the closed-form ``ridge`` baseline), and with
-``.filter_predictions`` whether its predicted EDS maps get the targets'
-spatial filter by default (``TrainConfig.filter_predictions``). A model
-whose first stage has no parameters sets ``fixed_frontend = True`` and provides
-``frontend(patterns)`` and ``forward_features(features)``; training then
-computes the front end once per pattern instead of once per epoch.
+The interface (``models/base.py``): a model class has a registered ``name``,
+a frozen hyperparameter dataclass ``Params`` (validated from the
+``model_params`` table by :func:`~.base.parse_params`), a class attribute
+``filter_predictions``, and maps (n, Qx, Qy) float32 patterns to
+(n, n_outputs) linear outputs. The optional capabilities
+:class:`~.base.FixedFrontend` and :class:`~.base.ClosedFormModel` change how
+it is trained; training and prediction test them with ``isinstance``.
 
->>> from stem2eds.models import get_model
->>> net = get_model("radial")((64, 64), n_outputs=5)
+>>> from stem2eds.models import build_model
+>>> net = build_model("radial", (64, 64), n_outputs=5, hparams={"n_hidden": 0})
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import Any, Mapping
 
 from ..errors import InputError
-from .paper import PaperCNN
-from .radial import RadialNet
-from .ridge import RidgeRadial
+from .base import (ClosedFormModel, FixedFrontend, ModelParams, StemModel, check_model_class,
+                   parse_params)
+from .paper import PaperCNN, PaperParams
+from .radial import RadialNet, RadialParams
+from .ridge import RidgeParams, RidgeRadial
 
-#: Registered models by name.
-MODELS: dict[str, type[nn.Module]] = {
-    "radial": RadialNet,
-    "paper": PaperCNN,
-    "ridge": RidgeRadial,
-}
+#: Registered models by name (use :func:`register_model` to add one).
+MODELS: dict[str, type[StemModel]] = {}
 
 #: The model trained when none is named.
 DEFAULT_MODEL = "radial"
 
 
-def get_model(name: str) -> type[nn.Module]:
-    """The model class registered as ``name``; InputError when unknown."""
+def register_model(cls: type[StemModel]) -> type[StemModel]:
+    """Register a model class under its ``name``.
+
+    Raises
+    ------
+    TypeError
+        If ``cls`` does not implement :class:`~.base.StemModel` (abstract
+        methods left, no ``name`` or no ``Params`` dataclass).
+    """
+    check_model_class(cls)
+    MODELS[cls.name] = cls
+    return cls
+
+
+for _cls in (RadialNet, PaperCNN, RidgeRadial):
+    register_model(_cls)
+
+
+def get_model(name: str) -> type[StemModel]:
+    """The model class registered as ``name``; InputError when unknown.
+
+    A class placed in :data:`MODELS` by hand that does not implement the
+    interface is refused with a TypeError.
+    """
     try:
-        return MODELS[name]
-    except KeyError:
+        cls = MODELS[name]
+    except (KeyError, TypeError):
         raise InputError(f"unknown model {name!r}",
                          hint=f"choose one of {', '.join(MODELS)}") from None
+    return check_model_class(cls)
+
+
+def model_params(name: str, hparams: Mapping[str, Any] | ModelParams | None) -> ModelParams:
+    """The ``model_params`` table of model ``name`` validated into its ``Params`` dataclass."""
+    return parse_params(get_model(name).Params, hparams, name)
 
 
 def build_model(name: str, input_shape: tuple[int, int], n_outputs: int,
-                hparams: dict[str, Any] | None = None) -> nn.Module:
-    """Build model ``name`` for ``input_shape`` (Qx, Qy) with ``n_outputs`` outputs."""
+                hparams: Mapping[str, Any] | ModelParams | None = None) -> StemModel:
+    """Build model ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Registered model name.
+    input_shape : (Qx, Qy)
+        Detector shape of the preprocessed patterns.
+    n_outputs : int
+        Number of outputs (EDS elements, plus one for HAADF).
+    hparams : mapping or ModelParams, optional
+        ``model_params`` table or the model's ``Params``; defaults otherwise.
+
+    Raises
+    ------
+    InputError
+        Unknown model, bad hyperparameters (naming ``model_params.<key>``), or
+        an input the architecture cannot take.
+    """
     cls = get_model(name)
+    params = parse_params(cls.Params, hparams, name)
     try:
-        return cls(tuple(input_shape), int(n_outputs), **(hparams or {}))
-    except TypeError as exc:
-        raise InputError(f"bad hyperparameters for model {name!r}: {exc}") from None
+        return cls(tuple(int(v) for v in input_shape), int(n_outputs), params)
     except ValueError as exc:  # e.g. an input too small for the architecture
         raise InputError(f"model {name!r}: {exc}") from None
 
 
-__all__ = ["MODELS", "DEFAULT_MODEL", "get_model", "build_model",
-           "PaperCNN", "RadialNet", "RidgeRadial"]
+__all__ = ["MODELS", "DEFAULT_MODEL", "get_model", "build_model", "register_model",
+           "model_params", "StemModel", "FixedFrontend", "ClosedFormModel", "ModelParams",
+           "parse_params", "PaperCNN", "PaperParams", "RadialNet", "RadialParams",
+           "RidgeRadial", "RidgeParams"]

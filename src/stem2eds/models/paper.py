@@ -9,13 +9,42 @@ works.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .base import ModelParams, StemModel
 
-class PaperCNN(nn.Module):
+
+@dataclass(frozen=True)
+class PaperParams(ModelParams):
+    """Hyperparameters of :class:`PaperCNN` (``model_params`` of a ``paper`` run).
+
+    Attributes
+    ----------
+    channels : tuple of int
+        Output channels of each Conv2D(3x3) + ReLU + MaxPool(2) block; blocks
+        are dropped from the end when the input is too small to pool again.
+    dense : int
+        Width of the hidden dense layer.
+    dropout : float
+        Dropout rate before the output layer.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    dense: int = 128
+    dropout: float = 0.3
+
+    def __post_init__(self):
+        if not (self.channels and all(1 <= c <= 4096 for c in self.channels)
+                and len(self.channels) <= 16 and 1 <= self.dense <= 65536):
+            raise ValueError("channels must be 1 to 16 widths in 1..4096 and dense in 1..65536")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class PaperCNN(StemModel):
     """2D CNN regressing targets from whole diffraction patterns.
 
     Parameters
@@ -24,13 +53,7 @@ class PaperCNN(nn.Module):
         Detector shape of the preprocessed patterns.
     n_outputs : int
         Number of regressed values.
-    channels : sequence of int
-        Output channels of each Conv2D(3x3) + ReLU + MaxPool(2) block; blocks
-        are dropped from the end when the input is too small to pool again.
-    dense : int
-        Width of the hidden dense layer.
-    dropout : float
-        Dropout rate before the output layer.
+    params : PaperParams
 
     Notes
     -----
@@ -38,16 +61,14 @@ class PaperCNN(nn.Module):
     """
 
     name = "paper"
+    Params = PaperParams
     #: Per-pattern predictions, unfiltered unless the run asks (``TrainConfig.filter_predictions``).
     filter_predictions = False
-    trainable = True
 
     def __init__(self, input_shape: tuple[int, int], n_outputs: int,
-                 channels: Sequence[int] = (16, 32, 64, 128), dense: int = 128,
-                 dropout: float = 0.3):
-        super().__init__()
-        self.hparams: dict[str, Any] = dict(channels=list(channels), dense=dense,
-                                            dropout=dropout)
+                 params: PaperParams = PaperParams()):
+        super().__init__(input_shape, n_outputs, params)
+        channels, dense, dropout = params.channels, params.dense, params.dropout
         qx, qy = (int(v) for v in input_shape)
         blocks: list[nn.Module] = []
         width = 1
@@ -69,4 +90,5 @@ class PaperCNN(nn.Module):
         return self.head[-1]
 
     def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        """(n, Qx, Qy) patterns -> (n, n_outputs)."""
         return self.head(self.features(patterns.unsqueeze(1)))

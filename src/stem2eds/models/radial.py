@@ -1,57 +1,49 @@
-"""The default model: the log radial profile, a ridge-initialised linear map,
-an optional neural correction, and predictions filtered like the targets.
+"""The default model: log ring statistics, a ridge-initialised linear map, a small
+MLP correction, and predictions filtered like the targets.
 
-Why this design (numbers in the README, "Models"):
+Why this design (the measurements are in the documentation, "Models"):
 
 * Amorphous and polycrystalline diffraction is close to rotation-invariant,
-  so the (Qx, Qy) pattern is first reduced to its azimuthal average (a fixed,
-  parameter-free layer, :class:`RingStatistics`), log-compressed because
-  intensities fall by decades with q. A 2D CNN spends most of its weights
-  and time learning an invariance the physics already gives.
+  so the (Qx, Qy) pattern is first reduced to per-ring statistics (a fixed,
+  parameter-free layer, :class:`~stem2eds.models.rings.RingStatistics`),
+  log-compressed because intensities fall by decades with q. There are no
+  convolutions: the invariance the physics gives need not be learned.
 * On unseen scans a linear model of the log profile is a strong baseline
   (the ``ridge`` model): composition moves the peak positions and heights of
   I(q) nearly linearly. The linear map starts at the closed-form ridge
   solution of the training data (:meth:`RadialNet.init_from_data`) and is
   then trained (Adam, early stopping on validation loss) in units of each
   target's standard deviation, so that Adam's fixed step size does not
-  swamp the small Si fraction (a few percent) while it tunes O (tens of
-  percent).
-* A small MLP correction on top (``n_hidden = 2`` hidden layers, output
-  started at zero) learns the non-linear part. Trained on one or two scans
-  it helped on some simulated series and hurt slightly on others (mean
-  over ten cross-scan cases +0.01 in Pearson r, worst -0.03); pooled over
-  three or more scans it helps clearly (the linear map cannot absorb
-  scan-to-scan differences of dose and thickness, and Si suffers). So it
-  is on by default; ``n_hidden = 0`` gives the linear model
-  (``benchmarks/ablation_heads.py`` checks both on a series).
+  swamp a small fraction while it tunes a large one.
+* A small MLP correction on top (``n_hidden`` hidden layers, output started
+  at zero) learns the non-linear part; ``n_hidden = 0`` gives the linear
+  model (``benchmarks/ablation_heads.py`` compares both).
 * The EDS targets are filtered maps (the paper's 7x7 Gaussian), so the run
   filters the predicted maps the same way (``filter_predictions = True``,
-  applied by :meth:`stem2eds.predict.predictor.Predictor.finish_eds`): neighbouring
-  patterns average out the noise of a single pattern, as the filter
-  averaged the EDS counts. This was the largest gain on unseen scans.
+  applied by :meth:`stem2eds.predict.predictor.Predictor.finish_eds`):
+  neighbouring patterns average out the noise of a single pattern, as the
+  filter averaged the EDS counts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .rings import RingStatistics
-from .ridge import ALPHAS
+from .base import FixedFrontend, ModelParams, StemModel
+from .ridge import ALPHAS, ridge_fit
+from .rings import STATISTICS, RingStatistics
 
 
-class RadialNet(nn.Module):
-    """Log ring statistics -> ridge-initialised linear map (+ optional MLP correction).
+@dataclass(frozen=True)
+class RadialParams(ModelParams):
+    """Hyperparameters of :class:`RadialNet` (``model_params`` of a ``radial`` run).
 
-    Parameters
+    Attributes
     ----------
-    input_shape : (Qx, Qy)
-        Detector shape of the preprocessed (centred, binned) patterns.
-    n_outputs : int
-        Number of regressed values (EDS elements, plus one for HAADF).
     hidden : int
         Width of the hidden layers of the correction MLP.
     n_hidden : int
@@ -67,9 +59,41 @@ class RadialNet(nn.Module):
     normalise : bool
         Subtract each pattern's mean log intensity over the rings (removes the
         overall level set by dose and thickness). Off by default: with the
-        linear path, the level helped on unseen scans (README, "Models").
-    alphas : sequence of float
+        linear path, the level helped on unseen scans (docs, "Models").
+    alphas : tuple of float
         Ridge strengths tried by cross-validation for the linear start.
+    """
+
+    hidden: int = 64
+    n_hidden: int = 2
+    dropout: float = 0.1
+    statistics: tuple[str, ...] = ("mean",)
+    normalise: bool = False
+    alphas: tuple[float, ...] = ALPHAS
+
+    def __post_init__(self):
+        if not (0 <= self.n_hidden <= 64 and 1 <= self.hidden <= 65536):
+            raise ValueError("hidden must be in 1..65536 and n_hidden in 0..64")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        unknown = sorted(set(self.statistics) - set(STATISTICS))
+        if unknown or not self.statistics:
+            raise ValueError(f"statistics must be some of {', '.join(STATISTICS)}, "
+                             f"got {list(self.statistics)}")
+        if not self.alphas or any(not a > 0 for a in self.alphas):
+            raise ValueError("alphas must be positive numbers")
+
+
+class RadialNet(StemModel, FixedFrontend):
+    """Log ring statistics -> ridge-initialised linear map (+ optional MLP correction).
+
+    Parameters
+    ----------
+    input_shape : (Qx, Qy)
+        Detector shape of the preprocessed (centred, binned) patterns.
+    n_outputs : int
+        Number of regressed values (EDS elements, plus one for HAADF).
+    params : RadialParams
 
     Notes
     -----
@@ -81,29 +105,19 @@ class RadialNet(nn.Module):
     """
 
     name = "radial"
-    trainable = True
+    Params = RadialParams
     #: Predicted EDS maps get the EDS targets' spatial filter (``TrainConfig.filter_predictions``).
     filter_predictions = True
-    #: The front end has no parameters, so training may compute it once per
-    #: pattern (:meth:`frontend`) and then train :meth:`forward_features` only.
-    fixed_frontend = True
 
-    def __init__(self, input_shape: tuple[int, int], n_outputs: int, hidden: int = 64,
-                 n_hidden: int = 2, dropout: float = 0.1,
-                 statistics: tuple[str, ...] = ("mean",), normalise: bool = False,
-                 alphas: Sequence[float] = ALPHAS):
-        super().__init__()
-        if n_hidden < 0 or hidden < 1:
-            raise ValueError("hidden must be at least 1 and n_hidden at least 0")
-        self.hparams: dict[str, Any] = dict(hidden=hidden, n_hidden=n_hidden, dropout=dropout,
-                                            statistics=list(statistics),
-                                            normalise=bool(normalise),
-                                            alphas=[float(a) for a in alphas])
-        self.normalise = bool(normalise)
-        self.rings = RingStatistics(tuple(input_shape), tuple(statistics))
-        n_features = len(statistics) * self.rings.n_rings
+    def __init__(self, input_shape: tuple[int, int], n_outputs: int,
+                 params: RadialParams = RadialParams()):
+        super().__init__(input_shape, n_outputs, params)
+        hidden, n_hidden, dropout = params.hidden, params.n_hidden, params.dropout
+        self.normalise = bool(params.normalise)
+        self.rings = RingStatistics(tuple(input_shape), params.statistics)
+        n_features = len(params.statistics) * self.rings.n_rings
         # Fixed standardisation of each (statistic, ring) feature, set from the
-        # training data by init_from_data (saved with the weights).
+        # training data by init_from_data (persistent: saved with the weights).
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))
         # Output units: the trainable layers predict (y - target_mean) / target_scale.
@@ -124,6 +138,10 @@ class RadialNet(nn.Module):
         """The linear map (:meth:`init_from_data` sets it to the ridge solution)."""
         return self.linear
 
+    def start_from_data(self, features: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """The ridge start (:meth:`init_from_data`); returns ``{"ridge_alpha": alpha}``."""
+        return {"ridge_alpha": self.init_from_data(features, targets)}
+
     def frontend(self, patterns: torch.Tensor) -> torch.Tensor:
         """Log ring statistics, (n, Qx, Qy) -> (n, S, R); fixed, no parameters."""
         feats = torch.log(self.rings(patterns) + 1e-5)
@@ -140,6 +158,7 @@ class RadialNet(nn.Module):
         return z * self.target_scale + self.target_mean
 
     def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        """(n, Qx, Qy) patterns -> (n, n_outputs), in target units."""
         return self.forward_features(self.frontend(patterns))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -171,15 +190,9 @@ class RadialNet(nn.Module):
         float
             The ridge strength chosen.
         """
-        from sklearn.linear_model import RidgeCV
-
         x = features.reshape(len(features), -1).double().cpu().numpy()
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0)
-        scale[scale == 0] = 1.0  # constant rings (e.g. the removed beam) carry nothing
-        reg = RidgeCV(alphas=self.hparams["alphas"])
-        reg.fit((x - mean) / scale, targets.double().cpu().numpy())
         y = targets.double().cpu().numpy()
+        mean, scale, coef, intercept, alpha = ridge_fit(x, y, self.params.alphas)
         y_mean = y.mean(axis=0)
         y_scale = y.std(axis=0)
         y_scale[~(y_scale > 0)] = 1.0  # a constant target: keep its units
@@ -187,10 +200,9 @@ class RadialNet(nn.Module):
         self.feature_scale.copy_(torch.from_numpy(scale))
         self.target_mean.copy_(torch.from_numpy(y_mean))
         self.target_scale.copy_(torch.from_numpy(y_scale))
-        coef = np.atleast_2d(reg.coef_) / y_scale[:, None]
-        self.linear.weight.copy_(torch.from_numpy(coef))
-        self.linear.bias.copy_(torch.from_numpy((np.atleast_1d(reg.intercept_) - y_mean) / y_scale))
+        self.linear.weight.copy_(torch.from_numpy(coef / y_scale[:, None]))
+        self.linear.bias.copy_(torch.from_numpy((intercept - y_mean) / y_scale))
         if self.correction is not None:
             self.correction[-1].weight.zero_()
             self.correction[-1].bias.zero_()
-        return float(reg.alpha_)
+        return alpha

@@ -19,6 +19,9 @@ import math
 import torch
 from torch import nn
 
+#: The statistics :class:`RingStatistics` can compute, in this order.
+STATISTICS = ("mean", "std", "max")
+
 
 def ring_index(detector_shape: tuple[int, int]) -> torch.Tensor:
     """Ring number of every detector pixel about the detector centre.
@@ -69,7 +72,7 @@ class RingStatistics(nn.Module):
     def __init__(self, detector_shape: tuple[int, int],
                  statistics: tuple[str, ...] = ("mean", "std", "max")):
         super().__init__()
-        unknown = set(statistics) - {"mean", "std", "max"}
+        unknown = set(statistics) - set(STATISTICS)
         if unknown:
             raise ValueError(f"unknown ring statistics {sorted(unknown)}")
         self.detector_shape = tuple(int(v) for v in detector_shape)
@@ -80,7 +83,8 @@ class RingStatistics(nn.Module):
         average = torch.zeros(index.numel(), rings, dtype=torch.float64)
         average[torch.arange(index.numel()), index] = 1.0
         average /= counts.clamp(min=1)
-        # Buffers (not parameters): saved with the weights, moved with .to(device).
+        # Buffers (not parameters): moved with .to(device); not persistent, so
+        # not saved with the weights (they follow from the detector shape).
         self.register_buffer("average", average.float(), persistent=False)
         self.register_buffer("index", index, persistent=False)
         self.n_rings = rings

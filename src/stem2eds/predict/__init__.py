@@ -1,7 +1,8 @@
 """Prediction: load a finished run and predict EDS (and HAADF) maps of new scans.
 
-:func:`load_run` returns a :class:`Predictor`; :func:`predict_bundle` is the
-``stem2eds predict`` step (bundle in, prediction file out).
+:func:`load_run` (:mod:`.predictor`) returns a :class:`Predictor`;
+:func:`predict_bundle` (:mod:`.bundle`) is the ``stem2eds predict`` step
+(bundle in, prediction file out).
 
 Names load on first use, so that importing this package does not import torch.
 """
@@ -12,7 +13,7 @@ _WHERE = {
     "Prediction": "predictor",
     "Predictor": "predictor",
     "load_run": "predictor",
-    "predict_bundle": "predictor",
+    "predict_bundle": "bundle",
 }
 
 

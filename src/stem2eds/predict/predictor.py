@@ -6,12 +6,12 @@ Patterns are streamed from the bundle in batches through
 under ``torch.inference_mode()``. Reading (a background thread), preprocessing
 (a second background thread, :func:`stem2eds.io.stream.prefetch`) and the model
 (the caller's thread) overlap; numpy, OpenCV, HDF5 reads and torch all
-release the GIL. :func:`predict_bundle` writes each batch's outputs into the
+release the GIL. :func:`stem2eds.predict.bundle.predict_bundle` writes each batch's outputs into the
 prediction file as it comes, so memory does not grow with the scan.
 
-:func:`predict_bundle` starts preprocessing from the run's ``run.json``
+:func:`~stem2eds.predict.bundle.predict_bundle` starts preprocessing from the run's ``run.json``
 before it imports torch and builds the model, so the first batches are
-ready when the model is (torch takes about 2 s to import on 2 cores).
+ready when the model is (importing torch takes seconds).
 
 On CUDA the batches go through pinned host memory with non-blocking copies,
 and the trainable layers run under autocast (bfloat16 where supported,
@@ -24,15 +24,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from ..formats.bundle import ScanBundle, open_bundle
 from ..errors import InputError
-# not from .train: that imports Lightning (seconds of start-up) for nothing here
-from ..formats.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, apply_output_activation
-from ..formats.rundir import read_run_info as _read_state
+from ..formats.bundle import ScanBundle, open_bundle
+# not from ..train: that would import Lightning (seconds of start-up) for nothing here
+from ..formats.rundir import RunDir, apply_output_activation
+
+if TYPE_CHECKING:  # torch is imported when the model is built
+    import torch
 
 
 @dataclass
@@ -175,8 +177,10 @@ class Predictor:
 
         if self.device.type != "cuda" or not self.mixed_precision:
             return self.model(x)
+        from ..models import FixedFrontend
+
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if getattr(self.model, "fixed_frontend", False):
+        if isinstance(self.model, FixedFrontend):
             feats = self.model.frontend(x)  # float32: differences of large sums
             with torch.autocast("cuda", dtype=dtype):
                 return self.model.forward_features(feats)
@@ -319,7 +323,7 @@ def _device(name: str) -> "torch.device":
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but no CUDA GPU is available", hint="use --device cpu")
+        raise InputError('device="cuda" but no CUDA GPU is available', hint='use device="cpu"')
     return torch.device(name)
 
 
@@ -353,131 +357,31 @@ def _finished_run(run_dir: Path) -> tuple[dict[str, Any], Any]:
 
     if not run_dir.is_dir():
         raise InputError("no such run folder", path=run_dir)
-    info = _read_state(run_dir)
-    if info.get("format") != RUN_FORMAT or int(info.get("format_version", 0)) > RUN_FORMAT_VERSION:
-        raise InputError(f"run format version {info.get('format_version')} is not supported "
-                         f"(this stem2eds reads up to {RUN_FORMAT_VERSION})", path=run_dir,
-                         hint="upgrade stem2eds or retrain")
+    info = RunDir(run_dir).info()
     if info.get("status") != "complete":
         raise InputError("training of this run did not finish", path=run_dir,
-                         hint="continue it with 'stem2eds train ... --resume'")
-    try:
-        return info, PreprocessSettings.from_dict(info["preprocess"])
-    except KeyError as exc:
-        raise InputError(f"run.json lacks {exc}", path=run_dir) from None
+                         hint="finish it: train again with resume=True")
+    return info, PreprocessSettings.from_dict(info["preprocess"])
 
 
 def _load_model(run_dir: Path, info: dict[str, Any], settings, device: str) -> Predictor:
     """Build the run's model, load its weights and wrap it with its settings."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from ..models import build_model
 
+    run = RunDir(run_dir)
+    if len(info["elements"]) + ("haadf" in info["targets"]) != int(info["n_outputs"]):
+        raise InputError("run.json: outputs do not match elements and targets", path=run_dir)
     try:
         model = build_model(info["model"], tuple(info["input_shape"]), int(info["n_outputs"]),
                             info.get("model_params") or {})
-        if len(info["elements"]) + ("haadf" in info["targets"]) != int(info["n_outputs"]):
-            raise InputError("run.json: outputs do not match elements and targets",
-                             path=run_dir)
-    except KeyError as exc:
-        raise InputError(f"run.json lacks {exc}", path=run_dir) from None
-    weights = run_dir / "weights.safetensors"
-    if not weights.is_file():
-        raise InputError("no weights.safetensors in the run folder", path=run_dir)
+    except InputError as exc:
+        raise InputError(exc.message, path=run.run_json, hint=exc.hint) from None
+    state = run.load_weights()
     try:
-        state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as exc:
+    except RuntimeError as exc:
         raise InputError(f"weights do not fit the model described in run.json "
-                         f"({str(exc).splitlines()[0]})", path=weights) from None
+                         f"({str(exc).splitlines()[0]})", path=run.weights) from None
     dev = _device(device)
     model.to(dev).eval()
     return Predictor(run_dir, info, model, settings, dev)
-
-
-def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
-                   out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu",
-                   scheduler=None) -> Path:
-    """Predict a scan with a trained run and write the prediction file, streaming.
-
-    Outputs are written into the file batch by batch as they are predicted
-    (the file appears under ``out`` only when complete), so memory stays at
-    a few batches of patterns whatever the scan size. For runs that filter
-    their predictions (:meth:`Predictor.finish_eds`) the EDS maps are then
-    read back, filtered and rewritten: E float32 maps, small beside the
-    patterns (4 MB per element for a 1024 x 1024 scan).
-
-    Parameters
-    ----------
-    run_dir : path-like
-        Finished training run.
-    bundle : path-like
-        Raw scan bundle to predict.
-    out : path-like
-        Output prediction file (:mod:`stem2eds.formats.prediction`); root attributes
-        ``scan_name``, ``model``, ``run_dir``, ``stem2eds_version``,
-        ``scan_shape``, ``targets``, ``source``.
-    batch : int
-        Patterns per batch.
-    device : {"cpu", "cuda", "auto"}
-    scheduler : str or dask.distributed.Client, optional
-        Preprocess on a Dask cluster (``"local"`` or a scheduler address; see
-        :mod:`stem2eds.preprocess.distributed`); the model runs here.
-
-    Returns
-    -------
-    Path
-        ``out``.
-    """
-    from contextlib import nullcontext
-
-    from .. import __version__
-
-    from ..formats.prediction import open_prediction_writer
-    from ..io.stream import Prefetcher
-
-    run_dir = Path(run_dir)
-    out = Path(out)
-    info, settings = _finished_run(run_dir)
-    with open_bundle(bundle) as scan:
-        early = None
-        if scheduler is None and scan.kind == "raw":
-            _cropped_shape(scan.scan_shape, settings.crop, scan.path)
-            # Preprocessing (background threads) starts now and runs while
-            # torch is imported and the model built below.
-            early = Prefetcher(_raw_stream(scan, settings, batch),
-                               _read_ahead(batch, settings, scan))
-        try:
-            predictor = _load_model(run_dir, info, settings, device)
-            shape = predictor.output_shape(scan)
-            attrs = {"scan_name": scan.name, "model": predictor.model_name,
-                     "run_dir": str(run_dir.resolve()), "stem2eds_version": __version__,
-                     "scan_shape": list(shape), "targets": list(predictor.targets),
-                     "source": str(Path(bundle).resolve()),
-                     "eds_filter": _filter_description(predictor)}
-            if scheduler is not None:
-                from ..preprocess.distributed import dask_client
-            with (dask_client(scheduler) if scheduler is not None else nullcontext()) as client, \
-                    open_prediction_writer(out, predictor.elements,
-                                           haadf="haadf" in predictor.targets, shape=shape,
-                                           attrs=attrs) as writer:
-                outputs = predictor._outputs(scan, early) if early is not None else \
-                    predictor.iter_outputs(scan, batch, client=client)
-                for start, values in outputs:
-                    writer.write_flat(start, values)
-                if predictor.filter_predictions:
-                    writer.replace_eds(predictor.finish_eds(writer.read_eds()))
-        finally:
-            if early is not None:
-                early.close()  # stops and joins the preprocessing threads
-    return out
-
-
-def _filter_description(predictor: Predictor) -> str:
-    """How the EDS maps of a prediction file were filtered, for its attributes."""
-    s = predictor.settings
-    if not predictor.filter_predictions or s.eds_filter == "none":
-        return "none (per-pattern predictions)"
-    size = f"sigma {s.eds_sigma} px" if s.eds_sigma else f"{s.eds_kernel}x{s.eds_kernel}"
-    return f"{s.eds_filter} {size}, as the training EDS targets"

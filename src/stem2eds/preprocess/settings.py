@@ -58,6 +58,7 @@ class PreprocessSettings:
     crop : (r0, r1, c0, c1) or None
         Scan region kept (end exclusive); None keeps the whole scan.
     eds_filter : {"gaussian", "median", "none"}
+        Denoising of the EDS targets (OpenCV; the paper: a 7x7 Gaussian).
     eds_kernel : int
         Filter window (odd, scan px); 7 is the paper's 7x7 Gaussian.
     eds_sigma : float or None
@@ -66,6 +67,7 @@ class PreprocessSettings:
         Divisor mapping processed values into [0, 1]; None fits it on this
         scan as the ``scale_percentile`` of the processed values.
     scale_percentile : float
+        Percentile of the processed values that ``scale`` maps to 1 (robust to hot pixels).
     probe_radius : float or None
         Measured disk radius (input px); filled in by preprocessing.
     detector_shape : (Qx, Qy) or None

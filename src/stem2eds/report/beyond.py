@@ -1,4 +1,4 @@
-"""Figures and the HTML page of the sparse-EDS experiment (``--strategy sparse``).
+"""Figures and the HTML page of the sparse-EDS experiment (strategy ``sparse``).
 
 ``draw_beyond_figures`` draws the dose-accuracy curve, the uncertainty maps
 and the anomaly map (with the mean diffraction pattern of the flagged
@@ -9,12 +9,14 @@ positions beside a typical one); ``write_beyond_report`` writes
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..formats.metrics_file import FIGURES_FOLDER, figure_file
 from .figures import diffraction_comparison, save_figure
 
 _STYLE = {"interp_linear": ("tab:gray", "--", "s"), "interp_gp": ("tab:blue", "--", "^"),
@@ -148,8 +150,40 @@ def anomaly_map(score: np.ndarray, flagged: np.ndarray, grain: np.ndarray | None
     return fig
 
 
+@dataclass
+class SparseFigureData:
+    """The arrays the sparse run's figures show (all on the cropped grid).
+
+    Attributes
+    ----------
+    mean : ndarray, shape (E, Rx, Ry)
+        Ensemble mean.
+    std : ndarray, shape (E, Rx, Ry), or None
+        Ensemble std (None for a single model: no uncertainty figure).
+    eds : ndarray, shape (E, Rx, Ry)
+        Preprocessed (blurred) EDS of the new scan.
+    score : ndarray, shape (Rx, Ry)
+        Anomaly score.
+    flagged, typical : ndarray of bool, shape (Rx, Ry)
+    grain : ndarray of bool, shape (Rx, Ry), or None
+        Simulated grain mask.
+    mean_flagged, mean_typical : ndarray, shape (Qx, Qy)
+        Mean pattern of the flagged and of the typical positions.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray | None
+    eds: np.ndarray
+    score: np.ndarray
+    flagged: np.ndarray
+    typical: np.ndarray
+    grain: np.ndarray | None
+    mean_flagged: np.ndarray
+    mean_typical: np.ndarray
+
+
 def draw_beyond_figures(run: Path, doc: dict[str, Any],
-                        arrays: Mapping[str, Any]) -> list[dict[str, str]]:
+                        data: SparseFigureData) -> list[dict[str, str]]:
     """Draw the figures of a sparse run into ``run/figures``.
 
     Parameters
@@ -157,14 +191,13 @@ def draw_beyond_figures(run: Path, doc: dict[str, Any],
     run : Path
     doc : dict
         The metrics document being written.
-    arrays : mapping
-        ``mean``, ``std`` (or None), ``eds``, ``score``, ``flagged``,
-        ``typical``, ``grain`` (or None), ``mean_flagged``, ``mean_typical``.
+    data : SparseFigureData
 
     Returns
     -------
     list of dict
-        ``{"file", "title", "caption"}`` per figure (paths relative to ``run``).
+        ``{"file", "title", "caption"}`` per figure (``file`` = ``figures/<name>``,
+        relative to ``run``).
     """
     out = []
     folder = run / "figures"
@@ -178,19 +211,19 @@ def draw_beyond_figures(run: Path, doc: dict[str, Any],
          "Mean Pearson r over elements on the positions not sampled, for the 4D-STEM model "
          "calibrated on the sparse EDS (with and without kriging its residual) and for "
          "interpolating the sparse EDS alone.")
-    if arrays.get("std") is not None:
-        save(uncertainty_maps(arrays["mean"], arrays["std"], arrays["eds"], doc["elements"],
+    if data.std is not None:
+        save(uncertainty_maps(data.mean, data.std, data.eds, doc["elements"],
                               doc["target_scan"]), "uncertainty_maps.png",
              "Ensemble uncertainty",
              f"Mean and standard deviation over {doc['ensemble']} models, and the error of "
              "the mean against the blurred EDS.")
     an = doc["anomaly"]
-    save(anomaly_map(arrays["score"], arrays["flagged"], arrays.get("grain"), an["components"],
+    save(anomaly_map(data.score, data.flagged, data.grain, an["components"],
                      doc["target_scan"], an["threshold"]), "anomaly_map.png", "Anomaly map",
          "Mean robust z-score of " + ", ".join(an["components"]) + ".")
-    if arrays["flagged"].any():
-        save(diffraction_comparison(arrays["score"], arrays["flagged"], arrays["typical"],
-                                    arrays["mean_flagged"], arrays["mean_typical"],
+    if data.flagged.any():
+        save(diffraction_comparison(data.score, data.flagged, data.typical,
+                                    data.mean_flagged, data.mean_typical,
                                     doc["target_scan"], error_label="anomaly score",
                                     region="flagged"),
              "anomaly_patterns.png", "Mean pattern of flagged positions",
@@ -215,18 +248,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_beyond_report(doc: Mapping[str, Any]) -> str:
-    """The HTML page of a sparse run (tables of every number, then the figures)."""
-    refs = list(doc["curve"]["model_kriging"])
-    parts = [f"<h1>Sparse EDS, uncertainty and anomalies: scan "
-             f"{html.escape(doc['target_scan'])}</h1>",
-             f"<p>Model {html.escape(str(doc['model']))} (ensemble of {doc['ensemble']}) "
-             f"trained on {html.escape(', '.join(doc['train_scans']))}; "
-             f"{html.escape(doc['pattern'])} sampling of the new scan's EDS. "
-             f"Sparse values: {html.escape(doc['sparse_values'])}. "
-             f"Scored on {html.escape(doc['scored_on'])}.</p>"]
+def _curve_tables(doc: Mapping[str, Any]) -> list[str]:
+    """Mean Pearson r per method and fraction, and the dose saved, per reference."""
+    parts = []
     fr = doc["fractions"]
-    for ref in refs:
+    for ref in doc["curve"]["model_kriging"]:
         rows = [[html.escape(doc["method_labels"][m])] + [_fmt(v) for v in doc["curve"][m][ref]]
                 for m in doc["curve"]]
         parts.append(f"<h2>Mean Pearson r vs {html.escape(ref)}</h2>")
@@ -242,60 +268,98 @@ def render_beyond_report(doc: Mapping[str, Any]) -> str:
                      "needs for the accuracy of model + sparse EDS (universal kriging) "
                      "at F):</p>")
         parts.append(_table(["F", "F'", "F'/F"], saved))
-    unc = doc.get("uncertainty")
-    if unc:
-        parts.append("<h2>Uncertainty: coverage of the nominal 90 % intervals</h2><ul>"
-                     + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
-                               for k, v in unc["intervals"].items()) + "</ul>")
-        rows = []
-        for key, entry in unc["per_fraction"].items():
-            for kind in ("model_uk", "ensemble"):
-                block = entry.get(kind)
-                if not block:
+    return parts
+
+
+def _scale_text(scale: Mapping[str, Any]) -> str:
+    return ", ".join(f"{el} {_fmt(v, 2)}" for el, v in scale.items())
+
+
+def _coverage_table(unc: Mapping[str, Any]) -> str:
+    """Coverage of the nominal 90 % intervals, per fraction, interval and target."""
+    rows = []
+    for key, entry in unc["per_fraction"].items():
+        for kind in ("model_uk", "ensemble"):
+            block = entry.get(kind)
+            if not block:
+                continue
+            for ref in ("measured", "eds", "truth"):
+                if ref not in block:
                     continue
-                for ref in ("measured", "eds", "truth"):
-                    if ref not in block:
-                        continue
-                    scale = block.get("scale") or block.get(
-                        "scale_measured" if ref == "measured" else "scale_map")
-                    rows.append([f"{key} %", kind, html.escape(ref),
-                                 _fmt(block[ref]["unscaled_mean"]),
-                                 _fmt(block[ref]["scaled_mean"]),
-                                 ", ".join(f"{el} {_fmt(v, 2)}" for el, v in scale.items())])
-        extra = unc.get("extrapolation")
-        if extra:
-            for ref in ("eds", "truth"):
-                if ref in extra:
-                    rows.append(["none (held-out scan)", "extrapolation", html.escape(ref),
-                                 _fmt(extra[ref]["unscaled_mean"]),
-                                 _fmt(extra[ref]["scaled_mean"]),
-                                 ", ".join(f"{el} {_fmt(v, 2)}"
-                                           for el, v in extra["scale"].items())])
-        parts.append(_table(["sparse EDS", "interval", "target", "coverage, raw std",
-                             "coverage, scaled std", "scale per element"], rows))
-    fits = doc.get("kriging_fits")
-    if fits:
-        rows = [[f"{key} %", html.escape(el), _fmt(v["slope"]), _fmt(v["slope_std"]),
-                 _fmt(v["length_scale"]), _fmt(v["noise_std"]), _fmt(v["tau"])]
-                for key, per in fits.items() for el, v in per.items()]
-        parts.append("<h2>Universal kriging fits</h2><p>Weight of the model's prediction "
-                     "(GLS slope and its standard error), GP length scale (pixels), "
-                     "measurement-noise std (atomic fraction), model-error factor on the "
-                     "ensemble std.</p>"
-                     + _table(["F", "element", "slope", "+/-", "length", "noise std", "tau"],
-                              rows))
-    an = doc["anomaly"]
-    parts.append(f"<h2>Anomaly map</h2><p>{an['flagged']} of {an['positions']} positions "
-                 f"flagged (score &gt; {an['threshold']:g}; components: "
-                 f"{html.escape(', '.join(an['components']))}).</p>")
+                scale = block.get("scale") or block.get(
+                    "scale_measured" if ref == "measured" else "scale_map")
+                rows.append([f"{key} %", kind, html.escape(ref),
+                             _fmt(block[ref]["unscaled_mean"]),
+                             _fmt(block[ref]["scaled_mean"]), _scale_text(scale)])
+    extra = unc.get("extrapolation")
+    if extra:
+        for ref in ("eds", "truth"):
+            if ref in extra:
+                rows.append(["none (held-out scan)", "extrapolation", html.escape(ref),
+                             _fmt(extra[ref]["unscaled_mean"]),
+                             _fmt(extra[ref]["scaled_mean"]), _scale_text(extra["scale"])])
+    return ("<h2>Uncertainty: coverage of the nominal 90 % intervals</h2><ul>"
+            + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+                      for k, v in unc["intervals"].items()) + "</ul>"
+            + _table(["sparse EDS", "interval", "target", "coverage, raw std",
+                      "coverage, scaled std", "scale per element"], rows))
+
+
+def _kriging_table(fits: Mapping[str, Any]) -> str:
+    rows = [[f"{key} %", html.escape(el), _fmt(v["slope"]), _fmt(v["slope_std"]),
+             _fmt(v["length_scale"]), _fmt(v["noise_std"]), _fmt(v["tau"])]
+            for key, per in fits.items() for el, v in per.items()]
+    return ("<h2>Universal kriging fits</h2><p>Weight of the model's prediction "
+            "(GLS slope and its standard error), GP length scale (pixels), "
+            "measurement-noise std (atomic fraction), model-error factor on the "
+            "ensemble std.</p>"
+            + _table(["F", "element", "slope", "+/-", "length", "noise std", "tau"], rows))
+
+
+def _anomaly_section(an: Mapping[str, Any]) -> str:
+    text = (f"<h2>Anomaly map</h2><p>{an['flagged']} of {an['positions']} positions "
+            f"flagged (score &gt; {an['threshold']:g}; components: "
+            f"{html.escape(', '.join(an['components']))}).</p>")
     if "combined" in an:
         rows = [["combined"] + [_fmt(an["combined"][k]) for k in ("precision", "recall", "f1")]]
         rows += [[html.escape(k)] + [_fmt(v[k2]) for k2 in ("precision", "recall", "f1")]
                  for k, v in an["per_component"].items()]
-        parts.append(f"<p>Against the simulated grain mask ({an['grain_positions']} "
-                     "positions):</p>" + _table(["score", "precision", "recall", "F1"], rows))
+        text += (f"<p>Against the simulated grain mask ({an['grain_positions']} "
+                 "positions):</p>" + _table(["score", "precision", "recall", "F1"], rows))
+    return text
+
+
+def render_beyond_report(doc: Mapping[str, Any]) -> str:
+    """The HTML page of a sparse run (tables of every number, then the figures).
+
+    Parameters
+    ----------
+    doc : mapping
+        The sparse run's ``metrics.json`` content.
+
+    Returns
+    -------
+    str
+        An HTML document; figures are linked as ``figures/<name>`` (only files
+        in the run's own ``figures/`` folder, see
+        :func:`stem2eds.formats.metrics_file.figure_file`).
+    """
+    parts = [f"<h1>Sparse EDS, uncertainty and anomalies: scan "
+             f"{html.escape(doc['target_scan'])}</h1>",
+             f"<p>Model {html.escape(str(doc['model']))} (ensemble of {doc['ensemble']}) "
+             f"trained on {html.escape(', '.join(doc['train_scans']))}; "
+             f"{html.escape(doc['pattern'])} sampling of the new scan's EDS. "
+             f"Sparse values: {html.escape(doc['sparse_values'])}. "
+             f"Scored on {html.escape(doc['scored_on'])}.</p>"]
+    parts += _curve_tables(doc)
+    if doc.get("uncertainty"):
+        parts.append(_coverage_table(doc["uncertainty"]))
+    if doc.get("kriging_fits"):
+        parts.append(_kriging_table(doc["kriging_fits"]))
+    parts.append(_anomaly_section(doc["anomaly"]))
     for fig in doc.get("figures", []):
-        parts.append(f"<h3>{html.escape(fig['title'])}</h3><img src=\"{html.escape(fig['file'])}\""
+        src = f"{FIGURES_FOLDER}/{figure_file(fig['file'])}"
+        parts.append(f"<h3>{html.escape(fig['title'])}</h3><img src=\"{html.escape(src)}\""
                      f" style=\"max-width:100%\"><p>{html.escape(fig['caption'])}</p>")
     style = ("<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}</style>")

@@ -1,6 +1,6 @@
 """Draw an experiment's figures into RUN_DIR/figures and list them for the report.
 
-Called by :func:`stem2eds.experiments.crossscan.run_experiment` with the predictions and
+Called by :func:`stem2eds.experiments.crossscan.run_crossscan` with the predictions and
 targets still in memory; each figure comes from one function of
 :mod:`stem2eds.report.figures`.
 """
@@ -29,8 +29,10 @@ def _pooled(maps: Mapping[str, np.ndarray], scored, names) -> tuple[np.ndarray, 
 
 def _series(doc: Mapping[str, Any], metric: str, elements, with_paper: bool = True):
     """Bars (mean, std) and per-scan dots of every model for one metric."""
-    blocks = {"CNN": doc, "CNN calibrated": doc["calibrated"], "ridge": doc["baseline"],
-              "ridge calibrated": doc["baseline"]["calibrated"]}
+    model, base = str(doc.get("model") or "model"), doc["baseline"]["model"]
+    blocks = {model: doc, f"{model} calibrated": doc["calibrated"],
+              f"{base} baseline": doc["baseline"],
+              f"{base} calibrated": doc["baseline"]["calibrated"]}
     series, points = {}, {}
     for label, block in blocks.items():
         summary = block["summary"].get(metric, {})
@@ -69,6 +71,19 @@ def _mean_patterns(path: Path, crop, high: np.ndarray, typical: np.ndarray
     return sum_high / max(1, fh.sum()), sum_typ / max(1, ft.sum()), cal
 
 
+class _Figures:
+    """Collects the figures of one report: saves each PNG and lists its entry."""
+
+    def __init__(self, run: Path):
+        self.folder = run / "figures"
+        self.folder.mkdir(exist_ok=True)
+        self.listed: list[dict[str, str]] = []
+
+    def save(self, fig, file: str, title: str, caption: str) -> None:
+        F.save_figure(fig, self.folder / file)
+        self.listed.append({"file": file, "title": title, "caption": caption})
+
+
 def draw_figures(run: Path, doc: dict[str, Any], scored, curves) -> list[dict[str, str]]:
     """Write every figure of the report into ``run/figures``.
 
@@ -86,101 +101,113 @@ def draw_figures(run: Path, doc: dict[str, Any], scored, curves) -> list[dict[st
     Returns
     -------
     list of dict
-        ``{"file", "title", "caption"}`` in report order.
+        ``{"file", "title", "caption"}`` in report order; ``file`` is a name
+        in ``run/figures``.
     """
-    out_dir = run / "figures"
-    out_dir.mkdir(exist_ok=True)
-    elements = doc["elements"]
+    out = _Figures(run)
     names = list(scored.raw)
-    listed: list[dict[str, str]] = []
-
-    def save(fig, file: str, title: str, caption: str) -> None:
-        F.save_figure(fig, out_dir / file)
-        listed.append({"file": file, "title": title, "caption": caption})
-
+    model = str(doc.get("model") or "model")
     history = {f"{part}: {col.replace('_', ' ')}": xy for part, cols in curves.items()
                for col, xy in cols.items()}
     if history:
-        save(F.training_curves(history, ylabel=f"loss ({doc['config']['loss'].upper()})"),
-             "training_curves.png", "Training curves (paper Fig. 1A)",
-             "Training and validation loss per epoch of the CNN of every training run.")
+        out.save(F.training_curves(history, ylabel=f"loss ({doc['config']['loss'].upper()})"),
+                 "training_curves.png", "Training curves (paper Fig. 1A)",
+                 f"Training and validation loss per epoch of the {model} model of every "
+                 "training run.")
+    _accuracy_figures(out, doc, scored, names, model)
+    with open_bundle(scored.paths[names[0]]) as scan:
+        cal = scan.calibration
+    _map_figures(out, doc, scored, names, model, cal)
+    _crystallinity_figure(out, scored, names, model, cal)
+    return out.listed
 
-    cal_maps = scored.calibrated
+
+def _accuracy_figures(out: _Figures, doc, scored, names, model: str) -> None:
+    """Predicted-vs-actual scatter plots and the per-element metric bars."""
+    elements = doc["elements"]
     raw_maps = {s: scored.raw[s][0] for s in names}
-    for label, maps, file in (("raw CNN", raw_maps, "pred_vs_actual.png"),
-                              ("calibrated CNN", cal_maps, "pred_vs_actual_calibrated.png")):
+    for label, maps, file in ((f"raw {model}", raw_maps, "pred_vs_actual.png"),
+                              (f"calibrated {model}", scored.calibrated,
+                               "pred_vs_actual_calibrated.png")):
         pred, act = _pooled(maps, scored, names)
-        save(F.predicted_vs_actual(pred, act, elements,
-                                   f"Predicted vs actual, {label}, all predicted scans"),
-             file, f"Predicted vs actual, {label} (paper Fig. 1B)",
-             "Density of evaluated positions (log colour scale) of every predicted scan; "
-             "dashed line: perfect prediction.")
-
+        out.save(F.predicted_vs_actual(pred, act, elements,
+                                       f"Predicted vs actual, {label}, all predicted scans"),
+                 file, f"Predicted vs actual, {label} (paper Fig. 1B)",
+                 "Density of evaluated positions (log colour scale) of every predicted scan; "
+                 "dashed line: perfect prediction.")
     for metric, ylabel, file, fig_no in (
             ("pearson", "Pearson r", "pearson_bars.png", "1C, 2, 5"),
             ("percent_error", "percentage error (%)", "percent_error_bars.png", "1D"),
             ("mae", "MAE (atomic fraction)", "mae_bars.png", "2, 5"),
             ("r2", "R\u00b2", "r2_bars.png", "")):
         series, points = _series(doc, metric, elements)
-        save(F.grouped_bars(series, elements, ylabel,
-                            f"{ylabel} per element, mean \u00b1 std over {len(names)} scan(s)",
-                            points=points),
-             file, f"{ylabel} per element" + (f" (paper Fig. {fig_no})" if fig_no else ""),
-             "Bars: mean over the predicted scans, error bars: standard deviation, dots: "
-             "single scans. CNN raw and calibrated, the ridge baseline, and the paper where it "
-             "reports this number.")
+        out.save(F.grouped_bars(series, elements, ylabel,
+                                f"{ylabel} per element, mean \u00b1 std over {len(names)} "
+                                "scan(s)", points=points),
+                 file, f"{ylabel} per element" + (f" (paper Fig. {fig_no})" if fig_no else ""),
+                 f"Bars: mean over the predicted scans, error bars: standard deviation, dots: "
+                 f"single scans. The {model} model raw and calibrated, the "
+                 f"{doc['baseline']['model']} baseline, and the paper where it reports this "
+                 "number.")
 
-    with open_bundle(scored.paths[names[0]]) as scan:
-        cal = scan.calibration
+
+def _map_figures(out: _Figures, doc, scored, names, model: str, cal) -> None:
+    """Real vs predicted maps of every scan and the inter-element correlation."""
+    elements = doc["elements"]
     for s in names:
         tgt = scored.targets[s]
-        save(F.maps_side_by_side(cal_maps[s], tgt.eds, elements, s, cal.r_pixel_size,
-                                 cal.r_pixel_unit),
-             f"maps_{s}.png", f"Scan {s}: real vs predicted maps (paper Figs. 3, 6)",
-             "Top: preprocessed EDS (training target); middle: calibrated CNN prediction "
-             "(same colour scale); bottom: absolute error."
-             + ("" if tgt.evaluated.all() else " Only the validation positions are scored."))
+        out.save(F.maps_side_by_side(scored.calibrated[s], tgt.eds, elements, s,
+                                     cal.r_pixel_size, cal.r_pixel_unit),
+                 f"maps_{s}.png", f"Scan {s}: real vs predicted maps (paper Figs. 3, 6)",
+                 f"Top: preprocessed EDS (training target); middle: calibrated {model} "
+                 "prediction (same colour scale); bottom: absolute error."
+                 + ("" if tgt.evaluated.all() else " Only the validation positions are scored."))
+    pred, act = _pooled(scored.calibrated, scored, names)
+    out.save(F.correlation_matrices(metrics.correlation_matrix(pred[:, None, :]),
+                                    metrics.correlation_matrix(act[:, None, :]), elements,
+                                    "Inter-element correlation, evaluated positions of all "
+                                    "scans"),
+             "correlation.png", "Inter-element correlation (paper Figs. 4, 7)",
+             "Pearson r between element maps, real EDS (left) and calibrated prediction "
+             "(right); a model that learned chemistry reproduces the real pattern of "
+             "correlations.")
 
-    pred, act = _pooled(cal_maps, scored, names)
-    save(F.correlation_matrices(metrics.correlation_matrix(pred[:, None, :]),
-                                metrics.correlation_matrix(act[:, None, :]), elements,
-                                "Inter-element correlation, evaluated positions of all scans"),
-         "correlation.png", "Inter-element correlation (paper Figs. 4, 7)",
-         "Pearson r between element maps, real EDS (left) and calibrated prediction (right); "
-         "a model that learned chemistry reproduces the real pattern of correlations.")
 
-    worst_scan, worst_err, error_label = None, None, ""
+def _crystallinity_figure(out: _Figures, scored, names, model: str, cal) -> None:
+    """HAADF comparisons, then the diffraction of the worst scan's highest-error region."""
+    worst_scan, worst_err, error_label, worst_map = None, None, "", None
     for s in names:
         haadf_pred, tgt = scored.raw[s][1], scored.targets[s]
         if haadf_pred is not None and tgt.haadf is not None:
-            save(F.haadf_comparison(haadf_pred, tgt.haadf, s, cal.r_pixel_size,
-                                    cal.r_pixel_unit),
-                 f"haadf_{s}.png", f"Scan {s}: HAADF predicted vs real (paper Fig. 8)",
-                 "Real HAADF, the CNN's auxiliary HAADF output and the absolute error.")
+            out.save(F.haadf_comparison(haadf_pred, tgt.haadf, s, cal.r_pixel_size,
+                                        cal.r_pixel_unit),
+                     f"haadf_{s}.png", f"Scan {s}: HAADF predicted vs real (paper Fig. 8)",
+                     f"Real HAADF, the {model} model's auxiliary HAADF output and the "
+                     "absolute error.")
             err = np.abs(haadf_pred - tgt.haadf)
             label = "|HAADF error| (detector units)"
         else:
-            err = np.abs(cal_maps[s] - tgt.eds).sum(axis=0) * 100
+            err = np.abs(scored.calibrated[s] - tgt.eds).sum(axis=0) * 100
             label = "summed |composition error| (at.%)"
         err = np.where(tgt.evaluated, err, np.nan)
         score = np.nanmax(err) / max(np.nanmedian(err), 1e-12)
         if worst_err is None or score > worst_err:
-            worst_scan, worst_err, error_label = s, score, label
-            worst_map = err
-    if worst_scan is not None:
-        tgt = scored.targets[worst_scan]
-        high, typical = metrics.high_error_region(np.nan_to_num(worst_map), 0.95, tgt.evaluated,
-                                                  smooth=1.0)
-        mean_high, mean_typ, qcal = _mean_patterns(scored.paths[worst_scan], tgt.crop, high,
-                                                   typical)
-        save(F.diffraction_comparison(np.nan_to_num(worst_map), high, typical, mean_high,
+            worst_scan, worst_err, error_label, worst_map = s, score, label, err
+    if worst_scan is None:
+        return
+    tgt = scored.targets[worst_scan]
+    high, typical = metrics.high_error_region(np.nan_to_num(worst_map), 0.95, tgt.evaluated,
+                                              smooth=1.0)
+    mean_high, mean_typ, qcal = _mean_patterns(scored.paths[worst_scan], tgt.crop, high,
+                                               typical)
+    out.save(F.diffraction_comparison(np.nan_to_num(worst_map), high, typical, mean_high,
                                       mean_typ, worst_scan, cal.r_pixel_size, cal.r_pixel_unit,
                                       qcal.q_pixel_size, qcal.q_pixel_unit, error_label),
              "crystallinity_check.png",
              f"Scan {worst_scan}: diffraction of the highest-error region (paper Fig. 8 check)",
              "Left: per-position error of the scan whose worst region stands out most "
              "(highest max/median error); the top 5 % of positions of the error map "
-             "smoothed over about one probe position form the highest-error region (cyan). Middle and right: mean raw diffraction pattern of that region and of "
+             "smoothed over about one probe position form the highest-error region (cyan). "
+             "Middle and right: mean raw diffraction pattern of that region and of "
              "typical positions (40-60 % error quantile). Sharp spots or rings in the middle "
              "panel point to crystalline material the model has not seen.")
-    return listed

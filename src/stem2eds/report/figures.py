@@ -19,14 +19,17 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-#: Colours of the series that recur in every report.
-SERIES_COLOURS = {"CNN": "#1f77b4", "CNN calibrated": "#ff7f0e", "ridge": "#7f7f7f",
-                  "ridge calibrated": "#bcbd22", "paper": "#d62728"}
-_FALLBACK = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+#: Colours of series with a fixed name.
+SERIES_COLOURS = {"paper": "#d62728"}
+#: Colours by position: the report lists the model, the model calibrated, the
+#: baseline and the baseline calibrated first (labels carry the model names,
+#: which vary), so each role keeps its colour from report to report.
+_BY_POSITION = ["#1f77b4", "#ff7f0e", "#7f7f7f", "#bcbd22", "#2ca02c", "#9467bd", "#8c564b",
+                "#e377c2", "#17becf"]
 
 
 def _colour(label: str, k: int) -> str:
-    return SERIES_COLOURS.get(label, _FALLBACK[k % len(_FALLBACK)])
+    return SERIES_COLOURS.get(label, _BY_POSITION[k % len(_BY_POSITION)])
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 90) -> None:
@@ -123,7 +126,7 @@ def grouped_bars(series: Mapping[str, Mapping[str, tuple[float, float | None]]],
     Parameters
     ----------
     series : mapping
-        ``{label: {element: (value, std or None)}}``, e.g. the CNN's mean
+        ``{label: {element: (value, std or None)}}``, e.g. the model's mean
         Pearson r over the predicted scans with its standard deviation.
         Missing elements leave a gap.
     elements : sequence of str

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import InputError
 from ..atomic import atomic_output
+from ..formats.metrics_file import figure_path, read_metrics
 from .paper import PAPER_RESULTS
 
 METRIC_LABELS = {
@@ -85,15 +85,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text: bool = Fa
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def model_label(metrics: Mapping[str, Any]) -> str:
+    """How the report names the trained model: its registered name (e.g. ``radial``)."""
+    return str(metrics.get("model") or "model")
+
+
 def _series(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any] | None]]:
-    """(label, summary) of the CNN, its calibration and the baseline."""
+    """(label, summary) of the chosen model, its calibration and the baseline."""
     base = metrics.get("baseline") or {}
-    return [("CNN", metrics.get("summary")),
-            ("CNN calibrated", (metrics.get("calibrated") or {}).get("summary")),
-            (f"{base.get('model', 'ridge')} baseline", base.get("summary")),
-            (f"{base.get('model', 'ridge')} calibrated",
-             (base.get("calibrated") or {}).get("summary"))] + \
-        ([(f"{base.get('model', 'ridge')} + the CNN's EDS filter",
+    model, base_model = model_label(metrics), base.get("model", "ridge")
+    return [(model, metrics.get("summary")),
+            (f"{model} calibrated", (metrics.get("calibrated") or {}).get("summary")),
+            (f"{base_model} baseline", base.get("summary")),
+            (f"{base_model} calibrated", (base.get("calibrated") or {}).get("summary"))] + \
+        ([(f"{base_model} + the {model} model's EDS filter",
            base["filtered"].get("summary"))] if base.get("filtered") else [])
 
 
@@ -148,7 +153,8 @@ def _haadf_table(metrics: Mapping[str, Any]) -> str:
         if h:
             rows.append([html.escape(s)] + [_fmt(h.get(k)) for k in METRIC_LABELS])
     if not rows:
-        return "<p>HAADF was not predicted in this run (add <code>--targets eds,haadf</code>).</p>"
+        return ("<p>HAADF was not predicted in this run (set the training targets to "
+                "<code>eds,haadf</code>).</p>")
     header = ["scan", "Pearson r", "MAE (HAADF units)", "percentage error (%)", "R\u00b2"]
     return _table(header, rows)
 
@@ -158,9 +164,12 @@ def _truth_table(metrics: Mapping[str, Any]) -> str:
     if not truth:
         return "<p>No noise-free truth in these bundles (measured data).</p>"
     elements = metrics.get("elements", [])
+    model = model_label(metrics)
+    base_model = (metrics.get("baseline") or {}).get("model", "ridge")
     rows = []
-    for label, key in (("CNN vs truth", "summary"), ("CNN calibrated vs truth", "calibrated"),
-                       ("ridge vs truth", "baseline"),
+    for label, key in ((f"{model} vs truth", "summary"),
+                       (f"{model} calibrated vs truth", "calibrated"),
+                       (f"{base_model} calibrated vs truth", "baseline"),
                        ("measured EDS target vs truth (noise ceiling)", "ceiling")):
         summary = truth.get(key)
         rows.append([label] + [_mean_std(summary, "pearson", el) for el in elements])
@@ -231,8 +240,8 @@ Split used: <b>{html.escape(str(split))}</b>.</p>
 <p class=note>{DEFINITIONS}</p>
 {_summary_tables(metrics)}
 <h2>Comparison with the paper</h2>{_paper_table(metrics)}
-<h2>Per scan: Pearson r (raw CNN)</h2>{_per_scan_table(metrics, 'raw')}
-<h2>Per scan: Pearson r (calibrated CNN)</h2>{_per_scan_table(metrics, 'calibrated')}
+<h2>Per scan: Pearson r (raw {html.escape(model_label(metrics))})</h2>{_per_scan_table(metrics, 'raw')}
+<h2>Per scan: Pearson r (calibrated {html.escape(model_label(metrics))})</h2>{_per_scan_table(metrics, 'calibrated')}
 <h2>Against the noise-free truth</h2>{_truth_table(metrics)}
 <h2>HAADF</h2>{_haadf_table(metrics)}
 <h2>Figures</h2>{figs or '<p>No figures.</p>'}
@@ -246,7 +255,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     Parameters
     ----------
     run_dir : path-like
-        An experiment run directory.
+        An experiment run directory (any strategy; a ``sparse`` run gets the
+        sparse page of :mod:`stem2eds.report.beyond`).
 
     Returns
     -------
@@ -256,20 +266,19 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     Raises
     ------
     InputError
-        If the directory has no readable ``metrics.json``.
+        If the directory has no valid ``metrics.json`` (see
+        :func:`stem2eds.formats.metrics_file.read_metrics`).
     """
     run = Path(run_dir)
-    path = run / "metrics.json"
-    if not path.is_file():
-        raise InputError("no metrics.json here; not an experiment run directory", path=run,
-                         hint="run 'stem2eds experiment --out RUN_DIR ...' first")
-    try:
-        metrics = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"metrics.json is not valid JSON ({exc})", path=path) from None
+    metrics = read_metrics(run)
+    if metrics["strategy"] == "sparse":
+        from .beyond import write_beyond_report
+
+        return write_beyond_report(run, metrics)
     figures = []
     for entry in metrics.get("figures", []):
-        png = run / "figures" / entry["file"]
+        # figure_path accepts only files in RUN/figures (validated on read)
+        png = figure_path(run, entry["file"])
         if png.is_file():
             figures.append((entry.get("title", png.stem), entry.get("caption", ""),
                             png.read_bytes()))

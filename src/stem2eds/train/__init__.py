@@ -4,12 +4,14 @@
 module                    what it owns
 ========================  ==========================================================
 :mod:`.config`            :class:`TrainConfig`, every setting of a training run
-:mod:`.data`              probe-position splits, targets, the Lightning data module
+:mod:`.data`              split, targets, HAADF scale, front-end cache (``RunData``)
+:mod:`.module`            the LightningModule (loss, output activation), the Trainer
+:mod:`.curves`            ``metrics.csv`` across resumes, the training-curve plot
 :mod:`.fit`               :func:`train`: preprocess, fit, write the run folder
 ========================  ==========================================================
 
-Names load on first use: reading a :class:`TrainConfig` must not import
-Lightning (seconds), which :mod:`.fit` needs.
+Names load on first use, and :mod:`.fit` imports Lightning (seconds) only
+when :func:`train` runs: reading a :class:`TrainConfig` must not load it.
 """
 
 from importlib import import_module as _import_module

@@ -65,7 +65,9 @@ class TrainConfig:
         correction), ``paper`` (the paper's 2D CNN) or ``ridge`` (radial
         profile + ridge regression baseline).
     model_params : dict
-        Hyperparameters passed to the model class (its defaults otherwise).
+        Hyperparameters of the model, a table validated once into the
+        model's dataclass (``RadialParams``, ``PaperParams``, ``RidgeParams``
+        in ``stem2eds.models``); missing ones take its defaults.
     targets : tuple of str
         What the model predicts: ``eds``, or ``eds,haadf`` (HAADF as an
         auxiliary output).
@@ -141,7 +143,7 @@ class TrainConfig:
     preprocess: Any = field(default_factory=_default_preprocess)
 
     def __post_init__(self) -> None:
-        from ..models import MODELS
+        from ..models import model_params
         from ..preprocess import PreprocessSettings
 
         if isinstance(self.preprocess, Mapping):
@@ -151,10 +153,11 @@ class TrainConfig:
         self.targets = tuple(self.targets)
         self.loss_weights = {**{"eds": 1.0, "haadf": 1.0},
                              **{k: float(v) for k, v in dict(self.loss_weights).items()}}
+        if not isinstance(self.model_params, Mapping):
+            raise InputError(f"model_params must be a table, got {self.model_params!r}")
         self.model_params = dict(self.model_params)
-        if self.model not in MODELS:
-            raise InputError(f"unknown model {self.model!r}",
-                             hint=f"choose one of {', '.join(MODELS)}")
+        # The one check of the model name and its hyperparameters.
+        self._hparams = model_params(self.model, self.model_params)
         bad = [t for t in self.targets if t not in TARGETS]
         if bad or "eds" not in self.targets or len(set(self.targets)) != len(self.targets):
             raise InputError(f"targets {','.join(self.targets)!r} not understood",
@@ -186,12 +189,17 @@ class TrainConfig:
                 raise InputError(f"devices must be a number or 'auto', got {self.devices!r}") \
                     from None
 
+    @property
+    def hparams(self):
+        """``model_params`` validated into the model's ``Params`` dataclass."""
+        return self._hparams
+
     def resolved_filter(self) -> bool:
         """Whether predictions of this run are filtered (``auto`` asks the model class)."""
         from ..models import get_model
 
         if self.filter_predictions == "auto":
-            return bool(getattr(get_model(self.model), "filter_predictions", False))
+            return bool(get_model(self.model).filter_predictions)
         return self.filter_predictions == "on"
 
     # -- conversions --------------------------------------------------------

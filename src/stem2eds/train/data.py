@@ -1,5 +1,10 @@
 """Training data: probe positions of preprocessed bundles, their targets, and the split.
 
+:class:`RunData` (a ``LightningDataModule``) owns the data of a run: it
+builds the split, the target matrices, the HAADF scale and the datasets once
+(:meth:`RunData.setup`), and optionally replaces the patterns by a model's
+fixed front-end features (:meth:`RunData.cache_frontend`).
+
 A *sample* is one probe position: its preprocessed pattern (Qx, Qy) float32
 in [0, 1] and its target vector ``[eds_1 .. eds_E, haadf / haadf_scale]``.
 Targets are small (E + 1 numbers per position) and always held in memory;
@@ -11,20 +16,23 @@ so a scan larger than memory still trains.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import h5py
+import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..formats.bundle import DIFFRACTION, open_bundle
 from ..errors import InputError
+from ..formats.bundle import DIFFRACTION, open_bundle
 
 #: Patterns up to this many bytes are copied into memory for training.
 MEMORY_LIMIT = 2 << 30
+
+#: Percentile of the training HAADF used as its scale (robust to hot pixels).
+HAADF_PERCENTILE = 99.0
 
 
 def split_positions(scan_shape: tuple[int, int], mode: str = "random",
@@ -112,7 +120,7 @@ def target_matrix(bundle_path: str | os.PathLike, elements: Sequence[str],
             haadf = scan.haadf
             if haadf is None:
                 raise InputError("targets include haadf but the bundle has none",
-                                 path=bundle_path, hint="train with --targets eds")
+                                 path=bundle_path, hint='train with targets="eds"')
             columns.append((haadf.reshape(-1, 1) / haadf_scale))
     return np.concatenate(columns, axis=1).astype(np.float32)
 
@@ -188,33 +196,6 @@ class PositionDataset(Dataset):
         return state
 
 
-@dataclass
-class SplitData:
-    """Training and validation sets of a run, and where they came from.
-
-    Attributes
-    ----------
-    train, val : PositionDataset
-    val_masks : list of ndarray, each (Rx, Ry) bool
-        Validation positions of each bundle (True = validation).
-    """
-
-    train: PositionDataset
-    val: PositionDataset
-    val_masks: list[np.ndarray]
-
-
-def make_split_data(bundles: Sequence[str | os.PathLike], val_masks: Sequence[np.ndarray],
-                    targets: Sequence[np.ndarray],
-                    memory_limit: int = MEMORY_LIMIT) -> SplitData:
-    """Build the training and validation datasets from per-bundle validation masks."""
-    train_pos = [np.flatnonzero(~m.ravel()) for m in val_masks]
-    val_pos = [np.flatnonzero(m.ravel()) for m in val_masks]
-    return SplitData(PositionDataset(bundles, train_pos, targets, memory_limit),
-                     PositionDataset(bundles, val_pos, targets, memory_limit),
-                     [np.asarray(m, dtype=bool) for m in val_masks])
-
-
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
                 num_workers: int = 0) -> DataLoader:
     """A DataLoader with a seeded shuffle (same order on every run with the same seed)."""
@@ -235,5 +216,137 @@ def check_same_detector(bundles: Sequence[str | os.PathLike]) -> tuple[int, int]
     if len(distinct) != 1:
         raise InputError("bundles have different detector shapes after preprocessing: "
                          + ", ".join(f"{Path(k).name} {v}" for k, v in shapes.items()),
-                         hint="preprocess them with the same --bin setting")
+                         hint="preprocess them with the same bin_factor")
     return distinct.pop()
+
+
+def make_split(shapes: Sequence[tuple[int, int]], mode: str, val_fraction: float, seed: int,
+               block_size: int) -> list[np.ndarray]:
+    """Validation mask (Rx, Ry) bool of every scan; a different stream per scan, one seed."""
+    return [split_positions(shape, mode, val_fraction, seed=seed + 7919 * i,
+                            block_size=block_size) for i, shape in enumerate(shapes)]
+
+
+def haadf_scale(bundles: Sequence[str | os.PathLike], masks: Sequence[np.ndarray]) -> float:
+    """The :data:`HAADF_PERCENTILE` percentile of the HAADF at the training positions."""
+    values = []
+    for p, m in zip(bundles, masks):
+        with open_bundle(p) as scan:
+            haadf = scan.haadf
+            if haadf is None:
+                raise InputError("targets include haadf but the bundle has none", path=p,
+                                 hint='train with targets="eds"')
+            values.append(haadf[~m])
+    scale = float(np.percentile(np.concatenate(values), HAADF_PERCENTILE))
+    if not scale > 0:
+        raise InputError("HAADF of the training positions is zero everywhere", path=bundles[0])
+    return scale
+
+
+def map_dataset(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,
+                batch: int = 1024) -> TensorDataset:
+    """Apply a fixed function (a model's front end) to every pattern of a dataset, once.
+
+    Parameters
+    ----------
+    fn : callable
+        (n, Qx, Qy) patterns -> (n, ...) features, e.g. ``net.frontend``.
+    dataset : Dataset
+        Items (pattern (Qx, Qy), target (T,)).
+    batch : int
+        Patterns per batch (streamed; lazy datasets stay on disk).
+
+    Returns
+    -------
+    TensorDataset
+        Items (features, target (T,)): a few hundred numbers per position
+        instead of Qx*Qy, so every later epoch skips the front end.
+    """
+    feats, targets = [], []
+    with torch.inference_mode():
+        for x, y in make_loader(dataset, batch, False, 0):
+            feats.append(fn(x))
+            targets.append(y)
+    return TensorDataset(torch.cat(feats).clone(), torch.cat(targets).clone())
+
+
+class RunData(L.LightningDataModule):
+    """The data of a training run: split, targets, HAADF scale, datasets and loaders.
+
+    Parameters
+    ----------
+    bundles : sequence of Path
+        Preprocessed training bundles (same detector shape).
+    elements : sequence of str
+        Element order of the EDS outputs.
+    config : TrainConfig
+        ``targets``, ``split``, ``val_fraction``, ``block_size``, ``seed``,
+        ``batch_size`` and ``num_workers`` are used.
+
+    Attributes
+    ----------
+    masks : list of ndarray, each (Rx, Ry) bool
+        Validation positions of each bundle (after :meth:`setup`).
+    haadf_scale : float or None
+        HAADF targets are divided by it (None without a HAADF target).
+    train_set, val_set : Dataset
+        Items (pattern (Qx, Qy) or front-end features, target (E [+ 1],)).
+    """
+
+    def __init__(self, bundles: Sequence[Path], elements: Sequence[str], config) -> None:
+        super().__init__()
+        self.bundles = [Path(b) for b in bundles]
+        self.elements = list(elements)
+        self.config = config
+        self.masks: list[np.ndarray] = []
+        self.haadf_scale: float | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.on_features = False
+
+    @property
+    def n_outputs(self) -> int:
+        """E EDS columns, plus one for HAADF."""
+        return len(self.elements) + (1 if "haadf" in self.config.targets else 0)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Split, targets and datasets; done once (Lightning calls it again on fit)."""
+        if self.train_set is not None:
+            return
+        c = self.config
+        shapes = []
+        for p in self.bundles:
+            with open_bundle(p) as scan:
+                shapes.append(scan.scan_shape)
+        self.masks = make_split(shapes, c.split, c.val_fraction, c.seed, c.block_size)
+        if "haadf" in c.targets:
+            self.haadf_scale = haadf_scale(self.bundles, self.masks)
+        targets = [target_matrix(p, self.elements, c.targets, self.haadf_scale)
+                   for p in self.bundles]
+        train_pos = [np.flatnonzero(~m.ravel()) for m in self.masks]
+        val_pos = [np.flatnonzero(m.ravel()) for m in self.masks]
+        self.train_set = PositionDataset(self.bundles, train_pos, targets)
+        self.val_set = PositionDataset(self.bundles, val_pos, targets)
+
+    @property
+    def train_targets(self) -> torch.Tensor:
+        """(n_train, E [+ 1]) targets of the training positions."""
+        return self.train_set.tensors[1] if self.on_features else self.train_set.targets
+
+    def cache_frontend(self, frontend: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the patterns by ``frontend(patterns)``, computed once (:func:`map_dataset`)."""
+        self.setup()
+        self.train_set = map_dataset(frontend, self.train_set)
+        self.val_set = map_dataset(frontend, self.val_set)
+        self.on_features = True
+
+    def _workers(self) -> int:
+        # Features are in memory already: worker processes would only add overhead.
+        return 0 if self.on_features else self.config.num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.train_set, self.config.batch_size, True, self.config.seed,
+                           self._workers())
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, 1024, False, self.config.seed, self._workers())

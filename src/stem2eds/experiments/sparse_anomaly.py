@@ -1,0 +1,127 @@
+"""The anomaly step of the sparse experiment: one map of where the new scan is unlike the known.
+
+Combines the reconstruction error of the new scan's patterns by a PCA of the
+training scans' patterns, the prediction error of the calibrated ensemble
+mean and the ensemble std (:mod:`stem2eds.analysis.anomaly`), and writes
+``anomaly/<scan>.h5``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+from ..analysis import anomaly
+from ..analysis.sparse_eds import apply_linear, calibrate_on_sparse
+from ..atomic import atomic_output
+
+_BATCH = 256  # patterns per streamed block of the anomaly passes
+
+
+def _chained(paths: Sequence[Path], batch: int = _BATCH):
+    """``iter_patterns`` of several bundles one after the other (starts per bundle)."""
+    from ..formats.bundle import open_bundle
+
+    for path in paths:
+        with open_bundle(path) as scan:
+            yield from scan.iter_patterns(batch)
+
+
+@dataclass
+class AnomalyMaps:
+    """The anomaly map of the new scan.
+
+    Attributes
+    ----------
+    score : ndarray, shape (Rx', Ry')
+        Mean robust z-score of the components.
+    components : dict
+        ``{name: (Rx', Ry') map or None}``: reconstruction, prediction_error, uncertainty.
+    flagged, typical : ndarray of bool, shape (Rx', Ry')
+        ``score > threshold`` and ``|score| < 1``.
+    mean_flagged, mean_typical : ndarray, shape (Qx, Qy)
+        Mean preprocessed pattern of each set.
+    threshold : float
+    """
+
+    score: np.ndarray
+    components: dict[str, np.ndarray | None]
+    flagged: np.ndarray
+    typical: np.ndarray
+    mean_flagged: np.ndarray
+    mean_typical: np.ndarray
+    threshold: float
+
+    def summary(self, grain: np.ndarray | None) -> dict[str, Any]:
+        """``metrics.json``'s ``anomaly`` entry (detection scores against ``grain``)."""
+        present = {k: v for k, v in self.components.items() if v is not None}
+        doc: dict[str, Any] = {"threshold": self.threshold, "components": list(present),
+                               "flagged": int(self.flagged.sum()),
+                               "positions": int(self.flagged.size)}
+        if grain is not None:
+            doc["grain_positions"] = int(grain.sum())
+            doc["combined"] = anomaly.detection_scores(self.flagged, grain)
+            doc["per_component"] = {
+                k: anomaly.detection_scores(anomaly.robust_z(v) > self.threshold, grain)
+                for k, v in present.items()}
+        return doc
+
+    def write(self, path: Path, grain: np.ndarray | None) -> None:
+        """``anomaly/<scan>.h5``: score, flagged, components/*, mean patterns, grain mask."""
+        with atomic_output(path) as tmp:
+            with h5py.File(tmp, "w") as fh:
+                fh.create_dataset("score", data=self.score.astype(np.float32))
+                fh.create_dataset("flagged", data=self.flagged.astype(np.uint8))
+                for k, v in self.components.items():
+                    if v is not None:
+                        fh.create_dataset(f"components/{k}", data=np.asarray(v, np.float32))
+                fh.create_dataset("mean_pattern_flagged",
+                                  data=self.mean_flagged.astype(np.float32))
+                fh.create_dataset("mean_pattern_typical",
+                                  data=self.mean_typical.astype(np.float32))
+                if grain is not None:
+                    fh.create_dataset("grain_mask", data=grain.astype(np.uint8))
+                fh.attrs["threshold"] = self.threshold
+
+
+def find_anomalies(ens, maps, threshold: float) -> AnomalyMaps:
+    """Reconstruction error, prediction error and ensemble std combined into one map.
+
+    Parameters
+    ----------
+    ens : stem2eds.experiments.sparse.EnsemblePrediction
+        Members, predictors, ensemble mean/std (E, Rx', Ry') and the
+        preprocessed new scan.
+    maps : stem2eds.experiments.sparse.TargetMaps
+        The new scan's targets (blurred EDS) on the cropped grid.
+    threshold : float
+        Robust z-score above which a position is flagged.
+
+    Returns
+    -------
+    AnomalyMaps
+    """
+    from ..formats.bundle import open_bundle
+
+    reference = [ens.members[0] / rel for rel in ens.predictors[0].info.get("preprocessed", [])]
+    recon = None
+    if reference and all(r.is_file() for r in reference):
+        with open_bundle(ens.preprocessed) as p_scan:
+            recon = anomaly.reconstruction_error(_chained(reference),
+                                                 p_scan.iter_patterns(_BATCH), maps.shape)
+    eds = maps.targets.eds
+    slopes, offsets = calibrate_on_sparse(ens.mean, eds, np.ones(maps.shape, bool))
+    pred_error = np.abs(apply_linear(ens.mean, slopes, offsets) - eds).sum(axis=0)
+    parts = {"reconstruction": recon, "prediction_error": pred_error,
+             "uncertainty": None if ens.std is None else ens.std.sum(axis=0)}
+    score = anomaly.anomaly_score(parts)
+    flagged = score > threshold
+    typical = np.abs(score) < 1
+    with open_bundle(ens.preprocessed) as p_scan:
+        mean_flagged, mean_typical = anomaly.mean_patterns(p_scan.iter_patterns(_BATCH),
+                                                           maps.shape, flagged, typical)
+    return AnomalyMaps(score, parts, flagged, typical, mean_flagged, mean_typical, threshold)

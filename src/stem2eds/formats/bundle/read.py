@@ -1,0 +1,239 @@
+"""Reading scan bundles: :func:`open_bundle` and the :class:`ScanBundle` it returns."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from ...errors import DAMAGED_FILE_ERRORS, InputError
+from .layout import DIFFRACTION, EDS, FORMAT, FORMAT_VERSION, HAADF, PixelCalibration, _as_str
+
+
+def _damage_is_input_error(method):
+    """Turn h5py's errors on a damaged bundle into an InputError naming the file.
+
+    A damaged or truncated HDF5 file often opens; the damage shows when an
+    object, attribute or chunk is read, as KeyError, RuntimeError, OSError
+    or ValueError depending on the HDF5 call. Every reading method of
+    :class:`ScanBundle` goes through this, so no caller has to.
+    """
+    def _refuse(self, exc):
+        text = " ".join(str(exc).split())[:160]
+        return InputError(f"damaged bundle ({type(exc).__name__}: {text})", path=self.path,
+                          hint="the file is damaged or truncated; copy it again or "
+                               "re-create it")
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except InputError:
+                raise
+            except DAMAGED_FILE_ERRORS as exc:
+                raise _refuse(self, exc) from None
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except InputError:
+            raise
+        except DAMAGED_FILE_ERRORS as exc:
+            raise _refuse(self, exc) from None
+    return wrapper
+
+
+@dataclass
+class ScanBundle:
+    """An open scan bundle (read-only). Use :func:`open_bundle`.
+
+    Attributes
+    ----------
+    path : Path
+    file : h5py.File
+    """
+
+    path: Path
+    file: h5py.File = field(repr=False)
+
+    # -- metadata -----------------------------------------------------------
+    @property
+    @_damage_is_input_error
+    def diffraction(self) -> h5py.Dataset:
+        """The (Rx, Ry, Qx, Qy) patterns, read lazily from disk."""
+        return self.file[DIFFRACTION]
+
+    @property
+    @_damage_is_input_error
+    def scan_shape(self) -> tuple[int, int]:
+        return tuple(self.diffraction.shape[:2])  # type: ignore[return-value]
+
+    @property
+    @_damage_is_input_error
+    def detector_shape(self) -> tuple[int, int]:
+        return tuple(self.diffraction.shape[2:])  # type: ignore[return-value]
+
+    @property
+    @_damage_is_input_error
+    def n_patterns(self) -> int:
+        rx, ry = self.scan_shape
+        return rx * ry
+
+    @property
+    @_damage_is_input_error
+    def elements(self) -> list[str]:
+        return [_as_str(e) for e in self.file.attrs["elements"]]
+
+    @property
+    @_damage_is_input_error
+    def name(self) -> str:
+        return _as_str(self.file.attrs.get("scan_name", self.path.stem))
+
+    @property
+    @_damage_is_input_error
+    def kind(self) -> str:
+        return _as_str(self.file.attrs.get("kind", "raw"))
+
+    @property
+    @_damage_is_input_error
+    def calibration(self) -> PixelCalibration:
+        return PixelCalibration.from_attrs(self.file.attrs)
+
+    @_damage_is_input_error
+    def json_attr(self, key: str, default: Any = None) -> Any:
+        """A root attribute stored as JSON (e.g. ``provenance``, ``preprocess``)."""
+        if key not in self.file.attrs:
+            return default
+        return json.loads(_as_str(self.file.attrs[key]))
+
+    @property
+    @_damage_is_input_error
+    def provenance(self) -> dict[str, Any]:
+        return self.json_attr("provenance", {})
+
+    # -- maps ---------------------------------------------------------------
+    @_damage_is_input_error
+    def has(self, name: str) -> bool:
+        return name in self.file
+
+    @_damage_is_input_error
+    def maps(self, group: str = EDS, elements: Sequence[str] | None = None) -> np.ndarray:
+        """Element maps stacked as (E, Rx, Ry) float32, in bundle (or given) order."""
+        elements = list(elements or self.elements)
+        if group not in self.file:
+            raise InputError(f"bundle has no {group!r} maps", path=self.path)
+        missing = [e for e in elements if e not in self.file[group]]
+        if missing:
+            raise InputError(f"bundle has no {group}/{','.join(missing)}", path=self.path)
+        return np.stack([self.file[group][e][()] for e in elements]).astype(np.float32)
+
+    @_damage_is_input_error
+    def eds(self, elements: Sequence[str] | None = None) -> np.ndarray:
+        """EDS maps (E, Rx, Ry) in atomic fractions."""
+        return self.maps(EDS, elements)
+
+    @property
+    @_damage_is_input_error
+    def haadf(self) -> np.ndarray | None:
+        """(Rx, Ry) float32 HAADF, or None."""
+        return self.file[HAADF][()].astype(np.float32) if HAADF in self.file else None
+
+    @_damage_is_input_error
+    def iter_patterns(self, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+        """Stream patterns in scan (C) order, through :func:`stem2eds.io.stream.iter_blocks`.
+
+        Yields
+        ------
+        start : int
+            Flat index of the first pattern of the block.
+        patterns : ndarray, shape (n, Qx, Qy)
+            At most ``batch`` patterns: whole scan rows when ``batch`` allows
+            (which matches the one-pattern chunks on disk), else pieces of
+            one row.
+        """
+        from ...io.stream import iter_blocks
+
+        yield from iter_blocks(self.diffraction, batch=batch)
+
+    # -- lifetime -----------------------------------------------------------
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "ScanBundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)) -> ScanBundle:
+    """Open a scan bundle for reading, checking that it is one.
+
+    Parameters
+    ----------
+    path : path-like
+    require : sequence of str
+        Datasets or groups that must be present (default: ``diffraction``);
+        e.g. ``("diffraction", "eds")`` for training.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not HDF5, not a stem2eds bundle, from a newer
+        format version, or lacks a required dataset.
+    """
+    p = Path(path)
+    if p.is_dir():
+        empty = not any(p.iterdir())
+        raise InputError("is an empty folder, not a scan bundle" if empty
+                         else "is a folder, not a scan bundle", path=p,
+                         hint="give the bundle files themselves, e.g. "
+                              f"{p / '*.h5'}")
+    if not p.is_file():
+        raise InputError("no such file", path=p)
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise InputError(f"not a readable HDF5 file ({exc})".replace("\n", " "), path=p,
+                         hint="make a bundle with 'stem2eds convert'") from None
+    try:
+        if _as_str(f.attrs.get("format", "")) != FORMAT:
+            raise InputError("not a stem2eds scan bundle", path=p,
+                             hint="make one with 'stem2eds convert'")
+        version = int(f.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise InputError(f"bundle format version {version} is newer than this "
+                             f"stem2eds understands ({FORMAT_VERSION})", path=p,
+                             hint="upgrade stem2eds")
+        for name in require:
+            if name not in f:
+                raise InputError(f"bundle has no {name!r}", path=p)
+        if DIFFRACTION in f and f[DIFFRACTION].ndim != 4:
+            raise InputError(f"'diffraction' has {f[DIFFRACTION].ndim} dimensions, "
+                             "expected 4 (Rx, Ry, Qx, Qy)", path=p)
+        scan = ScanBundle(p, f)
+        # Read the metadata every stage needs now, so damage there fails here.
+        _ = scan.elements, scan.calibration, scan.name, scan.kind
+    except InputError:
+        f.close()
+        raise
+    except DAMAGED_FILE_ERRORS as exc:
+        f.close()
+        text = " ".join(str(exc).split())[:160]
+        raise InputError(f"damaged bundle ({type(exc).__name__}: {text})", path=p,
+                         hint="the file is damaged or truncated; copy it again or "
+                              "re-create it") from None
+    except BaseException:
+        f.close()
+        raise
+    return scan

@@ -1,0 +1,100 @@
+"""``stem2eds predict``: a raw bundle in, a prediction file out, streaming.
+
+Preprocessing of the scan starts from the run's ``run.json`` before torch is
+imported and the model built (:class:`~stem2eds.io.stream.Prefetcher`), so the
+first batches are ready when the model is.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+from ..formats.bundle import open_bundle
+from .predictor import (Predictor, _cropped_shape, _finished_run, _load_model, _raw_stream,
+                        _read_ahead)
+
+
+def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
+                   out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu",
+                   scheduler=None) -> Path:
+    """Predict a scan with a trained run and write the prediction file, streaming.
+
+    Outputs are written into the file batch by batch as they are predicted
+    (the file appears under ``out`` only when complete), so memory stays at
+    a few batches of patterns whatever the scan size. For runs that filter
+    their predictions (:meth:`Predictor.finish_eds`) the EDS maps are then
+    read back, filtered and rewritten: E float32 maps, small beside the
+    patterns (4 MB per element for a 1024 x 1024 scan).
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Finished training run.
+    bundle : path-like
+        Raw scan bundle to predict.
+    out : path-like
+        Output prediction file (:mod:`stem2eds.formats.prediction`); root attributes
+        ``scan_name``, ``model``, ``run_dir``, ``stem2eds_version``,
+        ``scan_shape``, ``targets``, ``source``.
+    batch : int
+        Patterns per batch.
+    device : {"cpu", "cuda", "auto"}
+    scheduler : str or dask.distributed.Client, optional
+        Preprocess on a Dask cluster (``"local"`` or a scheduler address; see
+        :mod:`stem2eds.preprocess.distributed`); the model runs here.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from .. import __version__
+    from ..formats.prediction import open_prediction_writer
+    from ..io.stream import Prefetcher
+
+    run_dir = Path(run_dir)
+    out = Path(out)
+    info, settings = _finished_run(run_dir)
+    with open_bundle(bundle) as scan:
+        early = None
+        if scheduler is None and scan.kind == "raw":
+            _cropped_shape(scan.scan_shape, settings.crop, scan.path)
+            # Preprocessing (background threads) starts now and runs while
+            # torch is imported and the model built below.
+            early = Prefetcher(_raw_stream(scan, settings, batch),
+                               _read_ahead(batch, settings, scan))
+        try:
+            predictor = _load_model(run_dir, info, settings, device)
+            shape = predictor.output_shape(scan)
+            attrs = {"scan_name": scan.name, "model": predictor.model_name,
+                     "run_dir": str(run_dir.resolve()), "stem2eds_version": __version__,
+                     "scan_shape": list(shape), "targets": list(predictor.targets),
+                     "source": str(Path(bundle).resolve()),
+                     "eds_filter": _filter_description(predictor)}
+            if scheduler is not None:
+                from ..preprocess.distributed import dask_client
+            with (dask_client(scheduler) if scheduler is not None else nullcontext()) as client, \
+                    open_prediction_writer(out, predictor.elements,
+                                           haadf="haadf" in predictor.targets, shape=shape,
+                                           attrs=attrs) as writer:
+                outputs = predictor._outputs(scan, early) if early is not None else \
+                    predictor.iter_outputs(scan, batch, client=client)
+                for start, values in outputs:
+                    writer.write_flat(start, values)
+                if predictor.filter_predictions:
+                    writer.replace_eds(predictor.finish_eds(writer.read_eds()))
+        finally:
+            if early is not None:
+                early.close()  # stops and joins the preprocessing threads
+    return out
+
+
+def _filter_description(predictor: Predictor) -> str:
+    """How the EDS maps of a prediction file were filtered, for its attributes."""
+    s = predictor.settings
+    if not predictor.filter_predictions or s.eds_filter == "none":
+        return "none (per-pattern predictions)"
+    size = f"sigma {s.eds_sigma} px" if s.eds_sigma else f"{s.eds_kernel}x{s.eds_kernel}"
+    return f"{s.eds_filter} {size}, as the training EDS targets"

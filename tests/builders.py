@@ -1,0 +1,154 @@
+"""Small data the tests make themselves: scans, bundles, patterns and series.
+
+Shared by several test modules (a test module imports from here, never from
+another test module). Everything is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.special import erfc
+
+from stem2eds.formats.bundle import PixelCalibration, create_bundle
+
+# -- training scans (tests/test_train.py and the tests that train) --
+ELEMENTS = ("Ge", "Sb", "Te")
+
+
+def make_raw_scan(path: Path, seed: int = 0, scan_shape=(12, 10), detector: int = 32,
+                  haadf: bool = True) -> Path:
+    """A small raw bundle whose diffraction depends on composition.
+
+    Compositions are smooth random fields (rows sum to 1). Each pattern has a
+    central beam disk (drifting across the scan, as descan does) and an
+    amorphous ring whose radius grows with the Ge fraction and whose
+    intensity grows with Te, with Poisson noise: a radial signal a model can
+    learn, but not trivially.
+    """
+    rng = np.random.default_rng(seed)
+    rx, ry = scan_shape
+    rows, cols = np.mgrid[0:rx, 0:ry]
+    fields = []
+    for _ in ELEMENTS:
+        kx, ky, ph = rng.uniform(0.2, 0.7), rng.uniform(0.2, 0.7), rng.uniform(0, 6.3)
+        fields.append(1.0 + 0.8 * np.sin(kx * rows + ph) * np.cos(ky * cols - ph))
+    comp = np.stack(fields)
+    comp /= comp.sum(axis=0, keepdims=True)                     # (E, Rx, Ry), sums to 1
+    q = np.arange(detector) - (detector - 1) / 2
+    origin = np.stack([0.02 * rows + 0.3, -0.015 * cols + 0.2], axis=-1)  # descan, px
+    qr = q[None, None, :, None] - origin[..., 0, None, None]
+    qc = q[None, None, None, :] - origin[..., 1, None, None]
+    radius = np.hypot(qr, qc)                                    # (Rx, Ry, Q, Q)
+    ring_r = (6.0 + 6.0 * comp[0])[..., None, None]
+    ring_i = (30.0 + 60.0 * comp[2])[..., None, None]
+    expected = ring_i * np.exp(-0.5 * ((radius - ring_r) / 1.5) ** 2)
+    expected += 2000.0 * (radius < 2.5) + 3.0
+    patterns = rng.poisson(expected).astype(np.uint16)
+    z = np.array([32, 51, 52])[:, None, None]
+    with create_bundle(path, scan_shape=scan_shape, detector_shape=(detector, detector),
+                       dtype=np.uint16, elements=ELEMENTS, scan_name=path.stem,
+                       calibration=PixelCalibration(1.0, 0.1, "nm", "1/nm", 200.0)) as b:
+        b.write_patterns(0, patterns.reshape(-1, detector, detector))
+        b.write_eds({el: comp[i] for i, el in enumerate(ELEMENTS)})
+        if haadf:
+            b.write_haadf((z * comp).sum(axis=0) * 10.0 + rng.normal(0, 0.2, scan_shape) + 5)
+    return path
+
+
+def small_config(**overrides):
+    from stem2eds.preprocess import PreprocessSettings
+    from stem2eds.train.config import TrainConfig
+
+    base = dict(max_epochs=3, patience=5, batch_size=32, learning_rate=3e-3, threads=1,
+                device="cpu", preprocess=PreprocessSettings(bin_factor=1, eds_kernel=3))
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+# -- patterns and bundles for preprocessing --
+def make_patterns(origins, q=128, disk_radius=10.0, disk_counts=30.0, ring_radius=40.0,
+                  ring_counts=2.0, n_spots=6, spot_counts=60.0, background=0.2, seed=0,
+                  noise=True):
+    """(n, q, q) patterns: disk (edge blur 0.8 px) at each origin, ring, Bragg spots, Poisson."""
+    rng = np.random.default_rng(seed)
+    origins = np.asarray(origins, float)
+    n = len(origins)
+    rr = np.arange(q, dtype=float)[None, :, None] - origins[:, 0, None, None]
+    cc = np.arange(q, dtype=float)[None, None, :] - origins[:, 1, None, None]
+    d = np.hypot(rr, cc)
+    img = disk_counts * 0.5 * erfc((d - disk_radius) / (np.sqrt(2) * 0.8))
+    ring_counts = np.asarray(ring_counts, float).reshape(-1, 1, 1)  # scalar or one per pattern
+    img += ring_counts * np.exp(-0.5 * ((d - ring_radius) / 4.0) ** 2) + background
+    for _ in range(n_spots):
+        ang = rng.uniform(0, 2 * np.pi, n)
+        rad = rng.uniform(disk_radius + 6, q / 2 - 8, n)
+        img += spot_counts * np.exp(-0.5 * ((rr - (rad * np.cos(ang))[:, None, None]) ** 2
+                                            + (cc - (rad * np.sin(ang))[:, None, None]) ** 2)
+                                    / 1.5 ** 2)
+    if not noise:
+        return img.astype(np.float32)
+    return rng.poisson(img).astype(np.uint16)
+
+
+def descan(rx, ry, q):
+    """Smooth (plane) origin drift across the scan, in detector px."""
+    i, j = np.meshgrid(np.arange(rx), np.arange(ry), indexing="ij")
+    return np.stack([q / 2 + 0.3 * i - 0.1 * j + 1.3, q / 2 - 0.2 * i + 0.25 * j - 0.7], -1)
+
+
+def make_bundle(path, rx=12, ry=10, q=64, seed=0, elements=("Ge", "Sb", "Te"), **kw):
+    rng = np.random.default_rng(seed)
+    origins = descan(rx, ry, q)
+    kw.setdefault("disk_radius", 6.0)
+    kw.setdefault("disk_counts", 20.0)
+    pats = make_patterns(origins.reshape(-1, 2), q=q, ring_radius=q * 0.3, n_spots=3,
+                         spot_counts=2 * kw["disk_counts"], seed=seed, **kw)
+    comp = rng.dirichlet(np.ones(len(elements)), size=(rx, ry)).transpose(2, 0, 1)
+    with create_bundle(path, scan_shape=(rx, ry), detector_shape=(q, q), dtype=np.uint16,
+                       elements=elements, calibration=PixelCalibration(1.0, 0.02, "nm", "1/nm")) as b:
+        b.write_patterns(0, pats)
+        b.write_eds(dict(zip(elements, comp.astype(np.float32))))
+        b.write_haadf(pats.reshape(rx, ry, q, q).sum((2, 3)).astype(np.float32))
+        b.write_maps("truth", dict(zip(elements, comp.astype(np.float32))))
+        b.write_array("simulation/origin", origins)
+    return origins, pats.reshape(rx, ry, q, q), comp.astype(np.float32)
+
+
+# -- origins -------------------------------------------------------------------
+
+
+# -- scan series for experiments --
+SERIES_ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
+
+
+def make_series(folder, n_scans=3, shape=(12, 10), detector=32, seed=0):
+    """Small raw bundles: smooth composition fields -> simulated patterns, noisy EDS, HAADF, truth."""
+    from stem2eds.simulate import simulate_patterns
+
+    rng = np.random.default_rng(seed)
+    rx, ry = shape
+    paths = []
+    for s in range(n_scans):
+        field = ndimage.gaussian_filter(rng.normal(size=(5, rx, ry)), (0, 2, 2))
+        comp = np.exp(3 * field)
+        comp /= comp.sum(axis=0)
+        patterns = simulate_patterns(comp.reshape(5, -1).T, np.full(rx * ry, 30.0),
+                                     np.full((rx * ry, 2), detector / 2), rng,
+                                     elements=SERIES_ELEMENTS, detector=detector, dose=2e4)
+        path = folder / f"scan_{s:04d}.h5"
+        with create_bundle(path, scan_shape=shape, detector_shape=(detector, detector),
+                           dtype=np.uint16, elements=SERIES_ELEMENTS, scan_name=f"{s:04d}",
+                           calibration=PixelCalibration(1.05, 1.16, "nm", "1/nm", 200.0)) as b:
+            b.write_patterns(0, patterns)
+            noisy = np.clip(comp + rng.normal(0, 0.02, comp.shape), 0, 1)
+            b.write_eds(dict(zip(SERIES_ELEMENTS, noisy)))
+            b.write_haadf(1.0 + 3.0 * comp[3] + 2.0 * comp[4])
+            b.write_maps("truth", dict(zip(SERIES_ELEMENTS, comp)))
+        paths.append(path)
+    return paths
+
+
+# -- planning ---------------------------------------------------------------------
