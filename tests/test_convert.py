@@ -172,7 +172,8 @@ def test_file_calibration_kept_and_flags_override(tmp_path, rng):
 def test_spectrum_image_eds_and_haadf_from_file(tmp_path, rng, run_cli):
     import hyperspy.api as hs
 
-    from test_io_spectrum import ELEMENTS as SI_ELEMENTS, K_FACTORS, make_spectrum_image
+    from builders import SI_ELEMENTS, make_spectrum_image
+    from builders import SI_K_FACTORS as K_FACTORS
 
     atomic = rng.dirichlet([4.0, 2.0, 1.0], size=(RX, RY))
     with warnings.catch_warnings():

@@ -2,62 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import pytest
 
+from builders import SI_ELEMENTS as ELEMENTS
+from builders import SI_K_FACTORS as K_FACTORS
+from builders import make_spectrum_image
 from stem2eds.errors import InputError
 from stem2eds.io import parse_k_factors, quantify_spectrum_image, read_haadf_from_file
 
-ELEMENTS = ["Ge", "O", "Si"]
-K_FACTORS = {"Ge": 1.6, "O": 2.0, "Si": 1.1}  # deliberately not 1: they must be applied
 RX, RY = 4, 3
-RESOLUTION_MNKA_EV = 130.0
-
-
-def _fwhm_kev(energy_kev: float) -> float:
-    """Detector peak FWHM at an energy (Fiori & Newbury, the model exspy uses)."""
-    return math.sqrt(2.5 * (energy_kev - 5.8987) * 1000 + RESOLUTION_MNKA_EV**2) / 1000
-
-
-def make_spectrum_image(atomic: np.ndarray, k_factors=K_FACTORS, counts=1e5,
-                        background=2.0, store_k=None):
-    """An EDS_TEM spectrum image whose Ka lines follow Cliff-Lorimer exactly.
-
-    Parameters
-    ----------
-    atomic : ndarray, shape (Rx, Ry, E)
-        Atomic fractions of ``ELEMENTS`` per position.
-
-    Returns
-    -------
-    exspy EDSTEMSpectrum, data shape (Rx, Ry, channels)
-    """
-    import exspy
-
-    weight = np.asarray(exspy.material.atomic_to_weight(
-        [atomic[..., i] * 100 for i in range(len(ELEMENTS))], ELEMENTS)) / 100
-    energy = np.arange(2048) * 0.01  # keV, 0..20.47
-    data = np.full(atomic.shape[:2] + energy.shape, background)
-    for i, element in enumerate(ELEMENTS):
-        line = exspy.material.elements[element].Atomic_properties.Xray_lines.Ka
-        sigma = _fwhm_kev(line.energy_keV) / (2 * math.sqrt(2 * math.log(2)))
-        # Cliff-Lorimer: C_a / C_b = k_ab I_a / I_b, so I_a is proportional to C_a / k_a
-        area = counts * weight[i] / k_factors[element]
-        peak = np.exp(-0.5 * ((energy - line.energy_keV) / sigma) ** 2) * 0.01 / (
-            sigma * math.sqrt(2 * math.pi))
-        data += area[..., None] * peak
-    s = exspy.signals.EDSTEMSpectrum(data)
-    axis = s.axes_manager.signal_axes[0]
-    axis.scale, axis.offset, axis.units = 0.01, 0.0, "keV"
-    s.set_microscope_parameters(beam_energy=200, energy_resolution_MnKa=RESOLUTION_MNKA_EV)
-    s.add_elements(ELEMENTS)
-    s.add_lines([f"{e}_Ka" for e in ELEMENTS])
-    if store_k is not None:
-        s.metadata.set_item("Sample.kfactors", [store_k[e] for e in ELEMENTS])
-    return s
 
 
 @pytest.fixture
