@@ -89,7 +89,7 @@ def test_done_when_mrc_stack_with_percent_tiffs(tmp_path, velox_like, run_cli):
 
 # -- every reader through convert ----------------------------------------------------
 
-RX, RY, QX, QY = 4, 3, 8, 8
+RX, RY, QX, QY = 4, 3, 16, 16  # detectors have at least 16 px a side
 
 
 def _write_mrc3d(path, scan):
@@ -122,7 +122,9 @@ WRITERS = {
     "scan.h5": (_write_h5, []),
     "scan.hspy": (_write_hyperspy, []),
     "scan.emd": (_write_hyperspy, []),
-    "scan.blo": (_write_hyperspy, []),
+    # a blockfile's detector axis is in cm on the screen, not a Q calibration: refused
+    # until the detector pixel is given (here: left uncalibrated)
+    "scan.blo": (_write_hyperspy, ["--q-pixel", "1", "--q-unit", "px"]),
 }
 
 

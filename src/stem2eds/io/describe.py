@@ -124,3 +124,39 @@ def describe_velox(f) -> tuple[str, str] | None:
     else:
         advice = "give it as `haadf`"
     return what, advice + "; `diffraction` is the camera's 4D-STEM scan, a separate file"
+
+
+def file_pixel_size_nm(path, spectrum: bool) -> float | None:
+    """The scan step (nm) of a spectrum image (``spectrum``) or HAADF image in a file, or None.
+
+    Read lazily with RosettaSciIO (axes only); None when the file has no
+    calibrated length axes or cannot be read that way (e.g. a Velox
+    spectrum image without the ``sparse`` package).
+    """
+    import importlib
+    from pathlib import Path
+
+    from rsciio import IO_PLUGINS
+
+    from .calibration import is_length_unit, scalar, standard_units, unit_token
+
+    ext = Path(path).suffix.lower().lstrip(".")
+    for plugin in (p for p in IO_PLUGINS if ext in (e.lower() for e in p["file_extensions"])):
+        kwargs = {"select_type": "images"} if plugin["name"] == "EMD" and not spectrum else {}
+        try:
+            signals = importlib.import_module(plugin["api"]).file_reader(str(path), lazy=True,
+                                                                           **kwargs)
+        except Exception:  # noqa: BLE001 - only a calibration is wanted here
+            continue
+        for s in signals:
+            axes = s.get("axes", [])
+            energy = [a for a in axes if is_energy_unit(a.get("units"))]
+            image_axes = [a for a in axes if not a.get("navigate", False)]
+            if spectrum != bool(energy) or (not spectrum and len(image_axes) != 2):
+                continue
+            for axis in (axes if spectrum else image_axes):
+                unit = unit_token(text(axis.get("units") or ""))
+                size = scalar(axis.get("scale"))
+                if is_length_unit(unit) and size:
+                    return standard_units("r", abs(size), unit)[0]
+    return None

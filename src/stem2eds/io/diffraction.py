@@ -253,7 +253,9 @@ def _open_hdf5(path: Path, scan_shape, dataset: str | None) -> DiffractionSource
             if len(four_d) > 1:
                 raise InputError(f"has {len(four_d)} 4D datasets: {', '.join(four_d)}", path=path,
                                  hint="choose one with `dataset`")
-            stacks = _ndim_paths(f, 3)
+            # with the scan shape given, a lone stack may hold a single frame (a 1x1 scan)
+            stacks = [p for p in _visit_paths(f) if len(squeezed_shape(f[p].shape)) == 3
+                      and why_not_patterns(f[p].shape, f[p].dtype) is None]
             if four_d:
                 ds = f[four_d[0]]
             elif scan_shape is not None and len(stacks) == 1:
@@ -292,6 +294,16 @@ def _open_hdf5(path: Path, scan_shape, dataset: str | None) -> DiffractionSource
 def _native(dtype) -> np.dtype:
     """The dtype in this machine's byte order (Medipix HDF5 stores big-endian)."""
     return np.dtype(dtype).newbyteorder("=")
+
+
+def _visit_paths(f) -> list[str]:
+    """Paths of every dataset in the file."""
+    import h5py
+
+    paths: list[str] = []
+    f.visititems(lambda name, obj: paths.append("/" + name)
+                 if isinstance(obj, h5py.Dataset) else None)
+    return paths
 
 
 def _ndim_paths(f, ndim: int) -> list[str]:
