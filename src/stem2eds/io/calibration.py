@@ -102,7 +102,7 @@ def unit_token(text: str) -> str:
 #: takes seconds, and these are the units microscope files use. "A" is the
 #: angstrom (py4DSTEM writes "A^-1"), never the ampere, in a pixel size.
 _NM_PER = {"pm": 1e-3, "A": 0.1, "\u00c5": 0.1, "\u212b": 0.1, "angstrom": 0.1, "nm": 1.0,
-           "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "mm": 1e6, "m": 1e9}
+           "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
 _MRAD_PER = {"mrad": 1.0, "rad": 1e3, "urad": 1e-3, "\u00b5rad": 1e-3, "\u03bcrad": 1e-3}
 
 
