@@ -110,3 +110,6 @@ def test_noise_origins_are_refused():
     missing = np.full((5, 5, 2), np.nan)
     missing[0, :2] = 128.0
     assert "found in only 2 of 25" in origin_problem(missing, fit_origins(missing), 8.0)
+    few = np.full((5, 5, 2), np.nan)
+    few[:3, :3] = 128.0  # 9 of 25: a low-dose scan, still centred
+    assert origin_problem(few, fit_origins(few), 8.0) is None
