@@ -14,6 +14,7 @@ import tifffile
 
 from stem2eds import open_bundle
 from stem2eds.convert import convert
+from stem2eds.errors import InputError
 
 ELEMENTS = ["O", "Si", "Ge", "Sb", "Te"]
 
@@ -89,7 +90,7 @@ def test_done_when_mrc_stack_with_percent_tiffs(tmp_path, velox_like, run_cli):
 
 # -- every reader through convert ----------------------------------------------------
 
-RX, RY, QX, QY = 4, 3, 8, 8
+RX, RY, QX, QY = 4, 3, 16, 16  # detectors have at least 16 px a side
 
 
 def _write_mrc3d(path, scan):
@@ -122,7 +123,9 @@ WRITERS = {
     "scan.h5": (_write_h5, []),
     "scan.hspy": (_write_hyperspy, []),
     "scan.emd": (_write_hyperspy, []),
-    "scan.blo": (_write_hyperspy, []),
+    # a blockfile's detector axis is in cm on the screen, not a Q calibration: refused
+    # until the detector pixel is given (here: left uncalibrated)
+    "scan.blo": (_write_hyperspy, ["--q-pixel", "1", "--q-unit", "px"]),
 }
 
 
@@ -370,3 +373,61 @@ def test_interrupt_while_copying_leaves_nothing(tmp_path, inputs, run_cli, monke
     code, _, err = run_cli("convert", *args, "--block-mb", "0.0001", "--out", out_dir / "b.h5")
     assert code == 130 and "interrupted" in err
     assert list(out_dir.iterdir()) == []
+
+
+def test_eds_only_bundle_without_diffraction(tmp_path, rng, run_cli):
+    """No diffraction file: a bundle of maps only, on the EDS grid (sparse EDS, registration)."""
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    ge = rng.uniform(0.2, 0.6, (7, 5)).astype(np.float32)
+    np.save(maps / "Ge.npy", ge)
+    np.save(maps / "Te.npy", 1 - ge)
+    code, out, err = run_cli("convert", "--eds", maps, "--r-pixel", "2.5", "--quiet",
+                             "--out", tmp_path / "eds.h5")
+    assert code == 0, err
+    assert "7x5 maps without diffraction, EDS Ge,Te" in out
+    with open_bundle(tmp_path / "eds.h5", require=("eds",)) as b:
+        assert b.scan_shape == (7, 5) and b.detector_shape is None and not b.has("diffraction")
+        np.testing.assert_allclose(b.eds(["Ge"])[0], ge)
+        assert (b.calibration.r_pixel_size, b.calibration.r_pixel_unit) == (2.5, "nm")
+    with pytest.raises(InputError, match="no 'diffraction'"):
+        open_bundle(tmp_path / "eds.h5")  # stages that need patterns say so
+    code, _, err = run_cli("convert", "--out", tmp_path / "none.h5")
+    assert code == 2 and "nothing to convert" in err
+
+
+def test_maps_on_another_grid_stored_unregistered(tmp_path, rng, run_cli):
+    """EDS maps on a coarser grid with --eds-pixel-size: eds_unregistered/<El> with
+    pixel_size, which preprocess --register reads; without a pixel size: refused."""
+    from stem2eds.preprocess.register import load_unregistered
+
+    inputs = tmp_path / "in"
+    _write_mrc3d(tmp_path / "scan.mrc", rng.integers(0, 100, (RX, RY, QX, QY), dtype=np.uint16))
+    inputs.mkdir()
+    ge = rng.uniform(0.2, 0.6, (9, 6)).astype(np.float32)
+    np.save(inputs / "Ge.npy", ge)
+    np.save(inputs / "Te.npy", 1 - ge)
+    base = ["convert", "--diffraction", tmp_path / "scan.mrc", "--scan-shape", f"{RX}x{RY}",
+            "--eds", inputs, "--r-pixel", "1.0", "--quiet"]
+    code, _, err = run_cli(*base, "--out", tmp_path / "a.h5")
+    assert code == 2 and "--eds-pixel-size" in err and "--register" in err
+    code, out, err = run_cli(*base, "--eds-pixel-size", "0.5", "--out", tmp_path / "a.h5")
+    assert code == 0, err
+    assert "EDS Ge,Te (unregistered)" in out
+    with open_bundle(tmp_path / "a.h5") as b:
+        assert not b.has("eds") and b.elements == ["Ge", "Te"]
+        maps, names, px = load_unregistered(b)
+    assert names == ["Ge", "Te"] and px == 0.5
+    np.testing.assert_allclose(maps[0], ge)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--q-pixel", "0.5", "--q-unit", "cm"], "is a length, not a reciprocal length"),
+    (["--q-pixel", "1e17"], "outside the plausible range"),
+    (["--r-pixel", "3", "--r-unit", "eV"], "is not a length"),
+])
+def test_user_calibration_checked(tmp_path, rng, run_cli, flags, message):
+    np.save(tmp_path / "scan.npy", rng.integers(0, 9, (RX, RY, QX, QY), dtype=np.uint16))
+    code, _, err = run_cli("convert", "--diffraction", tmp_path / "scan.npy", *flags,
+                           "--out", tmp_path / "a.h5")
+    assert code == 2 and message in err and not (tmp_path / "a.h5").exists()

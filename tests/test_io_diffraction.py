@@ -13,7 +13,7 @@ from stem2eds.errors import InputError
 from stem2eds.io import find_4d_datasets, open_diffraction
 from stem2eds.io.diffraction import standard_units
 
-RX, RY, QX, QY = 5, 4, 6, 7
+RX, RY, QX, QY = 5, 4, 16, 17  # detectors have at least 16 px a side (MIN_DETECTOR_PIXELS)
 
 
 @pytest.fixture

@@ -82,3 +82,34 @@ def test_preprocess_simulated_bundle_tracks_descan(tmp_path):
     print(f"counts in the 2x2 central binned pixels: {centre_removed:.0f} with beam removal, "
           f"{centre_kept:.0f} without")
     assert centre_removed < 0.2 * centre_kept
+
+
+def test_simulated_origins_are_not_called_noise(tmp_path):
+    """The check that refuses beam-less scans (origins as noise) passes simulated ones."""
+    from builders import make_raw_scan
+
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.preprocess.origin import origin_problem
+    from stem2eds.preprocess.pipeline import measure_origins
+    from stem2eds.preprocess.settings import PreprocessSettings
+
+    with open_bundle(make_raw_scan(tmp_path / "sim.h5", seed=1)) as scan:
+        found = measure_origins(scan, PreprocessSettings())
+    assert found.fit.rms_residual < 0.5
+    assert origin_problem(found.measured, found.fit, found.probe_radius) is None
+
+
+def test_noise_origins_are_refused():
+    import numpy as np
+
+    from stem2eds.preprocess.origin import fit_origins, origin_problem
+
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0, 256, (5, 5, 2))  # "origins" where noise peaks
+    assert "origins are noise" in origin_problem(noise, fit_origins(noise), 8.0)
+    missing = np.full((5, 5, 2), np.nan)
+    missing[0, :2] = 128.0
+    assert "found in only 2 of 25" in origin_problem(missing, fit_origins(missing), 8.0)
+    few = np.full((5, 5, 2), np.nan)
+    few[:3, :3] = 128.0  # 9 of 25: a low-dose scan, still centred
+    assert origin_problem(few, fit_origins(few), 8.0) is None

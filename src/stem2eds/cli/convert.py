@@ -31,15 +31,25 @@ def register(subparsers) -> None:
             refused as ambiguous in between), or a spectrum image (Velox .emd, Bruker .bcf, .hspy)
             quantified per position with exspy's Cliff-Lorimer method.
 
-            Calibrations are read from the file where it has them; the flags override.
+            Without --diffraction, a bundle of maps only (EDS and/or HAADF) is written,
+            e.g. for sparse EDS or registration. EDS or HAADF maps on another grid than
+            the scan are stored as eds_unregistered/haadf_unregistered for
+            `stem2eds preprocess --register`, with their pixel size from
+            --eds-pixel-size/--haadf-pixel-size or the file's own calibration.
+
+            Calibrations are read from the file where it has them and checked (R a
+            length, Q a reciprocal length or angle, in plausible ranges); a file whose
+            calibration cannot be right is refused until the flag gives the value. The
+            flags override the file.
             """,
         example="""
             stem2eds convert --diffraction scan_0033.mrc --scan-shape 110x45 \\
                 --eds maps_0033/ --haadf haadf_0033.tif --elements O,Si,Ge,Sb,Te \\
                 --r-pixel 1.053 --q-pixel 0.1451 --out scan_0033.h5
             """)
-    p.add_argument("--diffraction", required=True, metavar="FILE",
-                   help="4D-STEM file (.mrc, .npy, .h5/.emd, .dm4, .xml, .blo, .hspy, ...)")
+    p.add_argument("--diffraction", metavar="FILE",
+                   help="4D-STEM file (.mrc, .npy, .h5/.emd, .dm4, .xml, .blo, .hspy, ...); "
+                        "without it, a bundle of EDS/HAADF maps only")
     p.add_argument("--scan-shape", metavar="RxC",
                    help="scan rows x columns, required for a flat stack of frames (e.g. 110x45)")
     p.add_argument("--dataset", metavar="PATH",
@@ -69,6 +79,13 @@ def register(subparsers) -> None:
                    help="unit of --q-pixel (default: 1/nm; 1/Å is converted to 1/nm, "
                         "rad to mrad)")
     p.add_argument("--beam-energy", type=float, metavar="KEV", help="beam energy in keV")
+    p.add_argument("--eds-pixel-size", type=float, metavar="SIZE",
+                   help="pixel size of EDS maps recorded on another grid, in --r-unit (default "
+                        "nm): stored as eds_unregistered for preprocess --register "
+                        "(default: the spectrum image's own calibration)")
+    p.add_argument("--haadf-pixel-size", type=float, metavar="SIZE",
+                   help="pixel size of a HAADF image on another grid, in --r-unit: stored as "
+                        "haadf_unregistered (default: the file's own calibration)")
     p.add_argument("--block-mb", type=float, default=64.0, metavar="MB",
                    help="largest block of patterns held in memory while copying, MiB")
     p.add_argument("--quiet", action="store_true", help="no progress or notes on stderr")
@@ -78,6 +95,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from . import parse_pair
+    from .options import name_flags
     from ..convert import convert
     from ..errors import InputError
 
@@ -89,11 +107,12 @@ def run(args) -> int:
         eds=args.eds, haadf=args.haadf, elements=args.elements, name=args.name,
         r_pixel=args.r_pixel, r_unit=args.r_unit, q_pixel=args.q_pixel, q_unit=args.q_unit,
         beam_energy_kev=args.beam_energy, k_factors=args.k_factors,
-        eds_unit=args.eds_unit,
+        eds_unit=args.eds_unit, eds_pixel_size=args.eds_pixel_size,
+        haadf_pixel_size=args.haadf_pixel_size,
         command=_command_line(args),
         block_bytes=int(args.block_mb * 2**20),
-        echo=None if args.quiet else (lambda line: print(f"stem2eds convert: {line}",
-                                                         file=sys.stderr)),
+        echo=None if args.quiet else (
+            lambda line: print(f"stem2eds convert: {name_flags(line, FLAGS)}", file=sys.stderr)),
         quiet=args.quiet)
     print(result.summary())
     return 0

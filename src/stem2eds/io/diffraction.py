@@ -34,9 +34,10 @@ import numpy as np
 
 from ..errors import DAMAGED_FILE_ERRORS as HDF5_DAMAGE
 from ..errors import InputError
-from .source import DiffractionSource, check_shapes
-from .calibration import hdf5_calibration, scalar, standardise, unit_token
-from .calibration import standard_units
+from .source import DiffractionSource, SqueezedArray, check_shapes, squeezed_shape
+from .calibration import beam_energy_from_signal, check_calibration, hdf5_calibration
+from .calibration import is_energy_unit, scalar, standardise, standard_units, unit_token
+from .describe import describe_signals, describe_velox
 
 __all__ = ["DiffractionSource", "find_4d_datasets", "open_diffraction", "standard_units",
            "HDF5_EXTENSIONS", "MRC_EXTENSIONS", "NPY_EXTENSIONS"]
@@ -96,8 +97,14 @@ def open_diffraction(path: str | os.PathLike, scan_shape: Sequence[int] | None =
         # EMD 1.0 files it cannot place fall back to the plain HDF5 search.
         try:
             return _open_rsciio(p, scan_shape, plugins=_rsciio_plugins("emd"))
-        except _NoDiffraction:
-            pass
+        except _NoDiffraction as exc:
+            described = exc if "holds no 4D-STEM" in exc.message else None
+        try:
+            return _open_hdf5(p, scan_shape, dataset)
+        except InputError as exc:
+            if described is not None and "has no 4D dataset" in exc.message:
+                raise described from None
+            raise
     if ext in HDF5_EXTENSIONS:
         return _open_hdf5(p, scan_shape, dataset)
     return _open_rsciio(p, scan_shape)
@@ -164,8 +171,38 @@ def _open_npy(path: Path, scan_shape) -> DiffractionSource:
 
 # -- HDF5 -----------------------------------------------------------------------
 
+#: Smallest detector axis (pixels) of a diffraction pattern. Real detectors have
+#: 64 to 4096 pixels a side; arrays with a shorter axis are metadata stored
+#: beside the patterns (e.g. Medipix DAC settings, 1x27 per position).
+MIN_DETECTOR_PIXELS = 16
+
+
+def why_not_patterns(shape, dtype) -> str | None:
+    """Why an array of this shape and dtype cannot be a stack of diffraction patterns, or None.
+
+    Length-1 axes are dropped first (down to 4 axes, :func:`squeezed_shape`).
+    """
+    dtype = np.dtype(dtype)
+    shape = squeezed_shape(shape)
+    if dtype.kind not in "uif":
+        return f"holds {dtype} values, not detector counts"
+    if len(shape) not in (3, 4):
+        return (f"has {len(shape)} dimensions {tuple(shape)}; expected a 4D scan "
+                "(Rx, Ry, Qx, Qy) or a 3D stack of frames")
+    if min(shape[-2:]) < MIN_DETECTOR_PIXELS:
+        return (f"would hold patterns of {shape[-2]}x{shape[-1]} pixels; a detector has at "
+                f"least {MIN_DETECTOR_PIXELS} pixels a side (metadata, not patterns?)")
+    return None
+
+
 def find_4d_datasets(file) -> list[str]:
-    """HDF5 paths of every dataset with 3 or 4 dimensions, 4D ones first.
+    """HDF5 paths of every dataset that can hold diffraction patterns, 4D ones first.
+
+    A dataset qualifies when it holds numbers and, with length-1 axes
+    dropped (Medipix stores (Rx, Ry, 1, Qx, Qy)), has 3 or 4 dimensions whose
+    last two are at least :data:`MIN_DETECTOR_PIXELS` (and a 3D one more
+    than one frame); metadata arrays stored beside the patterns (settings per
+    position, a summed pattern) never do.
 
     Parameters
     ----------
@@ -181,8 +218,10 @@ def find_4d_datasets(file) -> list[str]:
     found: dict[int, list[str]] = {4: [], 3: []}
 
     def _visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.ndim in found:
-            found[obj.ndim].append("/" + name)
+        if isinstance(obj, h5py.Dataset) and why_not_patterns(obj.shape, obj.dtype) is None:
+            shape = squeezed_shape(obj.shape)
+            if len(shape) == 4 or shape[0] > 1:  # one frame (a sum pattern) is not a scan
+                found[len(shape)].append("/" + name)
 
     file.visititems(_visit)
     return found[4] + found[3]
@@ -200,25 +239,37 @@ def _open_hdf5(path: Path, scan_shape, dataset: str | None) -> DiffractionSource
         if dataset is not None:
             if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
                 raise InputError(f"no dataset {dataset!r}", path=path,
-                                 hint="4D datasets in the file: "
-                                      + (", ".join(_ndim_paths(f, 4)) or "none"))
+                                 hint="datasets that can hold patterns: "
+                                      + (", ".join(find_4d_datasets(f)) or "none"))
             ds = f[dataset]
+            why = why_not_patterns(ds.shape, ds.dtype)
+            if why is not None:
+                raise InputError(f"dataset {ds.name} {tuple(ds.shape)} {ds.dtype} is not a scan "
+                                 f"of diffraction patterns: it {why}", path=path,
+                                 hint="datasets that can hold patterns: "
+                                      + (", ".join(find_4d_datasets(f)) or "none"))
         else:
             four_d = _ndim_paths(f, 4)
             if len(four_d) > 1:
                 raise InputError(f"has {len(four_d)} 4D datasets: {', '.join(four_d)}", path=path,
                                  hint="choose one with `dataset`")
-            stacks = _ndim_paths(f, 3)
+            # with the scan shape given, a lone stack may hold a single frame (a 1x1 scan)
+            stacks = [p for p in _visit_paths(f) if len(squeezed_shape(f[p].shape)) == 3
+                      and why_not_patterns(f[p].shape, f[p].dtype) is None]
             if four_d:
                 ds = f[four_d[0]]
             elif scan_shape is not None and len(stacks) == 1:
                 ds = f[stacks[0]]  # the only stack of frames, with the scan shape given
             else:
+                velox = describe_velox(f)
+                if velox is not None:
+                    raise InputError(velox[0], path=path, hint=velox[1])
                 raise InputError("has no 4D dataset" + (f" (3D: {', '.join(stacks)})" if stacks
                                                         else ""), path=path,
                                  hint="name a 3D stack of frames with `dataset` and "
                                       "give its `scan_shape`")
-        scan, det = check_shapes(path, ds.shape, scan_shape, f"dataset {ds.name}")
+        array = SqueezedArray(ds) if ds.ndim > 4 else ds
+        scan, det = check_shapes(path, array.shape, scan_shape, f"dataset {ds.name}")
         calibration = hdf5_calibration(f, ds)
     except InputError:
         f.close()
@@ -234,12 +285,29 @@ def _open_hdf5(path: Path, scan_shape, dataset: str | None) -> DiffractionSource
     except BaseException:
         f.close()
         raise
-    return DiffractionSource(path, scan, det, np.dtype(ds.dtype), calibration,
-                             f"h5py ({ds.name})", _array=ds, _close=f.close)
+    calibration, problems = check_calibration(calibration)
+    return DiffractionSource(path, scan, det, _native(ds.dtype), calibration,
+                             f"h5py ({ds.name})", _array=array, _close=f.close,
+                             calibration_problems=problems)
+
+
+def _native(dtype) -> np.dtype:
+    """The dtype in this machine's byte order (Medipix HDF5 stores big-endian)."""
+    return np.dtype(dtype).newbyteorder("=")
+
+
+def _visit_paths(f) -> list[str]:
+    """Paths of every dataset in the file."""
+    import h5py
+
+    paths: list[str] = []
+    f.visititems(lambda name, obj: paths.append("/" + name)
+                 if isinstance(obj, h5py.Dataset) else None)
+    return paths
 
 
 def _ndim_paths(f, ndim: int) -> list[str]:
-    return [p for p in find_4d_datasets(f) if f[p].ndim == ndim]
+    return [p for p in find_4d_datasets(f) if len(squeezed_shape(f[p].shape)) == ndim]
 
 
 # -- RosettaSciIO -----------------------------------------------------------------
@@ -270,20 +338,43 @@ def _open_rsciio(path: Path, scan_shape, plugins: list[dict] | None = None) -> D
         except Exception as exc:  # noqa: BLE001 - each plugin fails its own way on foreign files
             errors.append(f"{plugin['name']}: {' '.join(str(exc).split()) or type(exc).__name__}")
             continue
-        # Some readers (NCEM EMD) do not mark navigation axes; a 3D/4D array
-        # is then taken in the usual (frames or Rx, Ry, Qx, Qy) order.
-        candidates = [s for s in signals if np.ndim(s["data"]) in (3, 4)
-                      and _n_signal_axes(s["axes"]) in (0, 2, len(s["axes"]))]
-        four_d = [s for s in candidates if np.ndim(s["data"]) == 4]
-        chosen = four_d or candidates
+        chosen = _diffraction_signals(signals)
         if len(chosen) > 1:
             titles = [s.get("metadata", {}).get("General", {}).get("title", "?") for s in chosen]
             raise InputError(f"holds {len(chosen)} diffraction datasets ({', '.join(titles)})",
                              path=path, hint="export the one you want to its own file")
         if chosen:
             return _source_from_signal(path, chosen[0], scan_shape, plugin["name"])
+        if signals:
+            # The file was read: say what it holds instead of how the readers failed.
+            what, instead = describe_signals(signals)
+            raise _NoDiffraction(f"holds no 4D-STEM diffraction scan: {what}", path=path,
+                                 hint=instead)
         errors.append(f"{plugin['name']}: no dataset with 2 detector axes")
     raise _NoDiffraction("could not read diffraction patterns: " + "; ".join(errors), path=path)
+
+
+def _diffraction_signals(signals: list[dict]) -> list[dict]:
+    """The signals that can be a diffraction scan: 3D or 4D, no energy axis, real detector."""
+    # Some readers (NCEM EMD) do not mark navigation axes; a 3D/4D array is
+    # then taken in the usual (frames or Rx, Ry, Qx, Qy) order.
+    candidates = [s for s in signals if np.ndim(s["data"]) in (3, 4)
+                  and _n_signal_axes(s["axes"]) in (0, 2, len(s["axes"]))
+                  and not any(is_energy_unit(a.get("units")) for a in s["axes"])
+                  and why_not_patterns(_signal_last(s), s["data"].dtype) is None]
+    four_d = [s for s in candidates if np.ndim(s["data"]) == 4]
+    return four_d or candidates
+
+
+def _signal_last(signal: dict) -> tuple[int, ...]:
+    """Shape of a signal with its detector (signal) axes last."""
+    shape = tuple(int(n) for n in np.shape(signal["data"]))
+    axes = signal["axes"]
+    if len(axes) != len(shape):
+        return shape
+    nav = [i for i, a in enumerate(axes) if a.get("navigate", True)]
+    sig = [i for i, a in enumerate(axes) if not a.get("navigate", True)]
+    return tuple(shape[i] for i in nav + sig) if len(sig) == 2 else shape
 
 
 def _n_signal_axes(axes: list[dict]) -> int:
@@ -305,23 +396,27 @@ def _source_from_signal(path: Path, signal: dict, scan_shape, plugin: str) -> Di
     scan, det = check_shapes(path, data.shape, scan_shape, f"{plugin} data")
     cal: dict[str, Any] = {}
     # Pixels are taken as square: the first calibrated scan axis gives the R
-    # pixel, the first calibrated detector axis the Q pixel.
+    # pixel, the first calibrated detector axis the Q pixel. A negative scale
+    # (TIA stores scan rows bottom-up) is a direction, not a size.
     for prefix, group in (("r", axes[:-2]), ("q", axes[-2:])):
         for axis in group:
             unit = str(axis.get("units") or "")
             scale = scalar(axis.get("scale"))
-            if unit and unit not in ("<undefined>", "px", "pixels") and scale and scale > 0:
-                cal[f"{prefix}_pixel_size"] = scale
+            if unit and unit not in ("<undefined>", "px", "pixels") and scale:
+                cal[f"{prefix}_pixel_size"] = abs(scale)
                 cal[f"{prefix}_pixel_unit"] = unit_token(unit)
                 break
-    tem = signal.get("metadata", {}).get("Acquisition_instrument", {}).get("TEM", {})
-    energy = scalar(tem.get("beam_energy"))
-    if energy is not None and energy > 0:
+    energy = beam_energy_from_signal(signal)
+    if energy is not None:
         cal["beam_energy_kev"] = energy
-    return DiffractionSource(path, scan, det, np.dtype(data.dtype), standardise(cal),
+    cal, problems = check_calibration(standardise(cal))
+    if "q_pixel" in problems and path.suffix.lower() == ".ser":
+        problems["q_pixel"] += (" (RosettaSciIO reads a TIA .ser without its .emi in metres; "
+                                "open the .emi file instead)")
+    return DiffractionSource(path, scan, det, _native(data.dtype), cal,
                              f"rsciio {plugin}",
                              chunk_rows=_dask_chunk_rows(data, scan[1]), _array=data,
-                             _close=lambda: _close_dask(data))
+                             _close=lambda: _close_dask(data), calibration_problems=problems)
 
 
 def _dask_chunk_rows(data, ry: int) -> int:

@@ -44,6 +44,11 @@ class DiffractionSource:
     chunk_rows : int
         Scan rows per storage chunk of a dask-backed source (1 otherwise):
         reading blocks that are multiples of it reads every chunk once.
+    calibration_problems : dict
+        Calibrations the file has but that cannot be right, left out of
+        ``calibration``: ``{"r_pixel" | "q_pixel" | "beam_energy_kev": why}``
+        (e.g. a detector pixel in cm). :func:`stem2eds.convert.convert`
+        refuses the file unless the caller gives those values.
     """
 
     path: Path
@@ -53,6 +58,7 @@ class DiffractionSource:
     calibration: dict[str, Any] = field(default_factory=dict)
     reader: str = ""
     chunk_rows: int = 1
+    calibration_problems: dict[str, str] = field(default_factory=dict)
     #: Indexable along its first axis: (Rx, Ry, Qx, Qy), or (Rx*Ry, Qx, Qy) for a flat stack.
     _array: Any = field(default=None, repr=False)
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
@@ -96,6 +102,8 @@ class DiffractionSource:
                 _release_pages(self._array, view)
             else:
                 block = np.asarray(block)  # reads from HDF5; computes a dask block
+            if block.dtype != self.dtype:  # e.g. big-endian in the file -> native
+                block = block.astype(self.dtype)
         except HDF5_DAMAGE as exc:  # a damaged chunk is found only when it is read
             raise InputError(f"cannot read scan rows {start}..{stop - 1}: "
                              f"{' '.join(str(exc).split())}", path=self.path,
@@ -165,6 +173,57 @@ class DiffractionSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SqueezedArray:
+    """A stored array of more than 4 axes seen as 4D, indexed lazily along its first axis.
+
+    Some layouts keep length-1 axes, e.g. Medipix (fpd) HDF5 files store
+    (Rx, Ry, 1, Qx, Qy) with one "colour" axis. :func:`squeezed_shape` says
+    which axes are dropped. Only slices along the first kept axis are
+    supported, which is all :class:`DiffractionSource` uses.
+    """
+
+    def __init__(self, array):
+        self.array = array
+        full = tuple(int(n) for n in array.shape)
+        self.shape = squeezed_shape(full)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+        kept = _kept_axes(full)
+        self._lead = kept[0] if kept else 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice):
+            raise TypeError("SqueezedArray supports slices along its first axis only")
+        block = np.asarray(self.array[(0,) * self._lead + (key,)])
+        return block.reshape(-1, *self.shape[1:])
+
+
+def _kept_axes(shape: Sequence[int]) -> list[int]:
+    """Axes kept by :func:`squeezed_shape`."""
+    shape = [int(n) for n in shape]
+    kept = list(range(len(shape)))
+    # drop length-1 axes before the two detector axes, last first, down to 4 axes
+    for axis in range(len(shape) - 3, -1, -1):
+        if len(kept) <= 4:
+            break
+        if shape[axis] == 1:
+            kept.remove(axis)
+    return kept
+
+
+def squeezed_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` with length-1 axes (other than the detector axes) dropped down to 4 axes.
+
+    ``(2, 2, 1, 256, 256)`` -> ``(2, 2, 256, 256)``; arrays of at most 4 axes
+    are unchanged, so a one-row scan ``(1, Ry, Qx, Qy)`` stays a scan.
+    """
+    shape = tuple(int(n) for n in shape)
+    return tuple(shape[i] for i in _kept_axes(shape))
 
 
 def _release_pages(root: np.memmap, view: np.ndarray) -> None:

@@ -32,7 +32,8 @@ from ..formats.bundle import EDS, PixelCalibration, ScanBundle, create_bundle, o
 from ..io.stream import iter_blocks
 from .executor import Executor, open_executor
 from .maps import check_crop
-from .origin import OriginFit, disk_radius, find_origins, fit_origins, sample_grid
+from .origin import OriginFit, disk_radius, find_origins, fit_origins, origin_problem
+from .origin import sample_grid
 from .output import normalise_in_place, write_calibration, write_maps
 from .passes import measure_chunk, process_chunk
 from .patterns import TopValues, normalise
@@ -126,6 +127,11 @@ def measure_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int =
         fit = fit_origins(measured, settings.origin_fit, sampled=sampled)
     except ValueError as exc:
         raise InputError(str(exc), path=scan.path) from None
+    problem = origin_problem(measured, fit, probe_radius)
+    if problem:
+        raise InputError(f"{problem}; the patterns cannot be centred", path=scan.path,
+                         hint="check that the patterns show the direct beam, or `crop` to "
+                              "the positions where they do")
     return OriginMeasurement(measured, fit, probe_radius)
 
 

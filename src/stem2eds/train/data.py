@@ -220,6 +220,38 @@ def check_same_detector(bundles: Sequence[str | os.PathLike]) -> tuple[int, int]
     return distinct.pop()
 
 
+#: Smallest spread (standard deviation, atomic fraction) of an EDS target over the
+#: training positions, and smallest share of positions off its median: below
+#: either, the map is (nearly) constant and there is nothing to learn.
+MIN_TARGET_STD = 1e-3
+MIN_VARYING_FRACTION = 0.01
+
+
+def check_target_variation(values: np.ndarray, elements: Sequence[str],
+                           bundles: Sequence[str | os.PathLike]) -> None:
+    """Refuse EDS targets that do not vary over the training positions.
+
+    An all-zero map (no counts in that line) trains to a loss of 0 and
+    predicts nothing; the same holds for a map that is zero but at a few
+    positions.
+
+    Parameters
+    ----------
+    values : ndarray, shape (n, E [+ 1])
+        Targets of the training positions, EDS columns first.
+    """
+    for k, element in enumerate(elements):
+        column = values[:, k].astype(np.float64)
+        varying = np.mean(np.abs(column - np.median(column)) > 1e-6) if len(column) else 0.0
+        if column.std() < MIN_TARGET_STD or varying < MIN_VARYING_FRACTION:
+            raise InputError(f"EDS target {element} does not vary over the {len(column)} training "
+                             f"positions (mean {column.mean():.4g}, std {column.std():.2g}, "
+                             f"{100 * varying:.2g} % of positions off the median): nothing to "
+                             "learn", path=bundles[0] if len(bundles) == 1 else None,
+                             hint=f"drop {element} from `elements`, or check the EDS maps "
+                                  "(an all-zero map has no counts in that line)")
+
+
 def make_split(shapes: Sequence[tuple[int, int]], mode: str, val_fraction: float, seed: int,
                block_size: int) -> list[np.ndarray]:
     """Validation mask (Rx, Ry) bool of every scan; a different stream per scan, one seed."""
@@ -325,6 +357,8 @@ class RunData(L.LightningDataModule):
                    for p in self.bundles]
         train_pos = [np.flatnonzero(~m.ravel()) for m in self.masks]
         val_pos = [np.flatnonzero(m.ravel()) for m in self.masks]
+        check_target_variation(np.concatenate([t[p] for t, p in zip(targets, train_pos)]),
+                               self.elements, self.bundles)
         self.train_set = PositionDataset(self.bundles, train_pos, targets)
         self.val_set = PositionDataset(self.bundles, val_pos, targets)
 

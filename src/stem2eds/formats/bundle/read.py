@@ -76,11 +76,16 @@ class ScanBundle:
     @property
     @_damage_is_input_error
     def scan_shape(self) -> tuple[int, int]:
+        if DIFFRACTION not in self.file:  # a bundle of maps only
+            return tuple(int(v) for v in self.file.attrs["scan_shape"])  # type: ignore
         return tuple(self.diffraction.shape[:2])  # type: ignore[return-value]
 
     @property
     @_damage_is_input_error
-    def detector_shape(self) -> tuple[int, int]:
+    def detector_shape(self) -> tuple[int, int] | None:
+        """(Qx, Qy), or None for a bundle of maps only (no ``diffraction``)."""
+        if DIFFRACTION not in self.file:
+            return None
         return tuple(self.diffraction.shape[2:])  # type: ignore[return-value]
 
     @property

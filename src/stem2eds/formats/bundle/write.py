@@ -135,7 +135,7 @@ class BundleBuilder:
 
 @contextlib.contextmanager
 def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
-                  detector_shape: Sequence[int], dtype: Any, elements: Sequence[str],
+                  detector_shape: Sequence[int] | None, dtype: Any, elements: Sequence[str],
                   calibration: PixelCalibration | None = None, scan_name: str | None = None,
                   provenance: Mapping[str, Any] | None = None, kind: str = "raw",
                   compression: str | None = None) -> Iterator[BundleBuilder]:
@@ -150,8 +150,11 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
         Output ``.h5`` file.
     scan_shape : (Rx, Ry)
         Probe positions: scan rows, scan columns.
-    detector_shape : (Qx, Qy)
-        Detector rows, detector columns.
+    detector_shape : (Qx, Qy) or None
+        Detector rows, detector columns; None for a bundle of maps only
+        (EDS/HAADF without diffraction, e.g. for sparse EDS or
+        registration), which stores no ``diffraction`` and keeps the scan
+        shape in the ``scan_shape`` attribute.
     dtype : numpy dtype
         Dtype of the diffraction data, kept as in the source.
     elements : sequence of str
@@ -172,7 +175,7 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
     from ... import __version__
 
     rx, ry = (int(v) for v in scan_shape)
-    qx, qy = (int(v) for v in detector_shape)
+    qx, qy = (1, 1) if detector_shape is None else (int(v) for v in detector_shape)
     if min(rx, ry, qx, qy) < 1:
         raise InputError(f"empty scan: scan shape {rx}x{ry}, detector {qx}x{qy}")
     elements = [check_element(e) for e in elements]
@@ -182,7 +185,8 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
     prov = dict(provenance or {})
     prov.setdefault("stem2eds_version", __version__)
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    expected = _expected_bundle_bytes((rx, ry), (qx, qy), np.dtype(dtype), len(elements),
+    pattern_dtype = np.dtype(np.uint8 if dtype is None else dtype)
+    expected = _expected_bundle_bytes((rx, ry), (qx, qy), pattern_dtype, len(elements),
                                       compression)
     with atomic_output(path, expected_bytes=expected) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -198,9 +202,12 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
             f.attrs["provenance"] = json.dumps(prov)
             for key, value in calibration.to_attrs().items():
                 f.attrs[key] = value
-            f.create_dataset(DIFFRACTION, shape=(rx, ry, qx, qy), dtype=np.dtype(dtype),
-                             chunks=(1, 1, qx, qy), compression=compression)
-            f[DIFFRACTION].attrs["axes"] = "Rx,Ry,Qx,Qy"
+            if detector_shape is None:
+                f.attrs["scan_shape"] = (rx, ry)
+            else:
+                f.create_dataset(DIFFRACTION, shape=(rx, ry, qx, qy), dtype=np.dtype(dtype),
+                                 chunks=(1, 1, qx, qy), compression=compression)
+                f[DIFFRACTION].attrs["axes"] = "Rx,Ry,Qx,Qy"
             yield BundleBuilder(f, (rx, ry))
         release_reservation(tmp)
 
