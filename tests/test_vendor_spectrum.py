@@ -349,3 +349,22 @@ def test_library_log_lines_go_to_stderr(tmp_path, run_cli, capsys):
     out, err = capsys.readouterr()
     assert out == "" and "RosettaSciIO warning: only one spectrum stream" in err
     assert MIN_NET_COUNTS == 20
+
+
+def test_convert_bins_a_sparse_bruker_map_and_keeps_its_beam_energy(run_cli, tmp_path):
+    # 4096 positions with ~1 net count each: refused as is, quantified after
+    # --eds-bin; the bundle's step is the binned step and the beam energy the file's.
+    bcf = vendor_file("bruker/test_TEM.bcf")
+    k = "Cu_Ka=1.6,O_Ka=2.0,Pd_La=2.5,Ti_Ka=1.2"
+    code, _, err = run_cli("convert", "--eds", bcf, "--k-factors", k, "--out", tmp_path / "a.h5")
+    assert code == 2 and "--eds-bin" in err and not (tmp_path / "a.h5").exists()
+    code, _, err = run_cli("convert", "--eds", bcf, "--k-factors", k, "--eds-bin", "16",
+                           "--out", tmp_path / "b.h5")
+    assert code == 0, err
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert f["eds/Cu"].shape == (4, 4)
+        assert f.attrs["beam_energy_kev"] == pytest.approx(200.0)
+        assert f.attrs["r_pixel_unit"] == "nm"
+        assert f.attrs["r_pixel_size"] == pytest.approx(16 * 0.771, rel=0.01)
+        total = sum(f["eds"][e][()] for e in f["eds"])
+        np.testing.assert_allclose(total, 1.0, atol=1e-5)

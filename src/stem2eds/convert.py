@@ -10,6 +10,7 @@ written under a temporary name and renamed only when complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,8 @@ def convert(diffraction: str | os.PathLike | None, out: str | os.PathLike, *,
             beam_energy_kev: float | None = None,
             k_factors: Mapping[str, float] | str | None = None,
             eds_unit: str = "auto", eds_pixel_size: float | None = None,
-            haadf_pixel_size: float | None = None, command: str | None = None,
+            haadf_pixel_size: float | None = None, eds_bin: int = 1,
+            command: str | None = None,
             block_bytes: int = DEFAULT_BLOCK_BYTES,
             echo: Callable[[str], None] | None = None, quiet: bool = True) -> ConvertResult:
     """Convert a 4D-STEM file (+ EDS, HAADF) into a scan bundle.
@@ -175,11 +177,20 @@ def convert(diffraction: str | os.PathLike | None, out: str | os.PathLike, *,
         notes: list[str] = []
         file_energy = source.calibration.get("beam_energy_kev") if source else None
         eds_maps, eds_info = _read_eds(eds, wanted, k_table, beam_energy_kev or file_energy,
-                                       notes, eds_unit)
+                                       notes, eds_unit, eds_bin)
+        if eds_bin > 1:
+            # binned maps have eds_bin times the file's step: the user's (of the file), or
+            # the binned spectrum image's own calibration
+            px_sizes["eds"] = (px_sizes["eds"] * eds_bin if px_sizes["eds"] is not None
+                               else eds_info.get("pixel_size_nm"))
         haadf_map = _read_haadf(haadf) if haadf is not None else None
         grid = _grid(source, eds_maps, haadf_map, eds, haadf, px_sizes)
         calibration = _calibration(source, r_pixel, r_unit, q_pixel, q_unit, beam_energy_kev,
                                    grid.own_r_pixel)
+        if not np.isfinite(calibration.beam_energy_kev) and eds_info.get("beam_energy_kev"):
+            # no diffraction file (or one without it): the spectrum image's metadata
+            calibration = dataclasses.replace(calibration,
+                                              beam_energy_kev=eds_info["beam_energy_kev"])
         placed = _place(grid, calibration, eds_maps, haadf_map, eds, haadf, px_sizes, notes)
         for note in notes:
             echo(note)
@@ -277,8 +288,8 @@ def copy_patterns(source: DiffractionSource, target, *, block_bytes: int = DEFAU
         target[start:start + len(block)] = block
 
 
-def _read_eds(eds, wanted, k_table, beam_energy_kev, notes: list[str], eds_unit: str = "auto"
-              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _read_eds(eds, wanted, k_table, beam_energy_kev, notes: list[str], eds_unit: str = "auto",
+              eds_bin: int = 1) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """EDS maps as atomic fractions, keyed by element in output order."""
     if eds is None:
         return {}, {}
@@ -294,11 +305,13 @@ def _read_eds(eds, wanted, k_table, beam_energy_kev, notes: list[str], eds_unit:
     if not path.exists():
         raise InputError("no such file or folder", path=path,
                          hint="give `eds` a folder of element maps or a spectrum-image file")
-    quant = quantify_spectrum_image(path, wanted, k_table, beam_energy_kev)
+    quant = quantify_spectrum_image(path, wanted, k_table, beam_energy_kev, eds_bin=eds_bin)
     notes.extend(f"{path.name}: {n}" for n in quant.notes)
     info = {"kind": "spectrum image", "method": "Cliff-Lorimer (exspy)",
             "xray_lines": quant.xray_lines, "k_factors": quant.k_factors,
-            "k_factor_source": quant.k_factor_source}
+            "k_factor_source": quant.k_factor_source, "beam_energy_kev": quant.beam_energy_kev,
+            "eds_bin": eds_bin,
+            "pixel_size_nm": float(np.mean(quant.pixel_size_nm)) if quant.pixel_size_nm else None}
     return {e: quant.fractions[e] for e in quant.elements}, info
 
 

@@ -64,6 +64,10 @@ def register(subparsers) -> None:
     p.add_argument("--k-factors", metavar="LIST",
                    help="Cliff-Lorimer k-factors for a spectrum image, e.g. O=1.0,Si=1.2,Ge=1.6 "
                         "(default: from the file's metadata)")
+    p.add_argument("--eds-bin", type=int, default=1, metavar="N",
+                   help="sum N x N positions of a spectrum image before quantifying it "
+                        "(for low-count maps; the maps then have N times the scan step and "
+                        "are stored for registration)")
     p.add_argument("--eds-unit", choices=("auto", "fraction", "percent"), default="auto",
                    help="unit of the maps in an --eds folder; auto: fraction if every value "
                         "is <= 1, percent if any exceeds 1.5, else refused as ambiguous; "
@@ -107,7 +111,7 @@ def run(args) -> int:
         eds=args.eds, haadf=args.haadf, elements=args.elements, name=args.name,
         r_pixel=args.r_pixel, r_unit=args.r_unit, q_pixel=args.q_pixel, q_unit=args.q_unit,
         beam_energy_kev=args.beam_energy, k_factors=args.k_factors,
-        eds_unit=args.eds_unit, eds_pixel_size=args.eds_pixel_size,
+        eds_unit=args.eds_unit, eds_bin=args.eds_bin, eds_pixel_size=args.eds_pixel_size,
         haadf_pixel_size=args.haadf_pixel_size,
         command=_command_line(args),
         block_bytes=int(args.block_mb * 2**20),
