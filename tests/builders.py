@@ -7,9 +7,11 @@ another test module). Everything is deterministic for a given seed.
 from __future__ import annotations
 
 import math
+import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import ndimage
 from scipy.special import erfc
 
@@ -202,3 +204,19 @@ def make_spectrum_image(atomic: np.ndarray, k_factors=SI_K_FACTORS, counts=1e5,
     if store_k is not None:
         s.metadata.set_item("Sample.kfactors", [store_k[e] for e in SI_ELEMENTS])
     return s
+
+
+# -- real vendor files (fetched by `make dev` from pinned package releases) --
+_spec = importlib.util.spec_from_file_location(
+    "stem2eds_vendor_fetch", Path(__file__).parent / "vendor" / "fetch.py")
+fetch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fetch)
+
+
+def vendor_file(name: str) -> Path:
+    """Path of a pinned real file; skip the test when it has not been fetched."""
+    path = fetch.cache_dir() / name
+    if not path.is_file():
+        pytest.skip(f"real vendor file {name} is not fetched (run `make dev` or "
+                    "`python tests/vendor/fetch.py`)")
+    return path

@@ -6,7 +6,6 @@ into .venv/stem2eds-testdata; a test whose file is absent is skipped.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import warnings
 from pathlib import Path
@@ -20,10 +19,7 @@ from stem2eds.errors import InputError
 from stem2eds.formats.bundle import open_bundle
 from stem2eds.io.diffraction import find_4d_datasets, open_diffraction
 
-_spec = importlib.util.spec_from_file_location(
-    "stem2eds_vendor_fetch_diffraction", Path(__file__).parent / "vendor" / "fetch.py")
-fetch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch)
+from builders import vendor_file  # noqa: E402
 
 BLOCKFILE = "blockfile/test1.blo"
 TIA_4D = "tia/16x16-diffraction_imagel_5x5x256x256_EDS.emi"
@@ -46,13 +42,6 @@ def _quiet_readers():
         yield
     logging.disable(logging.NOTSET)
 
-
-def vendor_file(name: str) -> Path:
-    path = fetch.cache_dir() / name
-    if not path.is_file():
-        pytest.skip(f"real vendor file {name} is not fetched (run `make dev` or "
-                    "`python tests/vendor/fetch.py`)")
-    return path
 
 
 @pytest.fixture

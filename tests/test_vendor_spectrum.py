@@ -27,10 +27,7 @@ from stem2eds.io.spectrum import (
     read_haadf_from_file,
 )
 
-_spec = importlib.util.spec_from_file_location(
-    "stem2eds_vendor_fetch", Path(__file__).parent / "vendor" / "fetch.py")
-fetch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch)
+from builders import fetch, vendor_file  # noqa: E402
 
 VELOX_SI = "velox/fei_emd_si.emd"
 VELOX_SUPERX = "velox/fei_SI_SuperX-HAADF_10frames_10x50.emd"
@@ -44,14 +41,6 @@ SEM_ELEMENTS = ["O", "Mg", "Al", "Si", "Ca", "Ti", "Fe"]
 SEM_K = {"O": 1.9, "Mg": 1.05, "Al": 1.0, "Si": 1.0, "Ca": 1.1, "Ti": 1.2, "Fe": 1.35}
 STEEL_K = {"Cr": 1.1, "Fe": 1.2, "Ni": 1.35}
 
-
-def vendor_file(name: str) -> Path:
-    """Path of a pinned real file; skip the test when it has not been fetched."""
-    path = fetch.cache_dir() / name
-    if not path.is_file():
-        pytest.skip(f"real vendor file {name} is not fetched (run `make dev` or "
-                    "`python tests/vendor/fetch.py`)")
-    return path
 
 
 def velox_spectrum_images_readable() -> bool:

@@ -20,8 +20,9 @@ Names load on first use, so that ``import stem2eds`` (and ``stem2eds --help``)
 does not import h5py, torch or Lightning.
 """
 
-from importlib import import_module as _import_module
 from importlib.metadata import PackageNotFoundError, version as _version
+
+from .lazy import lazy_exports
 
 try:
     __version__ = _version("stem2eds")
@@ -41,16 +42,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = ["__version__", *_WHERE]

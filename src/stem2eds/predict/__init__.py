@@ -7,7 +7,7 @@
 Names load on first use, so that importing this package does not import torch.
 """
 
-from importlib import import_module as _import_module
+from ..lazy import lazy_exports
 
 _WHERE = {
     "Prediction": "predictor",
@@ -17,16 +17,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = list(_WHERE)

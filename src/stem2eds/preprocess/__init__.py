@@ -14,7 +14,7 @@ Training and prediction use the same functions with the stored settings
 prediction time.
 """
 
-from importlib import import_module as _import_module
+from ..lazy import lazy_exports
 
 #: Where each public name lives. Modules load on first use, so that
 #: ``stem2eds predict`` (which needs only the pipeline) does not import
@@ -33,16 +33,7 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = [
