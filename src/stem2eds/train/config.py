@@ -178,7 +178,9 @@ class TrainConfig:
         _choice("split", self.split, SPLITS)
         _choice("device", self.device, DEVICES)
         _choice("filter_predictions", self.filter_predictions, FILTER_CHOICES)
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+        if not (isinstance(self.learning_rate, (int, float))
+                and not isinstance(self.learning_rate, bool)
+                and self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise InputError(f"learning_rate must be positive, got {self.learning_rate}")
         for name, (low, high) in INT_RANGES.items():
             setattr(self, name, _int_setting(name, getattr(self, name), low, high))
