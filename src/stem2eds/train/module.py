@@ -244,6 +244,8 @@ def _lightning_settings():
 
 def _run_fit(trainer, module, data, run: RunDir, ckpt_path, recorder) -> None:
     """``trainer.fit`` with interrupts, a full disk and bad checkpoints made user errors."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     sigint = signal.getsignal(signal.SIGINT) \
         if threading.current_thread() is threading.main_thread() else None
     disk: list[OSError] = []
@@ -259,6 +261,11 @@ def _run_fit(trainer, module, data, run: RunDir, ckpt_path, recorder) -> None:
         if exc.errno in _DISK_FULL:
             raise _disk_full_error(run) from None
         raise
+    except MisconfigurationException as exc:  # e.g. resuming past `max_epochs`
+        text = " ".join(str(exc).split())[:200]
+        raise InputError(f"Lightning cannot train this run: {text}", path=run.path,
+                         hint="when resuming, give `max_epochs` above the epochs already "
+                              "run") from None
     except (RuntimeError, KeyError, ValueError) as exc:
         text = str(exc).lower()
         if ckpt_path is not None and (isinstance(exc, KeyError) or any(
