@@ -145,7 +145,8 @@ _NON_UTF8 = os.fsdecode(b"out\xff\xfe")
 
 #: Names from files that must never become paths.
 BAD_NAMES = {"parent": "../../escaped", "absolute": "/tmp/escaped", "dotdot": "..",
-             "hidden": ".hidden", "slash": "a/b", "backslash": "a\\b", "space": "a b",
+             "hidden": ".hidden", "slash": "a/b", "backslash": "a\\b", "newline": "a\nb",
+             "trailing-space": "a ",
              "long": "x" * 300, "empty": "", "dash": "-rf"}
 
 # Each case: (make(case, shared) -> argv, fragment expected in the one line).
@@ -393,7 +394,7 @@ def test_a_missing_scan_name_becomes_a_safe_one(tmp_path, shared):
     with h5py.File(bundle, "r+") as f:
         del f.attrs["scan_name"]
     with open_bundle(bundle) as scan:
-        assert scan.name == "my_scan__1_"
+        assert scan.name == "my scan _1_"
 
 
 @pytest.mark.parametrize("text", ["Ge,Ge,Te", "Ge,ge", ["Te", "Te"]])
@@ -417,6 +418,6 @@ def test_check_file_name_refuses(name):
 def test_check_file_name_accepts_scan_names():
     from stem2eds.formats.names import check_file_name, name_in_folder
 
-    for name in ("scan_0033", "0034", "GST-225.a", "Übersicht"):
+    for name in ("scan_0033", "0034", "GST-225.a", "Übersicht", "scan 0033"):
         assert check_file_name(name) == name
     assert name_in_folder(Path("/r"), "s1", ".h5") == Path("/r/s1.h5")

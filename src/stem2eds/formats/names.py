@@ -18,21 +18,21 @@ from ..errors import InputError
 #: Longest accepted name (file systems allow 255 bytes; suffixes are added).
 MAX_NAME_LENGTH = 128
 
-_ALLOWED = re.compile(r"[^\W]|[.\-]")  # letters, digits, underscore, dot, hyphen
+_ALLOWED = re.compile(r"[^\W]|[.\- ]")  # letters, digits, underscore, dot, hyphen, space
 
 
 def is_file_name(name: object) -> bool:
     """True when ``name`` is safe as one path component (see :func:`check_file_name`)."""
     return (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH
-            and not name.startswith((".", "-")) and all(_ALLOWED.fullmatch(c) for c in name))
+            and not name.startswith((".", "-")) and name == name.strip() and all(_ALLOWED.fullmatch(c) for c in name))
 
 
 def check_file_name(name: object, what: str = "scan_name",
                     source: str | os.PathLike | None = None) -> str:
     """Return ``name`` when it is a safe file name, else raise InputError.
 
-    Accepted: letters, digits, ``_``, ``.`` and ``-``; not starting with a
-    dot or a hyphen; at most :data:`MAX_NAME_LENGTH` characters. So no
+    Accepted: letters, digits, ``_``, ``.``, ``-`` and inner spaces (``scan
+    0033`` from a microscope's metadata); not starting with a dot or a hyphen; at most :data:`MAX_NAME_LENGTH` characters. So no
     folder separators, no ``..``, no absolute paths and no hidden files.
 
     Parameters
@@ -46,7 +46,7 @@ def check_file_name(name: object, what: str = "scan_name",
     """
     if not is_file_name(name):
         shown = repr(name)[:80]
-        raise InputError(f"{what} {shown} is not a safe name (letters, digits, '_', '.', '-'; "
+        raise InputError(f"{what} {shown} is not a safe name (letters, digits, '_', '.', '-', spaces; "
                          f"no leading dot, at most {MAX_NAME_LENGTH} characters)", path=source,
                          hint="rename the scan, e.g. with h5py: "
                               "f.attrs['scan_name'] = 'scan_0033'")
@@ -56,7 +56,7 @@ def check_file_name(name: object, what: str = "scan_name",
 def safe_file_name(text: str) -> str:
     """``text`` made into a safe name (other characters become ``_``), for defaults."""
     name = "".join(c if _ALLOWED.fullmatch(c) else "_" for c in str(text))[:MAX_NAME_LENGTH]
-    name = name.lstrip(".-") or "scan"
+    name = name.strip().lstrip(".-").strip() or "scan"
     return name
 
 

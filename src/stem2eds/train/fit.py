@@ -397,7 +397,7 @@ def ensure_trained(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     ------
     InputError
         When a finished run without a fingerprint is there, or finished
-        weights with the right fingerprint no longer load (e.g. the model
+        weights no longer load (e.g. the model
         changed since): resuming would mix two models, so the user decides.
     """
     from ..predict.predictor import load_run
@@ -407,18 +407,18 @@ def ensure_trained(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     want = run_fingerprint(bundles, config)
     have = run.recorded_fingerprint() if run.run_json.is_file() else None
     if run.is_complete():
+        try:
+            load_run(run.path)
+        except InputError as exc:
+            raise InputError(f"finished run cannot be reused ({exc})", path=run.path,
+                             hint="delete that folder (or use another output folder) "
+                                  "to retrain it") from None
         if have is None:
             raise InputError("folder holds a finished run without a fingerprint of its "
                              "inputs and settings, so whether it can be reused is unknown",
                              path=run.path, hint="delete that folder (or use another "
                                                  "output folder) to retrain it")
         if have == want:
-            try:
-                load_run(run.path)
-            except InputError as exc:
-                raise InputError(f"finished run cannot be reused ({exc})", path=run.path,
-                                 hint="delete that folder (or use another output folder) "
-                                      "to retrain it") from None
             return run.path
     stale = run.holds_run() and have != want
     if stale:
