@@ -202,6 +202,7 @@ def atomic_output(path: str | os.PathLike,
     ...     h5py.File(tmp, "w").close()
     """
     target = Path(path)
+    check_path_encoding(target)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise InputError("output folder does not exist", path=folder,
@@ -229,3 +230,59 @@ def atomic_output(path: str | os.PathLike,
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def check_path_encoding(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse a path that is not valid UTF-8 (HDF5 and JSON records need text names)."""
+    try:
+        str(os.fspath(path)).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} name is not valid UTF-8", path=os.fsdecode(path).encode(
+            "utf-8", "backslashreplace").decode("ascii", "backslashreplace"),
+            hint="choose a name of letters, digits, '_', '.' and '-'") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwrite(out: str | os.PathLike, *inputs: str | os.PathLike,
+                     what: str = "out", contents: bool = True) -> None:
+    """Refuse an output that is one of the inputs (or holds one, for a folder).
+
+    Compares resolved paths and, for existing files, the inode
+    (:func:`os.path.samefile`), so hard links, symbolic links and ``./``
+    spellings of an input are all caught. For an output folder, an input
+    inside it is refused too (the command would write over or beside it).
+
+    Parameters
+    ----------
+    out : path-like
+        The output file or folder.
+    *inputs : path-like
+        The command's input files.
+    what : str
+        The setting that names the output (named in the error).
+    contents : bool
+        For an output folder, refuse inputs inside it too (a folder the
+        command fills, e.g. a run's ``preprocessed/``).
+
+    Raises
+    ------
+    InputError
+        Naming the output and the input.
+    """
+    target = Path(out)
+    check_path_encoding(target)
+    resolved = target.resolve()
+    for item in inputs:
+        src = Path(item)
+        inside = contents and target.is_dir() and resolved in src.resolve().parents
+        if _same_file(target, src) or inside:
+            raise InputError(f"`{what}` would overwrite the input {str(src)!r}"
+                             + (" (it lies in the output folder)" if inside else ""),
+                             path=target, hint="choose another output; no command's output "
+                                               "may be one of its inputs")

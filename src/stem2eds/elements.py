@@ -39,4 +39,9 @@ def element_list(text: str | Sequence[str] | None) -> list[str] | None:
     if text is None:
         return None
     items = text.split(",") if isinstance(text, str) else list(text)
-    return [check_element(e) for e in items if e.strip()]
+    symbols = [check_element(e) for e in items if e.strip()]
+    dupes = sorted({e for e in symbols if symbols.count(e) > 1})
+    if dupes:
+        raise InputError(f"element {', '.join(dupes)} listed more than once in "
+                         f"{','.join(symbols)}", hint="give each element once")
+    return symbols

@@ -64,7 +64,20 @@ def run(args) -> int:
     if "crop" in pre:
         pre["crop"] = parse_crop(pre["crop"])
     config = config.replace(**given(args, TrainConfig), preprocess=pre or None)
-    run_dir = train(args.bundles, args.out, config, resume=args.resume, quiet=args.quiet)
+    try:
+        run_dir = train(args.bundles, args.out, config, resume=args.resume, quiet=args.quiet)
+    except KeyboardInterrupt as exc:
+        import sys
+
+        from ..formats.rundir import RunDir
+        from . import _Terminated
+
+        # The run folder keeps its checkpoint; interrupted before the first
+        # one, nothing is kept (train removes what it had made).
+        text = "interrupted; resume with --resume" if RunDir(args.out).has_checkpoint() \
+            else "interrupted before the first checkpoint; nothing was kept, run it again"
+        print(f"stem2eds train: {text}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     if is_main_process():  # DDP re-runs this command in its extra processes
         print(run_dir)
     return 0

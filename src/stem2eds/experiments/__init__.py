@@ -53,12 +53,15 @@ def run_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     Path
         ``run_dir``.
     """
-    if strategy == "sparse":
-        from .sparse import run_sparse_experiment
+    from .common import locked_run_dir
 
-        return run_sparse_experiment(bundles, run_dir, config=config, quiet=quiet,
-                                     figures=figures, **(sparse or {}))
-    from .crossscan import run_crossscan
+    with locked_run_dir(run_dir, bundles):
+        if strategy == "sparse":
+            from .sparse import run_sparse_experiment
 
-    return run_crossscan(bundles, run_dir, strategy, config, calibration=calibration,
-                         quiet=quiet, figures=figures)
+            return run_sparse_experiment(bundles, run_dir, config=config, quiet=quiet,
+                                         figures=figures, **(sparse or {}))
+        from .crossscan import run_crossscan
+
+        return run_crossscan(bundles, run_dir, strategy, config, calibration=calibration,
+                             quiet=quiet, figures=figures)

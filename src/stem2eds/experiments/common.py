@@ -12,17 +12,17 @@ never share a folder (:func:`model_folder`).
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from .. import metrics
 from ..errors import InputError
-from ..formats.bundle import TRUTH, open_bundle
+from ..formats.bundle import TRUTH, fingerprint, open_bundle
+from ..formats.names import check_file_name, name_in_folder
 from ..formats.prediction import write_prediction_file
 from ..formats.targets_file import Targets
 
@@ -56,6 +56,51 @@ def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
     return run
 
 
+#: What an experiment writes in its folder; no input may lie there.
+PRODUCTS = ("predictions", "targets", "preprocessed", "models", "anomaly", "figures",
+            "metrics.json", "report.html")
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: str | os.PathLike, bundles: Sequence[str | os.PathLike]
+                   ) -> Iterator[Path]:
+    """Check, create and lock an experiment's folder while the experiment writes it.
+
+    No input bundle may be the folder or lie among what the experiment
+    writes (:data:`PRODUCTS`). A second experiment into the same folder gets
+    an InputError naming the process that holds it (an OS lock, released
+    when the holder dies). A folder this call created is removed again when
+    the experiment fails before writing anything into it.
+    """
+    from ..atomic import check_path_encoding, refuse_overwrite
+    from ..formats.rundir import folder_lock
+
+    run = prepare_run_dir(run_dir)
+    check_path_encoding(run, "run_dir")
+    for b in bundles:
+        refuse_overwrite(run, b, what="run_dir", contents=False)
+        for product in PRODUCTS:
+            refuse_overwrite(run / product, b, what="run_dir")
+    run.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir()
+        created = True
+    except FileExistsError:
+        created = False
+    try:
+        with folder_lock(run):
+            yield run
+    except BaseException:
+        if created and not any(run.iterdir()):
+            run.rmdir()
+        raise
+
+
+def scan_file(folder: Path, name: str, suffix: str = ".h5") -> Path:
+    """``folder/<scan><suffix>``: a scan name becomes a path only through this check."""
+    return name_in_folder(folder, name, suffix)
+
+
 def scan_names(bundles: Sequence[Path]) -> list[str]:
     """Scan names of raw bundles (need diffraction and EDS); each must appear once.
 
@@ -76,7 +121,7 @@ def scan_names(bundles: Sequence[Path]) -> list[str]:
     names = []
     for path in bundles:
         with open_bundle(path, require=("diffraction", "eds")) as scan:
-            names.append(scan.name)
+            names.append(check_file_name(scan.name, "attribute 'scan_name'", path))
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"scan name(s) {', '.join(dupes)} appear more than once",
@@ -187,7 +232,10 @@ class PreprocessedCache:
     Predicting from a preprocessed bundle gives the same numbers as predicting
     the raw bundle (``Predictor.predict_scan`` checks the settings match) but
     spares repeating the centring and binning for every model that predicts
-    the scan. Files: ``RUN_DIR/preprocessed/<scan>_<settings hash>.h5``.
+    the scan. Files: ``RUN_DIR/preprocessed/<scan>_<fingerprint>.h5``, where
+    the fingerprint covers the settings and the source's data (name, size,
+    modification time, provenance): a source that changed under the same
+    name gets a new file, never the old one.
     """
 
     def __init__(self, folder: Path, quiet: bool):
@@ -198,8 +246,8 @@ class PreprocessedCache:
         """Path of ``source`` preprocessed with ``settings`` (made on first use)."""
         from ..preprocess import preprocess_bundle
 
-        key = hashlib.sha1(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()
-        out = self.folder / f"{name}_{key[:12]}.h5"
+        key = fingerprint([source], settings.to_dict())
+        out = scan_file(self.folder, f"{name}_{key[:16]}")
         if not out.is_file():
             self.folder.mkdir(parents=True, exist_ok=True)
             preprocess_bundle(source, out, settings, quiet=self.quiet)

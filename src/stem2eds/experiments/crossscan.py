@@ -66,8 +66,8 @@ from ..formats.rundir import RunDir
 from ..formats.targets_file import Targets, read_targets, write_targets
 from ..train.fit import ensure_trained
 from .common import (BASELINE_MODEL, PreprocessedCache, cropped_shape, load_targets,
-                     model_folder, prepare_run_dir, save_prediction, scan_names, score_scan,
-                     summarize_scores)
+                     model_folder, prepare_run_dir, save_prediction, scan_file, scan_names,
+                     score_scan, summarize_scores)
 
 __all__ = ["STRATEGIES", "CALIBRATIONS", "Part", "plan", "TrainedPart", "ScoredScans",
            "fit_part", "score_part", "metrics_document", "run_crossscan", "recompute_metrics",
@@ -285,14 +285,14 @@ def _write_scan_files(run: Path, name: str, scored: ScoredScans, elements: list[
     """predictions/{,calibrated/,baseline/}<scan>.h5 and targets/<scan>.h5 of one scan."""
     eds, haadf = scored.raw[name]
     source = scored.paths[name]
-    save_prediction(run / "predictions" / f"{name}.h5", eds, haadf, elements, name, model,
+    save_prediction(scan_file(run / "predictions", name), eds, haadf, elements, name, model,
                     source)
-    save_prediction(run / "predictions" / "calibrated" / f"{name}.h5",
+    save_prediction(scan_file(run / "predictions" / "calibrated", name),
                     scored.calibrated[name], haadf, elements, name, model, source,
                     calibration=scored.calibration_method)
-    save_prediction(run / "predictions" / "baseline" / f"{name}.h5", scored.base_raw[name],
+    save_prediction(scan_file(run / "predictions" / "baseline", name), scored.base_raw[name],
                     None, elements, name, base, source)
-    write_targets(run / "targets" / f"{name}.h5", scored.targets[name], elements, name,
+    write_targets(scan_file(run / "targets", name), scored.targets[name], elements, name,
                   source)
 
 

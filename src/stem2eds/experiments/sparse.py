@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..formats.metrics_file import write_metrics
 from ..formats.prediction import write_prediction_file
 from ..formats.targets_file import Targets
-from .common import load_targets, prepare_run_dir, scan_names
+from .common import PreprocessedCache, load_targets, prepare_run_dir, scan_file, scan_names
 from .sparse_anomaly import AnomalyMaps, find_anomalies
 from .sparse_coverage import extrapolation_coverage, sparse_coverage
 
@@ -176,7 +176,6 @@ def fit_ensemble(plan: SparsePlan, quiet: bool) -> EnsemblePrediction:
     """Train (or reuse) the ensemble on the training scans and predict the new scan."""
     from ..analysis.uncertainty import ensemble_stats
     from ..predict.predictor import load_run
-    from ..preprocess import preprocess_bundle
     from .ensemble import train_ensemble
 
     run = plan.run
@@ -184,9 +183,9 @@ def fit_ensemble(plan: SparsePlan, quiet: bool) -> EnsemblePrediction:
                              quiet)
     predictors = [load_run(m) for m in members]
     settings = predictors[0].settings
-    pre = run / "preprocessed" / f"{plan.target}.h5"
-    if not pre.is_file():
-        preprocess_bundle(plan.target_path, pre, settings, quiet=quiet)
+    # Keyed by the settings and the scan's data: a changed scan is preprocessed again.
+    pre = PreprocessedCache(run / "preprocessed", quiet).get(plan.target_path, plan.target,
+                                                             settings)
     preds = []
     for p in predictors:
         same = p.settings.to_dict() == settings.to_dict()
@@ -432,13 +431,13 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
 
     attrs = {"elements": ens.elements, "scan_name": plan.target, "run_dir": str(run.resolve()),
              "stem2eds_version": __version__, "source": str(plan.target_path.resolve())}
-    write_prediction_file(run / "predictions" / f"{plan.target}.h5", ens.elements, ens.mean,
+    write_prediction_file(scan_file(run / "predictions", plan.target), ens.elements, ens.mean,
                           eds_std=ens.std,
                           attrs={**attrs, "ensemble": len(ens.predictors),
                                  "members": [str(m.relative_to(run)) for m in ens.members]})
     scores = score_fractions(plan, ens, maps, attrs)
     anomalies = find_anomalies(ens, maps, anomaly_threshold)
-    anomalies.write(run / "anomaly" / f"{plan.target}.h5", maps.grain)
+    anomalies.write(scan_file(run / "anomaly", plan.target), maps.grain)
     doc = sparse_document(plan, ens, maps, scores, anomalies)
     if figures:
         from ..report.beyond import SparseFigureData, draw_beyond_figures

@@ -175,6 +175,12 @@ def validate_metrics(data: Any, path: str | os.PathLike = FILE_NAME) -> None:
     if not isinstance(elements, list) or not all(isinstance(e, str) for e in elements):
         raise InputError("metrics.json key 'elements' is not a list of element names",
                          path=path)
+    from ..elements import check_element
+
+    for e in elements:
+        if check_element(e, source=path) != e:
+            raise InputError(f"metrics.json key 'elements' holds {e[:20]!r}, not a symbol as "
+                             "written by experiment", path=path)
     figures = data.get("figures", [])
     if not isinstance(figures, list):
         raise InputError("metrics.json key 'figures' is not a list", path=path)
@@ -221,4 +227,10 @@ def figure_file(name: str, path: str | os.PathLike = FILE_NAME, key: str = "figu
 def figure_path(run_dir: str | os.PathLike, name: str) -> Path:
     """``run_dir/figures/<file>`` of a figure entry's ``file`` (validated by :func:`figure_file`)."""
     run = Path(run_dir)
-    return run / FIGURES_FOLDER / figure_file(name, metrics_path(run))
+    path = run / FIGURES_FOLDER / figure_file(name, metrics_path(run))
+    # A link in figures/ pointing elsewhere would embed that file in the report.
+    if path.is_symlink() or (path.exists() and (run / FIGURES_FOLDER).resolve()
+                             not in path.resolve().parents):
+        raise InputError(f"figure {name!r} is a link out of the run's {FIGURES_FOLDER}/ folder",
+                         path=path)
+    return path

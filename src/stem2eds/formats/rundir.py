@@ -23,12 +23,14 @@ preprocessing while torch loads); torch is imported only by
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -132,8 +134,15 @@ def check_run_info(data: dict[str, Any], path: str | os.PathLike) -> None:
         raise bad("target_scales", "must hold the haadf scale of a run with a haadf target")
     if not isinstance(data.get("preprocess"), dict):
         raise bad("preprocess", "must be a table of preprocessing settings")
-    if not isinstance(data.get("status"), str):
-        raise bad("status", "must be a string")
+    if data.get("status") not in ("training", "complete"):
+        raise bad("status", "must be 'training' or 'complete'")
+    fingerprint = data.get("fingerprint")
+    if fingerprint is not None and not (isinstance(fingerprint, str) and len(fingerprint) == 64
+                                        and all(c in "0123456789abcdef" for c in fingerprint)):
+        raise bad("fingerprint", "must be a SHA-256 hex digest")
+    seed = data.get("seed", 0)
+    if not _is_int(seed, 0, 2**32 - 1):
+        raise bad("seed", "must be an integer in 0..2**32-1")
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,42 @@ class RunDir:
     def curves_png(self) -> Path:
         return self.figures / "training_curves.png"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    def products(self) -> list[Path]:
+        """Every file and folder a training run writes here (what a restart removes)."""
+        return [self.run_json, self.config_toml, self.weights, self.split_npz,
+                self.checkpoints, self.logs, self.figures, self.preprocessed]
+
+    def remove_products(self) -> None:
+        """Delete what a training run wrote here (the folder and other files stay)."""
+        for p in self.products():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def recorded_fingerprint(self) -> str | None:
+        """``fingerprint`` of ``run.json`` (None when absent or unreadable)."""
+        try:
+            return self.info().get("fingerprint")
+        except InputError:
+            return None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's write lock (``.lock``); InputError when another process holds it.
+
+        The lock is an OS lock (:func:`fcntl.flock`), so the kernel releases
+        it when the holder dies, however it dies; a lock file left behind by
+        a killed process never blocks. The folder must exist.
+        """
+        with folder_lock(self.path):
+            yield
+
     # -- weights ------------------------------------------------------------------
     def save_weights(self, state_dict: dict[str, Any]) -> None:
         """Save a model's state (parameters and buffers) as safetensors, atomically."""
@@ -323,6 +368,52 @@ class RunDir:
                 ep = sorted(by_epoch)
                 curves[col] = (np.array(ep), np.array([by_epoch[e] for e in ep]))
         return curves
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold ``folder/.lock`` (see :meth:`RunDir.lock`); the second writer gets InputError.
+
+    The lock file holds the pid of its holder (named in the error) and is
+    removed on release.
+    """
+    import fcntl
+
+    from ..atomic import check_path_encoding
+
+    folder = Path(folder)
+    check_path_encoding(folder)
+    path = folder / ".lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            finally:
+                os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise InputError(f"in use by {who} (it is writing this folder)", path=folder,
+                             hint="wait for it to finish or choose another output folder") \
+                from None
+        # The holder before us may have removed the file after we opened it:
+        # then we hold a lock on a file nobody else sees; try again.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:

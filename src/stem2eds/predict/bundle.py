@@ -54,8 +54,20 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     from ..formats.prediction import open_prediction_writer
     from ..io.stream import Prefetcher
 
+    from ..atomic import refuse_overwrite
+
     run_dir = Path(run_dir)
     out = Path(out)
+    refuse_overwrite(out, bundle)
+    from ..formats.rundir import RunDir
+
+    # The run's own files are inputs too (its weights, run.json, preprocessed bundles).
+    for product in (run_dir, *RunDir(run_dir).products()):
+        if product.resolve() == out.resolve() or product.resolve() in out.resolve().parents:
+            from ..errors import InputError
+
+            raise InputError("`out` would overwrite a file of the training run (an input)",
+                             path=out, hint="write the prediction file elsewhere")
     info, settings = _finished_run(run_dir)
     with open_bundle(bundle) as scan:
         early = None

@@ -309,6 +309,9 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
         was measured (origins and their fit, registration offset) is in the
         output bundle; :func:`summarise` reads it back.
     """
+    from ..atomic import refuse_overwrite
+
+    refuse_overwrite(out, src)
     settings = PreprocessSettings(**asdict(settings or PreprocessSettings()))
     if scheduler is not None and register:
         raise InputError("registration (`register`) is not available with a Dask `scheduler`",

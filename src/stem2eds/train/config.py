@@ -40,6 +40,14 @@ LOSSES = ("mae", "mse", "huber")
 SPLITS = ("random", "blocks")
 FILTER_CHOICES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
+#: Lightning strategies a run may name (Lightning's registry, without importing it).
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook",
+              "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false",
+              "fsdp", "deepspeed", "single_device", "single_xla", "xla")
+#: Sane ranges of the integer settings (an absurd value is a typo, not a wish).
+INT_RANGES = {"batch_size": (1, 2**20), "max_epochs": (1, 10**6), "patience": (1, 10**6),
+              "block_size": (1, 10**5), "num_nodes": (1, 4096), "num_workers": (0, 1024),
+              "threads": (0, 4096), "seed": (0, 2**32 - 1)}
 
 
 def _default_preprocess():
@@ -170,24 +178,20 @@ class TrainConfig:
         _choice("split", self.split, SPLITS)
         _choice("device", self.device, DEVICES)
         _choice("filter_predictions", self.filter_predictions, FILTER_CHOICES)
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+        if not (isinstance(self.learning_rate, (int, float))
+                and not isinstance(self.learning_rate, bool)
+                and self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise InputError(f"learning_rate must be positive, got {self.learning_rate}")
-        for name in ("batch_size", "max_epochs", "patience", "block_size", "num_nodes"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-            setattr(self, name, int(getattr(self, name)))
-        for name in ("num_workers", "threads", "seed"):
-            if int(getattr(self, name)) < 0:
-                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
-            setattr(self, name, int(getattr(self, name)))
-        if not 0 < self.val_fraction < 1:
-            raise InputError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name, (low, high) in INT_RANGES.items():
+            setattr(self, name, _int_setting(name, getattr(self, name), low, high))
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
+            raise InputError(f"`val_fraction` must be between 0 and 1, got {self.val_fraction}")
+        if not (isinstance(self.strategy, str) and self.strategy in STRATEGIES):
+            raise InputError(f"`strategy` {str(self.strategy)[:40]!r} not understood",
+                             hint=f"use one of {', '.join(STRATEGIES)}")
         if self.devices != "auto":
-            try:
-                self.devices = int(self.devices)
-            except (TypeError, ValueError):
-                raise InputError(f"devices must be a number or 'auto', got {self.devices!r}") \
-                    from None
+            self.devices = _int_setting("devices", self.devices, 1, 4096,
+                                        also="a number of devices or 'auto'")
 
     @property
     def hparams(self):
@@ -259,6 +263,25 @@ class TrainConfig:
             changes["preprocess"] = type(self.preprocess).from_dict(merged)
         data = {**self.to_dict(), **changes}
         return type(self).from_dict(data)
+
+
+def _int_setting(name: str, value: Any, low: int, high: int, also: str = "") -> int:
+    """``value`` as an int in ``low..high`` (whole floats such as 64.0 accepted)."""
+    ok = not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)
+                                   and value.is_integer()))
+    if not ok and isinstance(value, str):
+        try:
+            value, ok = int(value), True
+        except ValueError:
+            pass
+    if not ok:
+        raise InputError(f"`{name}` must be {also or 'an integer'}, got {str(value)[:40]}")
+    if int(value) < low:
+        raise InputError(f"`{name}` must be at least {low}, got {value}")
+    if int(value) > high:
+        raise InputError(f"`{name}` must be at most {high}, got {value}")
+    return int(value)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..formats.bundle import open_bundle
+from ..formats.bundle import fingerprint, open_bundle
 from ..formats.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, RunDir, write_json
 from .config import TrainConfig
 
@@ -65,16 +65,22 @@ def _preprocess_all(bundles: Sequence[Path], run: RunDir, config: TrainConfig,
     run.preprocessed.mkdir(parents=True, exist_ok=True)
     outs = [run.preprocessed_bundle(i, b) for i, b in enumerate(bundles)]
     sources = [str(Path(b).resolve()) for b in bundles]
+    made_from = fingerprint(bundles, config.preprocess.to_dict())
     if reuse and run.preprocess_record.is_file():
-        saved = json.loads(run.preprocess_record.read_text())
-        if saved.get("sources") == sources and all(o.is_file() for o in outs):
+        try:
+            saved = json.loads(run.preprocess_record.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            saved = {}
+        if isinstance(saved, dict) and saved.get("sources") == sources \
+                and saved.get("fingerprint") == made_from and all(o.is_file() for o in outs):
             return outs, PreprocessSettings.from_dict(saved["settings"])
     settings = config.preprocess
     for src, out in zip(bundles, outs):
         # The first bundle fits what is unresolved (scale, beam radius); the
         # others reuse it so all patterns share one intensity scale.
         settings = preprocess_bundle(src, out, settings, quiet=quiet)
-    write_json(run.preprocess_record, {"sources": sources, "settings": settings.to_dict()})
+    write_json(run.preprocess_record, {"sources": sources, "fingerprint": made_from,
+                                       "settings": settings.to_dict()})
     return outs, settings
 
 
@@ -101,16 +107,46 @@ def _check_raw_bundles(bundles: Sequence[str | os.PathLike],
     return paths, list(elements or [])
 
 
+#: Settings that decide where and how fast a run trains, not what it learns.
+RUNTIME_SETTINGS = ("device", "strategy", "devices", "num_nodes", "num_workers", "threads")
+
+
+def run_fingerprint(bundles: Sequence[str | os.PathLike], config: TrainConfig) -> str:
+    """Fingerprint of a run: its input bundles' data and every setting that decides it.
+
+    Recorded as ``fingerprint`` in ``run.json``; :func:`ensure_trained`
+    reuses or resumes a run only when it matches.
+    """
+    settings = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_SETTINGS}
+    return fingerprint(bundles, settings)
+
+
 def _prepare_run_dir(run: RunDir, resume: bool, config: TrainConfig) -> TrainConfig:
-    """Check the run folder; on resume return the stored config (runtime fields updated)."""
+    """Check the run folder; on resume return the stored config (runtime fields updated).
+
+    A run that never reached its first checkpoint (killed, out of disk, or
+    a bad setting found late) cannot be resumed, so it is started over,
+    with or without ``resume``: such a folder is never a dead end.
+    """
+    if _is_child_process():
+        return _stored_config(run, config) if resume else config
+    resumable = run.has_checkpoint()
     if not resume:
-        if not _is_child_process() and run.holds_run():
+        if run.holds_run() and (resumable or run.is_complete()):
             raise InputError("folder already holds a training run", path=run.path,
                              hint="set resume=True to continue it, or choose another run_dir")
+        run.remove_products()  # nothing here can be resumed: start over
         return config
-    if not run.has_checkpoint():
-        raise InputError("nothing to resume: no checkpoints/last.ckpt", path=run.path,
-                         hint="start a new run without resume=True")
+    if not resumable:
+        if not run.holds_run():
+            raise InputError("nothing to resume: no checkpoints/last.ckpt", path=run.path,
+                             hint="start a new run without resume=True")
+        if run.is_complete():
+            raise InputError("the run is finished and has no checkpoints/last.ckpt to "
+                             "continue from", path=run.path,
+                             hint="choose another run_dir for a new run")
+        run.remove_products()  # interrupted before its first checkpoint: start over
+        return config
     # Before any work, and before Lightning opens it: a checkpoint that holds
     # anything but tensors and plain data is refused unexecuted.
     from ..formats.checkpoint import load_checkpoint
@@ -127,6 +163,11 @@ def _prepare_run_dir(run: RunDir, resume: bool, config: TrainConfig) -> TrainCon
             str(state.get("versions", {}).get("lightning", "")).split(".")[0] != major:
         raise InputError("run was made by an incompatible stem2eds/Lightning version "
                          f"({state.get('versions')})", path=run.path, hint=new_run)
+    return _stored_config(run, config)
+
+
+def _stored_config(run: RunDir, config: TrainConfig) -> TrainConfig:
+    """The run's config.toml with the runtime settings of ``config``."""
     stored = TrainConfig.from_toml(run.config_toml)
     return stored.replace(max_epochs=config.max_epochs, device=config.device,
                           strategy=config.strategy, devices=config.devices,
@@ -173,6 +214,7 @@ def _run_state(config: TrainConfig, net, data, settings, paths, pre_paths,
     elements = data.elements
     return {
         "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "status": "training",
+        "fingerprint": run_fingerprint(paths, config),
         "model": config.model, "model_params": net.hparams,
         "input_shape": list(data.train_set.detector_shape), "n_outputs": data.n_outputs,
         "elements": elements, "targets": list(config.targets),
@@ -215,15 +257,67 @@ def train(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
     Path
         ``run_dir``.
     """
+    run = RunDir(run_dir)
+    config = config or TrainConfig()
+    _refuse_inputs_in_run(run, bundles)
+    if run.path.exists() and not run.path.is_dir():
+        raise InputError("output exists and is not a folder", path=run.path,
+                         hint="choose another run_dir")
+    from ..atomic import check_path_encoding
+
+    check_path_encoding(run.path, "run_dir")
+    if _is_child_process():  # DDP: the launching process holds the lock and did the checks
+        return _train(bundles, run, config, resume, quiet)
+    created = _make_folder(run.path)
+    started = False
+    try:
+        with run.lock():
+            try:
+                config = _prepare_run_dir(run, resume, config)
+                started = True
+                return _train(bundles, run, config, resume and run.has_checkpoint(), quiet)
+            except BaseException:
+                # Keep an interrupted run that can resume; anything else is
+                # removed, so a failed train leaves no half-made run behind.
+                if started and not run.has_checkpoint():
+                    run.remove_products()
+                raise
+    except BaseException:
+        if created and not run.holds_run():
+            import shutil
+
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _make_folder(path: Path) -> bool:
+    """Create ``path`` (and parents); True when this call created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
+def _refuse_inputs_in_run(run: RunDir, bundles: Sequence[str | os.PathLike]) -> None:
+    """No training input may be a file that the run writes (or the run folder itself)."""
+    from ..atomic import refuse_overwrite
+
+    for b in bundles:
+        refuse_overwrite(run.path, b, what="run_dir", contents=False)
+        for product in run.products():
+            refuse_overwrite(product, b, what="run_dir")
+
+
+def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool) -> Path:
+    """The work of :func:`train`, in a folder that is locked and checked."""
     import lightning
 
     from ..models import ClosedFormModel, build_model
     from .data import RunData, check_same_detector
 
-    run = RunDir(run_dir)
-    config = _prepare_run_dir(run, resume, config or TrainConfig())
     paths, elements = _check_raw_bundles(bundles, config.targets)
-    run.path.mkdir(parents=True, exist_ok=True)
     _set_threads(config)
     started = time.perf_counter()
     child = _is_child_process()
@@ -288,25 +382,48 @@ def ensure_trained(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathL
     Path
         ``run_dir``.
 
+    Notes
+    -----
+    A run is reused, or resumed, only when the ``fingerprint`` in its
+    ``run.json`` matches the one of these bundles (name, size, modification
+    time, provenance) and this config (every setting but the runtime ones):
+    a run made from other data or settings is stale. Such a run is a product
+    of the workflow that asked for it (it recorded a fingerprint), so it is
+    removed and trained again; a finished run *without* a fingerprint (made
+    by ``train`` itself, or an older stem2eds) may be the user's own and is
+    never removed: that is an InputError.
+
     Raises
     ------
     InputError
-        When finished weights are there but no longer load (e.g. the model
+        When a finished run without a fingerprint is there, or finished
+        weights no longer load (e.g. the model
         changed since): resuming would mix two models, so the user decides.
     """
     from ..predict.predictor import load_run
 
+    config = config or TrainConfig()
     run = RunDir(run_dir)
-    if run.run_json.is_file() and run.weights.is_file():
+    want = run_fingerprint(bundles, config)
+    have = run.recorded_fingerprint() if run.run_json.is_file() else None
+    if run.is_complete():
         try:
             load_run(run.path)
         except InputError as exc:
-            if run.is_complete():
-                raise InputError(f"finished run cannot be reused ({exc})", path=run.path,
-                                 hint="delete that folder (or use another output folder) "
-                                      "to retrain it") from None
-        else:
+            raise InputError(f"finished run cannot be reused ({exc})", path=run.path,
+                             hint="delete that folder (or use another output folder) "
+                                  "to retrain it") from None
+        if have is None:
+            raise InputError("folder holds a finished run without a fingerprint of its "
+                             "inputs and settings, so whether it can be reused is unknown",
+                             path=run.path, hint="delete that folder (or use another "
+                                                 "output folder) to retrain it")
+        if have == want:
             return run.path
+    stale = run.holds_run() and have != want
+    if stale:
+        with run.lock():  # not while another process writes it
+            run.remove_products()
     run.path.parent.mkdir(parents=True, exist_ok=True)
     return Path(train(list(bundles), run.path, config, resume=run.has_checkpoint(),
                       quiet=quiet))

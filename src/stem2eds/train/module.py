@@ -6,8 +6,12 @@ it trains, so reading a configuration or predicting never loads Lightning.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import signal
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -153,6 +157,49 @@ class quiet_lightning:
         return False
 
 
+class InterruptRecorder(L.Callback):
+    """Keeps the exception Lightning caught: it turns Ctrl-C into ``sys.exit(1)``.
+
+    Lightning's ``fit`` catches KeyboardInterrupt (and the CLI's SIGTERM,
+    raised as one), shuts down and calls ``sys.exit(1)``; :func:`fit_lightning`
+    raises the recorded interrupt instead, so the command exits 130 / 143.
+    """
+
+    def __init__(self):
+        self.exception: BaseException | None = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.exception = exception
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_error(run: RunDir) -> InputError:
+    where = "it can resume from its last checkpoint" if run.has_checkpoint() \
+        else "nothing was kept"
+    return InputError(f"no space left on the device while training ({where})",
+                      path=run.path, hint="free space, then train again with `resume`")
+
+
+@contextlib.contextmanager
+def _background_disk_errors(seen: list):
+    """A full disk in a logger's writer thread: recorded, no traceback printed."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in _DISK_FULL:
+            seen.append(args.exc_value)
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def accelerator(device: str) -> str:
     """Lightning accelerator for the ``device`` setting; InputError when CUDA is missing."""
     if device == "cuda":
@@ -180,6 +227,60 @@ def _callbacks(run: RunDir, patience: int, quiet: bool) -> list:
     elif not quiet:
         callbacks.append(EpochLines())
     return callbacks
+
+
+@contextlib.contextmanager
+def _lightning_settings():
+    """Lightning refusing a device setting (e.g. more devices than there are): one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        yield
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise InputError(f"Lightning refused the device settings (`device`, `strategy`, "
+                         f"`devices`, `num_nodes`): {text}") from None
+
+
+def _run_fit(trainer, module, data, run: RunDir, ckpt_path, recorder) -> None:
+    """``trainer.fit`` with interrupts, a full disk and bad checkpoints made user errors."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    sigint = signal.getsignal(signal.SIGINT) \
+        if threading.current_thread() is threading.main_thread() else None
+    disk: list[OSError] = []
+    try:
+        with _background_disk_errors(disk):
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path,
+                        weights_only=True if ckpt_path else None)
+    except SystemExit:
+        if isinstance(recorder.exception, KeyboardInterrupt):
+            raise recorder.exception from None
+        raise
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise _disk_full_error(run) from None
+        raise
+    except MisconfigurationException as exc:  # e.g. resuming past `max_epochs`
+        text = " ".join(str(exc).split())[:200]
+        raise InputError(f"Lightning cannot train this run: {text}", path=run.path,
+                         hint="when resuming, give `max_epochs` above the epochs already "
+                              "run") from None
+    except (RuntimeError, KeyError, ValueError) as exc:
+        text = str(exc).lower()
+        if ckpt_path is not None and (isinstance(exc, KeyError) or any(
+                w in text for w in ("checkpoint", "state_dict", "weights_only"))):
+            raise InputError(f"cannot resume from checkpoints/last.ckpt ({exc})",
+                             path=run.path, hint="start a new run in another folder") \
+                from None
+        if "no space left" in text:
+            raise _disk_full_error(run) from None
+        raise
+    finally:
+        if sigint is not None:  # Lightning ignores Ctrl-C from its first one on
+            signal.signal(signal.SIGINT, sigint)
+    if disk:
+        raise _disk_full_error(run)
 
 
 def fit_lightning(net: nn.Module, data, run: RunDir, config, resume: bool,
@@ -213,6 +314,8 @@ def fit_lightning(net: nn.Module, data, run: RunDir, config, resume: bool,
                        config.learning_rate, on_features=on_features)
     callbacks = _callbacks(run, config.patience, quiet)
     checkpoint, stopper = callbacks[1], callbacks[0]
+    recorder = InterruptRecorder()
+    callbacks.append(recorder)
     loggers = [CSVLogger(save_dir=run.path, name=run.logs.name, version="",
                          flush_logs_every_n_steps=1),
                TensorBoardLogger(save_dir=run.logs, name="tensorboard", version="",
@@ -222,7 +325,7 @@ def fit_lightning(net: nn.Module, data, run: RunDir, config, resume: bool,
     # The CSVLogger starts metrics.csv afresh; the epochs before a resume are
     # put back in front afterwards (the training curves need them).
     earlier = read_metrics(run.metrics_csv) if resume else []
-    with quiet_lightning():
+    with quiet_lightning(), _lightning_settings():
         trainer = L.Trainer(
             max_epochs=config.max_epochs, accelerator=acc, devices=config.devices,
             strategy=config.strategy, num_nodes=config.num_nodes, callbacks=callbacks,
@@ -232,17 +335,8 @@ def fit_lightning(net: nn.Module, data, run: RunDir, config, resume: bool,
             deterministic=True if acc == "cpu" else "warn",
             enable_progress_bar=any(type(c).__name__ == "RichProgressBar" for c in callbacks),
             enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0)
-        try:
-            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path,
-                        weights_only=True if ckpt_path else None)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            text = str(exc).lower()
-            if ckpt_path is not None and (isinstance(exc, KeyError) or any(
-                    w in text for w in ("checkpoint", "state_dict", "weights_only"))):
-                raise InputError(f"cannot resume from checkpoints/last.ckpt ({exc})",
-                                 path=run.path, hint="start a new run in another folder") \
-                    from None
-            raise
+    with quiet_lightning():
+        _run_fit(trainer, module, data, run, ckpt_path, recorder)
     if trainer.interrupted:
         raise KeyboardInterrupt
     if not trainer.is_global_zero:

@@ -32,9 +32,10 @@ final name.
 
 from .layout import (CALIBRATION, DIFFRACTION, EDS, EDS_RAW, FORMAT, FORMAT_VERSION, HAADF,
                      TRUTH, PixelCalibration)
-from .read import ScanBundle, open_bundle
+from .read import ScanBundle, bundle_fingerprint, fingerprint, open_bundle
 from .write import BundleBuilder, create_bundle, describe_source
 
 __all__ = ["CALIBRATION", "DIFFRACTION", "EDS", "EDS_RAW", "FORMAT", "FORMAT_VERSION", "HAADF",
-           "TRUTH", "PixelCalibration", "ScanBundle", "open_bundle", "BundleBuilder",
+           "TRUTH", "PixelCalibration", "ScanBundle", "open_bundle", "bundle_fingerprint",
+           "fingerprint", "BundleBuilder",
            "create_bundle", "describe_source"]

@@ -14,7 +14,12 @@ import h5py
 import numpy as np
 
 from ...errors import DAMAGED_FILE_ERRORS, InputError
+from ...elements import check_element
+from ..names import check_file_name
 from .layout import DIFFRACTION, EDS, FORMAT, FORMAT_VERSION, HAADF, PixelCalibration, _as_str
+
+#: Most probe positions a bundle may declare (a 10000 x 10000 scan).
+MAX_POSITIONS = 10**8
 
 
 def _damage_is_input_error(method):
@@ -97,12 +102,29 @@ class ScanBundle:
     @property
     @_damage_is_input_error
     def elements(self) -> list[str]:
-        return [_as_str(e) for e in self.file.attrs["elements"]]
+        raw = self.file.attrs["elements"]
+        if isinstance(raw, (str, bytes)) or np.ndim(raw) != 1:
+            raise InputError("attribute 'elements' is not a list of element symbols",
+                             path=self.path)
+        symbols = []
+        for e in raw:
+            symbol = check_element(_as_str(e), source=self.path)
+            if symbol != _as_str(e).strip() or symbol in symbols:
+                raise InputError(f"attribute 'elements' holds {_as_str(e)[:20]!r} "
+                                 "(not a symbol as written by convert, or listed twice)",
+                                 path=self.path)
+            symbols.append(symbol)
+        return symbols
 
     @property
     @_damage_is_input_error
     def name(self) -> str:
-        return _as_str(self.file.attrs.get("scan_name", self.path.stem))
+        """The scan name (a safe file name: it names the scan's output files)."""
+        if "scan_name" not in self.file.attrs:
+            from ..names import safe_file_name
+            return safe_file_name(self.path.stem)
+        return check_file_name(_as_str(self.file.attrs["scan_name"]), "attribute 'scan_name'",
+                               self.path)
 
     @property
     @_damage_is_input_error
@@ -140,6 +162,7 @@ class ScanBundle:
         missing = [e for e in elements if e not in self.file[group]]
         if missing:
             raise InputError(f"bundle has no {group}/{','.join(missing)}", path=self.path)
+        self._check_map_datasets([self.file[group][e] for e in elements], len(elements))
         return np.stack([self.file[group][e][()] for e in elements]).astype(np.float32)
 
     @_damage_is_input_error
@@ -151,7 +174,22 @@ class ScanBundle:
     @_damage_is_input_error
     def haadf(self) -> np.ndarray | None:
         """(Rx, Ry) float32 HAADF, or None."""
-        return self.file[HAADF][()].astype(np.float32) if HAADF in self.file else None
+        if HAADF not in self.file:
+            return None
+        self._check_map_datasets([self.file[HAADF]], 1)
+        return self.file[HAADF][()].astype(np.float32)
+
+    def _check_map_datasets(self, datasets: Sequence[Any], count: int) -> None:
+        """Maps read whole: self-contained, numeric, 2D, and fitting in memory."""
+        from ...io.hdf5 import check_memory, check_self_contained
+
+        for ds in datasets:
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.dtype.kind not in "iuf":
+                raise InputError(f"{ds.name!r} is not a 2D numeric map", path=self.path)
+            check_self_contained(ds, self.path)
+        if datasets:
+            check_memory((count + 1, *datasets[0].shape), np.float32, self.path,
+                         f"{datasets[0].name!r}")
 
     @_damage_is_input_error
     def iter_patterns(self, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
@@ -179,6 +217,63 @@ class ScanBundle:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_diffraction(ds, path: Path) -> None:
+    """The one check of a bundle's ``diffraction``: 4D, numeric, sane, self-contained."""
+    from ...io.hdf5 import check_memory, check_self_contained
+
+    if not isinstance(ds, h5py.Dataset):
+        raise InputError("'diffraction' is not a dataset", path=path)
+    if ds.ndim != 4:
+        raise InputError(f"'diffraction' has {ds.ndim} dimensions, "
+                         "expected 4 (Rx, Ry, Qx, Qy)", path=path)
+    if ds.dtype.kind not in "iuf":
+        raise InputError(f"'diffraction' holds {ds.dtype} values, not numbers", path=path,
+                         hint="convert the patterns again from the microscope file")
+    rx, ry, qx, qy = (int(v) for v in ds.shape)
+    if rx * ry > MAX_POSITIONS:
+        raise InputError(f"'diffraction' declares {rx}x{ry} probe positions (more than "
+                         f"{MAX_POSITIONS:.0e})", path=path,
+                         hint="the file is damaged or not what it claims")
+    # One scan row of patterns is the most any reader holds at once.
+    check_memory((ry, qx, qy), np.float32, path, "'diffraction' row")
+    check_self_contained(ds, path)
+
+
+def bundle_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a bundle's data cheaply: name, size, mtime, provenance hash.
+
+    Recorded with every product made from the bundle (training runs,
+    preprocessed caches); a product whose recorded fingerprint differs was
+    made from other data and is not reused.
+    """
+    import hashlib
+
+    p = Path(path)
+    st = p.stat()
+    with open_bundle(p) as scan:
+        prov = scan.file.attrs.get("provenance", "")
+        prov = prov.encode() if isinstance(prov, str) else bytes(np.asarray(prov).tobytes())
+    return {"name": p.name, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
+            "provenance_sha256": hashlib.sha256(prov).hexdigest()}
+
+
+def fingerprint(bundles: Sequence[str | os.PathLike], settings: Any) -> str:
+    """SHA-256 of the bundles' :func:`bundle_fingerprint` and the full ``settings``.
+
+    Parameters
+    ----------
+    bundles : sequence of path-like
+        The inputs of a product.
+    settings : JSON-able
+        Every setting that decides the product.
+    """
+    import hashlib
+
+    doc = {"inputs": [bundle_fingerprint(b) for b in bundles], "settings": settings}
+    text = json.dumps(doc, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)) -> ScanBundle:
@@ -223,9 +318,8 @@ def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)
         for name in require:
             if name not in f:
                 raise InputError(f"bundle has no {name!r}", path=p)
-        if DIFFRACTION in f and f[DIFFRACTION].ndim != 4:
-            raise InputError(f"'diffraction' has {f[DIFFRACTION].ndim} dimensions, "
-                             "expected 4 (Rx, Ry, Qx, Qy)", path=p)
+        if DIFFRACTION in f:
+            _check_diffraction(f[DIFFRACTION], p)
         scan = ScanBundle(p, f)
         # Read the metadata every stage needs now, so damage there fails here.
         _ = scan.elements, scan.calibration, scan.name, scan.kind

@@ -16,6 +16,7 @@ import numpy as np
 from ...atomic import atomic_output, release_reservation, reserve_space
 from ...elements import check_element
 from ...errors import InputError
+from ..names import safe_file_name
 from .layout import DIFFRACTION, EDS, FORMAT, FORMAT_VERSION, HAADF, PixelCalibration, _as_str
 
 
@@ -181,6 +182,9 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
     elements = [check_element(e) for e in elements]
     if len(set(elements)) != len(elements):
         raise InputError(f"element listed twice in {','.join(elements)}")
+    # The scan name names output files later (predictions/<scan>.h5): a name
+    # from a vendor file's metadata is made safe here, and checked on read.
+    name = safe_file_name(scan_name or Path(path).stem)
     calibration = calibration or PixelCalibration()
     prov = dict(provenance or {})
     prov.setdefault("stem2eds_version", __version__)
@@ -196,7 +200,7 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["kind"] = kind
-            f.attrs["scan_name"] = scan_name or Path(path).stem
+            f.attrs["scan_name"] = name
             f.attrs["elements"] = np.array(elements, dtype=h5py.string_dtype())
             f.attrs["stem2eds_version"] = __version__
             f.attrs["provenance"] = json.dumps(prov)
