@@ -431,3 +431,12 @@ def test_user_calibration_checked(tmp_path, rng, run_cli, flags, message):
     code, _, err = run_cli("convert", "--diffraction", tmp_path / "scan.npy", *flags,
                            "--out", tmp_path / "a.h5")
     assert code == 2 and message in err and not (tmp_path / "a.h5").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e12"])
+def test_block_size_must_be_a_sane_number(tmp_path, run_cli, value):
+    np.save(tmp_path / "d.npy", np.zeros((2, 2, 16, 16), np.uint16))
+    code, _, err = run_cli("convert", "--diffraction", tmp_path / "d.npy", "--block-mb", value,
+                           "--out", tmp_path / "o.h5")
+    assert code == 2 and "--block-mb" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.h5").exists()

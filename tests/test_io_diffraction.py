@@ -309,3 +309,28 @@ def test_empad_xml_and_raw(tmp_path, rng):
 def test_standard_units(prefix, size, unit, expected):
     got = standard_units(prefix, size, unit)
     assert got[1] == expected[1] and got[0] == pytest.approx(expected[0])
+
+
+def test_convert_refuses_hdf5_whose_patterns_live_in_other_files(tmp_path, run_cli):
+    # External raw storage pointing at any file (here a stand-in for /etc/passwd)
+    # and a virtual dataset whose source is missing: exit 2, nothing written.
+    import h5py
+
+    secret = tmp_path / "elsewhere" / "secret.bin"
+    secret.parent.mkdir()
+    secret.write_bytes(bytes(range(256)) * 64 * 4)  # 2 x 2 x 32 x 32 uint8
+    ext = tmp_path / "ext.h5"
+    with h5py.File(ext, "w") as f:
+        f.create_dataset("data", shape=(2, 2, 32, 32), dtype="u1",
+                         external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+    virt = tmp_path / "virt.h5"
+    layout = h5py.VirtualLayout(shape=(2, 2, 32, 32), dtype="u2")
+    layout[...] = h5py.VirtualSource(str(tmp_path / "gone.h5"), "data", shape=(2, 2, 32, 32))
+    with h5py.File(virt, "w") as f:
+        f.create_virtual_dataset("data", layout, fillvalue=0)
+    for src in (ext, virt):
+        out = tmp_path / f"{src.stem}_bundle.h5"
+        code, stdout, err = run_cli("convert", "--diffraction", src, "--dataset", "data",
+                                    "--r-pixel", "1", "--q-pixel", "0.1", "--out", out)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not list(tmp_path.glob(".*.partial"))

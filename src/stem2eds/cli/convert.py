@@ -103,8 +103,9 @@ def run(args) -> int:
     from ..convert import convert
     from ..errors import InputError
 
-    if not args.block_mb > 0:
-        raise InputError(f"`block_mb` must be positive, got {args.block_mb}")
+    if not 0 < args.block_mb <= 2**20:  # NaN, inf and absurd sizes fail this too
+        raise InputError(f"`block_mb` must be a positive number of MiB up to 1 TiB, "
+                         f"got {args.block_mb}")
     scan_shape = parse_pair(args.scan_shape) if args.scan_shape else None
     result = convert(
         args.diffraction, args.out, scan_shape=scan_shape, dataset=args.dataset,

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import DAMAGED_FILE_ERRORS as HDF5_DAMAGE
 from ..errors import InputError
 from .source import DiffractionSource, SqueezedArray, check_shapes, squeezed_shape
+from .hdf5 import check_self_contained
 from .calibration import beam_energy_from_signal, check_calibration, hdf5_calibration
 from .calibration import is_energy_unit, scalar, standardise, standard_units, unit_token
 from .describe import describe_signals, describe_velox
@@ -268,6 +269,9 @@ def _open_hdf5(path: Path, scan_shape, dataset: str | None) -> DiffractionSource
                                                         else ""), path=path,
                                  hint="name a 3D stack of frames with `dataset` and "
                                       "give its `scan_shape`")
+        # bytes in other files (external storage, virtual sources) are refused
+        # before anything is read: they could be any file on the machine
+        check_self_contained(ds, path)
         array = SqueezedArray(ds) if ds.ndim > 4 else ds
         scan, det = check_shapes(path, array.shape, scan_shape, f"dataset {ds.name}")
         calibration = hdf5_calibration(f, ds)
