@@ -440,3 +440,20 @@ def test_block_size_must_be_a_sane_number(tmp_path, run_cli, value):
                            "--out", tmp_path / "o.h5")
     assert code == 2 and "--block-mb" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_convert_never_writes_over_an_input_map(tmp_path, run_cli):
+    # issue 14: `convert --out maps/Te.npy` replaced an input map
+    np.save(tmp_path / "d.npy", np.zeros((2, 2, 16, 16), np.uint16))
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for el in ("Ge", "Te"):
+        np.save(maps / f"{el}.npy", np.full((2, 2), 0.5))
+    before = (maps / "Te.npy").read_bytes()
+    code, _, err = run_cli("convert", "--diffraction", tmp_path / "d.npy", "--eds", maps,
+                           "--out", maps / "Te.npy")
+    assert code == 2 and "--out would overwrite the input" in err
+    assert (maps / "Te.npy").read_bytes() == before
+    code, _, err = run_cli("convert", "--diffraction", tmp_path / "d.npy",
+                           "--out", tmp_path / "d.npy")
+    assert code == 2 and (tmp_path / "d.npy").stat().st_size > 0

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .formats.bundle import PixelCalibration, create_bundle, describe_source
+from .atomic import refuse_overwrite
 from .elements import element_list
 from .errors import InputError
 from .io.calibration import check_pixel, standard_units
@@ -141,6 +142,10 @@ def convert(diffraction: str | os.PathLike | None, out: str | os.PathLike, *,
         are stored as ``eds_unregistered/<El>`` / ``haadf_unregistered``
         for ``preprocess`` with ``register``; without these values the
         spectrum image's or HAADF file's own calibration is used.
+    eds_bin : int
+        Sum ``eds_bin x eds_bin`` positions of a spectrum image before
+        quantifying (low-count maps); the maps then have ``eds_bin`` times
+        the file's scan step.
     command : str, optional
         The command line, stored in the provenance.
     block_bytes : int
@@ -167,13 +172,16 @@ def convert(diffraction: str | os.PathLike | None, out: str | os.PathLike, *,
     _check_arguments(out, wanted, eds, r_pixel, q_pixel, beam_energy_kev, diffraction, haadf,
                      eds_pixel_size, haadf_pixel_size)
     px_sizes = {"eds": _in_nm(eds_pixel_size, r_unit), "haadf": _in_nm(haadf_pixel_size, r_unit)}
+    # every input file, the maps of an EDS folder included (convert --out maps/Te.npy)
+    inputs = [p for p in (diffraction, eds, haadf) if p is not None]
+    inputs += [f for f in Path(eds).iterdir() if f.is_file()] if eds is not None and \
+        Path(eds).is_dir() else []
+    refuse_overwrite(out, *inputs)
     with contextlib.ExitStack() as stack:
         source = None
         if diffraction is not None:
             source = stack.enter_context(open_diffraction(diffraction, scan_shape=scan_shape,
                                                           dataset=dataset))
-            if out.exists() and out.resolve() == source.path.resolve():
-                raise InputError("`out` would overwrite the diffraction input", path=out)
         notes: list[str] = []
         file_energy = source.calibration.get("beam_energy_kev") if source else None
         eds_maps, eds_info = _read_eds(eds, wanted, k_table, beam_energy_kev or file_energy,
