@@ -89,3 +89,16 @@ def test_a_command_argument_named_like_a_setting_is_not_a_setting():
     add_settings_options(p, TrainConfig, ["seed"])
     assert given(p.parse_args(["--strategy", "extrapolate", "--seed", "3"]), TrainConfig) == \
         {"seed": 3}
+
+
+def test_building_the_cli_imports_no_heavy_library():
+    # Options come from the settings dataclasses; reading them must not load
+    # torch, Lightning or SciPy, so that `stem2eds --help` stays instant.
+    import subprocess
+    import sys
+
+    code = ("import sys, stem2eds.cli as c; c.build_parser(); "
+            "heavy = [m for m in ('torch', 'lightning', 'scipy', 'hyperspy') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

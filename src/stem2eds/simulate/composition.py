@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import InputError
 
@@ -97,6 +96,7 @@ class CompositionModel:
 
 def _smooth_field(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
     """Gaussian random field of unit standard deviation with correlation length ``scale``."""
+    from scipy import ndimage  # here: `stem2eds --help` need not load SciPy
     field = ndimage.gaussian_filter(rng.standard_normal(shape), scale, mode="wrap")
     return (field - field.mean()) / (field.std() + 1e-12)
 

@@ -28,7 +28,6 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import InputError
 from .amorphous import amorphous_intensity
@@ -104,6 +103,7 @@ def _convergence_blur(profiles: np.ndarray, radius_samples: float) -> np.ndarray
         return profiles
     x = np.arange(-half, half + 1, dtype=np.float64)
     chord = np.sqrt(np.maximum(radius_samples ** 2 - x ** 2, 0.0))
+    from scipy import ndimage  # here: `stem2eds --help` need not load SciPy
     return ndimage.convolve1d(profiles, (chord / chord.sum()).astype(profiles.dtype), axis=1,
                               mode="reflect")
 

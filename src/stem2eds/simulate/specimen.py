@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from .crystal import ZONE_AXES
 
@@ -71,6 +70,7 @@ def thickness_map(scan_shape: tuple[int, int], rng: np.random.Generator, mean_nm
     cols = np.linspace(-0.5, 0.5, ry)[None, :]
     direction = rng.uniform(0, 2 * np.pi)
     plane = wedge * (np.cos(direction) * rows + 0.3 * np.sin(direction) * cols)
+    from scipy import ndimage  # here: `stem2eds --help` need not load SciPy
     bumps = ndimage.gaussian_filter(rng.standard_normal((rx, ry)), 10.0 / r_pixel_nm, mode="wrap")
     bumps -= bumps.mean()
     spread = bumps.std()
