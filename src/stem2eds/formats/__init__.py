@@ -7,7 +7,9 @@ module                    file
 :mod:`.rundir`            run folder: run.json, config.toml, weights, checkpoints, logs
 :mod:`.prediction`        prediction file (HDF5): predicted EDS/HAADF maps and their std
 :mod:`.metrics_file`      an experiment's metrics.json
+:mod:`.targets_file`      an experiment's targets/<scan>.h5 (what each scan is scored against)
 :mod:`.checkpoint`        safe loading of checkpoints and safetensors weights
+:mod:`.names`             names read from files, checked before they become paths or keys
 ========================  ==========================================================
 
 Everything else in the package calls these modules instead of opening the
