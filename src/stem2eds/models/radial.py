@@ -115,7 +115,8 @@ class RadialNet(StemModel, FixedFrontend):
         hidden, n_hidden, dropout = params.hidden, params.n_hidden, params.dropout
         self.normalise = bool(params.normalise)
         self.rings = RingStatistics(tuple(input_shape), params.statistics)
-        n_features = len(params.statistics) * self.rings.n_rings
+        n_features = (len(params.statistics) * self.rings.n_rings
+                      + self.extra_features(tuple(input_shape), params))
         # Fixed standardisation of each (statistic, ring) feature, set from the
         # training data by init_from_data (persistent: saved with the weights).
         self.register_buffer("feature_mean", torch.zeros(n_features))
@@ -132,6 +133,10 @@ class RadialNet(StemModel, FixedFrontend):
                 layers += [nn.Linear(hidden, hidden), nn.ReLU()]
             layers.append(nn.Linear(hidden, n_outputs))
             self.correction = nn.Sequential(*layers)
+
+    def extra_features(self, input_shape: tuple[int, int], params: RadialParams) -> int:
+        """Features a subclass's front end adds after the ring statistics (none here)."""
+        return 0
 
     @property
     def output_layer(self) -> nn.Linear:

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from ..errors import InputError
 from .base import (ClosedFormModel, FixedFrontend, ModelParams, StemModel, check_model_class,
                    parse_params)
+from .angular import AngularNet
 from .paper import PaperCNN, PaperParams
 from .radial import RadialNet, RadialParams
 from .ridge import RidgeParams, RidgeRadial
@@ -29,7 +30,7 @@ def register_model(cls: type[StemModel]) -> type[StemModel]:
     return cls
 
 
-for _cls in (RadialNet, PaperCNN, RidgeRadial):
+for _cls in (RadialNet, PaperCNN, RidgeRadial, AngularNet):
     register_model(_cls)
 
 
