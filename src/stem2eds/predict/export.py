@@ -35,15 +35,41 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..atomic import atomic_output, check_path_encoding
 from ..errors import InputError
 
-if TYPE_CHECKING:
-    from .result import Prediction
+
+class Prediction(Protocol):
+    """What the writers read of a prediction (:class:`stem2eds.predict.Prediction` is one).
+
+    Attributes
+    ----------
+    eds : ndarray, shape (E, Rx, Ry)
+    haadf : ndarray, shape (Rx, Ry), or None
+    elements : list of str
+    scan_shape : (Rx, Ry)
+    eds_std : ndarray, shape (E, Rx, Ry), or None
+    scan_step_nm : float or None
+    source_name : str or None
+    offset : (int, int)
+        Scan row and column of the first map position in the source scan.
+    """
+
+    eds: np.ndarray
+    haadf: np.ndarray | None
+    elements: list[str]
+    scan_shape: tuple[int, int]
+    eds_std: np.ndarray | None
+    scan_step_nm: float | None
+    source_name: str | None
+    offset: tuple[int, int]
+
+    def save(self, path: str | os.PathLike, attrs: dict[str, Any] | None = None) -> Path:
+        """Write the prediction file (hdf5)."""
 
 #: Output formats and the file name endings each accepts (the first is the usual one).
 FORMATS = {"hdf5": (".h5", ".hdf5", ".hdf"), "hspy": (".hspy",), "zspy": (".zspy",),
@@ -105,7 +131,7 @@ def export_prediction(pred: Prediction, path: str | os.PathLike, format: str | N
     if fmt == "hdf5":
         return [pred.save(path, attrs)]
     if fmt in ("hspy", "zspy"):
-        return [_write_hyperspy(pred, path, fmt)]
+        return [_write_hyperspy(pred, path, fmt, attrs or {})]
     if fmt == "tiff":
         return [_write_tiff(pred, path)]
     return [_write_csv(pred, path)]
@@ -214,7 +240,7 @@ def _stack_signal(stack: np.ndarray, names: list[str], pred: Prediction, title: 
     return s
 
 
-def _write_hyperspy(pred: Prediction, path: Path, fmt: str) -> Path:
+def _write_hyperspy(pred: Prediction, path: Path, fmt: str, attrs: dict[str, Any]) -> Path:
     s = _stack_signal(pred.eds, pred.elements, pred, pred.source_name or "stem2eds prediction")
     if pred.haadf is not None:
         s.metadata.set_item("stem2eds.haadf", _signal(pred.haadf, "HAADF", pred,
@@ -223,15 +249,17 @@ def _write_hyperspy(pred: Prediction, path: Path, fmt: str) -> Path:
         s.metadata.set_item("stem2eds.eds_std", _stack_signal(pred.eds_std, pred.elements,
                                                               pred, "eds_std"))
     s.metadata.set_item("stem2eds.map_names", [name for name, _ in _maps(pred)])
+    for key, value in attrs.items():  # the run and source, as in the prediction file
+        s.metadata.set_item(f"stem2eds.{key}", value)
     if fmt == "hspy":
         with atomic_output(path) as tmp:
             s.save(tmp, overwrite=True, file_format="HSPY")
         return path
-    _check_zspy_writable()
+    check_zspy_writable()
     return _atomic_folder(path, lambda tmp: s.save(tmp, overwrite=True, file_format="ZSPY"))
 
 
-def _check_zspy_writable() -> None:
+def check_zspy_writable() -> None:
     import zarr
 
     if int(zarr.__version__.split(".")[0]) >= 3:

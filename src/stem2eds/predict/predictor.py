@@ -315,6 +315,15 @@ def scan_step_nm(calibration) -> float | None:
     return float(calibration.r_pixel_size)
 
 
+def scan_calibration_attrs(predictor: Predictor, scan) -> dict[str, Any]:
+    """Prediction-file attributes placing the maps on the scan: ``scan_step_nm``, ``scan_offset``."""
+    attrs: dict[str, Any] = {"scan_offset": list(predictor._offset(scan))}
+    step = scan_step_nm(scan.calibration)
+    if step is not None:
+        attrs["scan_step_nm"] = step
+    return attrs
+
+
 def _cropped_shape(scan_shape: tuple[int, int], crop: Sequence[int] | None,
                    path) -> tuple[int, int]:
     if crop is None:
