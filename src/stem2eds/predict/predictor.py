@@ -164,11 +164,11 @@ class Predictor:
 
         Parameters
         ----------
-        data : path-like, ScanBundle, ndarray, dask array, HyperSpy signal or py4DSTEM DataCube
-            A raw bundle (or one preprocessed with the run's settings), or a
-            raw scan in memory, (Rx, Ry, Qx, Qy) (see
-            :func:`stem2eds.predict.sources.as_scan`); it is preprocessed
-            with the run's settings, block by block.
+        data : path-like, ScanBundle, ScanSource, ndarray, dask array, HyperSpy signal or DataCube
+            A raw bundle (or one preprocessed with the run's settings), any
+            :class:`~stem2eds.io.scan.ScanSource`, or a raw scan in memory,
+            (Rx, Ry, Qx, Qy) (see :func:`stem2eds.predict.sources.as_scan`);
+            it is preprocessed with the run's settings, block by block.
         batch : int
             Patterns per batch (memory use is about ``batch`` patterns).
         filtered : bool, optional
@@ -184,6 +184,7 @@ class Predictor:
         Prediction
             With the scan step (nm, when calibrated) and name of the source.
         """
+        from ..io.scan import ScanSource
         from .sources import as_scan
 
         if isinstance(data, ScanBundle):
@@ -191,8 +192,8 @@ class Predictor:
         if isinstance(data, (str, os.PathLike)):
             with open_bundle(data) as scan:
                 return self._predict_open(scan, batch, filtered, client)
-        scan = as_scan(data, name)
-        if client is not None:
+        scan = data if isinstance(data, ScanSource) else as_scan(data, name)
+        if client is not None and scan.path is None:
             raise InputError("a Dask `client` reads the scan from its file on every worker, "
                              "but this scan is in memory",
                              hint="write it as a bundle (stem2eds.create_bundle) and predict "
