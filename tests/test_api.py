@@ -254,6 +254,26 @@ def test_dask_reads_compute_only_the_rows_needed():
     assert sorted(set(computed)) == [0, 5]
 
 
+def test_dask_row_chunks_are_computed_once_for_small_blocks():
+    import dask.array as da
+
+    from stem2eds.io.scan import ArrayPatterns
+
+    data = np.arange(6 * 4 * 3 * 3, dtype=np.float32).reshape(6, 4, 3, 3)
+    computed: list[int] = []
+
+    def record(block, block_info=None):
+        computed.append(block_info[0]["array-location"][0][0])
+        return block
+
+    lazy = da.from_array(data, chunks=(3, 4, 3, 3)).map_blocks(record, dtype=data.dtype)
+    reader = ArrayPatterns(lazy)
+    flat = data.reshape(-1, 3, 3)
+    for lo in range(0, 24, 2):  # blocks of 2 patterns: half a row each
+        np.testing.assert_array_equal(reader.read(range(lo, lo + 2)), flat[lo:lo + 2])
+    assert computed == [0, 3]  # each 3-row chunk once
+
+
 def test_scan_sources_satisfy_the_protocol(scans, patterns):
     from stem2eds import ScanSource, open_bundle
     from stem2eds.predict.sources import ArrayScan

@@ -124,6 +124,7 @@ class ArrayPatterns:
         self.detector_shape = (int(data.shape[2]), int(data.shape[3]))
         self.dtype = np.dtype(data.dtype)
         self.lazy = is_dask_array(data)
+        self._cache: tuple[int, int, np.ndarray] | None = None
 
     def read(self, flat: np.ndarray | range) -> np.ndarray:
         """Patterns at ascending flat indices ``i * Ry + j``, as (n, Qx, Qy).
@@ -155,9 +156,34 @@ class ArrayPatterns:
         return patterns
 
     def _rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The scan rows ``rows`` computed, and each position's row in the result."""
+        """The scan rows ``rows`` computed, and each position's row in the result.
+
+        Consecutive rows are computed as whole row chunks of the dask array
+        (up to :data:`CACHE_BYTES`) and kept until a read leaves them: blocks
+        of a part of a row, or of fewer rows than a chunk, would otherwise
+        compute the same chunk again for each block.
+        """
         first, last = int(rows[0]), int(rows[-1])
-        if last - first + 1 == len(np.unique(rows)):  # consecutive rows: one slice
-            return np.asarray(self.data[first:last + 1].compute()), rows - first
-        wanted, local = np.unique(rows, return_inverse=True)
-        return np.asarray(self.data[wanted].compute()), local
+        if last - first + 1 != len(np.unique(rows)):  # a sub-grid: only the listed rows
+            wanted, local = np.unique(rows, return_inverse=True)
+            return np.asarray(self.data[wanted].compute()), local
+        cached = self._cache
+        if cached is None or not cached[0] <= first <= last < cached[1]:
+            lo, hi = self._chunk_span(first, last)
+            cached = (lo, hi, np.asarray(self.data[lo:hi].compute()))
+            self._cache = cached  # one reader thread per pass: a plain swap suffices
+        return cached[2], rows - cached[0]
+
+    def _chunk_span(self, first: int, last: int) -> tuple[int, int]:
+        """Rows [lo, hi) of the row chunks holding rows ``first..last`` (within :data:`CACHE_BYTES`)."""
+        bounds = np.cumsum((0, *self.data.chunks[0]))
+        lo = int(bounds[np.searchsorted(bounds, first, side="right") - 1])
+        hi = int(bounds[np.searchsorted(bounds, last, side="right")])
+        row_bytes = self.scan_shape[1] * int(np.prod(self.detector_shape)) * self.dtype.itemsize
+        if (hi - lo) * row_bytes > CACHE_BYTES:
+            return first, last + 1
+        return lo, hi
+
+
+#: Most memory :class:`ArrayPatterns` keeps of a dask array's computed row chunks.
+CACHE_BYTES = 256 * 2**20
