@@ -212,7 +212,10 @@ def to_xarray(pred: Prediction):
         ``eds`` (element, y, x); ``haadf`` (y, x) and ``eds_std``
         (element, y, x) where present; coordinates in nm or px.
     """
-    import xarray as xr
+    try:
+        import xarray as xr
+    except ImportError:
+        raise ImportError("to_xarray needs xarray: pip install 'stem2eds[ecosystem]'") from None
 
     step, unit = _scan_axes(pred)
     rx, ry = pred.scan_shape
