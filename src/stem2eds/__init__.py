@@ -14,7 +14,8 @@ The public API is re-exported here for notebooks::
     with stem2eds.open_bundle("scan_0033.h5") as scan:
         print(scan.elements, scan.scan_shape)
     run = stem2eds.load_run("runs/0033")
-    prediction = run.predict_scan("scan_0034.h5")
+    prediction = run.predict("scan_0034.h5")   # or a numpy/dask array, a HyperSpy signal
+    maps = prediction.to_hyperspy()            # {"Ge": Signal2D, ..., "haadf": Signal2D}
 
 Names load on first use, so that ``import stem2eds`` (and ``stem2eds --help``)
 does not import h5py, torch or Lightning.
@@ -39,6 +40,9 @@ _WHERE = {
     "TrainConfig": "train.config",
     "load_run": "predict.predictor",
     "Predictor": "predict.predictor",
+    "Prediction": "predict.result",
+    "ScanSource": "io.scan",
+    "ArrayScan": "predict.sources",
 }
 
 

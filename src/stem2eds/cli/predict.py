@@ -14,14 +14,24 @@ def register(subparsers) -> None:
             the fly with the run's stored settings and streamed through the model in
             batches, so scans larger than memory work. Writes PRED.h5 with eds/<El>
             (Rx', Ry') float32 atomic fractions, haadf, and attributes elements,
-            scan_name, model, run_dir, stem2eds_version.
+            scan_name, model, run_dir, stem2eds_version, scan_step_nm. Other formats:
+            hspy/zspy (HyperSpy: a stack of the element maps with x/y axes in nm),
+            tiff (an ImageJ hyperstack, one channel per map, calibrated in nm for
+            Fiji) and csv (one row per position: x_nm, y_nm, one column per map).
             """,
         example="""
             stem2eds predict runs/0033 scan_0034.h5 --out pred_0034.h5
+            stem2eds predict runs/0033 scan_0034.h5 --format tiff --out pred_0034.tif
             """)
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by stem2eds train")
     p.add_argument("bundle", metavar="BUNDLE", help="raw scan bundle to predict")
     p.add_argument("--out", required=True, metavar="PRED.h5", help="prediction file to write")
+    p.add_argument("--format", default="hdf5", choices=("hdf5", "hspy", "zspy", "tiff", "csv"),
+                   help="output format (hdf5: the prediction file; the others end in "
+                        ".hspy, .zspy, .tif, .csv)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing hspy/zspy/tiff/csv output (hdf5 outputs are "
+                        "always replaced)")
     p.add_argument("--batch", type=int, default=1024, help="patterns per batch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="where the model runs")
@@ -30,7 +40,9 @@ def register(subparsers) -> None:
                         "core) or a scheduler address such as tcp://host:8786")
     # Library errors name settings; these are the flags (or command) that set them here.
     p.set_defaults(func=run, setting_flags={"device": "--device", "batch": "--batch",
-                                            "resume": "'stem2eds train --resume'"})
+                                            "resume": "'stem2eds train --resume'",
+                                            "format": "--format", "overwrite": "--overwrite",
+                                            "out": "--out"})
 
 
 def run(args) -> int:
@@ -46,6 +58,14 @@ def run(args) -> int:
 
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")
+    if args.format != "hdf5":
+        from ..predict.tofile import predict_to_file
+
+        for path in predict_to_file(args.run_dir, args.bundle, args.out, args.format,
+                                    batch=args.batch, device=args.device,
+                                    scheduler=args.scheduler, overwrite=args.overwrite):
+            print(path)
+        return 0
     print(predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
                          device=args.device, scheduler=args.scheduler))
     return 0

@@ -2,7 +2,10 @@
 
 :func:`load_run` (:mod:`.predictor`) returns a :class:`Predictor`;
 :func:`predict_bundle` (:mod:`.bundle`) is the ``stem2eds predict`` step
-(bundle in, prediction file out).
+(bundle in, prediction file out). :meth:`Predictor.predict` also takes
+scans in memory (:mod:`.sources`: numpy, dask, HyperSpy, py4DSTEM) and
+returns a :class:`Prediction` (:mod:`.result`), which converts to HyperSpy
+and xarray and exports files (:mod:`.export`).
 
 Names load on first use, so that importing this package does not import torch.
 """
@@ -10,10 +13,14 @@ Names load on first use, so that importing this package does not import torch.
 from ..lazy import lazy_exports
 
 _WHERE = {
-    "Prediction": "predictor",
+    "Prediction": "result",
     "Predictor": "predictor",
     "load_run": "predictor",
     "predict_bundle": "bundle",
+    "ArrayScan": "sources",
+    "as_scan": "sources",
+    "export_prediction": "export",
+    "FORMATS": "export",
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..formats.bundle import open_bundle
 from .predictor import (Predictor, _cropped_shape, _finished_run, _load_model, _raw_stream,
-                        _read_ahead)
+                        _read_ahead, scan_calibration_attrs)
 
 
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
@@ -85,6 +85,8 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                      "scan_shape": list(shape), "targets": list(predictor.targets),
                      "source": str(Path(bundle).resolve()),
                      "eds_filter": _filter_description(predictor)}
+            # calibration of the maps (read by Prediction.load for to_hyperspy / to_xarray)
+            attrs.update(scan_calibration_attrs(predictor, scan))
             if scheduler is not None:
                 from ..preprocess.distributed import dask_client
             with (dask_client(scheduler) if scheduler is not None else nullcontext()) as client, \

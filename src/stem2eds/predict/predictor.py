@@ -22,7 +22,6 @@ numbers (the ring statistics of ``radial``) stay in float32.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -32,38 +31,10 @@ from ..errors import InputError
 from ..formats.bundle import ScanBundle, open_bundle
 # not from ..train: that would import Lightning (seconds of start-up) for nothing here
 from ..formats.rundir import RunDir, apply_output_activation
+from .result import Prediction
 
 if TYPE_CHECKING:  # torch is imported when the model is built
     import torch
-
-
-@dataclass
-class Prediction:
-    """Predicted maps of one scan.
-
-    Attributes
-    ----------
-    eds : ndarray, shape (E, Rx', Ry'), float32
-        Atomic fractions in [0, 1] (network outputs clipped to that range).
-    haadf : ndarray, shape (Rx', Ry'), float32, or None
-        HAADF in the training data's detector units (None if not a target).
-    elements : list of str
-        Element of each ``eds`` map.
-    scan_shape : (Rx', Ry')
-        Scan shape after the run's crop.
-    """
-
-    eds: np.ndarray
-    haadf: np.ndarray | None
-    elements: list[str]
-    scan_shape: tuple[int, int]
-
-    def save(self, path: str | os.PathLike, attrs: dict[str, Any] | None = None) -> Path:
-        """Write these maps as a prediction file (:mod:`stem2eds.formats.prediction`)."""
-        from ..formats.prediction import write_prediction_file
-
-        return write_prediction_file(path, self.elements, self.eds, haadf=self.haadf,
-                                     attrs=attrs)
 
 
 class Predictor:
@@ -187,41 +158,74 @@ class Predictor:
         with torch.autocast("cuda", dtype=dtype):
             return self.model(x)
 
-    def predict_scan(self, bundle: str | os.PathLike | ScanBundle,
-                     batch: int = 1024, filtered: bool | None = None) -> Prediction:
-        """Predict every probe position of a scan.
+    def predict(self, data, batch: int = 1024, filtered: bool | None = None, *,
+                client=None, name: str | None = None) -> Prediction:
+        """Predict every probe position of a scan, streamed in blocks of ``batch`` patterns.
 
         Parameters
         ----------
-        bundle : path-like or ScanBundle
-            A raw bundle (preprocessed on the fly with the run's settings) or
-            a bundle preprocessed with those same settings.
+        data : path-like, ScanBundle, ScanSource, ndarray, dask array, HyperSpy signal or DataCube
+            A raw bundle (or one preprocessed with the run's settings), any
+            :class:`~stem2eds.io.scan.ScanSource`, or a raw scan in memory,
+            (Rx, Ry, Qx, Qy) (see :func:`stem2eds.predict.sources.as_scan`);
+            it is preprocessed with the run's settings, block by block.
         batch : int
             Patterns per batch (memory use is about ``batch`` patterns).
         filtered : bool, optional
             Filter the EDS maps (:meth:`finish_eds`) or not; default: as the
             run says (``filter_predictions`` in ``run.json``).
+        client : dask.distributed.Client or str, optional
+            Preprocess on a Dask cluster; bundle files only (workers reopen them).
+        name : str, optional
+            Name of an in-memory scan (default: its title or ``"array"``).
 
         Returns
         -------
         Prediction
+            With the scan step (nm, when calibrated) and name of the source.
         """
-        if isinstance(bundle, ScanBundle):
-            return self._predict_open(bundle, batch, filtered)
-        with open_bundle(bundle) as scan:
-            return self._predict_open(scan, batch, filtered)
+        from ..io.scan import ScanSource
+        from .sources import as_scan
 
-    def _predict_open(self, scan: ScanBundle, batch: int,
-                      filtered: bool | None = None) -> Prediction:
+        if isinstance(data, ScanBundle):
+            return self._predict_open(data, batch, filtered, client)
+        if isinstance(data, (str, os.PathLike)):
+            with open_bundle(data) as scan:
+                return self._predict_open(scan, batch, filtered, client)
+        scan = data if isinstance(data, ScanSource) else as_scan(data, name)
+        if client is not None and scan.path is None:
+            raise InputError("a Dask `client` reads the scan from its file on every worker, "
+                             "but this scan is in memory",
+                             hint="write it as a bundle (stem2eds.create_bundle) and predict "
+                                  "that, or predict without `client`")
+        return self._predict_open(scan, batch, filtered)
+
+    def predict_scan(self, bundle: str | os.PathLike | ScanBundle,
+                     batch: int = 1024, filtered: bool | None = None) -> Prediction:
+        """Predict a bundle: :meth:`predict` (kept for existing notebooks)."""
+        return self.predict(bundle, batch, filtered)
+
+    def _predict_open(self, scan, batch: int, filtered: bool | None = None,
+                      client=None) -> Prediction:
+        """Prediction of an open scan source (:class:`stem2eds.io.scan.ScanSource`)."""
         rx, ry = self.output_shape(scan)
         n_eds = len(self.elements)
         out = np.empty((rx * ry, self.n_outputs), dtype=np.float32)
-        for start, values in self.iter_outputs(scan, batch):
+        for start, values in self.iter_outputs(scan, batch, client=client):
             out[start:start + len(values)] = values
         eds = out[:, :n_eds].T.reshape(n_eds, rx, ry).copy()
         eds = self.finish_eds(eds, filtered)
         haadf = out[:, n_eds].reshape(rx, ry).copy() if out.shape[1] > n_eds else None
-        return Prediction(eds, haadf, self.elements, (rx, ry))
+        return Prediction(eds, haadf, self.elements, (rx, ry),
+                          scan_step_nm=scan_step_nm(scan.calibration),
+                          source_name=scan.name, offset=self._offset(scan))
+
+    def _offset(self, scan) -> tuple[int, int]:
+        """First predicted position in the source scan: the run's crop of a raw scan."""
+        crop = self.settings.crop
+        if scan.kind == "preprocessed" or crop is None:
+            return (0, 0)
+        return (int(crop[0]), int(crop[2]))
 
     @property
     def n_outputs(self) -> int:
@@ -303,6 +307,22 @@ def _read_ahead(batch: int, settings, scan: ScanBundle) -> int:
 #: Memory for preprocessed batches made ahead of the model (they pile up
 #: while torch loads at start-up, then the queue runs at the model's pace).
 READ_AHEAD_BYTES = 128 * 2**20
+
+
+def scan_step_nm(calibration) -> float | None:
+    """The scan step of a :class:`~stem2eds.formats.bundle.PixelCalibration` in nm, or None."""
+    if calibration.r_pixel_unit != "nm" or not np.isfinite(calibration.r_pixel_size):
+        return None
+    return float(calibration.r_pixel_size)
+
+
+def scan_calibration_attrs(predictor: Predictor, scan) -> dict[str, Any]:
+    """Prediction-file attributes placing the maps on the scan: ``scan_step_nm``, ``scan_offset``."""
+    attrs: dict[str, Any] = {"scan_offset": list(predictor._offset(scan))}
+    step = scan_step_nm(scan.calibration)
+    if step is not None:
+        attrs["scan_step_nm"] = step
+    return attrs
 
 
 def _cropped_shape(scan_shape: tuple[int, int], crop: Sequence[int] | None,
