@@ -29,8 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 
 #: Most sampled positions along one scan axis in the pattern sprite: a
-#: 256 x 256 scan gets every 8th position, 32 x 32 patterns in all.
-MAX_GRID = 32
+#: 256 x 256 scan gets every 11th position, 24 x 24 patterns in all (the
+#: explorer's size for such a scan: benchmarks/results/report_size.json).
+MAX_GRID = 24
 #: Largest pattern side in the sprite (detector pixels are summed in bins).
 MAX_CELL = 64
 #: Quantised value that marks a missing (NaN) map value.
