@@ -47,5 +47,5 @@ def run(args) -> int:
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")
     print(predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
-                         device=args.device, scheduler=args.scheduler))
+                         device=args.device, scheduler=args.scheduler, quiet=args.quiet))
     return 0

@@ -253,7 +253,7 @@ Split used: <b>{html.escape(str(split))}</b>.</p>
 """
 
 
-def write_report(run_dir: str | os.PathLike) -> Path:
+def write_report(run_dir: str | os.PathLike, quiet: bool = True) -> Path:
     """(Re)build ``RUN_DIR/report.html`` from ``metrics.json`` and ``figures/``.
 
     Parameters
@@ -261,6 +261,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     run_dir : path-like
         An experiment run directory (any strategy; a ``sparse`` run gets the
         sparse page of :mod:`stem2eds.report.beyond`).
+    quiet : bool
+        No progress on stderr while the raw scans' patterns are read for the
+        map explorer.
 
     Returns
     -------
@@ -278,7 +281,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     if metrics["strategy"] == "sparse":
         from .beyond import write_beyond_report
 
-        return write_beyond_report(run, metrics)
+        return write_beyond_report(run, metrics, quiet=quiet)
     figures = []
     for entry in metrics.get("figures", []):
         # figure_path accepts only files in RUN/figures (validated on read)
@@ -290,7 +293,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     from .interactive_data import collect_views
 
     text = render_report(metrics, figures, explorer=render_interactive(
-        collect_views(run, metrics)))
+        collect_views(run, metrics, quiet)))
     out = run / "report.html"
     with atomic_output(out) as tmp:
         tmp.write_text(text, encoding="utf-8")

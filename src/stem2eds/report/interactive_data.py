@@ -29,6 +29,7 @@ from ..formats.bundle import open_bundle
 from ..formats.names import name_in_folder
 from ..formats.prediction import read_prediction
 from ..formats.targets_file import read_targets
+from ..progress import track_blocks
 from .interactive import ScanView, bin_factor, bin_patterns, sample_grid, sprite_sheet, to_uint8
 
 #: Patterns streamed per block when building the sprite.
@@ -36,7 +37,7 @@ _BATCH = 1024
 
 
 def grid_patterns(bundle: str | Path, crop: tuple[int, int, int, int] | None,
-                  shape: tuple[int, int]) -> tuple[Any, np.ndarray, Any]:
+                  shape: tuple[int, int], quiet: bool = True) -> tuple[Any, np.ndarray, Any]:
     """Sprite of a subsampled grid and the pattern-sum map, from one pass over a raw bundle.
 
     Parameters
@@ -48,6 +49,8 @@ def grid_patterns(bundle: str | Path, crop: tuple[int, int, int, int] | None,
         the maps cover the whole scan (refused when the shapes differ).
     shape : (int, int)
         Map shape (Rx', Ry') = ``(r1 - r0, c1 - c0)``.
+    quiet : bool
+        No progress on stderr.
 
     Returns
     -------
@@ -71,7 +74,8 @@ def grid_patterns(bundle: str | Path, crop: tuple[int, int, int, int] | None,
         qx, qy = (q // binning for q in scan.detector_shape)
         picked = np.zeros((len(wanted), qx, qy), np.float64)  # binned: at most 64 x 64
         total = np.zeros(scan.scan_shape, np.float64).ravel()
-        for start, block in scan.iter_patterns(batch=_BATCH):
+        for start, block in track_blocks(scan.iter_patterns(batch=_BATCH), scan.n_patterns,
+                                         f"report: patterns of {scan.name}", quiet):
             total[start:start + len(block)] = block.reshape(len(block), -1).sum(axis=1)
             for flat in range(start, start + len(block)):
                 if flat in wanted:
@@ -110,7 +114,7 @@ def _crop(run: Path, name: str, shape: tuple[int, int]) -> tuple[Any, Any]:
     return None, None
 
 
-def scan_view(run: Path, name: str) -> ScanView | None:
+def scan_view(run: Path, name: str, quiet: bool = True) -> ScanView | None:
     """The explorer's record of one predicted scan of ``run`` (None: no prediction file)."""
     raw_path = name_in_folder(run / "predictions", name, ".h5")
     if not raw_path.is_file():
@@ -140,7 +144,8 @@ def scan_view(run: Path, name: str) -> ScanView | None:
     try:
         if not source:
             raise InputError("the prediction file names no source bundle", path=raw_path)
-        view.sprite, view.layers["pattern sum"], cal = grid_patterns(source, crop, shape)
+        view.sprite, view.layers["pattern sum"], cal = grid_patterns(source, crop, shape,
+                                                                     quiet)
         view.pixel_size, view.pixel_unit = cal.r_pixel_size, cal.r_pixel_unit
     except InputError as exc:
         # The report still shows the maps when the raw scan moved or was deleted.
@@ -148,7 +153,8 @@ def scan_view(run: Path, name: str) -> ScanView | None:
     return view
 
 
-def collect_views(run: str | Path, metrics: Mapping[str, Any]) -> list[ScanView]:
+def collect_views(run: str | Path, metrics: Mapping[str, Any],
+                  quiet: bool = True) -> list[ScanView]:
     """One :class:`ScanView` per predicted scan of an experiment folder.
 
     Parameters
@@ -158,6 +164,9 @@ def collect_views(run: str | Path, metrics: Mapping[str, Any]) -> list[ScanView]
     metrics : mapping
         Its ``metrics.json`` (the scans are ``test_scans``, or ``target_scan``
         of a sparse run).
+    quiet : bool
+        No progress while the raw scans are read (library callers are quiet
+        by default; ``stem2eds report`` shows it).
 
     Returns
     -------
@@ -167,5 +176,5 @@ def collect_views(run: str | Path, metrics: Mapping[str, Any]) -> list[ScanView]
     run = Path(run)
     names = ([metrics["target_scan"]] if metrics.get("target_scan")
              else list(metrics.get("test_scans") or metrics.get("scans") or []))
-    views = [scan_view(run, str(n)) for n in names]
+    views = [scan_view(run, str(n), quiet) for n in names]
     return [v for v in views if v is not None]
