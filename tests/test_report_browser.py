@@ -1,4 +1,4 @@
-"""The interactive report in a real headless Chromium (Selenium 4, Debian's chromium + chromedriver).
+"""The interactive report in a real headless Chromium (Selenium 4, Debian's chromium, chromedriver).
 
 Skipped only when the browser is absent and ``STEM2EDS_REQUIRE_BROWSER`` is
 unset; CI (``.ci/run``) sets it, so there a missing browser fails.

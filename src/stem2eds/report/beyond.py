@@ -378,7 +378,7 @@ def write_beyond_report(run: Path, doc: Mapping[str, Any], quiet: bool = True) -
     from .interactive_data import collect_views
 
     out = Path(run) / "report.html"
+    explorer = render_interactive(collect_views(run, doc, quiet))
     with atomic_output(out) as tmp:
-        tmp.write_text(render_beyond_report(doc, render_interactive(collect_views(run, doc, quiet))),
-                       encoding="utf-8")
+        tmp.write_text(render_beyond_report(doc, explorer), encoding="utf-8")
     return out

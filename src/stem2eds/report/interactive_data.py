@@ -1,4 +1,4 @@
-"""Read an experiment folder into the explorer's :class:`~stem2eds.report.interactive.ScanView` records.
+"""An experiment folder read into the map explorer's records (``ScanView``).
 
 Sources, per predicted scan ``<scan>``:
 
