@@ -97,3 +97,18 @@ def test_completion_is_offered_only_when_the_shell_asks(monkeypatch):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert calls == ["stem2eds"]
+
+
+@pytest.mark.slow
+def test_predict_shows_progress_unless_quiet(tmp_path, run_cli):
+    from builders import make_raw_scan, small_config
+    from stem2eds.train import train
+
+    bundle = make_raw_scan(tmp_path / "scan.h5", scan_shape=(12, 10))
+    run = train([bundle], tmp_path / "run", small_config(model="ridge"), quiet=True)
+    code, out, err = run_cli("predict", run, bundle, "--out", tmp_path / "a.h5")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("predicting positions: ")]
+    assert lines and lines[-1].startswith("predicting positions: 120/120")
+    code, out, err = run_cli("predict", run, bundle, "--out", tmp_path / "b.h5", "--quiet")
+    assert code == 0 and "predicting positions" not in err
