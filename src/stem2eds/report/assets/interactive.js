@@ -76,6 +76,10 @@
     var row = el("div", {"class": "s2e-row"});
     this.predCanvas = this.figure(row, "s2e-map s2e-predicted", "predicted");
     this.navCanvas = this.figure(row, "s2e-map s2e-navigator", "second");
+    if (!this.layerSelect.options.length) {  // nothing to show beside the prediction
+      this.navCanvas.parentNode.style.display = "none";
+      this.layerSelect.style.display = "none";
+    }
     this.patCanvas = this.figure(row, "s2e-pattern", "pattern");
     this.readout = el("table", {"class": "s2e-readout"});
     var side = el("div");
@@ -109,7 +113,8 @@
     if (spec.sprite) {
       var img = new Image();
       img.onload = function () { self.sprite = img; self.drawPattern(); };
-      img.src = "data:image/png;base64," + spec.sprite.png;
+      // a Blob of the decoded bytes: the sprite is data, not one of the page's figures
+      img.src = URL.createObjectURL(new Blob([bytes(spec.sprite.png)], {type: "image/png"}));
     }
     this.select(this.r, this.c);
   }
