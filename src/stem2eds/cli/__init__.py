@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stem2eds", formatter_class=_Formatter,
         description="Predict EDS composition maps and HAADF from 4D-STEM scans.",
         epilog="example:\n  stem2eds demo --out demo_out\n\n"
-               "Run 'stem2eds COMMAND --help' for the options of each command.")
+               "Run 'stem2eds COMMAND --help' for the options of each command. Every "
+               "command takes\n-q/--quiet (no progress) and -v/--verbose (library "
+               "warnings too). Shell completion\n(bash, zsh), with argcomplete installed: "
+               "eval \"$(register-python-argcomplete stem2eds)\"")
     parser.add_argument("--version", action=_VersionAction,
                         help="show the versions of stem2eds, Python and the libraries it "
                              "uses, and exit")
