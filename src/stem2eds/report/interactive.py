@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 #: Most sampled positions along one scan axis in the pattern sprite: a
-#: 256 x 256 scan gets every 11th position, 24 x 24 patterns in all (the
+#: 256 x 256 scan gets every 11th position, 23 x 23 patterns in all (the
 #: explorer's size for such a scan: benchmarks/results/report_size.json).
 MAX_GRID = 24
 #: Largest pattern side in the sprite (detector pixels are summed in bins).
