@@ -220,3 +220,71 @@ def vendor_file(name: str) -> Path:
         pytest.skip(f"real vendor file {name} is not fetched (run `make dev` or "
                     "`python tests/vendor/fetch.py`)")
     return path
+
+
+# -- an experiment folder for the report (tests/test_report*.py) --
+def make_report_run(run: Path, shape=(14, 12), crop=(1, 13, 2, 11), detector: int = 32,
+                    seed: int = 0, ood: bool = True, crystallinity: bool = True) -> dict:
+    """A run folder as ``stem2eds experiment`` leaves it, without training.
+
+    A raw bundle (``make_raw_scan``) in ``run/../raw``; ``predictions/s1.h5``
+    (with ``eds_std``, ``haadf`` and, when ``ood``, an ``ood`` map),
+    ``predictions/calibrated/s1.h5``, ``targets/s1.h5`` on the cropped grid,
+    ``anomaly/s1.h5`` (with ``crystallinity``/``crystalline`` when asked) and a
+    ``metrics.json``. Returns the arrays written (maps on the cropped grid)
+    and the raw patterns (Rx, Ry, Q, Q).
+    """
+    import json
+
+    import h5py
+
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.formats.prediction import write_prediction_file
+    from stem2eds.formats.targets_file import Targets, write_targets
+
+    rng = np.random.default_rng(seed)
+    raw = run.parent / "raw" / "s1.h5"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    make_raw_scan(raw, seed=seed, scan_shape=shape, detector=detector)
+    with open_bundle(raw) as scan:
+        patterns = np.concatenate([b for _, b in scan.iter_patterns()]).reshape(
+            *shape, detector, detector)
+        measured_full = scan.eds(list(ELEMENTS))
+    r0, r1, c0, c1 = crop
+    grid = (r1 - r0, c1 - c0)
+    measured = measured_full[:, r0:r1, c0:c1].astype(np.float32)
+    calibrated = np.clip(measured + rng.normal(0, 0.03, measured.shape), 0, 1).astype(np.float32)
+    predicted = (calibrated * 0.9 + 0.02).astype(np.float32)
+    std = rng.uniform(0.005, 0.03, measured.shape).astype(np.float32)
+    maps = {"measured": measured, "calibrated": calibrated, "predicted": predicted,
+            "std": std, "patterns": patterns, "crop": crop,
+            "ood": rng.uniform(0, 3, grid).astype(np.float32) if ood else None,
+            "crystallinity": rng.uniform(0, 1, grid).astype(np.float32)
+            if crystallinity else None}
+    attrs = {"scan_name": "s1", "source": str(raw.resolve())}
+    (run / "predictions").mkdir(parents=True)
+    write_prediction_file(run / "predictions" / "s1.h5", ELEMENTS, predicted, eds_std=std,
+                          haadf=rng.uniform(5, 9, grid).astype(np.float32), attrs=attrs,
+                          extra={"ood": maps["ood"]} if ood else None)
+    (run / "predictions" / "calibrated").mkdir()
+    write_prediction_file(run / "predictions" / "calibrated" / "s1.h5", ELEMENTS, calibrated,
+                          attrs=attrs)
+    (run / "targets").mkdir()
+    write_targets(run / "targets" / "s1.h5",
+                  Targets(measured, None, None, np.ones(grid, bool), np.zeros(grid, bool), crop),
+                  ELEMENTS, "s1", raw)
+    (run / "anomaly").mkdir()
+    with h5py.File(run / "anomaly" / "s1.h5", "w") as f:
+        f["score"] = rng.normal(size=grid).astype(np.float32)
+        if crystallinity:
+            f["crystallinity"] = maps["crystallinity"]
+            f["crystalline"] = maps["crystallinity"] > 0.5
+    per = {m: {el: 0.5 for el in ELEMENTS} for m in ("pearson", "mae", "percent_error", "r2")}
+    summary = {m: {el: {"mean": 0.5, "std": 0.0, "n": 1} for el in ELEMENTS} for m in per}
+    doc = {"strategy": "extrapolate", "elements": list(ELEMENTS), "train_scans": ["s0"],
+           "test_scans": ["s1"], "split": "extrapolate", "model": "radial",
+           "scans": {"s1": per}, "summary": summary,
+           "calibrated": {"scans": {"s1": per}, "summary": summary},
+           "baseline": {"model": "ridge", "summary": summary}, "figures": []}
+    (run / "metrics.json").write_text(json.dumps(doc))
+    return maps

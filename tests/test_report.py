@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -100,9 +101,12 @@ def _chromium():
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed; "
-                    "the report's rendering in a real browser is not checked")
 def test_report_renders_in_headless_chromium(tmp_path):
+    if _chromium() is None:
+        if os.environ.get("STEM2EDS_REQUIRE_BROWSER"):
+            pytest.fail("STEM2EDS_REQUIRE_BROWSER is set but Chromium is not installed")
+        pytest.skip("Chromium is not installed; the report's rendering in a real browser "
+                    "is not checked (set STEM2EDS_REQUIRE_BROWSER to fail instead)")
     (tmp_path / "figures").mkdir()
     fig = figures.grouped_bars({"CNN": {"O": (0.5, 0.1)}}, ELEMENTS, "Pearson r", "Pearson")
     figures.save_figure(fig, tmp_path / "figures" / "a.png")
@@ -203,3 +207,59 @@ def test_report_labels_columns_by_model_name():
     text = render_report(_fake_metrics(), [])
     assert "<th>radial</th>" in text and "<th>radial calibrated</th>" in text
     assert "ridge baseline" in text and "CNN" not in text
+
+
+# -- the interactive explorer's data, without a browser (tests/test_report_browser.py drives it) --
+def test_explorer_grid_and_quantisation_round_trip(rng):
+    from stem2eds.report.interactive import (MAX_CELL, MAX_GRID, MISSING, bin_factor,
+                                             dequantise_map, quantise_map, sample_grid)
+
+    rows, cols = sample_grid((256, 200))
+    assert len(rows) <= MAX_GRID and len(cols) <= MAX_GRID and len(rows) >= MAX_GRID - 1
+    assert np.diff(rows).min() == np.diff(rows).max() == np.diff(cols).min()
+    assert sample_grid((12, 9)) == (list(range(12)), list(range(9)))
+    assert 256 // bin_factor((256, 256)) <= MAX_CELL and bin_factor((32, 32)) == 1
+    values = rng.uniform(0.1, 0.7, (9, 7))
+    values[2, 3] = np.nan
+    entry = quantise_map(values)
+    back = dequantise_map(entry, values.shape)
+    assert np.isnan(back[2, 3]) and np.nanmax(np.abs(back - values)) <= entry["scale"] / 2 + 1e-12
+    assert np.frombuffer(base64.b64decode(entry["b64"]), "<u2")[2 * 7 + 3] == MISSING
+
+
+def test_explorer_sprite_cells_are_the_grid_patterns(tmp_path):
+    from PIL import Image
+
+    from builders import make_report_run
+    from stem2eds.report.interactive import quantise_patterns, sample_grid
+    from stem2eds.report.interactive_data import collect_views
+
+    run = tmp_path / "run"
+    run.mkdir()
+    maps = make_report_run(run, shape=(40, 30), crop=(3, 37, 1, 29))
+    view, = collect_views(run, json.loads((run / "metrics.json").read_text()))
+    rows, cols = sample_grid((34, 28))
+    assert (view.sprite.rows, view.sprite.cols) == (rows, cols) and rows[1] - rows[0] == 2
+    import io
+    sheet = np.asarray(Image.open(io.BytesIO(view.sprite.png)))
+    c = view.sprite.cell
+    picked = np.stack([maps["patterns"][r + 3, k + 1] for r in rows for k in cols])
+    cells, _ = quantise_patterns(picked, 1)
+    a, b = 5, 7
+    assert np.array_equal(sheet[a * c:(a + 1) * c, b * c:(b + 1) * c], cells[a * len(cols) + b])
+    # the pattern-sum navigator is the cropped grid's total counts
+    total = maps["patterns"][3:37, 1:29].sum((2, 3))
+    assert np.allclose(view.layers["pattern sum"], total, rtol=1e-6)
+    np.testing.assert_array_equal(view.predicted, maps["calibrated"])
+    np.testing.assert_array_equal(view.std, maps["std"])
+
+
+def test_report_keeps_the_maps_when_the_raw_scan_is_gone(tmp_path):
+    from builders import make_report_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    make_report_run(run)
+    (tmp_path / "raw" / "s1.h5").unlink()
+    text = write_report(run).read_text()
+    assert "id='s2e-data'" in text and "diffraction patterns not shown" in text

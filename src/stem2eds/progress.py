@@ -56,3 +56,43 @@ def track(items: Iterable[T], total: int | None = None, description: str = "",
             print(f"{description}: {done}/{total} ({elapsed:.1f} s)", file=sys.stderr)
             while next_mark <= done / total:
                 next_mark += 0.1
+
+
+def track_blocks(blocks: Iterable[tuple[int, T]], total: int, description: str = "",
+                 quiet: bool = False) -> Iterator[tuple[int, T]]:
+    """Iterate over ``(start, block)`` pairs, counting progress in items, not blocks.
+
+    For streams whose blocks vary in size (whole scan rows, the tail of a
+    scan): progress advances by ``len(block)``, out of ``total`` items
+    (e.g. probe positions). Same output as :func:`track`: a rich bar in a
+    terminal, a plain line at most every 10 % otherwise, nothing when ``quiet``.
+
+    Parameters
+    ----------
+    blocks : iterable of (int, sized)
+    total : int
+        Number of items in all blocks together.
+    description : str
+    quiet : bool
+    """
+    if quiet or total <= 0:
+        yield from blocks
+        return
+    if interactive():
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            for item in blocks:
+                yield item
+                bar.advance(task, len(item[1]))  # type: ignore[arg-type]
+        return
+    start, done, next_mark = time.perf_counter(), 0, 0.1
+    for item in blocks:
+        yield item
+        done += len(item[1])  # type: ignore[arg-type]
+        if done / total >= next_mark or done >= total:
+            print(f"{description}: {done}/{total} ({time.perf_counter() - start:.1f} s)",
+                  file=sys.stderr)
+            while next_mark <= done / total:
+                next_mark += 0.1

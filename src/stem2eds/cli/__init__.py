@@ -42,11 +42,58 @@ class _Formatter(argparse.RawDescriptionHelpFormatter,
 
 def add_command(subparsers, name: str, *, help: str, description: str,
                 example: str) -> argparse.ArgumentParser:
-    """Add a subcommand parser whose ``--help`` ends with an example."""
-    return subparsers.add_parser(
+    """Add a subcommand parser whose ``--help`` ends with an example.
+
+    Every command gets the same output options here (``--quiet``,
+    ``--verbose``; see :func:`stem2eds.cli.options.add_output_options`).
+    """
+    from .options import add_output_options
+
+    parser = subparsers.add_parser(
         name, help=help, formatter_class=_Formatter,
         description=textwrap.dedent(description).strip(),
         epilog="example:\n" + textwrap.indent(textwrap.dedent(example).strip(), "  "))
+    add_output_options(parser)
+    return parser
+
+
+#: Distributions whose versions ``stem2eds --version`` prints (when installed).
+VERSION_PACKAGES = ("torch", "numpy", "h5py", "scipy", "hyperspy", "rosettasciio", "exspy",
+                    "lightning", "dask", "libertem", "libertem-live", "abtem")
+
+
+def versions() -> list[tuple[str, str]]:
+    """(name, version) of stem2eds, Python and :data:`VERSION_PACKAGES`.
+
+    Read from the installed distributions' metadata (:mod:`importlib.metadata`),
+    so nothing heavy is imported; a package that is not installed reads
+    ``not installed``.
+    """
+    from importlib import metadata
+
+    from .. import __version__
+
+    out = [("stem2eds", str(__version__)), ("python", sys.version.split()[0])]
+    for name in VERSION_PACKAGES:
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, "not installed"))
+    return out
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: stem2eds and the versions of the libraries that matter, then exit 0."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        found = versions()
+        width = max(len(name) for name, _ in found)
+        sys.stdout.write("".join(f"{name:<{width}}  {version}\n" for name, version in found))
+        parser.exit(0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,14 +102,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = _Parser(
         prog="stem2eds", formatter_class=_Formatter,
         description="Predict EDS composition maps and HAADF from 4D-STEM scans.",
         epilog="example:\n  stem2eds demo --out demo_out\n\n"
-               "Run 'stem2eds COMMAND --help' for the options of each command.")
-    parser.add_argument("--version", action="version", version=f"stem2eds {__version__}")
+               "Run 'stem2eds COMMAND --help' for the options of each command. Every "
+               "command takes\n-q/--quiet (no progress) and -v/--verbose (library "
+               "warnings too). Shell completion\n(bash, zsh), with argcomplete installed: "
+               "eval \"$(register-python-argcomplete stem2eds)\"")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="show the versions of stem2eds, Python and the libraries it "
+                             "uses, and exit")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -75,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion with argcomplete, when the shell asks for it and it is installed.
+
+    ``register-python-argcomplete stem2eds`` (bash/zsh) makes the shell call
+    the command with ``_ARGCOMPLETE`` set; argcomplete then prints the
+    completions and exits. Otherwise nothing is imported.
+    """
+    import os
+
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 def parse_pair(text: str, name: str = "--scan-shape") -> tuple[int, int]:
@@ -114,6 +182,7 @@ def _sigterm_as_interrupt():
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stem2eds`` command."""
     parser = build_parser()
+    _complete(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

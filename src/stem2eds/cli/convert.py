@@ -92,7 +92,6 @@ def register(subparsers) -> None:
                         "haadf_unregistered (default: the file's own calibration)")
     p.add_argument("--block-mb", type=float, default=64.0, metavar="MB",
                    help="largest block of patterns held in memory while copying, MiB")
-    p.add_argument("--quiet", action="store_true", help="no progress or notes on stderr")
     p.add_argument("--out", required=True, metavar="BUNDLE.h5", help="scan bundle to write")
     p.set_defaults(func=run, setting_flags=FLAGS)
 

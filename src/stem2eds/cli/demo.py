@@ -27,7 +27,6 @@ def register(subparsers) -> None:
         Option("max_epochs", "--epochs"),
         Option("scan_shape", metavar="ROWSxCOLS", type=lambda t: parse_pair(t, "scan_shape")),
         "seed", "model"])
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 

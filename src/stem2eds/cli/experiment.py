@@ -52,7 +52,6 @@ def register(subparsers) -> None:
     p.add_argument("--ensemble", type=int, metavar="N",
                    help=f"sparse: models in the deep ensemble (default {ENSEMBLE}; "
                         "1 = no uncertainty)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 

@@ -218,3 +218,17 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
         elif re.match(rf"{re.escape(setting)}\b", message):
             message = flag + message[len(setting):]
     return message
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` / ``--verbose``, the same on every command (mutually exclusive).
+
+    ``args.quiet``: no progress bars or notes on stderr (errors still show).
+    ``args.verbose``: also the file-reading libraries' warnings (the command
+    otherwise counts them in one line; ``--debug`` shows them too).
+    """
+    group = parser.add_argument_group("output").add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars or notes on stderr (errors still show)")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="also show the file-reading libraries' warnings")

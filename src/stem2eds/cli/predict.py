@@ -67,5 +67,5 @@ def run(args) -> int:
             print(path)
         return 0
     print(predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
-                         device=args.device, scheduler=args.scheduler))
+                         device=args.device, scheduler=args.scheduler, quiet=args.quiet))
     return 0

@@ -46,7 +46,6 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on a Dask cluster, blocks of scan rows per task: 'local' (one "
                         "worker process per core) or a scheduler address (tcp://host:8786)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run, setting_flags={**FLAGS, **p.get_default("setting_flags")})
 
 

@@ -31,7 +31,6 @@ def register(subparsers) -> None:
         Option("scan_shape", metavar="ROWSxCOLS", type=lambda t: parse_pair(t, "scan_shape")),
         "detector", "dose", "eds_dose", Option("thickness_nm", "--thickness"),
         Option("grain_scan_fraction", "--grain-scans"), "seed", "first_scan", "workers"])
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 

@@ -47,7 +47,6 @@ def register(subparsers) -> None:
         Option("num_workers", "--workers"), "threads"])
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR from checkpoints/last.ckpt after a crash or kill")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     # train()'s own arguments, named in its errors, and the flags that set them
     p.set_defaults(func=run, setting_flags={**p.get_default("setting_flags"),
                                             "resume": "--resume", "run_dir": "--out"})

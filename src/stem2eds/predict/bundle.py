@@ -12,13 +12,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..formats.bundle import open_bundle
+from ..progress import track_blocks
 from .predictor import (Predictor, _cropped_shape, _finished_run, _load_model, _raw_stream,
                         _read_ahead, scan_calibration_attrs)
 
 
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                    out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu",
-                   scheduler=None) -> Path:
+                   scheduler=None, quiet: bool = True) -> Path:
     """Predict a scan with a trained run and write the prediction file, streaming.
 
     Outputs are written into the file batch by batch as they are predicted
@@ -44,6 +45,8 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     scheduler : str or dask.distributed.Client, optional
         Preprocess on a Dask cluster (``"local"`` or a scheduler address; see
         :mod:`stem2eds.preprocess.distributed`); the model runs here.
+    quiet : bool
+        No progress on stderr (``stem2eds predict`` shows it unless ``--quiet``).
 
     Returns
     -------
@@ -95,7 +98,8 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                                            attrs=attrs) as writer:
                 outputs = predictor._outputs(scan, early) if early is not None else \
                     predictor.iter_outputs(scan, batch, client=client)
-                for start, values in outputs:
+                for start, values in track_blocks(outputs, shape[0] * shape[1],
+                                                  "predicting positions", quiet):
                     writer.write_flat(start, values)
                 if predictor.filter_predictions:
                     writer.replace_eds(predictor.finish_eds(writer.read_eds()))

@@ -329,13 +329,16 @@ def _anomaly_section(an: Mapping[str, Any]) -> str:
     return text
 
 
-def render_beyond_report(doc: Mapping[str, Any]) -> str:
-    """The HTML page of a sparse run (tables of every number, then the figures).
+def render_beyond_report(doc: Mapping[str, Any], explorer: str = "") -> str:
+    """The HTML page of a sparse run (the map explorer, tables of every number, the figures).
 
     Parameters
     ----------
     doc : mapping
         The sparse run's ``metrics.json`` content.
+    explorer : str
+        The interactive maps section
+        (:func:`stem2eds.report.interactive.render_interactive`), shown first.
 
     Returns
     -------
@@ -350,7 +353,7 @@ def render_beyond_report(doc: Mapping[str, Any]) -> str:
              f"trained on {html.escape(', '.join(doc['train_scans']))}; "
              f"{html.escape(doc['pattern'])} sampling of the new scan's EDS. "
              f"Sparse values: {html.escape(doc['sparse_values'])}. "
-             f"Scored on {html.escape(doc['scored_on'])}.</p>"]
+             f"Scored on {html.escape(doc['scored_on'])}.</p>", explorer]
     parts += _curve_tables(doc)
     if doc.get("uncertainty"):
         parts.append(_coverage_table(doc["uncertainty"]))
@@ -368,11 +371,14 @@ def render_beyond_report(doc: Mapping[str, Any]) -> str:
             + "\n".join(parts) + "</body></html>")
 
 
-def write_beyond_report(run: Path, doc: Mapping[str, Any]) -> Path:
-    """Write ``run/report.html`` (atomically) for a sparse run."""
+def write_beyond_report(run: Path, doc: Mapping[str, Any], quiet: bool = True) -> Path:
+    """Write ``run/report.html`` (atomically) for a sparse run (``quiet``: no progress)."""
     from ..atomic import atomic_output
+    from .interactive import render_interactive
+    from .interactive_data import collect_views
 
     out = Path(run) / "report.html"
+    explorer = render_interactive(collect_views(run, doc, quiet))
     with atomic_output(out) as tmp:
-        tmp.write_text(render_beyond_report(doc), encoding="utf-8")
+        tmp.write_text(render_beyond_report(doc, explorer), encoding="utf-8")
     return out

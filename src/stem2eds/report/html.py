@@ -201,7 +201,7 @@ def _settings_table(metrics: Mapping[str, Any]) -> str:
 
 def render_report(metrics: Mapping[str, Any],
                   figures: Sequence[tuple[str, str, bytes]],
-                  title: str | None = None) -> str:
+                  title: str | None = None, explorer: str = "") -> str:
     """The report page as HTML text.
 
     Parameters
@@ -212,6 +212,9 @@ def render_report(metrics: Mapping[str, Any],
         Embedded in this order.
     title : str, optional
         Page title; defaults to the strategy name.
+    explorer : str
+        The interactive maps section
+        (:func:`stem2eds.report.interactive.render_interactive`), shown first.
 
     Returns
     -------
@@ -230,11 +233,12 @@ def render_report(metrics: Mapping[str, Any],
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<title>{html.escape(title)}</title><link rel="icon" href="data:,"><style>{_CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Created {html.escape(str(created))} by stem2eds {html.escape(str(metrics.get('stem2eds_version', '')))}.
 Split used: <b>{html.escape(str(split))}</b>.</p>
+{explorer}
 <h2>Settings</h2>{_settings_table(metrics)}
 <h2>Results (mean &plusmn; std over predicted scans)</h2>
 <p class=note>{DEFINITIONS}</p>
@@ -249,7 +253,7 @@ Split used: <b>{html.escape(str(split))}</b>.</p>
 """
 
 
-def write_report(run_dir: str | os.PathLike) -> Path:
+def write_report(run_dir: str | os.PathLike, quiet: bool = True) -> Path:
     """(Re)build ``RUN_DIR/report.html`` from ``metrics.json`` and ``figures/``.
 
     Parameters
@@ -257,6 +261,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     run_dir : path-like
         An experiment run directory (any strategy; a ``sparse`` run gets the
         sparse page of :mod:`stem2eds.report.beyond`).
+    quiet : bool
+        No progress on stderr while the raw scans' patterns are read for the
+        map explorer.
 
     Returns
     -------
@@ -274,7 +281,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     if metrics["strategy"] == "sparse":
         from .beyond import write_beyond_report
 
-        return write_beyond_report(run, metrics)
+        return write_beyond_report(run, metrics, quiet=quiet)
     figures = []
     for entry in metrics.get("figures", []):
         # figure_path accepts only files in RUN/figures (validated on read)
@@ -282,7 +289,11 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         if png.is_file():
             figures.append((entry.get("title", png.stem), entry.get("caption", ""),
                             png.read_bytes()))
-    text = render_report(metrics, figures)
+    from .interactive import render_interactive
+    from .interactive_data import collect_views
+
+    text = render_report(metrics, figures, explorer=render_interactive(
+        collect_views(run, metrics, quiet)))
     out = run / "report.html"
     with atomic_output(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
