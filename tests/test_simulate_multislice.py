@@ -205,3 +205,20 @@ def test_unknown_engine_is_refused():
 
     with pytest.raises(InputError, match="`engine`"):
         SimulationSettings(engine="bloch")
+
+
+@pytest.mark.slow
+def test_cli_engine_multislice_uses_its_defaults_and_writes_bundles(tmp_path, capsys):
+    from stem2eds.cli import main
+
+    out = tmp_path / "sim"
+    assert main(["simulate", str(out), "--engine", "multislice", "--scans", "1",
+                 "--scan-shape", "2x2", "--detector", "32", "--thickness", "2", "--quiet"]) == 0
+    with open_bundle(out / "scan_0033.h5") as b:
+        settings = b.provenance["settings"]
+        assert settings["engine"] == "multislice" and settings["detector"] == 32
+        assert b.file["diffraction"].shape == (2, 2, 32, 32)
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", str(tmp_path / "x"), "--engine", "bloch"])
+    assert exc.value.code == 2
+    assert "bloch" in capsys.readouterr().err
