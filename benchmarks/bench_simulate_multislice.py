@@ -47,7 +47,7 @@ def per_pattern(detector: int, batch: int, workers: int, abtem_reference: bool =
     template_s = time.perf_counter() - t0
     comp = np.array([0.0, 0.0, 2 / 9, 2 / 9, 5 / 9])
     t0 = time.perf_counter()
-    atoms = [M._patch(template, grid, comp, 100.0, None, rng) for _ in range(batch)]
+    atoms = [M.patch_atoms(template, grid, comp, 100.0, None, rng) for _ in range(batch)]
     models_s = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
     M.propagate(grid, atoms, 100.0, workers)

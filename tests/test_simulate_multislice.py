@@ -27,7 +27,7 @@ def tiny_series(tmp_path_factory):
 def _patches(grid, comp, thickness_a, n, seed=0, grain=None):
     rng = np.random.default_rng(seed)
     template = A.amorphous_template((1.3 * grid.extent, 1.3 * grid.extent, 80.0), rng)
-    return [M._patch(template, grid, comp, thickness_a, grain, rng) for _ in range(n)]
+    return [M.patch_atoms(template, grid, comp, thickness_a, grain, rng) for _ in range(n)]
 
 
 def _radial(intensity, extent):
@@ -147,7 +147,7 @@ def test_amorphous_ring_sits_where_the_density_puts_it():
     peaks = []
     for comp in (GST, OXIDE):
         density = float(A.number_density(comp, ELEMENTS))
-        atoms = [M._patch(template, grid, comp, 30.0, None, rng) for _ in range(8)]
+        atoms = [M.patch_atoms(template, grid, comp, 30.0, None, rng) for _ in range(8)]
         intensity, _ = M.propagate(grid, atoms, 30.0)
         k, profile = _radial(intensity.mean(axis=0), grid.extent)
         f2 = sum(c * par.scattering_factor(e)(k ** 2) ** 2 for c, e in zip(comp, ELEMENTS))

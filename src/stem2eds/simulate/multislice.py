@@ -258,10 +258,29 @@ def propagate(grid: Grid, atoms: list[tuple[np.ndarray, np.ndarray]], thickness:
     return intensity.astype(np.float32), intensity[:, grid.adf_mask].sum(axis=1)
 
 
-def _patch(template: Template, grid: Grid, comp: np.ndarray, thickness_a: float,
-           grain: tuple[float, int, float, np.ndarray] | None,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Atoms of one probe position: amorphous film, with a rock-salt slab where a grain lies."""
+def patch_atoms(template: Template, grid: Grid, comp: np.ndarray, thickness_a: float,
+                grain: tuple[float, int, float, np.ndarray] | None,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Atoms of one probe position: amorphous film, with a rock-salt slab where a grain lies.
+
+    Parameters
+    ----------
+    template : Template
+        The scan's amorphous template (:func:`.atoms.amorphous_template`).
+    grid : Grid
+    comp : ndarray, shape (E,)
+        Local atomic fractions, ``grid.elements`` order.
+    thickness_a : float
+        Film thickness, Angstrom.
+    grain : (thickness Angstrom, zone index, rotation rad, tilt (2,) rad) or None
+        The grain under the probe, if any.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    positions : ndarray, shape (n, 3), Angstrom
+    species : ndarray of int, shape (n,)
+    """
     density = float(number_density(comp, grid.elements))
     pos = amorphous_patch(template, density, grid.extent, thickness_a, rng)
     species = draw_species(len(pos), comp, rng)
@@ -330,7 +349,7 @@ def expected_scan(composition: np.ndarray, thickness_nm: np.ndarray, grains: Gra
     for start in (progress(starts) if progress else starts):
         rng = np.random.default_rng(np.random.SeedSequence([*seed_key, 1 + start // _BATCH]))
         sl = slice(start, min(start + _BATCH, rx * ry))
-        atoms = [_patch(template, grid, comp[i], t_a[i],
+        atoms = [patch_atoms(template, grid, comp[i], t_a[i],
                         (g_a[i], zone[i], rot[i], tilt[i]) if g_a[i] > 0.5 else None, rng)
                  for i in range(sl.start, sl.stop)]
         intensity, adf[sl] = propagate(grid, atoms, float(t_a[sl].max()), workers)

@@ -34,7 +34,7 @@ from .composition import CompositionModel, composition_maps, latent_fields, scan
 from .diffraction import REFERENCE_DETECTOR, default_q_pixel_size, simulate_patterns
 from .eds import simulate_eds
 from .haadf import haadf_image
-from .specimen import descan_origins, place_grains, thickness_map
+from .specimen import Grains, descan_origins, place_grains, thickness_map
 
 ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
 #: Bumped whenever the physics changes the output for the same settings, so that
@@ -264,7 +264,7 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
 
 
 def _multislice_physics(path: Path, settings: SimulationSettings, scan_index: int,
-                        truth: np.ndarray, thickness: np.ndarray, grains, origins: np.ndarray,
+                        truth: np.ndarray, thickness: np.ndarray, grains: Grains, origins: np.ndarray,
                         dose: float, quiet: bool) -> tuple[np.ndarray, Callable]:
     """The multislice engine's HAADF and pattern-block function for one scan.
 
