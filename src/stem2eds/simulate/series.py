@@ -34,7 +34,7 @@ from .composition import CompositionModel, composition_maps, latent_fields, scan
 from .diffraction import REFERENCE_DETECTOR, default_q_pixel_size, simulate_patterns
 from .eds import simulate_eds
 from .haadf import haadf_image
-from .specimen import descan_origins, place_grains, thickness_map
+from .specimen import Grains, descan_origins, place_grains, thickness_map
 
 ELEMENTS = ("O", "Si", "Ge", "Sb", "Te")
 #: Bumped whenever the physics changes the output for the same settings, so that
@@ -46,6 +46,9 @@ R_PIXEL_NM = 1.053
 
 # Independent random streams per scan (SeedSequence spawn keys).
 _STREAM_SERIES, _STREAM_SPECIMEN, _STREAM_EDS, _STREAM_HAADF, _STREAM_PATTERNS = range(5)
+_STREAM_MULTISLICE = 5
+#: Where the multislice engine caches noise-free patterns, inside the output folder.
+MULTISLICE_CACHE = ".multislice-cache"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class SimulationSettings:
         Threads generating patterns (does not change the output).
     composition : CompositionModel
         Parameters of the composition fields.
+    engine : {"kinematic", "multislice"}
+        Physics of the patterns and HAADF: the fast kinematic model, or
+        multislice through atomic models (abTEM; minutes per small scan,
+        cached in the output folder; see docs/simulate.md).
     """
 
     n_scans: int = 6
@@ -109,6 +116,7 @@ class SimulationSettings:
     energy_kev: float = 200.0
     workers: int = 2
     composition: CompositionModel = field(default_factory=CompositionModel)
+    engine: str = "kinematic"
 
     def __post_init__(self):
         rx, ry = self.scan_shape
@@ -122,7 +130,9 @@ class SimulationSettings:
                   (0 <= self.grain_scan_fraction <= 1, "grain_scan_fraction must be in [0, 1]"),
                   (self.max_grains >= 1, "max_grains must be at least 1"),
                   (self.first_scan >= 0, "first_scan must be non-negative"),
-                  (self.workers >= 1, "workers must be at least 1")]
+                  (self.workers >= 1, "workers must be at least 1"),
+                  (self.engine in ("kinematic", "multislice"),
+                   f"`engine` must be kinematic or multislice, got {self.engine!r}")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
@@ -193,6 +203,10 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
     spec_rng = _rng(settings, _STREAM_SPECIMEN, scan_index)
     thickness = scan_window(latent["thickness"], settings.scan_shape, scan_index,
                             settings.composition.drift)
+    if settings.engine == "multislice":
+        from .multislice import scan_thickness
+        thickness = scan_thickness(thickness, settings.thickness_nm,
+                                   _rng(settings, _STREAM_MULTISLICE, scan_index))
     origins = descan_origins(settings.scan_shape, det, spec_rng, settings.descan_px * scale,
                              settings.jitter_px * scale)
     grains = place_grains(settings.scan_shape, thickness, spec_rng, grain_count,
@@ -201,14 +215,19 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
                                          0.5, 1.5))
     eds = simulate_eds(truth, thickness, ELEMENTS, settings.eds_dose,
                        _rng(settings, _STREAM_EDS, scan_index))
-    haadf = haadf_image(truth, thickness, ELEMENTS, _rng(settings, _STREAM_HAADF, scan_index),
-                        grain_thickness=grains.thickness)
-
     comp_flat = truth.reshape(len(ELEMENTS), -1).T
     rows_per_block = max(1, 128 // ry)
+    if settings.engine == "multislice":
+        haadf, multislice_block = _multislice_physics(path, settings, scan_index, truth, thickness,
+                                                      grains, origins, dose, quiet)
+    else:
+        haadf = haadf_image(truth, thickness, ELEMENTS, _rng(settings, _STREAM_HAADF, scan_index),
+                            grain_thickness=grains.thickness)
 
     def block(i0: int) -> tuple[int, np.ndarray]:
         sl = slice(i0 * ry, min(i0 + rows_per_block, rx) * ry)
+        if settings.engine == "multislice":
+            return sl.start, multislice_block(sl, _rng(settings, _STREAM_PATTERNS, scan_index, i0))
         patterns = simulate_patterns(
             comp_flat[sl], thickness.reshape(-1)[sl], origins.reshape(-1, 2)[sl],
             _rng(settings, _STREAM_PATTERNS, scan_index, i0),
@@ -217,7 +236,7 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
             grain_rotation=grains.rotation.reshape(-1)[sl], grain_tilt=grains.tilt.reshape(-1, 2)[sl])
         return sl.start, patterns
 
-    provenance = {"command": "simulate", "simulator": "stem2eds.simulate",
+    provenance = {"command": "simulate", "simulator": f"stem2eds.simulate ({settings.engine})",
                   "settings": settings.to_dict(), "scan_index": scan_index,
                   "grain_count": grain_count, "dose": dose, "created": FIXED_CREATED}
     calibration = PixelCalibration(r_pixel_size=R_PIXEL_NM, r_pixel_unit="nm",
@@ -242,6 +261,33 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
             ds = sim.create_dataset(name, data=data, track_times=False)
             ds.attrs["unit"] = unit
     return path
+
+
+def _multislice_physics(path: Path, settings: SimulationSettings, scan_index: int,
+                        truth: np.ndarray, thickness: np.ndarray, grains: Grains, origins: np.ndarray,
+                        dose: float, quiet: bool) -> tuple[np.ndarray, Callable]:
+    """The multislice engine's HAADF and pattern-block function for one scan.
+
+    Noise-free patterns come from (or go to) the cache in the output folder;
+    the descan, dose and Poisson noise are applied per block.
+    """
+    from . import multislice as ms
+
+    grid = ms.Grid(settings.detector, settings.q_pixel_size, settings.energy_kev, ELEMENTS,
+                   ms.MultisliceModel())
+    key = ms.cache_key(settings.to_dict(), scan_index, grid.model)
+    cache_file = path.parent / MULTISLICE_CACHE / f"{path.stem}-{key}.npz"
+    expected, adf = ms.cached_expected_scan(cache_file, lambda: ms.expected_scan(
+        truth, thickness, grains, grid, (settings.seed, _STREAM_MULTISLICE, scan_index),
+        workers=settings.workers,
+        progress=lambda items: track(items, description=f"multislice {path.stem}", quiet=quiet)))
+    haadf = ms.adf_image(adf, _rng(settings, _STREAM_HAADF, scan_index), grid.model)
+    flat_origins = origins.reshape(-1, 2)
+
+    def block(sl: slice, rng: np.random.Generator) -> np.ndarray:
+        return ms.noisy_patterns(expected[sl], flat_origins[sl], dose, settings.detector, rng)
+
+    return haadf, block
 
 
 def _map_in_order(func: Callable, items: Sequence, workers: int, consume: Callable,
