@@ -87,16 +87,19 @@ def load_dataset(ctx, path: str | os.PathLike, input_type: str = "auto",
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path=path)
-    kwargs = {"nav_shape": tuple(scan_shape)} if scan_shape else {}
     try:
-        if input_type == "auto":
-            return ctx.load("auto", path=str(path), **kwargs)
-        return ctx.load(input_type, path=str(path), **kwargs)
+        ds = ctx.load(input_type, path=str(path))
+        if scan_shape:
+            # a new scan shape keeps the frames (the last two signal axes)
+            sig = tuple(int(v) for v in ds.shape)[-2:]
+            ds = ctx.load(input_type, path=str(path), nav_shape=tuple(scan_shape),
+                          sig_shape=sig)
     except Exception as exc:  # LiberTEM raises DataSetException, ValueError, ...
         raise InputError(f"LiberTEM cannot read this file as {input_type!r} "
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                          path=path, hint="name its type (`input_type`) or its `scan_shape`"
                          ) from None
+    return ds
 
 
 @dataclass
@@ -202,9 +205,12 @@ def beam_radius_for(settings, probe_radius: float) -> float:
 def check_dataset(ds, settings) -> None:
     """Refuse a dataset the run cannot predict (scan not 2D, other detector, bad binning)."""
     _nav_shape(ds)
+    if len(ds.shape.sig) != 2:
+        raise InputError(f"frames have {len(ds.shape.sig)} axes {tuple(ds.shape.sig)}, not 2",
+                         hint="give the `scan_shape` (an MRC volume is read as one frame)")
     qx, qy = (int(v) for v in ds.shape.sig)
     f = int(settings.bin_factor)
-    if len(ds.shape.sig) != 2 or qx % f or qy % f:
+    if qx % f or qy % f:
         raise InputError(f"the {qx}x{qy} detector is not binned by the run's bin factor {f}",
                          hint="predict scans from the training data's detector")
     if settings.detector_shape is not None and tuple(settings.detector_shape) != (qx, qy):
@@ -290,6 +296,7 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
     """
     from .. import __version__
     from ..atomic import refuse_overwrite
+    from ..predict.bundle import _filter_description
 
     refuse_overwrite(out, path)
     with open_context(scheduler) as ctx:
@@ -301,5 +308,6 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
     attrs = {"scan_name": Path(path).stem, "model": predictor.model_name,
              "run_dir": str(Path(run_dir).resolve()), "stem2eds_version": __version__,
              "scan_shape": list(pred.scan_shape), "targets": list(predictor.targets),
-             "source": str(Path(path).resolve()), "engine": "libertem"}
+             "source": str(Path(path).resolve()), "engine": "libertem",
+             "eds_filter": _filter_description(predictor)}
     return pred.save(out, attrs=attrs)

@@ -239,8 +239,14 @@ class PredictUDF(_BatchingUDF):
         return cached_predictor(self.params.run, self.params.device)
 
     def get_result_buffers(self):
+        # One private (n_outputs,) buffer while processing (LiberTEM sets a
+        # view per buffer per frame); the named maps are made in get_results.
         names = self.output_names()
-        return {name: self.buffer(kind="nav", dtype=np.float32) for name in names}
+        buffers = {name: self.buffer(kind="nav", dtype=np.float32, use="result_only")
+                   for name in names}
+        buffers["outputs"] = self.buffer(kind="nav", extra_shape=(len(names),),
+                                         dtype=np.float32, use="private")
+        return buffers
 
     def output_names(self) -> list[str]:
         p = self.predictor
@@ -253,7 +259,7 @@ class PredictUDF(_BatchingUDF):
         return p.predict_patterns(patterns)
 
     def columns(self):
-        return [(name, i) for i, name in enumerate(self.output_names())]
+        return [("outputs", slice(None))]
 
     def get_results(self):
         # LiberTEM hands nav buffers over flat, only the roi's positions
@@ -261,10 +267,10 @@ class PredictUDF(_BatchingUDF):
         p = self.predictor
         n_eds = len(p.elements)
         names = self.output_names()
+        outputs = np.asarray(self.results.outputs)
         shape = _roi_box_shape(self.meta.roi, tuple(self.meta.dataset_shape.nav))
-        eds = np.stack([np.asarray(getattr(self.results, name)) for name in names[:n_eds]])
-        eds = p.finish_eds(eds.reshape(n_eds, *shape), self.params.filtered)
-        out = {name: getattr(self.results, name) for name in names[n_eds:]}
+        eds = p.finish_eds(outputs[:, :n_eds].T.reshape(n_eds, *shape), self.params.filtered)
+        out = {name: outputs[:, i].copy() for i, name in enumerate(names) if i >= n_eds}
         out.update({name: eds[i].reshape(-1).astype(np.float32)
                     for i, name in enumerate(names[:n_eds])})
         return out
