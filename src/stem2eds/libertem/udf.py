@@ -230,9 +230,11 @@ class PredictUDF(_BatchingUDF):
     """
 
     def __init__(self, run, origins, beam_radius: float, device: str = "cpu",
-                 filtered: bool | None = None):
-        super().__init__(run=str(run), origins=np.asarray(origins, np.float64),
-                         beam_radius=float(beam_radius), device=device, filtered=filtered)
+                 filtered: bool | None = None, **params):
+        super().__init__(run=str(run),
+                         origins=None if origins is None else np.asarray(origins, np.float64),
+                         beam_radius=float(beam_radius), device=device, filtered=filtered,
+                         **params)
 
     @property
     def predictor(self):
