@@ -6,9 +6,7 @@ rewrites the prediction file ``OUT/prediction.h5`` atomically at intervals,
 with root attributes ``complete`` (False while acquiring) and
 ``frames_done``; positions not yet acquired are NaN.
 
-Origins while acquiring
------------------------
-``stem2eds predict`` fits a smooth origin model (plane, poly2) to origins
+Origins while acquiring: ``stem2eds predict`` fits a smooth origin model (plane, poly2) to origins
 measured over the whole scan, which a live scan does not have yet. While
 acquiring, each frame is centred on its own measured origin (with the
 aperture radius of the training data, ``probe_radius`` of the run) and the

@@ -165,12 +165,11 @@ class OriginUDF(_BatchingUDF):
     radius : float
         Aperture radius (px), from the first frames of the measurement set.
 
-    Results
-    -------
-    origin : kind="nav", extra_shape (2,), float64
-        (row, column) in detector px; NaN where no disk was found.
-    disk_sum : kind="single", (2h+1, 2h+1), float64
-    n_summed : kind="single", int64
+    Notes
+    -----
+    Result buffers: ``origin`` (``kind="nav"``, extra shape (2,), float64:
+    row, column in detector px, NaN where no disk was found), ``disk_sum``
+    (``kind="single"``, (2h+1, 2h+1)) and ``n_summed`` (``kind="single"``).
     """
 
     def __init__(self, radius: float):
@@ -221,12 +220,12 @@ class PredictUDF(_BatchingUDF):
     filtered : bool, optional
         Filter the EDS maps in :meth:`get_results` (default: as the run says).
 
-    Results
-    -------
-    <El> : kind="nav", float32
-        Atomic fraction of each of the run's elements, named by symbol.
-    haadf : kind="nav", float32
-        Only when the run predicts HAADF.
+    Notes
+    -----
+    Result buffers: one ``kind="nav"`` float32 map per element of the run,
+    named by its symbol (atomic fraction), and ``haadf`` when the run
+    predicts HAADF (detector units). A private ``outputs`` buffer holds all
+    of them while frames are processed.
     """
 
     def __init__(self, run, origins, beam_radius: float, device: str = "cpu",
