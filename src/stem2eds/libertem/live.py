@@ -261,7 +261,7 @@ def _final_exact(run_dir, out: Path, settings: LiveSettings, device: str, on_upd
         if not settings.keep_frames:
             frames.unlink(missing_ok=True)
     if on_update is not None:
-        state.complete = True
-        state.means = {el: float(np.mean(pred.eds[i])) for i, el in enumerate(p.elements)}
-        on_update(state)
+        on_update(LiveState(state.frames_done, state.frames_total, state.elapsed,
+                            {el: float(np.mean(pred.eds[i])) for i, el in enumerate(p.elements)},
+                            complete=True))
     return path
