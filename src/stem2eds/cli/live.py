@@ -49,15 +49,43 @@ def run(args) -> int:
     from .options import given
 
     settings = LiveSettings(**given(args, LiveSettings), keep_frames=args.keep_frames)
+    if not args.quiet:
+        print(f"stem2eds live: waiting for the {settings.detector} detector at "
+              f"{settings.host}:{settings.port or 'its default port'} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
     view = None if args.quiet else LiveView()
     try:
         path = predict_live(args.run_dir, args.out, settings, device=args.device,
                             on_update=None if view is None else view.update)
+    except Exception as exc:
+        # LiberTEM-live's receiver (Rust) wraps a Ctrl-C or SIGTERM that
+        # arrived while it waited into its own error; report it as one
+        if "KeyboardInterrupt" in str(exc) or "_Terminated" in str(exc):
+            return _interrupted(args.out, 143 if "_Terminated" in str(exc) else 130)
+        raise
+    except KeyboardInterrupt as exc:
+        from . import _Terminated
+
+        return _interrupted(args.out, 143 if isinstance(exc, _Terminated) else 130)
     finally:
         if view is not None:
             view.close()
     print(path)
     return 0
+
+
+def _interrupted(out, code: int) -> int:
+    """One line on stderr: what was kept (the last partial maps) or that nothing was."""
+    from pathlib import Path
+
+    from ..libertem.settings import PREDICTION
+
+    what = "terminated" if code == 143 else "interrupted"
+    partial = Path(out) / PREDICTION
+    kept = (f"the last partial maps (complete=False) are in {partial}" if partial.exists()
+            else "no maps were written")
+    print(f"stem2eds live: {what}; {kept}", file=sys.stderr)
+    return code
 
 
 class LiveView:

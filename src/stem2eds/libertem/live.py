@@ -171,7 +171,12 @@ def predict_live(run_dir: str | os.PathLike, out: str | os.PathLike, settings: L
         conn, aq = open_acquisition(ctx, settings, data)
         with conn:
             udf = LivePredictUDF(run_dir, radius, run_settings.beam_radius, device)
-            live = _acquire(ctx, aq, udf, out, settings, on_update)
+            try:
+                live = _acquire(ctx, aq, udf, out, settings, on_update)
+            except BaseException:
+                if not settings.keep_frames:  # a partial recording: the raw scan's size
+                    (out / FRAMES).unlink(missing_ok=True)
+                raise
         if settings.final == "live":
             return _write(out, udf, live[0], live[1], _finish(udf, live[0]), complete=True)
         return _final_exact(run_dir, out, settings, device, on_update, live[2])
