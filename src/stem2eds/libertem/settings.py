@@ -26,7 +26,7 @@ class LiveSettings:
     host : str
         Host of the detector's data (and control) server.
     port : int or None
-        Data port (Merlin: 6342; Dectris: its REST API, 80) ; None: the detector's default.
+        Data port (Merlin: 6342; Dectris: its REST API, 80); None: the detector's default.
     api_port : int or None
         Merlin control port (default 6341); Dectris: the ZeroMQ stream port (default 9999).
     scan_shape : (Rx, Ry) or None
