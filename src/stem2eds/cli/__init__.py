@@ -28,7 +28,7 @@ from ..errors import InputError
 
 #: Subcommands, in the order of the pipeline.
 COMMANDS = ("convert", "simulate", "preprocess", "train", "predict",
-            "experiment", "report", "demo")
+            "experiment", "report", "demo", "live")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter,

@@ -38,11 +38,27 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="preprocess on a Dask cluster: 'local' (one worker process per "
                         "core) or a scheduler address such as tcp://host:8786")
+    _add_engine(p)
     # Library errors name settings; these are the flags (or command) that set them here.
     p.set_defaults(func=run, setting_flags={"device": "--device", "batch": "--batch",
                                             "resume": "'stem2eds train --resume'",
                                             "format": "--format", "overwrite": "--overwrite",
-                                            "out": "--out"})
+                                            "out": "--out",
+                                            "input_type": "--input-type",
+                                            "scan_shape": "--scan-shape",
+                                            "scheduler": "--scheduler"})
+
+
+def _add_engine(p) -> None:
+    """``--engine libertem``: BUNDLE may be any file LiberTEM reads (stem2eds.libertem)."""
+    p.add_argument("--engine", choices=("stem2eds", "libertem"), default="stem2eds",
+                   help="stem2eds: BUNDLE is a raw scan bundle; libertem: BUNDLE is any "
+                        "file LiberTEM reads (mib, k2is, frms6, blo, dm, empad, mrc, hdf5, "
+                        "npy, ...), predicted with its UDF (inline, or on --scheduler)")
+    p.add_argument("--input-type", default="auto", metavar="TYPE",
+                   help="with --engine libertem: LiberTEM file type (auto detects it)")
+    p.add_argument("--scan-shape", default=None, metavar="RXxRY",
+                   help="with --engine libertem: scan shape when the file does not say")
 
 
 def run(args) -> int:
@@ -58,6 +74,19 @@ def run(args) -> int:
 
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")
+    if args.engine == "libertem":
+        from . import parse_pair
+        from ..libertem.engine import predict_file
+
+        if args.format != "hdf5":
+            raise InputError("--format applies to --engine stem2eds; with --engine libertem "
+                             "the output is the prediction file (hdf5)",
+                             hint="export it afterwards: stem2eds.predict.Prediction.load(PRED)"
+                                  ".export(...)")
+        shape = parse_pair(args.scan_shape) if args.scan_shape else None
+        print(predict_file(args.run_dir, args.bundle, args.out, input_type=args.input_type,
+                           scan_shape=shape, scheduler=args.scheduler, device=args.device))
+        return 0
     if args.format != "hdf5":
         from ..predict.tofile import predict_to_file
 

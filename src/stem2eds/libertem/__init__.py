@@ -1,0 +1,29 @@
+"""LiberTEM integration: a prediction UDF, ``predict --engine libertem`` and live prediction.
+
+:class:`PredictUDF` (:mod:`.udf`) predicts the EDS maps (and HAADF) of every
+frame of any dataset LiberTEM reads, on any of its executors;
+:func:`predict_dataset` and :func:`predict_file` (:mod:`.engine`) run it after
+the origin passes so the maps equal ``stem2eds predict``; :mod:`.live` does it
+during an acquisition with libertem-live.
+
+Names load on first use: ``import stem2eds`` never imports LiberTEM.
+"""
+
+from ..lazy import lazy_exports
+
+_WHERE = {
+    "PredictUDF": "udf",
+    "OriginUDF": "udf",
+    "SampleUDF": "udf",
+    "predict_dataset": "engine",
+    "predict_file": "engine",
+    "fit_dataset_origins": "engine",
+    "open_context": "engine",
+    "load_dataset": "engine",
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
+
+
+__all__ = list(_WHERE)

@@ -1,0 +1,313 @@
+"""``stem2eds predict`` on LiberTEM: any file LiberTEM reads in, the same maps out.
+
+:func:`predict_dataset` runs the three UDFs of :mod:`stem2eds.libertem.udf`
+on a LiberTEM dataset (origins on the run's sub-grid, the fit here, then the
+predicted maps); :func:`predict_file` loads a file with LiberTEM's readers
+(``filetype="auto"`` or a named type: mib, k2is, frms6, blo, dm, empad, mrc,
+hdf5, npy, ...) and writes the prediction file
+(:mod:`stem2eds.formats.prediction`).
+
+Where the UDFs run is a LiberTEM :class:`~libertem.api.Context`:
+:func:`open_context` makes one from the same ``scheduler`` values as
+``stem2eds predict`` (None: inline, in this process; ``"local"``: a local
+Dask cluster, one worker per core; an address: an existing cluster).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import InputError
+from ..preprocess.maps import check_crop
+from ..preprocess.origin import (OriginFit, disk_radius, find_origins, fit_origins,
+                                 origin_problem, sample_grid)
+
+#: As :data:`stem2eds.preprocess.pipeline.RADIUS_SAMPLE` (not imported: that
+#: module pulls in the bundle writer): patterns the aperture radius is measured on.
+RADIUS_SAMPLE = 256
+
+
+@contextmanager
+def open_context(scheduler: Any = None, cpus: int | None = None) -> Iterator[Any]:
+    """A LiberTEM ``Context`` for a ``scheduler`` value, closed on exit if made here.
+
+    Parameters
+    ----------
+    scheduler : None, "inline", "local", str address or libertem Context
+        None or ``"inline"``: LiberTEM's inline executor (this process);
+        ``"local"``: a local Dask cluster of ``cpus`` workers (default: every
+        core); ``tcp://host:port``: an existing Dask scheduler; a Context is
+        used as it is.
+    cpus : int, optional
+        Workers of the local cluster.
+    """
+    from libertem.api import Context
+
+    if isinstance(scheduler, Context):
+        yield scheduler
+        return
+    if scheduler in (None, "inline"):
+        ctx = Context.make_with("inline")
+    elif scheduler == "local":
+        ctx = Context.make_with("dask", cpus=cpus or os.cpu_count() or 1)
+    else:
+        from libertem.executor.dask import DaskJobExecutor
+
+        try:
+            ctx = Context(executor=DaskJobExecutor.connect(str(scheduler)))
+        except OSError as exc:
+            raise InputError(f"cannot reach the Dask scheduler {scheduler} ({exc})",
+                             hint="start it (dask scheduler) or use `scheduler` local") from None
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def load_dataset(ctx, path: str | os.PathLike, input_type: str = "auto",
+                 scan_shape: tuple[int, int] | None = None):
+    """A LiberTEM dataset from a file, with LiberTEM's readers.
+
+    Parameters
+    ----------
+    ctx : libertem.api.Context
+    path : path-like
+        Any file LiberTEM reads (for MIB the ``.hdr`` or a ``.mib`` file).
+    input_type : str
+        LiberTEM's file type (``"auto"`` detects it).
+    scan_shape : (Rx, Ry), optional
+        Scan shape when the file does not say (``nav_shape`` in LiberTEM).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=path)
+    try:
+        ds = ctx.load(input_type, path=str(path))
+        if scan_shape:
+            # a new scan shape keeps the frames (the last two signal axes)
+            sig = tuple(int(v) for v in ds.shape)[-2:]
+            ds = ctx.load(input_type, path=str(path), nav_shape=tuple(scan_shape),
+                          sig_shape=sig)
+    except Exception as exc:  # LiberTEM raises DataSetException, ValueError, ...
+        raise InputError(f"LiberTEM cannot read this file as {input_type!r} "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                         path=path, hint="name its type (`input_type`) or its `scan_shape`"
+                         ) from None
+    return ds
+
+
+@dataclass
+class DatasetOrigins:
+    """Fitted origins of a LiberTEM dataset, as ``stem2eds predict`` fits them.
+
+    Attributes
+    ----------
+    fitted : ndarray, shape (Rx, Ry, 2)
+        Origin of every scan position (detector px); NaN outside the crop.
+    fit : OriginFit
+        On the crop region.
+    probe_radius : float
+    box : (r0, r1, c0, c1)
+        The run's crop in the scan.
+    """
+
+    fitted: np.ndarray
+    fit: OriginFit
+    probe_radius: float
+    box: tuple[int, int, int, int]
+
+
+def crop_roi(settings, nav_shape: tuple[int, int]) -> np.ndarray | None:
+    """LiberTEM ``roi`` of the run's crop (None: the whole scan)."""
+    box = check_crop(settings.crop, nav_shape)
+    if tuple(box) == (0, nav_shape[0], 0, nav_shape[1]):
+        return None
+    roi = np.zeros(nav_shape, bool)
+    roi[box[0]:box[1], box[2]:box[3]] = True
+    return roi
+
+
+def measurement_roi(settings, nav_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions whose origins are measured, and the sub-grid mask of the crop region.
+
+    Returns
+    -------
+    roi : ndarray, shape (Rx, Ry), bool
+    sampled : ndarray, shape (Rx', Ry'), bool, or None
+        None when every position of the crop is measured.
+    """
+    r0, r1, c0, c1 = check_crop(settings.crop, nav_shape)
+    shape = (r1 - r0, c1 - c0)
+    grid = sample_grid(shape, settings.origin_sample) if settings.origin_fit != "none" else None
+    sampled = None
+    local = np.ones(shape, bool)
+    if grid is not None:
+        sampled = np.zeros(shape, bool)
+        sampled[np.ix_(*grid)] = True
+        local = sampled
+    roi = np.zeros(nav_shape, bool)
+    roi[r0:r1, c0:c1] = local
+    return roi, sampled
+
+
+def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
+    """Origins of every position: measured on the run's sub-grid, fitted as the run says.
+
+    Two cheap passes: the first :data:`RADIUS_SAMPLE` frames of the
+    measurement set (their aperture radius), then the origins on that set.
+    """
+    from .udf import OriginUDF, SampleUDF
+
+    nav_shape = _nav_shape(ds)
+    roi, sampled = measurement_roi(settings, nav_shape)
+    first = np.zeros(nav_shape, bool)
+    first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
+    frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig)), roi=first)["frames"].raw_data
+    radius = find_origins(frames).probe_radius
+    del frames
+    res = ctx.run_udf(ds, OriginUDF(radius), roi=roi)
+    box = check_crop(settings.crop, nav_shape)
+    measured = np.asarray(res["origin"].data)[box[0]:box[1], box[2]:box[3]]
+    n_sum = int(np.asarray(res["n_summed"].data).sum())
+    if n_sum == 0:
+        raise InputError("no diffraction pattern has counts: cannot find the unscattered beam")
+    probe_radius = disk_radius(np.asarray(res["disk_sum"].data) / n_sum,
+                               smooth=0.0 if n_sum >= 20 else 1.0)
+    try:
+        fit = fit_origins(measured, settings.origin_fit, sampled=sampled)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    problem = origin_problem(measured, fit, probe_radius)
+    if problem:
+        raise InputError(f"{problem}; the patterns cannot be centred",
+                         hint="check that the patterns show the direct beam, or `crop` to "
+                              "the positions where they do")
+    fitted = np.full((*nav_shape, 2), np.nan)
+    fitted[box[0]:box[1], box[2]:box[3]] = fit.fitted
+    return DatasetOrigins(fitted, fit, float(probe_radius), box)
+
+
+def beam_radius_for(settings, probe_radius: float) -> float:
+    """The run's beam radius, or the margin on this scan's probe radius when it has none."""
+    if settings.beam_radius is not None:
+        return float(settings.beam_radius)
+    if not np.isfinite(probe_radius):
+        raise InputError("could not measure the probe radius", hint="set `beam_radius` (px)")
+    return float(probe_radius * settings.beam_margin)
+
+
+def check_dataset(ds, settings) -> None:
+    """Refuse a dataset the run cannot predict (scan not 2D, other detector, bad binning)."""
+    _nav_shape(ds)
+    if len(ds.shape.sig) != 2:
+        raise InputError(f"frames have {len(ds.shape.sig)} axes {tuple(ds.shape.sig)}, not 2",
+                         hint="give the `scan_shape` (an MRC volume is read as one frame)")
+    qx, qy = (int(v) for v in ds.shape.sig)
+    f = int(settings.bin_factor)
+    if qx % f or qy % f:
+        raise InputError(f"the {qx}x{qy} detector is not binned by the run's bin factor {f}",
+                         hint="predict scans from the training data's detector")
+    if settings.detector_shape is not None and tuple(settings.detector_shape) != (qx, qy):
+        raise InputError(f"detector is {qx}x{qy} but the run was trained on "
+                         f"{settings.detector_shape[0]}x{settings.detector_shape[1]}",
+                         hint="predict scans from the same detector setup")
+
+
+def _nav_shape(ds) -> tuple[int, int]:
+    nav = tuple(int(v) for v in ds.shape.nav)
+    if len(nav) != 2:
+        raise InputError(f"the scan has {len(nav)} navigation axes {nav}, not 2",
+                         hint="give its `scan_shape` (Rx x Ry)")
+    return nav  # type: ignore[return-value]
+
+
+def predict_dataset(ctx, ds, run: str | os.PathLike, *, device: str = "cpu",
+                    filtered: bool | None = None):
+    """Predicted maps of a LiberTEM dataset: equal to ``stem2eds predict`` on the same frames.
+
+    Parameters
+    ----------
+    ctx : libertem.api.Context
+    ds : libertem DataSet (or a libertem-live acquisition of a finished scan)
+    run : path-like
+        Finished training run.
+    device : {"cpu", "cuda", "auto"}
+    filtered : bool, optional
+        Filter the EDS maps (default: as the run says).
+
+    Returns
+    -------
+    stem2eds.predict.predictor.Prediction
+        Maps of the run's crop of the scan.
+    """
+    from ..predict.predictor import Prediction, _finished_run
+    from .udf import PredictUDF
+
+    _, settings = _finished_run(Path(run))
+    check_dataset(ds, settings)
+    origins = fit_dataset_origins(ctx, ds, settings)
+    udf = PredictUDF(run, origins.fitted, beam_radius_for(settings, origins.probe_radius),
+                     device=device, filtered=filtered)
+    res = ctx.run_udf(ds, udf, roi=crop_roi(settings, _nav_shape(ds)))
+    return maps_from_results(res, udf.predictor, origins.box)
+
+
+def maps_from_results(res, predictor, box) -> "Any":
+    """A :class:`~stem2eds.predict.predictor.Prediction` from PredictUDF's results (crop box)."""
+    from ..predict.predictor import Prediction
+
+    r0, r1, c0, c1 = box
+    eds = np.stack([np.asarray(res[el].data)[r0:r1, c0:c1] for el in predictor.elements])
+    haadf = np.asarray(res["haadf"].data)[r0:r1, c0:c1] if "haadf" in res else None
+    return Prediction(eds.astype(np.float32), None if haadf is None else
+                      haadf.astype(np.float32), predictor.elements, (r1 - r0, c1 - c0))
+
+
+def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
+                 out: str | os.PathLike, *, input_type: str = "auto",
+                 scan_shape: tuple[int, int] | None = None, scheduler: Any = None,
+                 device: str = "cpu") -> Path:
+    """``stem2eds predict --engine libertem``: a file LiberTEM reads in, a prediction file out.
+
+    Parameters
+    ----------
+    run_dir : path-like
+    path : path-like
+        Scan in any format LiberTEM reads.
+    out : path-like
+        Prediction file to write (atomically).
+    input_type : str
+        LiberTEM file type, ``"auto"`` to detect.
+    scan_shape : (Rx, Ry), optional
+    scheduler : None, "local" or address
+        Where the UDFs run (:func:`open_context`).
+    device : {"cpu", "cuda", "auto"}
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from .. import __version__
+    from ..atomic import refuse_overwrite
+    from ..predict.bundle import _filter_description
+
+    refuse_overwrite(out, path)
+    with open_context(scheduler) as ctx:
+        ds = load_dataset(ctx, path, input_type, scan_shape)
+        pred = predict_dataset(ctx, ds, run_dir, device=device)
+        from .udf import cached_predictor
+
+        predictor = cached_predictor(run_dir, device)
+    attrs = {"scan_name": Path(path).stem, "model": predictor.model_name,
+             "run_dir": str(Path(run_dir).resolve()), "stem2eds_version": __version__,
+             "scan_shape": list(pred.scan_shape), "targets": list(predictor.targets),
+             "source": str(Path(path).resolve()), "engine": "libertem",
+             "eds_filter": _filter_description(predictor)}
+    return pred.save(out, attrs=attrs)

@@ -1,0 +1,286 @@
+"""LiberTEM UDFs: origins and predicted maps of any dataset LiberTEM reads.
+
+Three UDFs reproduce ``stem2eds predict`` on LiberTEM's readers and executors
+(inline, Dask cluster, libertem-live); :mod:`stem2eds.libertem.engine` runs them
+in order:
+
+1. :class:`SampleUDF` picks the first patterns of the origin measurement set
+   (the run's ``origin_sample`` sub-grid of the cropped scan, or all of it):
+   their aperture radius fixes how every origin is measured, exactly as
+   :func:`stem2eds.preprocess.pipeline.measure_origins` does;
+2. :class:`OriginUDF` measures the origins on that set (``roi``), with the
+   disk sum for the probe radius; the engine then fits the run's smooth
+   origin model (:func:`stem2eds.preprocess.origin.fit_origins`);
+3. :class:`PredictUDF` preprocesses every pattern with the fitted origins and
+   the run's :class:`~stem2eds.preprocess.settings.PreprocessSettings`, runs
+   the model and returns one ``kind="nav"`` buffer per element (and
+   ``haadf``); :meth:`PredictUDF.get_results` applies the run's map filter
+   (:meth:`stem2eds.predict.predictor.Predictor.finish_eds`).
+
+The UDFs process frames (LiberTEM then hands out whole frames whatever the
+reader's native tiling) and collect them into batches: the array functions
+and the model then run on ``(n, Qx, Qy)`` stacks as in ``stem2eds predict``.
+This module imports LiberTEM; ``import stem2eds`` does not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from libertem.udf.base import UDF
+
+from ..preprocess.origin import find_origins
+from ..preprocess.patterns import normalise, process_patterns
+
+#: Frames preprocessed and predicted together (per worker, per partition).
+FRAME_BATCH = 256
+
+_PREDICTORS: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def cached_predictor(run: str | os.PathLike, device: str = "cpu"):
+    """The run's :class:`~stem2eds.predict.predictor.Predictor`, loaded once per process.
+
+    UDF parameters travel to the workers as plain values (the run folder);
+    each worker process builds the model on first use.
+    """
+    from ..predict.predictor import load_run
+
+    key = f"{Path(run).resolve()}|{device}"
+    with _LOCK:
+        if key not in _PREDICTORS:
+            _PREDICTORS[key] = load_run(run, device=device)
+        return _PREDICTORS[key]
+
+
+def preprocess_frames(frames: np.ndarray, origins: np.ndarray, beam_radius: float,
+                      settings) -> np.ndarray:
+    """The model's input for raw frames: one call, the same as ``stem2eds predict``'s pass 2.
+
+    Parameters
+    ----------
+    frames : ndarray, shape (n, Qx, Qy)
+        Raw counts, the dataset's dtype.
+    origins : ndarray, shape (n, 2)
+        Fitted origins (row, column) in detector px.
+    beam_radius : float
+        Radius of the removed central disk, detector px.
+    settings : PreprocessSettings
+        The run's (resolved) settings.
+
+    Returns
+    -------
+    ndarray, shape (n, Qx/bin, Qy/bin), float32 in [0, 1]
+    """
+    values = process_patterns(frames, origins, beam_radius, int(settings.bin_factor),
+                              settings.scaling, settings.centring)
+    return normalise(values, settings.scale)
+
+
+class _BatchingUDF(UDF):
+    """Collects whole frames of a partition and handles them in batches of :data:`FRAME_BATCH`.
+
+    Subclasses implement :meth:`handle` on ``(frames (n, Qx, Qy), coordinates
+    (n, 2))`` and return per-frame rows; :meth:`postprocess` writes the rows
+    of the partition, in frame order, into the ``kind="nav"`` buffers named
+    by :meth:`columns`.
+    """
+
+    def get_preferred_input_dtype(self):
+        # the offline path measures and bins the counts in their own dtype
+        return self.USE_NATIVE_DTYPE
+
+    def preprocess(self) -> None:
+        self._frames: list[np.ndarray] = []
+        self._coords: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+
+    def process_frame(self, frame: np.ndarray) -> None:
+        self._frames.append(np.array(frame))
+        self._coords.append(np.array(self.meta.coordinates[0]))
+        if len(self._frames) >= FRAME_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._frames:
+            rows = self.handle(np.stack(self._frames), np.stack(self._coords))
+            self._rows.append(rows)
+            self._frames, self._coords = [], []
+
+    def postprocess(self) -> None:
+        self._flush()
+        columns = self.columns()
+        first = getattr(self.results, columns[0][0])
+        n = len(first)
+        rows = np.concatenate(self._rows) if self._rows else np.zeros((0, 1))
+        if len(rows) != n:  # pragma: no cover - a LiberTEM contract, checked anyway
+            raise RuntimeError(f"partition has {n} frames but {len(rows)} were processed")
+        for name, cols in columns:
+            getattr(self.results, name)[:] = rows[:, cols].reshape(
+                getattr(self.results, name).shape)
+        self._rows = []
+
+    def handle(self, frames: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def columns(self) -> list[tuple[str, slice | int]]:
+        raise NotImplementedError
+
+
+class SampleUDF(UDF):
+    """The raw frames of a ``roi`` (in scan order), in the dataset's dtype.
+
+    Parameters
+    ----------
+    sig_shape : (Qx, Qy)
+    """
+
+    def __init__(self, sig_shape):
+        super().__init__(sig_shape=tuple(int(v) for v in sig_shape))
+
+    def get_preferred_input_dtype(self):
+        return self.USE_NATIVE_DTYPE
+
+    def get_result_buffers(self):
+        return {"frames": self.buffer(kind="nav", extra_shape=self.params.sig_shape,
+                                      dtype=self.meta.input_dtype)}
+
+    def process_frame(self, frame: np.ndarray) -> None:
+        self.results.frames[:] = frame
+
+
+class OriginUDF(_BatchingUDF):
+    """Origins of the frames of a ``roi``, measured with a fixed aperture radius.
+
+    Per frame the same :func:`~stem2eds.preprocess.origin.find_origins` as
+    pass 1 of preprocessing; ``disk_sum``/``n_summed`` give the probe radius
+    of the mean disk.
+
+    Parameters
+    ----------
+    radius : float
+        Aperture radius (px), from the first frames of the measurement set.
+
+    Notes
+    -----
+    Result buffers: ``origin`` (``kind="nav"``, extra shape (2,), float64:
+    row, column in detector px, NaN where no disk was found), ``disk_sum``
+    (``kind="single"``, (2h+1, 2h+1)) and ``n_summed`` (``kind="single"``).
+    """
+
+    def __init__(self, radius: float):
+        super().__init__(radius=float(radius))
+
+    def _half(self) -> int:
+        # find_origins' window half-size for this radius
+        from ..preprocess.origin import APERTURE_MARGIN
+
+        return int(np.ceil(self.params.radius + APERTURE_MARGIN)) + 3
+
+    def get_result_buffers(self):
+        size = 2 * self._half() + 1
+        return {"origin": self.buffer(kind="nav", extra_shape=(2,), dtype=np.float64),
+                "disk_sum": self.buffer(kind="single", extra_shape=(size, size),
+                                        dtype=np.float64),
+                "n_summed": self.buffer(kind="single", dtype=np.int64)}
+
+    def handle(self, frames, coords):
+        found = find_origins(frames, self.params.radius)
+        self.results.disk_sum[:] += found.disk_sum
+        self.results.n_summed[:] += found.n_summed
+        return found.origins
+
+    def columns(self):
+        return [("origin", slice(0, 2))]
+
+    def merge(self, dest, src) -> None:
+        dest.origin[:] = src.origin
+        dest.disk_sum[:] += src.disk_sum
+        dest.n_summed[:] += src.n_summed
+
+
+class PredictUDF(_BatchingUDF):
+    """Predicted EDS maps (and HAADF) of every frame, as ``stem2eds predict`` makes them.
+
+    Parameters
+    ----------
+    run : path-like
+        Finished training run (``stem2eds train``).
+    origins : ndarray, shape (Rx, Ry, 2)
+        Fitted origin of every scan position (detector px; NaN outside the
+        run's crop), e.g. from :func:`stem2eds.libertem.engine.fit_dataset_origins`.
+    beam_radius : float
+        Radius of the removed disk, detector px (the run's, if it stores one).
+    device : {"cpu", "cuda", "auto"}
+        Where the model runs on each worker.
+    filtered : bool, optional
+        Filter the EDS maps in :meth:`get_results` (default: as the run says).
+
+    Notes
+    -----
+    Result buffers: one ``kind="nav"`` float32 map per element of the run,
+    named by its symbol (atomic fraction), and ``haadf`` when the run
+    predicts HAADF (detector units). A private ``outputs`` buffer holds all
+    of them while frames are processed.
+    """
+
+    def __init__(self, run, origins, beam_radius: float, device: str = "cpu",
+                 filtered: bool | None = None, **params):
+        super().__init__(run=str(run),
+                         origins=None if origins is None else np.asarray(origins, np.float64),
+                         beam_radius=float(beam_radius), device=device, filtered=filtered,
+                         **params)
+
+    @property
+    def predictor(self):
+        return cached_predictor(self.params.run, self.params.device)
+
+    def get_result_buffers(self):
+        # One private (n_outputs,) buffer while processing (LiberTEM sets a
+        # view per buffer per frame); the named maps are made in get_results.
+        names = self.output_names()
+        buffers = {name: self.buffer(kind="nav", dtype=np.float32, use="result_only")
+                   for name in names}
+        buffers["outputs"] = self.buffer(kind="nav", extra_shape=(len(names),),
+                                         dtype=np.float32, use="private")
+        return buffers
+
+    def output_names(self) -> list[str]:
+        p = self.predictor
+        return [*p.elements, *(["haadf"] if "haadf" in p.targets else [])]
+
+    def handle(self, frames, coords):
+        p = self.predictor
+        origins = self.params.origins[tuple(coords.T)]
+        patterns = preprocess_frames(frames, origins, self.params.beam_radius, p.settings)
+        return p.predict_patterns(patterns)
+
+    def columns(self):
+        return [("outputs", slice(None))]
+
+    def get_results(self):
+        # LiberTEM hands nav buffers over flat, only the roi's positions
+        # (the run's crop box), in scan order
+        p = self.predictor
+        n_eds = len(p.elements)
+        names = self.output_names()
+        outputs = np.asarray(self.results.outputs)
+        shape = _roi_box_shape(self.meta.roi, tuple(self.meta.dataset_shape.nav))
+        eds = p.finish_eds(outputs[:, :n_eds].T.reshape(n_eds, *shape), self.params.filtered)
+        out = {name: outputs[:, i].copy() for i, name in enumerate(names) if i >= n_eds}
+        out.update({name: eds[i].reshape(-1).astype(np.float32)
+                    for i, name in enumerate(names[:n_eds])})
+        return out
+
+
+def _roi_box_shape(roi: np.ndarray | None, nav_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Shape of the rectangular ``roi`` (the run's crop) or of the whole 2D scan."""
+    if roi is None:
+        return nav_shape  # type: ignore[return-value]
+    rows = np.flatnonzero(roi.any(axis=1))
+    cols = np.flatnonzero(roi.any(axis=0))
+    return len(rows), len(cols)

@@ -1,0 +1,166 @@
+"""LiberTEM: PredictUDF and ``predict --engine libertem`` give the maps of ``stem2eds predict``.
+
+On a LiberTEM memory dataset, an NPY file and an MRC file, on the inline
+executor and on a 2-worker local Dask cluster. The run crops the scan and
+measures origins on a sub-grid, so the roi and grid paths are both exercised.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("libertem")
+
+from stem2eds.errors import InputError  # noqa: E402
+from builders import ELEMENTS, make_raw_scan, small_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A trained run (crop, origin sub-grid, filtered maps), a scan, its frames and its prediction."""
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.predict.bundle import predict_bundle
+    from stem2eds.preprocess import PreprocessSettings
+    from stem2eds.train.fit import train
+
+    folder = tmp_path_factory.mktemp("libertem")
+    make_raw_scan(folder / "train.h5", seed=11)
+    scan = make_raw_scan(folder / "other.h5", seed=12)
+    cfg = small_config(targets=("eds", "haadf"), max_epochs=2,
+                       preprocess=PreprocessSettings(bin_factor=2, eds_kernel=3,
+                                                     origin_sample=40, crop=(1, 11, 0, 9)))
+    run = train([folder / "train.h5"], folder / "run", cfg, quiet=True)
+    ref = predict_bundle(run, scan, folder / "ref.h5")
+    with open_bundle(scan) as s:
+        frames = s.diffraction[()]
+    return run, frames, _maps(ref), folder
+
+
+def _maps(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        out = {el: f["eds"][el][()] for el in f["eds"]}
+        out["haadf"] = f["haadf"][()]
+    return out
+
+
+def _assert_equal_maps(pred, ref: dict[str, np.ndarray]) -> None:
+    assert pred.scan_shape == (10, 9)
+    for i, el in enumerate(ELEMENTS):
+        np.testing.assert_allclose(pred.eds[i], ref[el], atol=1e-6)
+    np.testing.assert_allclose(pred.haadf, ref["haadf"], rtol=1e-5)
+
+
+def test_memory_dataset_inline_equals_predict(setup):
+    from stem2eds.libertem import open_context, predict_dataset
+
+    run, frames, ref, _ = setup
+    with open_context() as ctx:
+        ds = ctx.load("memory", data=frames, num_partitions=3)
+        _assert_equal_maps(predict_dataset(ctx, ds, run), ref)
+
+
+def test_udf_buffers_are_named_by_element(setup):
+    """PredictUDF on its own: one nav buffer per element and haadf, NaN outside the crop."""
+    from stem2eds.libertem import PredictUDF, fit_dataset_origins, open_context
+    from stem2eds.libertem.engine import crop_roi
+    from stem2eds.predict.predictor import load_run
+
+    run, frames, ref, _ = setup
+    settings = load_run(run).settings
+    with open_context() as ctx:
+        ds = ctx.load("memory", data=frames)
+        origins = fit_dataset_origins(ctx, ds, settings)
+        assert origins.fitted.shape == (12, 10, 2) and np.isnan(origins.fitted[0]).all()
+        res = ctx.run_udf(ds, PredictUDF(run, origins.fitted, settings.beam_radius),
+                          roi=crop_roi(settings, (12, 10)))
+    assert set(res) == {*ELEMENTS, "haadf"}
+    assert res["Ge"].data.shape == (12, 10) and np.isnan(res["Ge"].data[0]).all()
+    np.testing.assert_allclose(res["Te"].data[1:11, 0:9], ref["Te"], atol=1e-6)
+
+
+def test_npy_file_through_the_cli(setup, run_cli, tmp_path):
+    run, frames, ref, _ = setup
+    np.save(tmp_path / "scan.npy", frames)
+    out = tmp_path / "pred.h5"
+    code, stdout, err = run_cli("predict", run, tmp_path / "scan.npy", "--out", out,
+                                "--engine", "libertem")
+    assert code == 0, err
+    assert stdout.strip() == str(out)
+    got = _maps(out)
+    for key in (*ELEMENTS, "haadf"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["engine"] == "libertem" and f.attrs["scan_name"] == "scan"
+
+
+def test_mrc_file_with_scan_shape(setup, tmp_path):
+    import mrcfile
+
+    from stem2eds.libertem import predict_file
+
+    run, frames, ref, _ = setup
+    path = tmp_path / "scan.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(frames.reshape(-1, *frames.shape[2:]))
+        mrc.set_image_stack()  # a stack of frames, not a volume
+    out = predict_file(run, path, tmp_path / "pred.h5", input_type="mrc", scan_shape=(12, 10))
+    got = _maps(out)
+    for key in (*ELEMENTS, "haadf"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_scan_without_two_navigation_axes_is_refused(setup):
+    from stem2eds.libertem import open_context, predict_dataset
+
+    run, frames, _, _ = setup
+    with open_context() as ctx:
+        ds = ctx.load("memory", data=frames.reshape(-1, *frames.shape[2:]), sig_dims=2)
+        with pytest.raises(InputError, match="navigation axes"):
+            predict_dataset(ctx, ds, run)
+
+
+@pytest.mark.slow
+def test_local_cluster_of_two_workers(setup, tmp_path):
+    from stem2eds.libertem import predict_file
+
+    run, frames, ref, _ = setup
+    np.save(tmp_path / "scan.npy", frames)
+    from libertem.api import Context
+
+    ctx = Context.make_with("dask", cpus=2)
+    try:
+        out = predict_file(run, tmp_path / "scan.npy", tmp_path / "pred.h5", scheduler=ctx)
+    finally:
+        ctx.close()
+    got = _maps(out)
+    for key in (*ELEMENTS, "haadf"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_refusals(setup, run_cli, tmp_path):
+    run, frames, _, _ = setup
+    other = tmp_path / "det48.npy"
+    np.save(other, np.zeros((12, 10, 48, 48), np.uint16))
+    code, _, err = run_cli("predict", run, other, "--out", tmp_path / "p.h5",
+                           "--engine", "libertem")
+    assert code == 2 and "48x48" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("predict", run, tmp_path / "missing.npy", "--out",
+                           tmp_path / "p.h5", "--engine", "libertem")
+    assert code == 2 and "no such file" in err
+    (tmp_path / "junk.xyz").write_text("junk")
+    code, _, err = run_cli("predict", run, tmp_path / "junk.xyz", "--out", tmp_path / "p.h5",
+                           "--engine", "libertem")
+    assert code == 2 and "--input-type" in err
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_import_stem2eds_does_not_import_libertem():
+    code = ("import sys, stem2eds, stem2eds.libertem; "
+            "assert 'libertem' not in sys.modules, 'libertem imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
