@@ -219,7 +219,7 @@ def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
                   np.float64(geometry.beam_radius), np.int64(SCALING_CODES[geometry.scaling]),
                   np.float32(geometry.scale), ring, counts, stats)
     pick = [STATISTICS.index(s) for s in geometry.statistics]
-    return np.ascontiguousarray(stats[:, pick].reshape(n, -1))
+    return np.ascontiguousarray(stats[:, pick].reshape(n, geometry.n_features))
 
 
 @lru_cache(maxsize=1)
