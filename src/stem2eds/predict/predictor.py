@@ -238,11 +238,14 @@ class Predictor:
                      client=None) -> "Iterator[tuple[int, np.ndarray]]":
         """Stream the outputs of an open bundle, batch by batch, in scan (C) order.
 
-        Preprocessing runs in a background thread ``read_ahead`` batches
-        ahead of the model (and reads in a thread of its own), so the three
-        overlap. With a Dask ``client`` the preprocessing runs on the
-        cluster's workers (blocks of scan rows, arriving in any order) and
-        the model here.
+        Raw blocks (with their fitted origins) are read in a background
+        thread ``read_ahead`` blocks ahead of the model. For a model whose
+        front end is ring statistics (``radial``, ``ridge``) they go through
+        the fused front end (:mod:`stem2eds.features`: no preprocessed
+        patterns are formed); other models get them preprocessed in a
+        thread ahead of the model. With a Dask ``client`` the preprocessing
+        runs on the cluster's workers (blocks of scan rows, arriving in any
+        order) and the model here.
 
         Yields
         ------
