@@ -71,12 +71,7 @@ def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, 
         row_j1 = np.empty(qx, np.int64)
         row_w0 = np.empty(qx, np.float32)
         row_w1 = np.empty(qx, np.float32)
-        col_j0 = np.empty(qy, np.int64)
-        col_j1 = np.empty(qy, np.int64)
-        col_w0 = np.empty(qy, np.float32)
-        col_w1 = np.empty(qy, np.float32)
         _axis_weights(qx, whole[k, 0], frac[k, 0], f, bx, row_j0, row_j1, row_w0, row_w1)
-        _axis_weights(qy, whole[k, 1], frac[k, 1], f, by, col_j0, col_j1, col_w0, col_w1)
         rows = np.zeros((bx + 1, qy), np.float32)   # last row: the dummy block
         line = np.empty(qy, np.float32)
         o_r, o_c = origins[k, 0], origins[k, 1]
@@ -100,12 +95,20 @@ def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, 
             for q in range(qy):
                 rows[j0, q] += w0 * line[q]
                 rows[j1, q] += w1 * line[q]
-        binned = np.zeros((bx, by + 1), np.float32)  # last column: the dummy block
-        for i in range(bx):
-            for q in range(qy):
-                v = rows[i, q]
-                binned[i, col_j0[q]] += col_w0[q] * v
-                binned[i, col_j1[q]] += col_w1[q] * v
+        # Columns: binned column J takes raw column f J + t + m with weight
+        # 1 - r (m = 0), 1 (0 < m < f) or r (m = f); for each m that is a
+        # constant-stride loop over the J whose column is on the detector.
+        t, r = whole[k, 1], frac[k, 1]
+        binned = np.zeros((bx, by), np.float32)
+        for m in range(f + 1):
+            w = np.float32(1.0) - r if m == 0 else (r if m == f else np.float32(1.0))
+            j_lo = max(0, -((t + m) // f))
+            j_hi = min(by - 1, (qy - 1 - t - m) // f)
+            for i in range(bx):
+                src = rows[i]
+                dst = binned[i]
+                for j in range(j_lo, j_hi + 1):
+                    dst[j] += w * src[f * j + t + m]
         total = np.zeros(n_rings, np.float64)
         total_sq = np.zeros(n_rings, np.float64)
         peak = np.zeros(n_rings, np.float32)
