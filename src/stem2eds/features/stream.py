@@ -77,7 +77,8 @@ def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | Non
         Resolved (``scale`` set); ``crop``, origin settings and ``beam_radius``
         are used.
     batch : int
-        Most patterns per block (capped at :data:`RAW_BLOCK`).
+        Patterns per block (capped at :data:`RAW_BLOCK`; the last may be
+        shorter), across scan rows.
     origins : ndarray, shape (Rx', Ry', 2), optional
         Use these instead of measuring.
     read_ahead : int
@@ -98,7 +99,11 @@ def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | Non
                          hint="use the settings of the training bundle")
     fitted, beam_radius = resolve_origins(scan, settings, max(int(batch), 1), origins)
     flat = np.ascontiguousarray(np.asarray(fitted, dtype=np.float64).reshape(-1, 2))
-    box = check_crop(settings.crop, scan.scan_shape)
+    r0, r1, c0, c1 = check_crop(settings.crop, scan.scan_shape)
+    # the region as flat indices: blocks of exactly ``step`` patterns across scan rows
+    region = (np.arange(r0, r1, dtype=np.int64)[:, None] * int(scan.scan_shape[1])
+              + np.arange(c0, c1, dtype=np.int64)).ravel()
     step = max(1, min(int(batch), RAW_BLOCK))
-    for start, raw in iter_blocks(scan.diffraction, box, step, read_ahead=read_ahead):
+    for start, raw in iter_blocks(scan.diffraction, flat=region, batch=step,
+                                  read_ahead=read_ahead):
         yield start, RawBlock(raw, flat[start:start + len(raw)], beam_radius)
