@@ -82,6 +82,8 @@ def ring_statistics_torch(raw: torch.Tensor, origins: torch.Tensor,
     frac = (shift - whole).to(torch.float32)
     lim = max(qx, qy) + f
     whole = whole.clamp(-lim, lim).long()
+    if raw.dtype == torch.uint16:  # few kernels take uint16 (on CUDA): widen via int16 bits
+        raw = raw.view(torch.int16).to(torch.int32).bitwise_and(0xFFFF)
     x = raw.to(torch.float32)
     if geometry.beam_radius > 0:
         rr = (torch.arange(qx, device=dev, dtype=torch.float64)[None, :] - origins[:, :1]) ** 2
