@@ -199,3 +199,20 @@ def test_training_caches_the_ring_statistics_once(runs, monkeypatch):
     assert not calls  # reused from the run folder, not recomputed
     torch.testing.assert_close(fused.train_set.tensors[0], want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused.train_set.tensors[1], plain.train_set.targets)
+
+
+def test_torch_front_end_predicts_as_the_numba_one(runs):
+    """What the predictor runs on CUDA (torch ring statistics), here on CPU tensors."""
+    from stem2eds.features.stream import iter_raw_blocks
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.predict.predictor import load_run
+
+    run_dirs, _, other = runs
+    p = load_run(run_dirs["radial"])
+    with open_bundle(other) as scan, torch.inference_mode():
+        for _, block in iter_raw_blocks(scan, p.settings, 40):
+            g = block.geometry(p.settings, p.model.ring_statistics)
+            stats = ring_statistics_torch(torch.from_numpy(block.patterns),
+                                          torch.from_numpy(block.origins), g)
+            np.testing.assert_allclose(p._finish(p.model.forward_rings(stats)),
+                                       p._predict_block(scan, block), atol=1e-5)
