@@ -13,6 +13,7 @@ Layout (written by :func:`stem2eds.train.fit.train`)::
       logs/tensorboard/        TensorBoard event files
       figures/                 training_curves.png
       preprocessed/            the preprocessed training bundles
+      features/                ring statistics cached for training (rings_<key>.npy)
 
 :class:`RunDir` names these paths once and reads them; nothing else in the
 package builds a path inside a run folder by hand. This module imports
@@ -240,6 +241,20 @@ class RunDir:
     def preprocessed_bundle(self, index: int, source: str | os.PathLike) -> Path:
         """Path of the ``index``-th training bundle after preprocessing."""
         return self.preprocessed / f"{int(index):02d}_{Path(source).stem}.h5"
+
+    @property
+    def features(self) -> Path:
+        """``features/``: front-end features cached for training (not a product: reused on restart)."""
+        return self.path / "features"
+
+    def frontend_cache(self, key: str) -> Path:
+        """``features/rings_<key>.npy``: ring statistics of the training bundles.
+
+        ``key`` fingerprints the bundles, preprocessing and ring geometry
+        (:func:`stem2eds.features.cache.cache_key`); only its first 16 hex
+        digits name the file.
+        """
+        return self.features / f"rings_{str(key)[:16]}.npy"
 
     @property
     def curves_png(self) -> Path:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .base import FixedFrontend, ModelParams, StemModel
 from .ridge import ALPHAS, ridge_fit
-from .rings import STATISTICS, RingStatistics
+from .rings import STATISTICS, RingFrontend, RingStatistics
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class RadialParams(ModelParams):
             raise ValueError("alphas must be positive numbers")
 
 
-class RadialNet(StemModel, FixedFrontend):
+class RadialNet(StemModel, FixedFrontend, RingFrontend):
     """Log ring statistics -> ridge-initialised linear map (+ optional MLP correction).
 
     Parameters
@@ -149,10 +149,22 @@ class RadialNet(StemModel, FixedFrontend):
 
     def frontend(self, patterns: torch.Tensor) -> torch.Tensor:
         """Log ring statistics, (n, Qx, Qy) -> (n, S, R); fixed, no parameters."""
-        feats = torch.log(self.rings(patterns) + 1e-5)
+        return self.features_from_rings(self.rings(patterns))
+
+    @property
+    def ring_statistics(self) -> tuple[str, ...]:
+        return self.rings.statistics
+
+    def features_from_rings(self, stats: torch.Tensor) -> torch.Tensor:
+        """(n, S, R) ring statistics -> (n, S, R) log features (:meth:`frontend`)."""
+        feats = torch.log(stats + 1e-5)
         if self.normalise:
             feats = feats - feats.mean(dim=2, keepdim=True)
         return feats
+
+    def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
+        """(n, S, R) ring statistics -> (n, n_outputs), as :meth:`forward` on the patterns."""
+        return self.forward_features(self.features_from_rings(stats))
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Trainable part: (n, S, R) front-end features -> (n, n_outputs)."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .base import ClosedFormModel, ModelParams, StemModel
-from .rings import RingStatistics
+from .rings import RingFrontend, RingStatistics
 
 #: Regularisation strengths tried by cross-validation.
 ALPHAS = tuple(float(a) for a in np.logspace(-4, 4, 17))
@@ -72,7 +72,7 @@ class RidgeParams(ModelParams):
             raise ValueError("alphas must be positive numbers")
 
 
-class RidgeRadial(StemModel, ClosedFormModel):
+class RidgeRadial(StemModel, ClosedFormModel, RingFrontend):
     """Linear map from the log radial profile to the targets.
 
     Parameters
@@ -108,7 +108,19 @@ class RidgeRadial(StemModel, ClosedFormModel):
 
     def features(self, patterns: torch.Tensor) -> torch.Tensor:
         """Log radial profile: (n, Qx, Qy) -> (n, R)."""
-        return torch.log(self.rings(patterns)[:, 0] + 1e-5)
+        return self.features_from_rings(self.rings(patterns))
+
+    @property
+    def ring_statistics(self) -> tuple[str, ...]:
+        return self.rings.statistics
+
+    def features_from_rings(self, stats: torch.Tensor) -> torch.Tensor:
+        """(n, 1, R) ring means -> (n, R) log radial profile (:meth:`features`)."""
+        return torch.log(stats[:, 0] + 1e-5)
+
+    def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
+        """(n, 1, R) ring means -> (n, n_outputs), as :meth:`forward` on the patterns."""
+        return self.predict_features(self.features_from_rings(stats))
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         """Linear outputs (n, n_outputs) of :meth:`features` (n, R)."""

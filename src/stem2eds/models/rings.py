@@ -14,6 +14,7 @@ device as the network, in the same batches, and the maximum passes gradients.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -108,3 +109,33 @@ class RingStatistics(nn.Module):
                 out.append(peak.scatter_reduce(1, index, flat, reduce="amax",
                                                include_self=False))
         return torch.stack(out, dim=1)
+
+
+class RingFrontend(metaclass=abc.ABCMeta):
+    """Capability: the model starts with :class:`RingStatistics` of the preprocessed patterns.
+
+    Such a model can be fed ring statistics computed elsewhere, straight
+    from the raw patterns (the fused path, :func:`stem2eds.features.ring_features`
+    and :mod:`stem2eds.features.torch_rings`): prediction and training then
+    never form the centred, binned patterns. For every batch ``x`` of
+    preprocessed patterns,
+    ``model(x) == model.forward_rings(RingStatistics(shape, model.ring_statistics)(x))``.
+    """
+
+    @property
+    @abc.abstractmethod
+    def ring_statistics(self) -> tuple[str, ...]:
+        """The statistics the model's :class:`RingStatistics` computes, in order."""
+
+    @abc.abstractmethod
+    def features_from_rings(self, stats: torch.Tensor) -> torch.Tensor:
+        """(n, S, R) ring statistics -> the model's front-end features.
+
+        What ``frontend`` (a :class:`~stem2eds.models.base.FixedFrontend`) or
+        ``features`` (a :class:`~stem2eds.models.base.ClosedFormModel`) returns
+        for the patterns the statistics were taken of.
+        """
+
+    @abc.abstractmethod
+    def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
+        """(n, S, R) ring statistics -> (n, n_outputs), as ``forward`` on the patterns."""

@@ -21,6 +21,7 @@ numbers (the ring statistics of ``radial``) stay in float32.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -241,11 +242,14 @@ class Predictor:
                      client=None) -> "Iterator[tuple[int, np.ndarray]]":
         """Stream the outputs of an open bundle, batch by batch, in scan (C) order.
 
-        Preprocessing runs in a background thread ``read_ahead`` batches
-        ahead of the model (and reads in a thread of its own), so the three
-        overlap. With a Dask ``client`` the preprocessing runs on the
-        cluster's workers (blocks of scan rows, arriving in any order) and
-        the model here.
+        Raw blocks (with their fitted origins) are read in a background
+        thread ``read_ahead`` blocks ahead of the model. For a model whose
+        front end is ring statistics (``radial``, ``ridge``) they go through
+        the fused front end (:mod:`stem2eds.features`: no preprocessed
+        patterns are formed); other models get them preprocessed in a
+        thread ahead of the model. With a Dask ``client`` the preprocessing
+        runs on the cluster's workers (blocks of scan rows, arriving in any
+        order) and the model here.
 
         Yields
         ------
@@ -269,14 +273,84 @@ class Predictor:
         return self._outputs(scan, stream)
 
     def _outputs(self, scan: ScanBundle, stream) -> "Iterator[tuple[int, np.ndarray]]":
-        """Model outputs of a stream of (start, preprocessed patterns)."""
+        """Model outputs of a stream of (start, preprocessed patterns or raw blocks).
+
+        Raw blocks (:class:`stem2eds.features.stream.RawBlock`, from
+        :func:`_raw_stream`) go through the fused ring statistics when the
+        model starts with ring statistics (:class:`~stem2eds.models.rings.RingFrontend`)
+        and the run centres after binning (numba on CPU, torch on CUDA);
+        otherwise they are preprocessed as ever, in a thread ahead of the model.
+        """
+        from ..features.stream import RawBlock
+
+        stream = iter(stream)
+        first = next(stream, None)
+        if first is None:
+            return
+        stream = itertools.chain([first], stream)
+        if isinstance(first[1], RawBlock):
+            if self._fused():
+                for start, block in stream:
+                    yield start, self._predict_block(scan, block)
+                return
+            from ..io.stream import prefetch
+
+            stream = prefetch(((start, block.preprocessed(self.settings))
+                               for start, block in stream), 2)
         for start, patterns in stream:
-            if patterns.shape[1:] != tuple(self.info["input_shape"]):
-                raise InputError(f"preprocessed patterns are {patterns.shape[1]}x"
-                                 f"{patterns.shape[2]} but the model takes "
-                                 f"{self.info['input_shape'][0]}x{self.info['input_shape'][1]}",
-                                 path=scan.path, hint="use scans from the same detector setup")
+            self._check_input_shape(scan, patterns.shape[1:])
             yield start, self.predict_patterns(patterns)
+
+    def _check_input_shape(self, scan: ScanBundle, shape) -> None:
+        if tuple(shape) != tuple(self.info["input_shape"]):
+            raise InputError(f"preprocessed patterns are {shape[0]}x{shape[1]} but the model "
+                             f"takes {self.info['input_shape'][0]}x{self.info['input_shape'][1]}",
+                             path=scan.path, hint="use scans from the same detector setup")
+
+    def _fused(self) -> bool:
+        """Whether raw blocks go through the fused ring statistics (see :meth:`_outputs`)."""
+        from ..models.rings import RingFrontend
+
+        return isinstance(self.model, RingFrontend) and self.settings.centring == "binned"
+
+    def _predict_block(self, scan: ScanBundle, block) -> np.ndarray:
+        """Outputs (n, E [+ 1]) of a raw block through the fused front end."""
+        import torch
+
+        geometry = block.geometry(self.settings, tuple(self.model.ring_statistics))
+        self._check_input_shape(scan, geometry.binned_shape)
+        n = len(block)
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                from ..features.torch_rings import ring_statistics_torch
+
+                raw = torch.from_numpy(block.patterns).pin_memory()
+                stats = ring_statistics_torch(raw.to(self.device, non_blocking=True),
+                                              torch.from_numpy(block.origins), geometry)
+            else:
+                stats = torch.from_numpy(block.ring_features(
+                    self.settings, geometry.statistics)).reshape(n, -1, geometry.n_rings)
+            out = self._forward_rings(stats)
+        return self._finish(out)
+
+    def _forward_rings(self, stats: "torch.Tensor") -> "torch.Tensor":
+        """The model on ring statistics; autocast for the trainable layers on CUDA."""
+        import torch
+
+        if self.device.type != "cuda" or not self.mixed_precision:
+            return self.model.forward_rings(stats)
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        with torch.autocast("cuda", dtype=dtype):  # log/sums of the front end stay float32
+            return self.model.forward_rings(stats)
+
+    def _finish(self, out: "torch.Tensor") -> np.ndarray:
+        """Output activation, EDS clipped to [0, 1], HAADF in detector units (as predict_patterns)."""
+        n_eds = len(self.elements)
+        values = apply_output_activation(out, n_eds).float().cpu().numpy()
+        values[:, :n_eds] = np.clip(values[:, :n_eds], 0.0, 1.0)
+        if values.shape[1] > n_eds:
+            values[:, n_eds] *= self.haadf_scale
+        return values
 
     def _check_preprocessed(self, scan: ScanBundle) -> None:
         stored = scan.json_attr("preprocess", {}) or {}
@@ -290,18 +364,31 @@ class Predictor:
 
 
 def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):
-    """(start, preprocessed patterns) of a raw bundle with a run's settings."""
+    """(start, raw block or preprocessed patterns) of a raw bundle with a run's settings.
+
+    Without a Dask ``client``: raw blocks with their fitted origins
+    (:func:`stem2eds.features.stream.iter_raw_blocks`), which
+    :meth:`Predictor._outputs` turns into ring statistics (fused) or
+    preprocessed patterns once it knows the model; this starts before the
+    model is built (:func:`~stem2eds.predict.bundle.predict_bundle`). With a
+    client: preprocessed patterns, made on the cluster.
+    """
+    if client is None:
+        from ..features.stream import iter_raw_blocks
+
+        return iter_raw_blocks(scan, settings, batch)
     from ..preprocess import iter_preprocessed
 
     return iter_preprocessed(scan, settings, batch=batch, client=client)
 
 
 def _read_ahead(batch: int, settings, scan: ScanBundle) -> int:
-    """Preprocessed batches to buffer: about :data:`READ_AHEAD_BYTES`, at least 2."""
+    """Blocks to buffer: about :data:`READ_AHEAD_BYTES` of raw blocks, at least 2."""
+    from ..features.stream import RAW_BLOCK
+
     qx, qy = scan.detector_shape
-    f = int(settings.bin_factor)
-    batch_bytes = batch * (qx // f) * (qy // f) * 4
-    return int(max(2, min(64, READ_AHEAD_BYTES // max(batch_bytes, 1))))
+    block_bytes = min(batch, RAW_BLOCK) * qx * qy * 2
+    return int(max(2, min(64, READ_AHEAD_BYTES // max(block_bytes, 1))))
 
 
 #: Memory for preprocessed batches made ahead of the model (they pile up

@@ -249,16 +249,38 @@ def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int
         raise InputError("preprocessing scale is not set",
                          hint="use the settings of the training bundle (stem2eds preprocess "
                               "writes them), or set `scale`")
-    _check_detector(scan, settings)
     with open_executor(client) as executor:
-        beam_radius = settings.beam_radius
-        if origins is None or beam_radius is None:
-            found = measure_origins(scan, settings, batch, client=executor)
-            origins = found.fitted if origins is None else origins
-            beam_radius = _resolve_beam_radius(settings, found.probe_radius)
+        origins, beam_radius = resolve_origins(scan, settings, batch, origins, executor)
         for start, values in _processed(scan, settings, origins, beam_radius, batch, True,
                                         executor):
             yield start, normalise(values, settings.scale)
+
+
+def resolve_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int = 1024,
+                    origins: np.ndarray | None = None, client=None
+                    ) -> tuple[np.ndarray, float]:
+    """The fitted origins and the beam radius a RAW scan is processed with.
+
+    What :func:`iter_preprocessed` centres with, for callers that process the
+    raw patterns themselves (the fused ring features,
+    :mod:`stem2eds.features`): origins measured and fitted on this scan as
+    in :func:`measure_origins` (unless given), and ``settings.beam_radius``
+    or, when unset, the probe radius measured here times ``beam_margin``.
+
+    Returns
+    -------
+    origins : ndarray, shape (Rx', Ry', 2)
+        Fitted origins of the cropped region, input detector px.
+    beam_radius : float
+        Input detector px.
+    """
+    _check_detector(scan, settings)
+    beam_radius = settings.beam_radius
+    if origins is None or beam_radius is None:
+        found = measure_origins(scan, settings, batch, client=client)
+        origins = found.fitted if origins is None else origins
+        beam_radius = _resolve_beam_radius(settings, found.probe_radius)
+    return origins, float(beam_radius)
 
 
 def _check_detector(scan: ScanBundle, settings: PreprocessSettings) -> None:

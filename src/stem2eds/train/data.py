@@ -314,6 +314,10 @@ class RunData(L.LightningDataModule):
     config : TrainConfig
         ``targets``, ``split``, ``val_fraction``, ``block_size``, ``seed``,
         ``batch_size`` and ``num_workers`` are used.
+    load_patterns : bool
+        Copy the patterns into memory when they fit (default). False when
+        the model will train on cached ring statistics
+        (:meth:`use_ring_statistics`), which never need the patterns.
 
     Attributes
     ----------
@@ -325,16 +329,19 @@ class RunData(L.LightningDataModule):
         Items (pattern (Qx, Qy) or front-end features, target (E [+ 1],)).
     """
 
-    def __init__(self, bundles: Sequence[Path], elements: Sequence[str], config) -> None:
+    def __init__(self, bundles: Sequence[Path], elements: Sequence[str], config,
+                 load_patterns: bool = True) -> None:
         super().__init__()
         self.bundles = [Path(b) for b in bundles]
         self.elements = list(elements)
         self.config = config
+        self.load_patterns = bool(load_patterns)
         self.masks: list[np.ndarray] = []
         self.haadf_scale: float | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.on_features = False
+        self._rings: tuple[np.ndarray, Callable, int] | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -359,20 +366,67 @@ class RunData(L.LightningDataModule):
         val_pos = [np.flatnonzero(m.ravel()) for m in self.masks]
         check_target_variation(np.concatenate([t[p] for t, p in zip(targets, train_pos)]),
                                self.elements, self.bundles)
-        self.train_set = PositionDataset(self.bundles, train_pos, targets)
-        self.val_set = PositionDataset(self.bundles, val_pos, targets)
+        limit = MEMORY_LIMIT if self.load_patterns else 0
+        self.train_set = PositionDataset(self.bundles, train_pos, targets, limit)
+        self.val_set = PositionDataset(self.bundles, val_pos, targets, limit)
 
     @property
     def train_targets(self) -> torch.Tensor:
         """(n_train, E [+ 1]) targets of the training positions."""
         return self.train_set.tensors[1] if self.on_features else self.train_set.targets
 
+    def use_ring_statistics(self, stats: np.ndarray, features_from_rings: Callable,
+                            n_statistics: int) -> None:
+        """Train on precomputed ring statistics instead of the patterns (the fused path).
+
+        Parameters
+        ----------
+        stats : ndarray, shape (N, S * R), float32
+            Ring statistics of every position of :attr:`bundles`, bundle
+            after bundle (:func:`stem2eds.features.cache.ring_statistics_cache`,
+            memory-mapped).
+        features_from_rings : callable
+            (n, S, R) statistics -> the model's front-end features
+            (:meth:`stem2eds.models.rings.RingFrontend.features_from_rings`).
+        n_statistics : int
+            S.
+        """
+        self._rings = (stats, features_from_rings, int(n_statistics))
+
     def cache_frontend(self, frontend: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Replace the patterns by ``frontend(patterns)``, computed once (:func:`map_dataset`)."""
+        """Replace the patterns by ``frontend(patterns)``, computed once.
+
+        With ring statistics given (:meth:`use_ring_statistics`) the features
+        come from them (``frontend`` must be the model's front end on patterns,
+        of which they are the fused form); otherwise ``frontend`` runs over
+        the patterns (:func:`map_dataset`).
+        """
         self.setup()
-        self.train_set = map_dataset(frontend, self.train_set)
-        self.val_set = map_dataset(frontend, self.val_set)
+        if self._rings is None:
+            self.train_set = map_dataset(frontend, self.train_set)
+            self.val_set = map_dataset(frontend, self.val_set)
+        else:
+            self.train_set = self._ring_dataset(self.train_set)
+            self.val_set = self._ring_dataset(self.val_set)
         self.on_features = True
+
+    def _ring_dataset(self, dataset: "PositionDataset") -> TensorDataset:
+        """(features, targets) of a dataset's positions from the ring statistics."""
+        stats, features_from_rings, n_stats = self._rings
+        sizes = []
+        for p in self.bundles:
+            with open_bundle(p) as scan:
+                sizes.append(scan.n_patterns)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        rows = np.concatenate([offsets[i] + pos for i, pos in enumerate(dataset.positions)])
+        if len(stats) != int(np.sum(sizes)):
+            raise InputError(f"{len(stats)} cached ring statistics for {int(np.sum(sizes))} "
+                             "positions of the preprocessed bundles")
+        x = torch.from_numpy(np.asarray(stats[np.sort(rows)], dtype=np.float32))
+        x = x[torch.from_numpy(np.argsort(np.argsort(rows)))]  # back to dataset order
+        with torch.inference_mode():
+            feats = features_from_rings(x.reshape(len(rows), n_stats, -1))
+        return TensorDataset(feats.clone(), dataset.targets.clone())
 
     def _workers(self) -> int:
         # Features are in memory already: worker processes would only add overhead.

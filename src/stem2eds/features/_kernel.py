@@ -1,0 +1,133 @@
+"""The numba kernel behind :func:`stem2eds.features.rings.ring_features`.
+
+Kept in its own module so that importing :mod:`stem2eds.features` does not
+import numba (about a second); the kernel is compiled once per input dtype
+and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, inline="always")
+def _axis_weights(q: int, whole: int, frac: np.float32, f: int, dummy: int,
+                  index0: np.ndarray, index1: np.ndarray, weight0: np.ndarray,
+                  weight1: np.ndarray) -> None:
+    """Binned block(s) and weights each raw row (column) adds to, for one pattern.
+
+    Raw index ``p`` adds ``1 - frac`` to output ``p - whole`` and ``frac`` to
+    output ``p - whole - 1``; outputs outside ``0..q-1`` go to the ``dummy``
+    block. Where both outputs fall in one block the weight is exactly 1.
+    """
+    one = np.float32(1.0)
+    for p in range(q):
+        i0 = p - whole
+        i1 = i0 - 1
+        j0 = i0 // f if 0 <= i0 < q else dummy
+        j1 = i1 // f if 0 <= i1 < q else dummy
+        if j0 == j1 and j0 != dummy:
+            index0[p], weight0[p], index1[p], weight1[p] = j0, one, dummy, np.float32(0.0)
+        else:
+            index0[p], weight0[p], index1[p], weight1[p] = j0, one - frac, j1, frac
+
+
+@numba.njit(cache=True, parallel=True, fastmath=False)
+def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, ring, counts,
+                     out):  # pragma: no cover - compiled
+    """Ring sum, mean square and max of each raw pattern's centred, binned, normalised form.
+
+    Parameters
+    ----------
+    raw : ndarray, shape (n, Qx, Qy)
+        Raw counts (any numeric dtype).
+    origins : ndarray, shape (n, 2), float64
+    whole : ndarray, shape (n, 2), int64
+    frac : ndarray, shape (n, 2), float32
+        :func:`~stem2eds.features.rings.split_shift` of the origins.
+    f : int
+        Bin factor.
+    beam_radius : float
+        Raw px; pixels within it of the origin count 0.
+    scaling : int
+        0 none, 1 sqrt, 2 log1p.
+    scale : float32
+        Divisor before the clip to [0, 1].
+    ring : ndarray, shape (Qx/f, Qy/f), int64
+    counts : ndarray, shape (R,), float64
+        Pixels per ring.
+    out : ndarray, shape (n, 3, R), float32
+        Written: ring mean, standard deviation, maximum.
+    """
+    n, qx, qy = raw.shape
+    bx, by = qx // f, qy // f
+    n_rings = counts.shape[0]
+    r2 = beam_radius * beam_radius
+    for k in numba.prange(n):
+        row_j0 = np.empty(qx, np.int64)
+        row_j1 = np.empty(qx, np.int64)
+        row_w0 = np.empty(qx, np.float32)
+        row_w1 = np.empty(qx, np.float32)
+        _axis_weights(qx, whole[k, 0], frac[k, 0], f, bx, row_j0, row_j1, row_w0, row_w1)
+        rows = np.zeros((bx + 1, qy), np.float32)   # last row: the dummy block
+        line = np.empty(qy, np.float32)
+        o_r, o_c = origins[k, 0], origins[k, 1]
+        for p in range(qx):
+            j0, j1, w0, w1 = row_j0[p], row_j1[p], row_w0[p], row_w1[p]
+            if j0 == bx and j1 == bx:
+                continue
+            dr = (p - o_r) * (p - o_r)
+            if w1 == 0.0 and not (beam_radius > 0 and dr <= r2):
+                for q in range(qy):  # most rows: one contiguous add, no copy
+                    rows[j0, q] += np.float32(raw[k, p, q])
+                continue
+            for q in range(qy):
+                line[q] = np.float32(raw[k, p, q])
+            if beam_radius > 0 and dr <= r2:
+                lo = max(0, int(math.floor(o_c - beam_radius)) - 1)
+                hi = min(qy, int(math.ceil(o_c + beam_radius)) + 2)
+                for q in range(lo, hi):
+                    if dr + (q - o_c) * (q - o_c) <= r2:
+                        line[q] = 0.0
+            for q in range(qy):
+                rows[j0, q] += w0 * line[q]
+                rows[j1, q] += w1 * line[q]
+        # Columns: binned column J takes raw column f J + t + m with weight
+        # 1 - r (m = 0), 1 (0 < m < f) or r (m = f); for each m that is a
+        # constant-stride loop over the J whose column is on the detector.
+        t, r = whole[k, 1], frac[k, 1]
+        binned = np.zeros((bx, by), np.float32)
+        for m in range(f + 1):
+            w = np.float32(1.0) - r if m == 0 else (r if m == f else np.float32(1.0))
+            j_lo = max(0, -((t + m) // f))
+            j_hi = min(by - 1, (qy - 1 - t - m) // f)
+            for i in range(bx):
+                src = rows[i]
+                dst = binned[i]
+                for j in range(j_lo, j_hi + 1):
+                    dst[j] += w * src[f * j + t + m]
+        total = np.zeros(n_rings, np.float64)
+        total_sq = np.zeros(n_rings, np.float64)
+        peak = np.zeros(n_rings, np.float32)
+        for i in range(bx):
+            for j in range(by):
+                v = binned[i, j]
+                if scaling == 1:
+                    v = np.float32(math.sqrt(max(v, np.float32(0.0))))
+                elif scaling == 2:
+                    v = np.float32(math.log1p(max(v, np.float32(0.0))))
+                v = min(max(v / scale, np.float32(0.0)), np.float32(1.0))
+                r = ring[i, j]
+                total[r] += v
+                total_sq[r] += v * v
+                if v > peak[r]:
+                    peak[r] = v
+        for r in range(n_rings):
+            c = max(counts[r], 1.0)
+            mean = total[r] / c
+            out[k, 0, r] = mean
+            out[k, 1, r] = math.sqrt(max(total_sq[r] / c - mean * mean, 0.0) + 1e-12)
+            out[k, 2, r] = peak[r]

@@ -1,0 +1,230 @@
+"""Fused ring statistics: raw integer patterns + origins -> per-ring mean/std/max.
+
+The default path forms, for every pattern, a centred, beam-removed, binned
+float32 pattern (:func:`stem2eds.preprocess.patterns.process_patterns`),
+divides it by the intensity scale and clips it to [0, 1]
+(:func:`~stem2eds.preprocess.patterns.normalise`), and then reduces it to
+ring statistics (:class:`stem2eds.models.rings.RingStatistics`). Here the
+same numbers come straight from the raw counts, one pattern at a time,
+without any of those (n, Qx/f, Qy/f) intermediates in memory.
+
+Per axis the sub-pixel centring followed by ``f x f`` binning is a fixed
+linear map of the raw rows: with the shift ``s = t + r`` (``t`` whole
+pixels, ``0 <= r < 1``), output row ``i`` is ``(1 - r) P(i + t) + r P(i + t + 1)``
+(0 outside the detector), so raw row ``p`` adds ``1 - r`` to binned row
+``(p - t) // f`` and ``r`` to binned row ``(p - t - 1) // f``; both are the
+same block except on block boundaries. The kernel applies that map to the
+rows (a contiguous add of each raw row into one or two rows of a
+``(Qx/f, Qy)`` scratch), then to the columns, zeroing the beam disk of
+``beam_radius`` input pixels around the origin on the way (the disk
+removal of the binned path, :func:`~stem2eds.preprocess.patterns.centre_binned`),
+and then scales, normalises, clips and reduces the ``(Qx/f, Qy/f)`` scratch
+(16 KiB at 64x64, in the CPU's cache) to ring statistics. The clip to
+[0, 1] is why the binned values are formed at all: it is not linear, so
+plain weighted ring sums of the raw counts cannot reproduce it.
+
+Written with numba because no array-at-a-time numpy form avoids the
+intermediates this module exists to avoid: each raw pixel is touched once
+and added to one (sometimes two) scratch entries, which numba compiles to
+vectorised loops; ``parallel=True`` spreads the patterns of a block over
+the cores, and ``cache=True`` keeps the compiled kernel on disk so a new
+process loads it instead of compiling (compiling takes seconds).
+:mod:`stem2eds.features.torch_rings` computes the same in torch for GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import InputError
+
+#: Ring statistics, in the order of :data:`stem2eds.models.rings.STATISTICS`.
+STATISTICS = ("mean", "std", "max")
+#: Scalings the kernel implements, by code (as in ``PreprocessSettings.scaling``).
+SCALING_CODES = {"none": 0, "sqrt": 1, "log": 2}
+
+
+@dataclass(frozen=True)
+class RingGeometry:
+    """Everything the fused front end needs besides the patterns and their origins.
+
+    Attributes
+    ----------
+    detector_shape : (Qx, Qy)
+        Raw detector shape.
+    bin_factor : int
+        Detector binning ``f`` (divides Qx and Qy).
+    beam_radius : float
+        Radius of the removed beam disk around each origin, raw px (0: none).
+    scaling : {"none", "sqrt", "log"}
+        Intensity scaling of the binned counts.
+    scale : float
+        Divisor mapping the scaled values into [0, 1] (then clipped).
+    statistics : tuple of {"mean", "std", "max"}
+        Ring statistics returned, in this order.
+    """
+
+    detector_shape: tuple[int, int]
+    bin_factor: int
+    beam_radius: float
+    scaling: str
+    scale: float
+    statistics: tuple[str, ...] = ("mean",)
+
+    def __post_init__(self) -> None:
+        qx, qy = (int(v) for v in self.detector_shape)
+        f = int(self.bin_factor)
+        if f < 1 or qx % f or qy % f:
+            raise InputError(f"bin factor {f} does not divide the {qx}x{qy} detector",
+                             hint="choose a divisor such as 1, 2, 4 or 8")
+        if self.scaling not in SCALING_CODES:
+            raise InputError(f"unknown scaling {self.scaling!r}",
+                             hint=f"choose one of {', '.join(SCALING_CODES)}")
+        if not (self.scale is not None and self.scale > 0):
+            raise InputError(f"`scale` must be positive, got {self.scale}")
+        if not self.statistics or set(self.statistics) - set(STATISTICS):
+            raise InputError(f"statistics must be some of {', '.join(STATISTICS)}, "
+                             f"got {list(self.statistics)}")
+        object.__setattr__(self, "detector_shape", (qx, qy))
+        object.__setattr__(self, "bin_factor", f)
+        object.__setattr__(self, "beam_radius", float(self.beam_radius or 0.0))
+        object.__setattr__(self, "statistics", tuple(self.statistics))
+
+    @classmethod
+    def from_settings(cls, settings, detector_shape: tuple[int, int],
+                      statistics: tuple[str, ...] = ("mean",),
+                      beam_radius: float | None = None) -> "RingGeometry":
+        """The geometry of a run's resolved :class:`~stem2eds.preprocess.PreprocessSettings`.
+
+        Parameters
+        ----------
+        settings : PreprocessSettings
+            ``bin_factor``, ``scaling``, ``scale`` and ``beam_radius`` are used.
+        detector_shape : (Qx, Qy)
+            Raw detector of the scan.
+        statistics : tuple of str
+            The model's ring statistics.
+        beam_radius : float, optional
+            Overrides ``settings.beam_radius`` (e.g. measured on this scan).
+        """
+        radius = settings.beam_radius if beam_radius is None else beam_radius
+        if radius is None:
+            raise InputError("`beam_radius` is not set", hint="measure it on the scan first")
+        return cls(tuple(detector_shape), int(settings.bin_factor), float(radius),
+                   str(settings.scaling), settings.scale, tuple(statistics))
+
+    @property
+    def binned_shape(self) -> tuple[int, int]:
+        """(Qx/f, Qy/f): the patterns the model's rings are defined on."""
+        f = self.bin_factor
+        return self.detector_shape[0] // f, self.detector_shape[1] // f
+
+    @property
+    def n_rings(self) -> int:
+        """R: rings about the binned detector's centre, up to its corners."""
+        bx, by = self.binned_shape
+        return int(math.floor(math.hypot((bx - 1) / 2, (by - 1) / 2))) + 1
+
+    @property
+    def n_features(self) -> int:
+        """F = S * R: the statistics, each over all rings."""
+        return len(self.statistics) * self.n_rings
+
+    def ring_index(self) -> np.ndarray:
+        """(Qx/f, Qy/f) int64 ring of every binned pixel (as ``models.rings.ring_index``)."""
+        return _ring_index(self.binned_shape)
+
+
+@lru_cache(maxsize=8)
+def _ring_index(shape: tuple[int, int]) -> np.ndarray:
+    rows = np.arange(shape[0], dtype=np.float64) - (shape[0] - 1) / 2
+    cols = np.arange(shape[1], dtype=np.float64) - (shape[1] - 1) / 2
+    index = np.floor(np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2)).astype(np.int64)
+    index.setflags(write=False)
+    return index
+
+
+def split_shift(origins: np.ndarray, geometry: RingGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Whole and fractional parts of each pattern's shift onto the detector centre.
+
+    As in :func:`stem2eds.preprocess.patterns.centre_binned`: ``whole`` is
+    ``floor(origin - centre)`` (int64, clipped beyond the detector, where
+    everything is zero anyway) and ``frac`` the remainder as float32.
+
+    Parameters
+    ----------
+    origins : ndarray, shape (n, 2)
+    geometry : RingGeometry
+
+    Returns
+    -------
+    whole : ndarray, shape (n, 2), int64
+    frac : ndarray, shape (n, 2), float32, in [0, 1)
+    """
+    qx, qy = geometry.detector_shape
+    f = geometry.bin_factor
+    origins = np.asarray(origins, dtype=np.float64).reshape(-1, 2)
+    if not np.all(np.isfinite(origins)):
+        raise InputError("origins must be finite (use fitted origins)")
+    shift = origins - np.array([(qx - 1) / 2, (qy - 1) / 2])
+    whole = np.floor(shift)
+    frac = (shift - whole).astype(np.float32)
+    lim = max(qx, qy) + f
+    return np.clip(whole, -lim, lim).astype(np.int64), frac
+
+
+def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
+                  geometry: RingGeometry) -> np.ndarray:
+    """Ring statistics of raw patterns about their origins, without intermediates.
+
+    Equals ``RingStatistics(geometry.binned_shape, statistics)`` applied to
+    ``normalise(process_patterns(raw, origins, beam_radius, f, scaling), scale)``
+    (the default ``binned`` centring), up to float32 rounding.
+
+    Parameters
+    ----------
+    raw_patterns : ndarray, shape (n, Qx, Qy)
+        Raw counts, any integer or float dtype (uint16 typically); C-contiguous
+        blocks avoid a copy.
+    origins : ndarray, shape (n, 2)
+        Fitted origin (row, column) of each pattern, raw detector px.
+    geometry : RingGeometry
+
+    Returns
+    -------
+    ndarray, shape (n, F), float32
+        F = S * R, statistic-major: the R ring values of the first statistic,
+        then of the second, as ``RingStatistics(...)(x).reshape(n, -1)``.
+    """
+    raw = np.ascontiguousarray(raw_patterns)
+    if raw.ndim != 3 or tuple(raw.shape[1:]) != geometry.detector_shape:
+        raise InputError(f"patterns of shape {raw.shape} do not match the "
+                         f"{geometry.detector_shape[0]}x{geometry.detector_shape[1]} detector")
+    if raw.dtype.kind not in "uif" or raw.dtype.itemsize > 8:
+        raw = raw.astype(np.float32)
+    n = raw.shape[0]
+    whole, frac = split_shift(origins, geometry)
+    if len(whole) != n:
+        raise InputError(f"{len(whole)} origins for {n} patterns")
+    origins = np.asarray(origins, dtype=np.float64).reshape(n, 2)
+    ring = geometry.ring_index()
+    counts = np.bincount(ring.ravel(), minlength=geometry.n_rings).astype(np.float64)
+    stats = np.zeros((n, 3, geometry.n_rings), np.float32)
+    if n:
+        _kernel()(raw, origins, whole, frac, np.int64(geometry.bin_factor),
+                  np.float64(geometry.beam_radius), np.int64(SCALING_CODES[geometry.scaling]),
+                  np.float32(geometry.scale), ring, counts, stats)
+    pick = [STATISTICS.index(s) for s in geometry.statistics]
+    return np.ascontiguousarray(stats[:, pick].reshape(n, geometry.n_features))
+
+
+@lru_cache(maxsize=1)
+def _kernel():
+    """The compiled kernel (numba imported and the kernel loaded on first use)."""
+    from ._kernel import fused_ring_stats
+
+    return fused_ring_stats

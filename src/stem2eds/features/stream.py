@@ -1,0 +1,109 @@
+"""Raw blocks of a scan with their fitted origins: what the fused path streams.
+
+:func:`iter_raw_blocks` measures and fits the origins of a RAW scan once
+(:func:`stem2eds.preprocess.pipeline.resolve_origins`, exactly as
+:func:`~stem2eds.preprocess.pipeline.iter_preprocessed` does) and then
+streams the raw patterns of the scan region through
+:func:`stem2eds.io.stream.iter_blocks`, each block with its origins. A
+:class:`RawBlock` becomes ring features (:meth:`RawBlock.ring_features`,
+the fused path) or the preprocessed patterns of the ordinary path
+(:meth:`RawBlock.preprocessed`), so both start from the same reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ..io.stream import iter_blocks
+from .rings import RingGeometry, ring_features
+
+#: Most raw patterns per block: 256 patterns of 256x256 uint16 are 32 MiB,
+#: so a few blocks in flight keep the memory far below a gigabyte.
+RAW_BLOCK = 256
+
+
+@dataclass
+class RawBlock:
+    """Raw patterns of consecutive positions, with what centres them.
+
+    Attributes
+    ----------
+    patterns : ndarray, shape (n, Qx, Qy)
+        Raw counts as stored.
+    origins : ndarray, shape (n, 2), float64
+        Fitted origins, input detector px.
+    beam_radius : float
+        Input detector px.
+    """
+
+    patterns: np.ndarray
+    origins: np.ndarray
+    beam_radius: float
+
+    def __len__(self) -> int:
+        return len(self.patterns)
+
+    def ring_features(self, settings, statistics: tuple[str, ...]) -> np.ndarray:
+        """(n, S * R) float32 ring statistics (:func:`~stem2eds.features.ring_features`)."""
+        return ring_features(self.patterns, self.origins, self.geometry(settings, statistics))
+
+    def geometry(self, settings, statistics: tuple[str, ...]) -> RingGeometry:
+        """The :class:`RingGeometry` of these patterns under ``settings``."""
+        return RingGeometry.from_settings(settings, self.patterns.shape[1:], statistics,
+                                          beam_radius=self.beam_radius)
+
+    def preprocessed(self, settings) -> np.ndarray:
+        """(n, Qx/f, Qy/f) float32 in [0, 1]: the ordinary path's patterns (same functions)."""
+        from ..preprocess.patterns import normalise, process_patterns
+
+        values = process_patterns(self.patterns, self.origins, self.beam_radius,
+                                  int(settings.bin_factor), settings.scaling, settings.centring)
+        return normalise(values, settings.scale)
+
+
+def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | None = None,
+                    read_ahead: int = 1) -> Iterator[tuple[int, RawBlock]]:
+    """Stream a RAW scan's region as :class:`RawBlock` s, origins fitted first.
+
+    Parameters
+    ----------
+    scan : ScanBundle or scan-like
+        ``diffraction`` (h5py dataset or BlockSource), ``scan_shape``,
+        ``detector_shape``, ``path``.
+    settings : PreprocessSettings
+        Resolved (``scale`` set); ``crop``, origin settings and ``beam_radius``
+        are used.
+    batch : int
+        Patterns per block (capped at :data:`RAW_BLOCK`; the last may be
+        shorter), across scan rows.
+    origins : ndarray, shape (Rx', Ry', 2), optional
+        Use these instead of measuring.
+    read_ahead : int
+        Blocks read ahead in a background thread.
+
+    Yields
+    ------
+    start : int
+        Flat index in the cropped region of the block's first pattern.
+    block : RawBlock
+    """
+    from ..errors import InputError
+    from ..preprocess.maps import check_crop
+    from ..preprocess.pipeline import resolve_origins
+
+    if settings.scale is None:
+        raise InputError("preprocessing `scale` is not set",
+                         hint="use the settings of the training bundle")
+    fitted, beam_radius = resolve_origins(scan, settings, max(int(batch), 1), origins)
+    flat = np.ascontiguousarray(np.asarray(fitted, dtype=np.float64).reshape(-1, 2))
+    r0, r1, c0, c1 = check_crop(settings.crop, scan.scan_shape)
+    # the region as flat indices: blocks of exactly ``step`` patterns across scan rows
+    region = (np.arange(r0, r1, dtype=np.int64)[:, None] * int(scan.scan_shape[1])
+              + np.arange(c0, c1, dtype=np.int64)).ravel()
+    step = max(1, min(int(batch), RAW_BLOCK))
+    for start, raw in iter_blocks(scan.diffraction, flat=region, batch=step,
+                                  read_ahead=read_ahead):
+        yield start, RawBlock(raw, flat[start:start + len(raw)], beam_radius)
