@@ -19,6 +19,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 # SHA-256; 33 MB downloaded once, 14 MB kept in $(VENV)/stem2eds-testdata/).
 $(VENV)/.installed-dev: $(VENV)/.installed tests/vendor/files.toml tests/vendor/fetch.py
 	$(PIP) -e '.[dev]'
+	# py4DSTEM pins numpy<2 and scikit-learn<1.5 (abTEM needs numpy>=2), yet its
+	# DataCube works with numpy 2: installed without its dependencies, only so
+	# that the tests read a real DataCube (tests/test_api.py).
+	$(BIN)/python -m pip install --disable-pip-version-check --no-deps py4DSTEM==0.14.18 \
+	    emdfile==0.0.16 colorspacious==1.1.2 gdown==6.5.1 pylops==2.8.0 scikit-optimize==0.10.2
 	$(BIN)/python tests/vendor/fetch.py
 	touch $@
 

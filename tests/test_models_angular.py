@@ -85,3 +85,12 @@ def test_angular_model_trains_and_predicts(raw_scan, tmp_path):
     pred = load_run(run).predict_scan(raw_scan)
     assert pred.eds.shape[0] == len(info["elements"])
     assert np.isfinite(pred.eds).all() and (pred.eds >= 0).all() and (pred.eds <= 1).all()
+
+
+def test_angular_is_not_fed_ring_statistics_alone():
+    """The fused path computes only ring statistics: a model that needs the 2D pattern must not get it."""
+    from stem2eds.models import build_model
+    from stem2eds.models.rings import RingFrontend
+
+    assert not isinstance(build_model("angular", (32, 32), 4, {}), RingFrontend)
+    assert isinstance(build_model("radial", (32, 32), 4, {}), RingFrontend)

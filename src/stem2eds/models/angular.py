@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .radial import RadialNet, RadialParams
+from .radial import RadialParams, RingHeadNet
 from .rings import n_rings, ring_index
 
 
@@ -103,7 +103,7 @@ class AngularMoments(nn.Module):
         return torch.sqrt(cos * cos + sin * sin) / total
 
 
-class AngularNet(RadialNet):
+class AngularNet(RingHeadNet):
     """Log ring means + log angular moments -> ridge-initialised linear map + MLP correction.
 
     Parameters
@@ -115,7 +115,8 @@ class AngularNet(RadialNet):
     Notes
     -----
     Input (n, Qx, Qy) float32 centred patterns; output (n, n_outputs) in target
-    units (as :class:`~.radial.RadialNet`). The front end gives (n, 1, F) with
+    units (as :class:`~.radial.RadialNet`; not a ring-only front end, so never
+    the fused path). The front end gives (n, 1, F) with
     F = S * R + K * B features.
     """
 

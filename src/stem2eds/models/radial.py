@@ -84,8 +84,14 @@ class RadialParams(ModelParams):
             raise ValueError("alphas must be positive numbers")
 
 
-class RadialNet(StemModel, FixedFrontend, RingFrontend):
+class RingHeadNet(StemModel, FixedFrontend):
     """Log ring statistics -> ridge-initialised linear map (+ optional MLP correction).
+
+    The trainable head of :class:`RadialNet`, shared with models whose front
+    end adds features after the ring statistics (:meth:`extra_features`,
+    e.g. :class:`~stem2eds.models.angular.AngularNet`); only :class:`RadialNet`,
+    whose features are the ring statistics alone, is a :class:`RingFrontend`
+    (the fused path).
 
     Parameters
     ----------
@@ -151,20 +157,12 @@ class RadialNet(StemModel, FixedFrontend, RingFrontend):
         """Log ring statistics, (n, Qx, Qy) -> (n, S, R); fixed, no parameters."""
         return self.features_from_rings(self.rings(patterns))
 
-    @property
-    def ring_statistics(self) -> tuple[str, ...]:
-        return self.rings.statistics
-
     def features_from_rings(self, stats: torch.Tensor) -> torch.Tensor:
         """(n, S, R) ring statistics -> (n, S, R) log features (:meth:`frontend`)."""
         feats = torch.log(stats + 1e-5)
         if self.normalise:
             feats = feats - feats.mean(dim=2, keepdim=True)
         return feats
-
-    def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
-        """(n, S, R) ring statistics -> (n, n_outputs), as :meth:`forward` on the patterns."""
-        return self.forward_features(self.features_from_rings(stats))
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Trainable part: (n, S, R) front-end features -> (n, n_outputs)."""
@@ -223,3 +221,24 @@ class RadialNet(StemModel, FixedFrontend, RingFrontend):
             self.correction[-1].weight.zero_()
             self.correction[-1].bias.zero_()
         return alpha
+
+
+class RadialNet(RingHeadNet, RingFrontend):
+    """The default model: :class:`RingHeadNet` on the ring statistics alone.
+
+    Its features follow from the ring statistics of the preprocessed patterns,
+    so prediction and training can compute those straight from the raw
+    patterns (:class:`~stem2eds.models.rings.RingFrontend`, the fused path).
+    """
+
+    name = "radial"
+    Params = RadialParams
+    filter_predictions = True
+
+    @property
+    def ring_statistics(self) -> tuple[str, ...]:
+        return self.rings.statistics
+
+    def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
+        """(n, S, R) ring statistics -> (n, n_outputs), as :meth:`forward` on the patterns."""
+        return self.forward_features(self.features_from_rings(stats))
