@@ -109,21 +109,26 @@ def _virtual_offsets(ds: h5py.Dataset) -> tuple[str, np.ndarray] | None:
     folder = Path(ds.file.filename).resolve().parent
     offsets = np.full(rx * ry, -1, dtype=np.int64)
     source_file = None
+    # a tiled scan maps the same source many times: its chunks are looked up once
+    sources: dict[str, tuple[np.ndarray | None, tuple[int, ...]]] = {}
     for k in range(plist.get_virtual_count()):
         name = plist.get_virtual_filename(k)
         path = ds.file.filename if name == "." else str((folder / name).resolve())
         if source_file not in (None, path):
             return None
         source_file = path
-        with h5py.File(path, "r") as f:
-            src = f.get(plist.get_virtual_dsetname(k))
-            if not isinstance(src, h5py.Dataset) or src.is_virtual or src.ndim != 4 \
-                    or src.dtype != ds.dtype or tuple(src.shape[2:]) != (qx, qy):
-                return None
-            src_offsets = _chunk_offsets(src)
-            src_ry = src.shape[1]
-            vbox = _box(plist.get_virtual_vspace(k), ds.shape)
-            sbox = _box(plist.get_virtual_srcspace(k), src.shape)
+        dset = plist.get_virtual_dsetname(k)
+        if dset not in sources:
+            with h5py.File(path, "r") as f:
+                src = f.get(dset)
+                if not isinstance(src, h5py.Dataset) or src.is_virtual or src.ndim != 4 \
+                        or src.dtype != ds.dtype or tuple(src.shape[2:]) != (qx, qy):
+                    return None
+                sources[dset] = (_chunk_offsets(src), tuple(src.shape))
+        src_offsets, src_shape = sources[dset]
+        src_ry = src_shape[1]
+        vbox = _box(plist.get_virtual_vspace(k), ds.shape)
+        sbox = _box(plist.get_virtual_srcspace(k), src_shape)
         if src_offsets is None or vbox is None or sbox is None or vbox[1] != sbox[1] \
                 or vbox[1][2:] != (qx, qy) or vbox[0][2:] != (0, 0) or sbox[0][2:] != (0, 0):
             return None
