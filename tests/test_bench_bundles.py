@@ -117,3 +117,24 @@ def test_tiled_bundle_must_lie_beside_its_block(tmp_path, bench_scaling):
     with pytest.raises(ValueError, match="beside"):
         bench_scaling.tile_bundle(tmp_path / "block.h5", tmp_path / "sub" / "t.h5", 4)
     assert not os.path.exists(tmp_path / "sub" / "t.h5")
+
+
+def test_dask_worker_keeps_a_bundle_open_between_tasks(tmp_path):
+    """Per-task set-up of the Dask path: a worker opens a bundle once, again only if replaced."""
+    from stem2eds.preprocess import executor
+
+    path = tmp_path / "a.h5"
+    _, pats, _ = make_bundle(path, rx=3, ry=4, q=48)
+    first = executor._worker_reader(str(path))
+    assert executor._worker_reader(str(path)) is first
+    got = executor._run_task((4, (1, 3, 0, 4)), str(path), _sums, 3)
+    assert [start for start, _ in got] == [4, 7, 10]
+    np.testing.assert_array_equal(np.concatenate([v for _, v in got]),
+                                  pats[1:3].reshape(8, -1).sum(1))
+    path.unlink()
+    make_bundle(path, rx=3, ry=4, q=48, seed=1)
+    assert executor._worker_reader(str(path)) is not first
+
+
+def _sums(start, patterns):
+    return patterns.reshape(len(patterns), -1).sum(1)
