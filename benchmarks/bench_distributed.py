@@ -106,17 +106,16 @@ def single_process(bundle: Path, run_dir: Path, work: Path, repeats: int) -> dic
 
 
 def dask_path(bundle: Path, run_dir: Path, work: Path, repeats: int, workers: int) -> dict:
-    from dask.distributed import Client, LocalCluster, get_task_stream
+    from dask.distributed import get_task_stream
 
     from stem2eds.predict.bundle import predict_bundle
     from stem2eds.preprocess import preprocess_bundle
+    from stem2eds.preprocess.distributed import dask_client
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
-    client = Client(cluster)
-    out: dict = {"cluster_start_seconds": round(time.perf_counter() - t0, 3)}
-    try:
+    # the cluster of ``--scheduler local`` (workers import the passes at start)
+    with dask_client("local", workers=workers) as client:
+        out: dict = {"cluster_start_seconds": round(time.perf_counter() - t0, 3)}
         for stage in ("preprocess", "predict"):
             target = work / f"{stage}_dask.h5"
 
@@ -140,9 +139,6 @@ def dask_path(bundle: Path, run_dir: Path, work: Path, repeats: int, workers: in
             r = {"seconds": best["seconds"], "client_cpu_seconds": best["client_cpu_seconds"],
                  "runs": runs}
             out[stage] = r
-    finally:
-        client.close()
-        cluster.close()
     return out
 
 

@@ -16,7 +16,7 @@ from ..errors import InputError
 
 
 @contextmanager
-def dask_client(scheduler: Any) -> Iterator[Any]:
+def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
     """A ``dask.distributed.Client`` for ``scheduler``, closed on exit if made here.
 
     Parameters
@@ -25,6 +25,8 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         ``"local"``: a ``LocalCluster`` of one single-threaded worker process
         per CPU core; an address (``tcp://host:8786``): an existing cluster;
         a ``Client``: used as it is (not closed).
+    workers : int, optional
+        Worker processes of a ``"local"`` cluster (default: one per core).
     """
     from dask.distributed import Client, LocalCluster
 
@@ -32,9 +34,12 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         yield scheduler
         return
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1,
+        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address=None)
         client = Client(cluster)
+        # the workers import the per-chunk code now, while this process
+        # measures the origins, instead of in their first task
+        client.run(_warm_imports, wait=False)
         try:
             yield client
         finally:
@@ -51,3 +56,10 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+def _warm_imports() -> None:
+    """On a worker: import what every task runs (the passes, the bundle reader)."""
+    from ..formats import bundle  # noqa: F401
+    from ..io import stream  # noqa: F401
+    from . import passes  # noqa: F401

@@ -295,8 +295,10 @@ def _run_task(task, path: str, fn, chunk: int, *args) -> list[tuple[int, Any]]:
     # a reader is safe to share between a worker's threads: each read makes
     # its own array, with positioned reads (or h5py, which locks itself)
     reader = _worker_reader(path)
+    # one chunk read ahead by a thread: the worker's core computes while the
+    # next chunk is copied in (the read releases the GIL)
     return [(start + local, fn(start + local, patterns, *args))
-            for local, patterns in iter_blocks(reader, box, chunk)]
+            for local, patterns in iter_blocks(reader, box, chunk, read_ahead=1)]
 
 
 @contextmanager
