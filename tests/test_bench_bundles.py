@@ -138,3 +138,26 @@ def test_dask_worker_keeps_a_bundle_open_between_tasks(tmp_path):
 
 def _sums(start, patterns):
     return patterns.reshape(len(patterns), -1).sum(1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_pipeline.py --device cpu on a tiny scan: one JSON with both rates."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_pipeline.py"),
+                           "--device", "cpu", "--patterns", "300", "--block", "200",
+                           "--repeats", "1", "--model-batch", "64", "--work", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["device"] == "cpu"
+    assert doc["end_to_end"]["patterns"] == 300
+    assert doc["end_to_end"]["patterns_per_s"] > 0
+    assert doc["model_alone"]["on_device"]["patterns_per_s"] > 0
+    assert doc["provenance"]["commit"]
+    assert not any(tmp_path.iterdir())  # its scratch folder is removed

@@ -12,7 +12,8 @@ LiberTEM UDF knows nothing of partitions.
   the function on :data:`PROCESS_THREADS` threads (numpy and OpenCV release
   the GIL, so they use separate cores).
 * :class:`DaskExecutor` makes one task per block of whole scan rows
-  (:func:`row_tasks`). Every worker opens the bundle itself (the file must be
+  (:func:`row_tasks`). Every worker opens the bundle itself, once, and keeps
+  it open between tasks (:func:`_worker_reader`; the file must be
   readable at the same path on every worker: a shared file system for a
   multi-node cluster) and runs the same function on the same work chunks,
   so the results are identical. Only the function's arguments and results
@@ -258,9 +259,9 @@ def _worker_reader(path: str):
     """The worker's open :class:`~stem2eds.io.stream.PatternReader` of the bundle at ``path``.
 
     Opening a bundle checks it and looks up the file offset of every chunk
-    (one HDF5 call per pattern of the scan): about 0.1 s for 12,000
-    patterns, and linear in the scan, so done per task it made the cost of
-    a task grow with the scan. A worker opens each bundle once and keeps it
+    (one HDF5 call per pattern of the scan, so linear in the scan): done
+    per task, it made the cost of a task grow with the scan (see
+    ``benchmarks/bench_distributed.py``). A worker opens each bundle once and keeps it
     (keyed by path, inode, size and modification time, so a file replaced
     at the same path is opened again), at most :data:`WORKER_OPEN_BUNDLES`.
     """
