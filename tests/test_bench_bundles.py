@@ -161,3 +161,15 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     assert doc["model_alone"]["on_device"]["patterns_per_s"] > 0
     assert doc["provenance"]["commit"]
     assert not any(tmp_path.iterdir())  # its scratch folder is removed
+
+
+@pytest.mark.timeout(180)
+def test_local_cluster_workers_import_the_passes_at_start():
+    import sys
+
+    from stem2eds.preprocess.distributed import dask_client
+
+    with dask_client("local", workers=1) as client:
+        # one single-threaded worker runs the start-up import before this task
+        assert client.submit(lambda: "stem2eds.preprocess.passes" in sys.modules,
+                             pure=False).result(timeout=120)

@@ -38,8 +38,13 @@ def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
                                processes=True, dashboard_address=None)
         client = Client(cluster)
         # the workers import the per-chunk code now, while this process
-        # measures the origins, instead of in their first task
-        client.run(_warm_imports, wait=False)
+        # measures the origins, instead of in their first task (one task per
+        # worker, not waited for)
+        from dask.distributed import fire_and_forget
+
+        for address in client.scheduler_info().get("workers", {}):
+            fire_and_forget(client.submit(_warm_imports, pure=False, workers=[address],
+                                          allow_other_workers=False))
         try:
             yield client
         finally:
