@@ -206,6 +206,15 @@ def compare(results: dict, n: int, cores: int) -> dict:
     dask = n / both(d) / cores
     summary["dask_patterns_per_s_per_core"] = round(dask, 1)
     summary["dask_fraction_of_single"] = round(dask / single, 3)
+    # CPU seconds per pattern (all processes): less moved by other jobs than wall time
+    cpu_single = sum(results["single_process"][s]["client_cpu_seconds"]
+                     for s in ("preprocess", "predict"))
+    cpu_dask = sum(min(d[s]["runs"], key=lambda r: r["seconds"])[k]
+                   for s in ("preprocess", "predict")
+                   for k in ("client_cpu_seconds", "worker_cpu_seconds"))
+    summary["cpu_ms_per_pattern"] = {"single_process": round(1000 * cpu_single / n, 3),
+                                     "dask": round(1000 * cpu_dask / n, 3)}
+    summary["dask_cpu_efficiency"] = round(cpu_single / cpu_dask, 3)
     lt = results["libertem"]
     if "predict" in lt:
         # the UDF predicts from the raw bundle (origins included): compare with predict alone

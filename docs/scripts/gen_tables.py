@@ -327,6 +327,10 @@ def distributed() -> str:
                f"warm; best of the repeats; cluster start-up not counted "
                f"({data['dask']['cluster_start_seconds']:.1f} s). Target: "
                f"{s['target']:.0%} of the single-process rate per core."
+               + (f" CPU time per pattern, all processes: single process "
+                  f"{s['cpu_ms_per_pattern']['single_process']:.2f} ms, Dask "
+                  f"{s['cpu_ms_per_pattern']['dask']:.2f} ms."
+                  if "cpu_ms_per_pattern" in s else "")
                + ("" if "predict" in lt else f" LiberTEM: {lt.get('skipped', 'not run')}."))
     where = (f"Opening the bundle (checks and the offset of every chunk) costs "
              f"{cost['open_bundle_seconds']:.3f} s, {cost['open_bundle_seconds_if_per_task']:.2f} s"

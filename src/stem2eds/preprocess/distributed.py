@@ -64,7 +64,16 @@ def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
 
 
 def _warm_imports() -> None:
-    """On a worker: import what every task runs (the passes, the bundle reader)."""
+    """On a worker: import what every task runs (the passes, the bundle reader).
+
+    Each worker of the local cluster is one single-threaded process per
+    core, so OpenCV is kept to one thread there too (its own pool would put
+    two threads on each core).
+    """
+    import cv2
+
     from ..formats import bundle  # noqa: F401
     from ..io import stream  # noqa: F401
     from . import passes  # noqa: F401
+
+    cv2.setNumThreads(1)
