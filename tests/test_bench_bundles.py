@@ -173,3 +173,6 @@ def test_local_cluster_workers_import_the_passes_at_start():
         # one single-threaded worker runs the start-up import before this task
         assert client.submit(lambda: "stem2eds.preprocess.passes" in sys.modules,
                              pure=False).result(timeout=120)
+        # glibc keeps freed buffers for the next chunk (no page faults per task)
+        assert client.submit(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                             pure=False).result(timeout=60) is None

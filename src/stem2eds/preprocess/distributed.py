@@ -34,8 +34,21 @@ def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
         yield scheduler
         return
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, dashboard_address=None)
+        import dask
+
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, so glibc gives
+        # every freed buffer back to the OS and faults fresh pages in for the
+        # next chunk: the tasks' large arrays then cost page faults (and CPU
+        # time) the same code does not pay in one process. The workers here
+        # keep at most two tasks in flight, so their heap stays bounded
+        # without it (benchmarks/bench_distributed.py).
+        environ = {k: v for k, v in
+                   dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
+                                   threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         client = Client(cluster)
         # the workers import the per-chunk code now, while this process
         # measures the origins, instead of in their first task (one task per
