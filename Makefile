@@ -48,8 +48,12 @@ test: testdata
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/python -m mkdocs build --strict
 
+# The stage table at the small size, then the scaling curve at 1k and 10k patterns and its
+# figure; the full sizes (100k, 1M) are documented commands in docs/performance.md.
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py --size small --out benchmarks/results/small.json
+	$(BIN)/python benchmarks/bench_scaling.py --sizes 1k,10k --out benchmarks/results/scaling.json
+	$(BIN)/python docs/scripts/plot_scaling.py benchmarks/results/scaling.json docs/figures/scaling.png
 
 clean:
 	rm -rf $(VENV) build site src/*.egg-info .pytest_cache

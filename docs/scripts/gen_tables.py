@@ -255,12 +255,103 @@ def bench_train() -> str:
     return table(["", "measured"], rows) + "\n\n" + caption + "\n\n" + source_line(name)
 
 
+def _s_mb(stage: dict | None) -> str:
+    if not stage:
+        return "-"
+    return f"{stage['seconds']:,.1f} s ({stage['peak_rss_mb']:,.0f} MB)"
+
+
+def scaling() -> str:
+    name = "scaling.json"
+    data = load(name)
+    summary = data["summary"]
+    rows = []
+    for r in data["sizes"]:
+        pred = r["predict"]
+        marginal = pred.get("marginal_patterns_per_s")
+        rows.append([f"{r['n_patterns']:,}", r["bundle"], _s_mb(r.get("convert")),
+                     _s_mb(r.get("preprocess")), _s_mb(pred), f"{pred['patterns_per_s']:,.0f}",
+                     "-" if marginal is None else f"{marginal:,.0f}",
+                     f"{summary['predict_vs_paper'][r['label']]:,.0f}x"])
+    header = ["patterns", "bundle", "convert: wall (peak RSS)", "preprocess: wall (peak RSS)",
+              "predict: wall (peak RSS)", "predict patterns/s", "predict, marginal patterns/s",
+              "predict vs paper CNN"]
+    paper = data["paper_cnn"]
+    exps = ", ".join(f"{k} {v:.2f}" for k, v in summary["time_exponent"].items()
+                     if v is not None)
+    rss = ", ".join(f"{k} {lo:,.0f}-{hi:,.0f} MB"
+                    for k, (lo, hi) in summary["peak_rss_mb_range"].items())
+    d = data["data"]
+    caption = (f"Whole `stem2eds` processes on {d['detector'][0]}x{d['detector'][1]} "
+               f"{d['dtype']} patterns (scans of {d['scan_columns']} columns), model "
+               f"{d['model']} on {d['device']}. Marginal: the extra patterns over the extra "
+               f"seconds from the size above (start-up removed). Paper CNN (256x256 input) "
+               f"in the same run: {paper['patterns_per_s']:,.1f} patterns/s ({paper['what']}). "
+               f"Exponent of time against patterns (1 = linear): {exps or '-'}. Peak RSS "
+               f"range: {rss}.")
+    if data.get("skipped"):
+        caption += " Not measured: " + "; ".join(data["skipped"]) + "."
+    return (table(header, rows, "|---:|---|---:|---:|---:|---:|---:|---:|") + "\n\n"
+            + caption + "\n\n" + source_line(name))
+
+
+def distributed() -> str:
+    name = "distributed.json"
+    data = load(name)
+    s = data["summary"]
+    paths = [("single process (threads)", data["single_process"], 1.0),
+             (f"Dask LocalCluster, {data['data']['workers']} workers", data["dask"],
+              s["dask_fraction_of_single"])]
+    rows = []
+    for label, entry, frac in paths:
+        both = entry["preprocess"]["seconds"] + entry["predict"]["seconds"]
+        rate = data["data"]["n_patterns"] / both / data["data"]["cores_per_run"]
+        rows.append([label, f"{entry['preprocess']['seconds']:.2f} s",
+                     f"{entry['predict']['seconds']:.2f} s", f"{rate:,.0f}", f"{frac:.0%}"])
+    lt = data["libertem"]
+    if "predict" in lt:
+        rows.append([f"LiberTEM PredictUDF, {data['data']['workers']} workers", "-",
+                     f"{lt['predict']['seconds']:.2f} s",
+                     f"{s['libertem_predict_patterns_per_s_per_core']:,.0f} (predict)",
+                     f"{s['libertem_fraction_of_single_predict']:.0%} (of predict)"])
+    header = ["path", "preprocess", "predict", "patterns/s per core", "of single process"]
+    runs = data["dask"]["preprocess"]["runs"][-1]
+    pruns = data["dask"]["predict"]["runs"][-1]
+    cost = data["setup_costs"]
+    over = [[stage, r["tasks"], f"{r.get('compute_seconds', 0):.2f}",
+             f"{r['tasks'] * cost['pickle_one_task_result_seconds']:.2f}",
+             f"{r['worker_busy_fraction']:.0%}", f"{r['worker_cpu_seconds']:.1f}",
+             f"{r['client_cpu_seconds']:.1f}"]
+            for stage, r in (("preprocess", runs), ("predict", pruns))]
+    caption = (f"{data['data']['n_patterns']:,} patterns of 256x256 uint16, page cache "
+               f"warm; best of the repeats; cluster start-up not counted "
+               f"({data['dask']['cluster_start_seconds']:.1f} s). Target: "
+               f"{s['target']:.0%} of the single-process rate per core."
+               + (f" CPU time per pattern, all processes: single process "
+                  f"{s['cpu_ms_per_pattern']['single_process']:.2f} ms, Dask "
+                  f"{s['cpu_ms_per_pattern']['dask']:.2f} ms."
+                  if "cpu_ms_per_pattern" in s else "")
+               + ("" if "predict" in lt else f" LiberTEM: {lt.get('skipped', 'not run')}."))
+    where = (f"Opening the bundle (checks and the offset of every chunk) costs "
+             f"{cost['open_bundle_seconds']:.3f} s, {cost['open_bundle_seconds_if_per_task']:.2f} s"
+             f" if every task paid it (each worker now opens it once); pickling one task's "
+             f"result ({cost['task_result_mb']:.0f} MB) {cost['pickle_one_task_result_seconds']:.3f} s.")
+    return (table(header, rows, "|---|---:|---:|---:|---:|") + "\n\n" + caption + "\n\n"
+            + table(["Dask run (last repeat)", "tasks", "task compute (s)",
+                     "pickling results, estimate (s)", "workers busy", "worker CPU (s)",
+                     "client CPU (s)"], over,
+                    "|---|---:|---:|---:|---:|---:|---:|")
+            + "\n\n" + where + "\n\n" + source_line(name))
+
+
 TABLES = {
     "compare_models": compare_models,
     "compare_models_bin4": compare_models_bin4,
     "ablation_heads": ablation_heads,
     "bench_full": bench_full,
     "bench_train": bench_train,
+    "scaling": scaling,
+    "distributed": distributed,
 }
 
 

@@ -14,7 +14,10 @@ HDF5 once for the byte offset of every chunk (``H5Dchunk_iter``) and then
 reads blocks of patterns with ``os.preadv`` straight into a numpy buffer:
 one system call per run of consecutive chunks, and no GIL held while the
 kernel copies. Compressed or otherwise filtered data fall back to h5py
-slicing, with the same results.
+slicing, with the same results. A virtual dataset (HDF5 VDS) whose pieces
+are boxes of whole patterns of one such dataset in one file (e.g. a scan
+tiled from a real block, :func:`_virtual_offsets`) is read the same way,
+from the source file.
 
 :func:`prefetch` runs any iterator in a background thread a few items ahead,
 so reading overlaps with computing.
@@ -67,6 +70,77 @@ def _chunk_offsets(ds: h5py.Dataset) -> np.ndarray | None:
     return offsets if np.all(offsets >= 0) else None
 
 
+def _box(space, shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(start, size)`` of a dataspace selection that is one box, or None.
+
+    ``shape`` is the extent to use for an "all" selection.
+    """
+    kind = space.get_select_type()
+    if kind == h5py.h5s.SEL_ALL:
+        return (0,) * len(shape), tuple(int(v) for v in shape)
+    if kind != h5py.h5s.SEL_HYPERSLABS or not space.is_regular_hyperslab():
+        return None
+    start, stride, count, block = space.get_regular_hyperslab()
+    size = []
+    for s, c, b in zip(stride, count, block):
+        if c == 1:
+            size.append(int(b))
+        elif b == 1 and s == 1:
+            size.append(int(c))
+        else:
+            return None
+    return tuple(int(v) for v in start), tuple(size)
+
+
+def _virtual_offsets(ds: h5py.Dataset) -> tuple[str, np.ndarray] | None:
+    """Source file and byte offset of every pattern of a virtual 4D dataset, or None.
+
+    Supported: every mapping is a box of whole patterns (full ``Qx, Qy``)
+    of a directly readable dataset (:func:`_chunk_offsets`) of the same
+    dtype, all in one file, and the mappings cover the whole scan. The
+    source file is found as :func:`stem2eds.io.hdf5.check_self_contained`
+    finds it (same file, or relative to the virtual dataset's folder).
+    Anything else returns None (read through h5py).
+    """
+    from pathlib import Path
+
+    rx, ry, qx, qy = ds.shape
+    plist = ds.id.get_create_plist()
+    folder = Path(ds.file.filename).resolve().parent
+    offsets = np.full(rx * ry, -1, dtype=np.int64)
+    source_file = None
+    # a tiled scan maps the same source many times: its chunks are looked up once
+    sources: dict[str, tuple[np.ndarray | None, tuple[int, ...]]] = {}
+    for k in range(plist.get_virtual_count()):
+        name = plist.get_virtual_filename(k)
+        path = ds.file.filename if name == "." else str((folder / name).resolve())
+        if source_file not in (None, path):
+            return None
+        source_file = path
+        dset = plist.get_virtual_dsetname(k)
+        if dset not in sources:
+            with h5py.File(path, "r") as f:
+                src = f.get(dset)
+                if not isinstance(src, h5py.Dataset) or src.is_virtual or src.ndim != 4 \
+                        or src.dtype != ds.dtype or tuple(src.shape[2:]) != (qx, qy):
+                    return None
+                sources[dset] = (_chunk_offsets(src), tuple(src.shape))
+        src_offsets, src_shape = sources[dset]
+        src_ry = src_shape[1]
+        vbox = _box(plist.get_virtual_vspace(k), ds.shape)
+        sbox = _box(plist.get_virtual_srcspace(k), src_shape)
+        if src_offsets is None or vbox is None or sbox is None or vbox[1] != sbox[1] \
+                or vbox[1][2:] != (qx, qy) or vbox[0][2:] != (0, 0) or sbox[0][2:] != (0, 0):
+            return None
+        (vi, vj), (si, sj) = vbox[0][:2], sbox[0][:2]
+        ni, nj = vbox[1][:2]
+        i, j = np.arange(ni, dtype=np.int64)[:, None], np.arange(nj, dtype=np.int64)
+        offsets[((vi + i) * ry + vj + j).ravel()] = src_offsets[((si + i) * src_ry + sj + j).ravel()]
+    if source_file is None or np.any(offsets < 0):
+        return None
+    return source_file, offsets
+
+
 class PatternReader:
     """Read blocks of consecutive patterns (flat scan order) of a 4D dataset.
 
@@ -89,11 +163,17 @@ class PatternReader:
         self.scan_shape = tuple(ds.shape[:2])
         self.detector_shape = tuple(ds.shape[2:])
         self.dtype = ds.dtype
-        self._offsets = _chunk_offsets(ds) if direct else None
+        self._offsets, name = None, ds.file.filename
+        if direct and getattr(ds, "is_virtual", False):
+            try:
+                name, self._offsets = _virtual_offsets(ds) or (name, None)
+            except (OSError, KeyError, ValueError):  # a source h5py cannot resolve either
+                self._offsets = None
+        elif direct:
+            self._offsets = _chunk_offsets(ds)
         self.direct = self._offsets is not None
         self._fd = None
         if self.direct:
-            name = ds.file.filename
             self._fd = os.open(name, os.O_RDONLY)
 
     def close(self) -> None:

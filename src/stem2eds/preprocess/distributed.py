@@ -16,7 +16,7 @@ from ..errors import InputError
 
 
 @contextmanager
-def dask_client(scheduler: Any) -> Iterator[Any]:
+def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
     """A ``dask.distributed.Client`` for ``scheduler``, closed on exit if made here.
 
     Parameters
@@ -25,6 +25,8 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         ``"local"``: a ``LocalCluster`` of one single-threaded worker process
         per CPU core; an address (``tcp://host:8786``): an existing cluster;
         a ``Client``: used as it is (not closed).
+    workers : int, optional
+        Worker processes of a ``"local"`` cluster (default: one per core).
     """
     from dask.distributed import Client, LocalCluster
 
@@ -32,9 +34,30 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         yield scheduler
         return
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, dashboard_address=None)
+        import dask
+
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, so glibc gives
+        # every freed buffer back to the OS and faults fresh pages in for the
+        # next chunk: the tasks' large arrays then cost page faults (and CPU
+        # time) the same code does not pay in one process. The workers here
+        # keep at most two tasks in flight, so their heap stays bounded
+        # without it (benchmarks/bench_distributed.py).
+        environ = {k: v for k, v in
+                   dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
+                                   threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         client = Client(cluster)
+        # the workers import the per-chunk code now, while this process
+        # measures the origins, instead of in their first task (one task per
+        # worker, not waited for)
+        from dask.distributed import fire_and_forget
+
+        for address in client.scheduler_info().get("workers", {}):
+            fire_and_forget(client.submit(_warm_imports, pure=False, workers=[address],
+                                          allow_other_workers=False))
         try:
             yield client
         finally:
@@ -51,3 +74,19 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+def _warm_imports() -> None:
+    """On a worker: import what every task runs (the passes, the bundle reader).
+
+    Each worker of the local cluster is one single-threaded process per
+    core, so OpenCV is kept to one thread there too (its own pool would put
+    two threads on each core).
+    """
+    import cv2
+
+    from ..formats import bundle  # noqa: F401
+    from ..io import stream  # noqa: F401
+    from . import passes  # noqa: F401
+
+    cv2.setNumThreads(1)

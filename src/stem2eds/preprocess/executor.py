@@ -12,7 +12,8 @@ LiberTEM UDF knows nothing of partitions.
   the function on :data:`PROCESS_THREADS` threads (numpy and OpenCV release
   the GIL, so they use separate cores).
 * :class:`DaskExecutor` makes one task per block of whole scan rows
-  (:func:`row_tasks`). Every worker opens the bundle itself (the file must be
+  (:func:`row_tasks`). Every worker opens the bundle itself, once, and keeps
+  it open between tasks (:func:`_worker_reader`; the file must be
   readable at the same path on every worker: a shared file system for a
   multi-node cluster) and runs the same function on the same work chunks,
   so the results are identical. Only the function's arguments and results
@@ -24,7 +25,8 @@ LiberTEM UDF knows nothing of partitions.
 from __future__ import annotations
 
 import os
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -246,15 +248,58 @@ def _bounded(client, fn, items: Sequence, *args) -> Iterator[tuple[Any, Any]]:
             future.cancel()
 
 
+#: Bundles a worker process keeps open between tasks (most recently used last).
+_WORKER_READERS: "OrderedDict[tuple, Any]" = OrderedDict()
+_WORKER_READERS_LOCK = threading.Lock()
+#: Most bundles a worker keeps open at once.
+WORKER_OPEN_BUNDLES = 4
+
+
+def _worker_reader(path: str):
+    """The worker's open :class:`~stem2eds.io.stream.PatternReader` of the bundle at ``path``.
+
+    Opening a bundle checks it and looks up the file offset of every chunk
+    (one HDF5 call per pattern of the scan, so linear in the scan): done
+    per task, it made the cost of a task grow with the scan (see
+    ``benchmarks/bench_distributed.py``). A worker opens each bundle once and keeps it
+    (keyed by path, inode, size and modification time, so a file replaced
+    at the same path is opened again), at most :data:`WORKER_OPEN_BUNDLES`.
+    """
+    from ..formats.bundle import open_bundle
+    from ..io.stream import PatternReader
+
+    st = os.stat(path)
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _WORKER_READERS_LOCK:
+        if key in _WORKER_READERS:
+            _WORKER_READERS.move_to_end(key)
+            return _WORKER_READERS[key][1]
+        scan = open_bundle(path)
+        try:
+            reader = PatternReader(scan.diffraction)
+        except BaseException:
+            scan.close()
+            raise
+        _WORKER_READERS[key] = (scan, reader)
+        while len(_WORKER_READERS) > WORKER_OPEN_BUNDLES:
+            _, (old_scan, old_reader) = _WORKER_READERS.popitem(last=False)
+            old_reader.close()
+            old_scan.close()
+        return reader
+
+
 def _run_task(task, path: str, fn, chunk: int, *args) -> list[tuple[int, Any]]:
     """On a worker: ``fn`` on every work chunk of one row block of the bundle at ``path``."""
-    from ..formats.bundle import open_bundle
     from ..io.stream import iter_blocks
 
     start, box = task
-    with open_bundle(path) as scan:
-        return [(start + local, fn(start + local, patterns, *args))
-                for local, patterns in iter_blocks(scan.diffraction, box, chunk)]
+    # a reader is safe to share between a worker's threads: each read makes
+    # its own array, with positioned reads (or h5py, which locks itself)
+    reader = _worker_reader(path)
+    # one chunk read ahead by a thread: the worker's core computes while the
+    # next chunk is copied in (the read releases the GIL)
+    return [(start + local, fn(start + local, patterns, *args))
+            for local, patterns in iter_blocks(reader, box, chunk, read_ahead=1)]
 
 
 @contextmanager
