@@ -28,8 +28,13 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="preprocess on a Dask cluster: 'local' (one worker process per "
                         "core) or a scheduler address such as tcp://host:8786")
+    p.add_argument("--no-transfer", dest="transfer", action="store_false",
+                   help="predict the patterns as recorded even when the scan's detector setup "
+                        "(camera length, binning) differs from the run's; by default they "
+                        "are resampled onto the run's q grid")
     # Library errors name settings; these are the flags (or command) that set them here.
     p.set_defaults(func=run, setting_flags={"device": "--device", "batch": "--batch",
+                                            "scheduler": "--scheduler",
                                             "resume": "'stem2eds train --resume'"})
 
 
@@ -46,6 +51,31 @@ def run(args) -> int:
 
     if args.batch < 1:
         raise InputError(f"--batch must be positive, got {args.batch}")
-    print(predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
-                         device=args.device, scheduler=args.scheduler))
+    with _warnings_on_stderr():
+        out = predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
+                             device=args.device, scheduler=args.scheduler,
+                             transfer=args.transfer)
+    print(out)
     return 0
+
+
+def _warnings_on_stderr():
+    """Prediction's warnings (a scan outside the training distribution) as one line each."""
+    import contextlib
+    import logging
+    import sys
+
+    @contextlib.contextmanager
+    def routed():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("stem2eds predict: warning: %(message)s"))
+        logger = logging.getLogger("stem2eds.predict")
+        logger.addHandler(handler)
+        propagate, logger.propagate = logger.propagate, False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+    return routed()

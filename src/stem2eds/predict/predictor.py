@@ -21,6 +21,7 @@ numbers (the ring statistics of ``radial``) stay in float32.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,22 @@ class Predictor:
     mixed_precision : bool
         Autocast the trainable layers on CUDA (ignored on CPU).
     """
+
+    #: Scores the preprocessed patterns as they stream to the model
+    #: (:meth:`start_ood`); None: no OOD score.
+    ood_monitor = None
+
+    def start_ood(self, scan_shape: tuple[int, int]):
+        """Score the next scan's positions (an :class:`~stem2eds.analysis.ood.OodMonitor`).
+
+        None (and no scoring) for runs made without ``ood.npz``.
+        """
+        from ..analysis.ood import OodMonitor, OodReference
+
+        arrays = RunDir(self.run_dir).read_ood()
+        self.ood_monitor = None if arrays is None else \
+            OodMonitor(OodReference.from_arrays(arrays), scan_shape)
+        return self.ood_monitor
 
     def __init__(self, run_dir: Path, info: dict[str, Any], model: torch.nn.Module,
                  settings, device: torch.device, mixed_precision: bool = True):
@@ -188,7 +205,8 @@ class Predictor:
             return self.model(x)
 
     def predict_scan(self, bundle: str | os.PathLike | ScanBundle,
-                     batch: int = 1024, filtered: bool | None = None) -> Prediction:
+                     batch: int = 1024, filtered: bool | None = None,
+                     transfer: bool = True) -> Prediction:
         """Predict every probe position of a scan.
 
         Parameters
@@ -201,14 +219,18 @@ class Predictor:
         filtered : bool, optional
             Filter the EDS maps (:meth:`finish_eds`) or not; default: as the
             run says (``filter_predictions`` in ``run.json``).
+        transfer : bool
+            Resample a scan of another detector setup onto the run's q grid
+            (:func:`transferred`); False predicts its patterns as they are.
 
         Returns
         -------
         Prediction
         """
         if isinstance(bundle, ScanBundle):
-            return self._predict_open(bundle, batch, filtered)
-        with open_bundle(bundle) as scan:
+            with transferred(bundle, self.info, transfer) as scan:
+                return self._predict_open(scan, batch, filtered)
+        with open_bundle(bundle) as raw, transferred(raw, self.info, transfer) as scan:
             return self._predict_open(scan, batch, filtered)
 
     def _predict_open(self, scan: ScanBundle, batch: int,
@@ -267,6 +289,8 @@ class Predictor:
     def _outputs(self, scan: ScanBundle, stream) -> "Iterator[tuple[int, np.ndarray]]":
         """Model outputs of a stream of (start, preprocessed patterns)."""
         for start, patterns in stream:
+            if self.ood_monitor is not None:
+                self.ood_monitor.observe(start, patterns)
             if patterns.shape[1:] != tuple(self.info["input_shape"]):
                 raise InputError(f"preprocessed patterns are {patterns.shape[1]}x"
                                  f"{patterns.shape[2]} but the model takes "
@@ -283,6 +307,38 @@ class Predictor:
             raise InputError("bundle was preprocessed with other settings than the run "
                              f"({', '.join(diff)} differ)", path=scan.path,
                              hint="pass the raw bundle; predict preprocesses it itself")
+
+
+@contextlib.contextmanager
+def transferred(scan: ScanBundle, info: dict[str, Any], transfer: bool = True,
+                distributed: bool = False):
+    """The raw scan on the run's q grid (``q_grid`` of ``run.json``), or the scan as it is.
+
+    Another camera length or detector binning is resampled onto the run's
+    grid before preprocessing (:mod:`stem2eds.preprocess.transfer`); a scan
+    of the run's own setup, a preprocessed bundle, a run made before q grids
+    were recorded, or ``transfer=False`` yield ``scan`` itself.
+
+    Raises
+    ------
+    InputError
+        From :func:`~stem2eds.preprocess.transfer.plan_transfer` (uncalibrated
+        or uncovered setups), or when a scan needing transfer is preprocessed
+        on a Dask cluster (its workers read the file itself).
+    """
+    from ..preprocess.transfer import TransferredScan, plan_transfer
+
+    plan = plan_transfer(info.get("q_grid"), scan.calibration, scan.detector_shape) \
+        if transfer and scan.kind == "raw" else None
+    if plan is None:
+        yield scan
+        return
+    if distributed:
+        raise InputError(f"the scan needs transfer ({plan.describe()}), which runs here, "
+                         "not on a Dask cluster", path=scan.path,
+                         hint="predict without `scheduler`")
+    with TransferredScan(scan, plan) as seen:
+        yield seen
 
 
 def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):
