@@ -41,24 +41,43 @@ def _rings(shape: tuple[int, int]):
     return RingStatistics(shape, ("mean",))
 
 
-def ring_features(patterns: np.ndarray) -> np.ndarray:
+def first_ring(beam_radius: float, bin_factor: int) -> int:
+    """First ring of the OOD features: beyond twice the removed beam's radius.
+
+    What preprocessing leaves of the unscattered beam (its convergence tails,
+    softened further when a binned scan is resampled) is the beam's, not the
+    specimen's, and would make another detector setup look novel.
+
+    Parameters
+    ----------
+    beam_radius : float
+        Removed beam radius, raw detector px (``PreprocessSettings.beam_radius``).
+    bin_factor : int
+    """
+    return int(np.ceil(2.0 * float(beam_radius) / int(bin_factor)))
+
+
+def ring_features(patterns: np.ndarray, first: int = 0) -> np.ndarray:
     """Log ring means of preprocessed patterns, each pattern's mean level removed.
 
     Parameters
     ----------
     patterns : ndarray, shape (n, Qx, Qy)
         Centred, preprocessed patterns (as the models take them).
+    first : int
+        Rings before this one are left out (:func:`first_ring`).
 
     Returns
     -------
-    ndarray, shape (n, R), float64
-        R rings about the detector centre (:func:`stem2eds.models.rings.n_rings`).
+    ndarray, shape (n, R - first), float64
+        Rings about the detector centre (R: :func:`stem2eds.models.rings.n_rings`).
     """
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(patterns, dtype=np.float32))
     with torch.inference_mode():
-        feats = torch.log(_rings(tuple(patterns.shape[1:]))(x)[:, 0] + _EPS).double().numpy()
+        means = _rings(tuple(patterns.shape[1:]))(x)[:, 0, first:]
+        feats = torch.log(means + _EPS).double().numpy()
     return feats - feats.mean(axis=1, keepdims=True)
 
 
@@ -76,12 +95,15 @@ class OodReference:
     heldout_median : float
         Median score of the held-out positions (a scan like the training
         ones scores about this).
+    first : int
+        First ring of the features (:func:`first_ring`).
     """
 
     mean: np.ndarray
     precision: np.ndarray
     threshold: float
     heldout_median: float
+    first: int = 0
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``features`` (n, R) -> (n,) float32."""
@@ -92,16 +114,19 @@ class OodReference:
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "precision": self.precision,
                 "threshold": np.float64(self.threshold),
-                "heldout_median": np.float64(self.heldout_median)}
+                "heldout_median": np.float64(self.heldout_median),
+                "first_ring": np.int64(self.first)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "OodReference":
         return cls(np.asarray(arrays["mean"], np.float64),
                    np.asarray(arrays["precision"], np.float64),
-                   float(arrays["threshold"]), float(arrays["heldout_median"]))
+                   float(arrays["threshold"]), float(arrays["heldout_median"]),
+                   int(arrays.get("first_ring", 0)))
 
 
-def fit_reference(train: np.ndarray, heldout: np.ndarray, seed: int = 0) -> OodReference:
+def fit_reference(train: np.ndarray, heldout: np.ndarray, seed: int = 0,
+                  first: int = 0) -> OodReference:
     """Fit the reference on training features and calibrate its threshold on held-out ones.
 
     Parameters
@@ -114,6 +139,8 @@ def fit_reference(train: np.ndarray, heldout: np.ndarray, seed: int = 0) -> OodR
         then optimistic).
     seed : int
         Subsampling beyond :data:`MAX_FIT_POSITIONS`.
+    first : int
+        The first ring the features were computed from (stored with the reference).
 
     Returns
     -------
@@ -126,7 +153,7 @@ def fit_reference(train: np.ndarray, heldout: np.ndarray, seed: int = 0) -> OodR
         pick = np.random.default_rng(seed).choice(len(train), MAX_FIT_POSITIONS, replace=False)
         train = train[np.sort(pick)]
     lw = LedoitWolf().fit(train)
-    ref = OodReference(lw.location_, lw.precision_, 0.0, 0.0)
+    ref = OodReference(lw.location_, lw.precision_, 0.0, 0.0, int(first))
     held = ref.score(heldout if len(heldout) else train)
     ref.threshold = float(np.percentile(held, THRESHOLD_PERCENTILE))
     ref.heldout_median = float(np.median(held))
@@ -177,7 +204,8 @@ class OodMonitor:
 
     def observe(self, start: int, patterns: np.ndarray) -> None:
         """Score patterns (n, Qx, Qy) of flat positions ``start .. start + n``."""
-        self._scores[start:start + len(patterns)] = self.reference.score(ring_features(patterns))
+        feats = ring_features(patterns, self.reference.first)
+        self._scores[start:start + len(patterns)] = self.reference.score(feats)
 
     def result(self) -> ScanScore:
         positions = self._scores.reshape(self.scan_shape)

@@ -349,7 +349,7 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
         training, net, is_zero = fit_lightning(net, data, run, config, resume, quiet)
     if not is_zero:
         return run.path
-    _store_ood(run, pre_paths, data.masks, config.seed)
+    _store_ood(run, pre_paths, data.masks, settings, config.seed)
     training["seconds"] = round(time.perf_counter() - started, 2)
     run.save_weights(net.state_dict())
     state.update(status="complete", training=training, model_params=net.hparams,
@@ -371,22 +371,24 @@ def _q_grid(paths: Sequence[Path]) -> dict[str, Any]:
     return grid_of_bundles(paths).to_dict()
 
 
-def _store_ood(run: RunDir, pre_paths: Sequence[Path], masks, seed: int) -> None:
+def _store_ood(run: RunDir, pre_paths: Sequence[Path], masks, settings, seed: int) -> None:
     """The training scans' front-end feature distribution, for the OOD score at prediction."""
     import numpy as np
 
-    from ..analysis.ood import fit_reference, ring_features
+    from ..analysis.ood import first_ring, fit_reference, ring_features
 
+    first = first_ring(settings.beam_radius, settings.bin_factor)
     fit, held = [], []
     for path, val in zip(pre_paths, masks):
         flat_val = np.asarray(val, bool).ravel()
         with open_bundle(path) as scan:
             for start, patterns in scan.iter_patterns(batch=1024):
-                feats = ring_features(patterns)
+                feats = ring_features(patterns, first)
                 is_val = flat_val[start:start + len(patterns)]
                 fit.append(feats[~is_val])
                 held.append(feats[is_val])
-    run.write_ood(fit_reference(np.concatenate(fit), np.concatenate(held), seed).to_arrays())
+    run.write_ood(fit_reference(np.concatenate(fit), np.concatenate(held), seed,
+                                first).to_arrays())
 
 
 def ensure_trained(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
