@@ -10,15 +10,17 @@ origin finding, beam removal, binning and scaling run exactly as in
 training.
 
 Resampling is about the detector centres (the unscattered beam need not be
-there: the origin fit that follows measures where it landed), flux-conserving
-(each output pixel holds the counts that fall into its q area), with OpenCV's
-``cv2.warpAffine`` per pattern: bilinear interpolation, preceded by a box
-filter of the pixel ratio when the run's pixels are larger than the scan's
-(the area average that ``INTER_AREA`` would give, which ``warpAffine`` lacks),
-so counts are averaged rather than aliased. OpenCV over
-``scipy.ndimage.affine_transform``: one 256x256 pattern takes tens of
-microseconds and releases the GIL, so the reading and preprocessing threads
-of prediction keep overlapping.
+there: the origin fit that follows measures where it landed) and
+flux-conserving: each run pixel receives the counts of the scan pixels its
+q area overlaps, in proportion to the overlap (exact area resampling,
+OpenCV's ``cv2.resize`` with ``INTER_AREA``, which is the area overlap both
+when shrinking and when enlarging). Bilinear interpolation
+(``cv2.warpAffine``) was tried first: it spreads the bright unscattered
+beam over two more pixels of a binned scan, and that halo, just outside the
+radius preprocessing removes, moved the ring features the models use most
+(docs/transfer.md gives the numbers). OpenCV rather than ``scipy.ndimage``: one 256x256 pattern takes
+tens of microseconds and releases the GIL, so the reading and preprocessing
+threads of prediction keep overlapping.
 """
 
 from __future__ import annotations
@@ -242,27 +244,33 @@ def transfer_patterns(patterns: np.ndarray, transfer: Transfer) -> np.ndarray:
     -------
     ndarray, shape (n, Qx', Qy'), float32
         On the run's detector (``transfer.target_shape``); zero outside the
-        scan's detector.
+        scan's detector. The scan's detector centre lands within half a
+        pixel of the run's (the origin fit that follows measures it).
     """
     import cv2
 
     k = float(transfer.ratio)
     (sx, sy), (tx, ty) = transfer.source_shape, transfer.target_shape
-    # output pixel (row r, col c) samples scan point ((r - ct) * k + cs): centres map to centres
-    matrix = np.array([[k, 0.0, (sy - 1) / 2 - k * (ty - 1) / 2],
-                       [0.0, k, (sx - 1) / 2 - k * (tx - 1) / 2]])
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    box = int(round(k)) if k > 1.5 else 0
-    out = np.empty((len(patterns), tx, ty), dtype=np.float32)
+    # OpenCV keeps the exact factor 1/k when dsize is (0, 0): the content is
+    # sx/k run pixels tall, its centre at sx/(2k); place it on the run's centre
+    row0 = int(round(tx / 2 - sx / (2 * k)))
+    col0 = int(round(ty / 2 - sy / (2 * k)))
+    out = np.zeros((len(patterns), tx, ty), dtype=np.float32)
     for i, pattern in enumerate(patterns):
-        img = np.ascontiguousarray(pattern, dtype=np.float32)
-        if box:
-            # area average before sampling: every scan pixel contributes, no aliasing
-            img = cv2.blur(img, (box, box), borderType=cv2.BORDER_CONSTANT)
-        out[i] = cv2.warpAffine(img, matrix, (ty, tx), flags=flags,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    out *= np.float32(k * k)  # counts in a run pixel: k^2 scan pixels' worth
+        img = cv2.resize(np.ascontiguousarray(pattern, dtype=np.float32), None, fx=1.0 / k,
+                         fy=1.0 / k, interpolation=cv2.INTER_AREA)
+        _paste(out[i], img, row0, col0)
+    out *= np.float32(k * k)  # a run pixel holds k^2 scan pixels' worth of counts
     return out
+
+
+def _paste(canvas: np.ndarray, img: np.ndarray, row0: int, col0: int) -> None:
+    """Copy ``img`` into ``canvas`` with its top-left corner at (row0, col0), clipped."""
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1 = min(row0 + img.shape[0], canvas.shape[0])
+    c1 = min(col0 + img.shape[1], canvas.shape[1])
+    if r1 > r0 and c1 > c0:
+        canvas[r0:r1, c0:c1] = img[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
 
 
 class TransferredSource:
