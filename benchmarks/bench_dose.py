@@ -13,11 +13,15 @@ training-dose prediction (mean absolute difference in atomic fraction).
     python benchmarks/bench_dose.py --out benchmarks/results/dose_thickness.json
 
 Shares the simulated series and the ``normalise``-off runs with
-``bench_transfer.py`` (same work folder and settings).
+``bench_transfer.py`` (same work folder and settings). A third run,
+``normalise_on_no_upper_clip``, is an experiment: preprocessing without its
+clip of the scaled values at 1 (patched for that run only), which double
+dose reaches on the brightest rings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -64,12 +68,14 @@ def main(argv=None) -> int:
         with open_bundle(scans[2]) as b:
             truth = b.maps("truth")
         per_run = {}
-        for label, normalise in (("normalise_off", False), ("normalise_on", True)):
-            run = folder / ("run" if not normalise else "run_normalise")
+        for label, normalise, clip in RUNS:
+            run = folder / ("run" if not normalise else "run_normalise") if clip else \
+                folder / "run_normalise_no_upper_clip"
             params = {"normalise": True} if normalise else {}
-            predictor = load_run(train_run(scans[:2], run, args, **params))
-            t = crop_maps(truth, predictor.settings.crop)
-            preds = {name: predictor.predict_scan(path).eds for name, path in tests.items()}
+            with _upper_clip(clip):
+                predictor = load_run(train_run(scans[:2], run, args, **params))
+                t = crop_maps(truth, predictor.settings.crop)
+                preds = {name: predictor.predict_scan(path).eds for name, path in tests.items()}
             per_run[label] = {name: {
                 "mean_r_truth": round(float(np.nanmean(metric_arrays(p, t)["pearson"])), 4),
                 "mean_abs_change_vs_training_dose": round(
@@ -87,9 +93,38 @@ def main(argv=None) -> int:
     return 0
 
 
+#: (label, RadialParams.normalise, preprocessing clips at 1 as it does today)
+RUNS = (("normalise_off", False, True), ("normalise_on", True, True),
+        ("normalise_on_no_upper_clip", True, False))
+
+
+@contextlib.contextmanager
+def _upper_clip(clip: bool):
+    """An experiment: preprocessing without its clip at 1 (values above the training scale kept).
+
+    Patches ``stem2eds.preprocess`` for the duration (training and
+    prediction), to measure what the clip costs at double dose.
+    """
+    if clip:
+        yield
+        return
+    import stem2eds.preprocess.output as output
+    import stem2eds.preprocess.pipeline as pipeline
+
+    def no_upper_clip(values, scale):
+        return np.clip(values / np.float32(scale), 0, None).astype(np.float32, copy=False)
+
+    saved = pipeline.normalise, output.normalise
+    pipeline.normalise = output.normalise = no_upper_clip
+    try:
+        yield
+    finally:
+        pipeline.normalise, output.normalise = saved
+
+
 def _summary(per_seed: dict) -> dict:
     out: dict = {}
-    for label in ("normalise_off", "normalise_on"):
+    for label, _, _ in RUNS:
         out[label] = {}
         for name in CASES:
             rows = [s["runs"][label][name] for s in per_seed.values()]
