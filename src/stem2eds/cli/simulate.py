@@ -30,7 +30,8 @@ def register(subparsers) -> None:
         Option("n_scans", "--scans"),
         Option("scan_shape", metavar="ROWSxCOLS", type=lambda t: parse_pair(t, "scan_shape")),
         "detector", "dose", "eds_dose", Option("thickness_nm", "--thickness"),
-        Option("grain_scan_fraction", "--grain-scans"), "seed", "first_scan", "workers"])
+        Option("grain_scan_fraction", "--grain-scans"), "seed", "first_scan", "workers",
+        "q_pixel_scale", "binning"])
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
