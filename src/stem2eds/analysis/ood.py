@@ -204,6 +204,9 @@ class OodMonitor:
 
     def observe(self, start: int, patterns: np.ndarray) -> None:
         """Score patterns (n, Qx, Qy) of flat positions ``start .. start + n``."""
+        if start + len(patterns) > self._scores.size:
+            raise ValueError("positions beyond the scan this monitor was made for; start a "
+                             "monitor per scan (Predictor.start_ood)")
         feats = ring_features(patterns, self.reference.first)
         self._scores[start:start + len(patterns)] = self.reference.score(feats)
 
