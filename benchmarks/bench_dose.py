@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         for label, normalise, clip in RUNS:
             run = folder / ("run" if not normalise else "run_normalise") if clip else \
                 folder / "run_normalise_no_upper_clip"
-            params = {"normalise": True} if normalise else {}
+            params = {"normalise": normalise}
             with _upper_clip(clip):
                 predictor = load_run(train_run(scans[:2], run, args, **params))
                 t = crop_maps(truth, predictor.settings.crop)

@@ -48,6 +48,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--bin", type=int, default=4)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--normalise", choices=("on", "off"), default="on",
+                   help="RadialParams.normalise of the trained runs (on: the default)")
     return p.parse_args(argv)
 
 
@@ -129,14 +131,16 @@ def main(argv=None) -> int:
         "seeds_held_out": seeds, "scan_shape": args.scan_shape, "bin_factor": args.bin,
         "max_epochs": args.epochs, "train_scans": "first two scans of each seed's series",
         "test_scan": "third scan, simulated once per case (same specimen and seed)",
-        "model": "default (radial)"}, "per_seed": {}}
+        "model": f"default (radial), normalise {args.normalise}"}, "per_seed": {}}
     for seed in seeds:
         t0 = time.perf_counter()
         base = SimulationSettings(n_scans=3, scan_shape=parse_pair(args.scan_shape), seed=seed)
         folder = work / f"seed{seed}"
         scans = sorted((folder / "series").glob("scan_*.h5")) or \
             simulate_series(folder / "series", base)
-        predictor = load_run(train_run(scans[:2], folder / "run", args))
+        normalise = args.normalise == "on"
+        run = folder / ("run_normalise" if normalise else "run")
+        predictor = load_run(train_run(scans[:2], run, args, normalise=normalise))
         cases = {}
         for name, (overrides, transfer) in CASES.items():
             scan = scans[2] if not overrides else \
