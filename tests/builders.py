@@ -288,3 +288,19 @@ def make_report_run(run: Path, shape=(14, 12), crop=(1, 13, 2, 11), detector: in
            "baseline": {"model": "ridge", "summary": summary}, "figures": []}
     (run / "metrics.json").write_text(json.dumps(doc))
     return maps
+
+
+# -- detector setups (tests/test_transfer.py, tests/test_ood.py, tests/test_dose.py) --
+def simulate_setup(folder: Path, seed: int = 7, n_scans: int = 2, detector: int = 64,
+                   **overrides) -> list[Path]:
+    """A small kinematic series (12x10 positions, ``detector`` px) with other settings.
+
+    ``overrides`` are :class:`stem2eds.simulate.series.SimulationSettings`
+    fields, e.g. ``q_pixel_scale=1.25`` (another camera length), ``binning=2``
+    or ``dose=4e5``; the same seed gives the same specimen whatever they are.
+    """
+    from stem2eds.simulate.series import SimulationSettings, simulate_series
+
+    settings = SimulationSettings(n_scans=n_scans, scan_shape=(12, 10), detector=detector,
+                                  seed=seed, workers=1, **overrides)
+    return simulate_series(folder, settings)

@@ -125,7 +125,7 @@ def test_radial_model_can_ignore_overall_intensity():
     x = torch.rand(3, 32, 32) + 0.01
     with torch.no_grad():
         torch.testing.assert_close(net(x), net(3.0 * x), rtol=1e-4, atol=1e-4)
-    raw = build_model("radial", (32, 32), 4).eval()
+    raw = build_model("radial", (32, 32), 4, {"normalise": False}).eval()
     raw.linear.weight.data.normal_()  # non-zero weights, as after training
     with torch.no_grad():
         assert not torch.allclose(raw(x), raw(3.0 * x), atol=1e-3)
@@ -140,9 +140,12 @@ def test_radial_frontend_then_features_equals_forward():
 
 
 def test_radial_starts_at_the_ridge_solution(rng):
-    """Before training, the default model predicts exactly what ridge does."""
+    """Before training, the radial model predicts exactly what ridge does on the same features.
+
+    ``ridge`` keeps each pattern's level, so the comparison is with ``normalise`` off.
+    """
     patterns = torch.from_numpy(rng.random((150, 24, 24)).astype(np.float32) + 0.01)
-    radial = build_model("radial", (24, 24), 3, {"n_hidden": 2}).eval()
+    radial = build_model("radial", (24, 24), 3, {"n_hidden": 2, "normalise": False}).eval()
     ridge = build_model("ridge", (24, 24), 3)
     feats = ridge.features(patterns).numpy()
     targets = feats @ rng.normal(size=(feats.shape[1], 3)) + rng.normal(0, 0.1, (150, 3))

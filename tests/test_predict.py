@@ -133,7 +133,8 @@ def test_cli_predict_errors(run_cli, run_dir, scans, tmp_path):
     code, _, err = run_cli("predict", tmp_path / "nowhere", scans[1], "--out", tmp_path / "p.h5")
     assert code == 2 and "no such run folder" in err
     other_det = make_raw_scan(tmp_path / "det48.h5", detector=48)
-    code, _, err = run_cli("predict", run_dir, other_det, "--out", tmp_path / "p.h5")
+    code, _, err = run_cli("predict", run_dir, other_det, "--out", tmp_path / "p.h5",
+                           "--no-transfer")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p.h5").exists()
     assert not list(tmp_path.glob(".p.h5*"))

@@ -38,6 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="preprocess on a Dask cluster: 'local' (one worker process per "
                         "core) or a scheduler address such as tcp://host:8786")
+    p.add_argument("--no-transfer", dest="transfer", action="store_false",
+                   help="predict the patterns as recorded even when the scan's detector setup "
+                        "(camera length, binning) differs from the run's; by default they "
+                        "are resampled onto the run's q grid")
     _add_engine(p)
     # Library errors name settings; these are the flags (or command) that set them here.
     p.set_defaults(func=run, setting_flags={"device": "--device", "batch": "--batch",
@@ -46,7 +50,8 @@ def register(subparsers) -> None:
                                             "out": "--out",
                                             "input_type": "--input-type",
                                             "scan_shape": "--scan-shape",
-                                            "scheduler": "--scheduler"})
+                                            "scheduler": "--scheduler",
+                                            "transfer": "--no-transfer"})
 
 
 def _add_engine(p) -> None:
@@ -92,9 +97,35 @@ def run(args) -> int:
 
         for path in predict_to_file(args.run_dir, args.bundle, args.out, args.format,
                                     batch=args.batch, device=args.device,
-                                    scheduler=args.scheduler, overwrite=args.overwrite):
+                                    scheduler=args.scheduler, overwrite=args.overwrite,
+                                    transfer=args.transfer):
             print(path)
         return 0
-    print(predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
-                         device=args.device, scheduler=args.scheduler, quiet=args.quiet))
+    with _warnings_on_stderr():
+        out = predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
+                             device=args.device, scheduler=args.scheduler, quiet=args.quiet,
+                             transfer=args.transfer)
+    print(out)
     return 0
+
+
+def _warnings_on_stderr():
+    """Prediction's warnings (a scan outside the training distribution) as one line each."""
+    import contextlib
+    import logging
+    import sys
+
+    @contextlib.contextmanager
+    def routed():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("stem2eds predict: warning: %(message)s"))
+        logger = logging.getLogger("stem2eds.predict")
+        logger.addHandler(handler)
+        propagate, logger.propagate = logger.propagate, False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+    return routed()

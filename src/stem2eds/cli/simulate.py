@@ -35,7 +35,8 @@ def register(subparsers) -> None:
         Option("n_scans", "--scans"),
         Option("scan_shape", metavar="ROWSxCOLS", type=lambda t: parse_pair(t, "scan_shape")),
         "detector", "dose", "eds_dose", Option("thickness_nm", "--thickness"),
-        Option("grain_scan_fraction", "--grain-scans"), "seed", "first_scan", "workers", "engine"])
+        Option("grain_scan_fraction", "--grain-scans"), "seed", "first_scan", "workers",
+        "q_pixel_scale", "binning", "engine"])
     p.set_defaults(func=run)
 
 

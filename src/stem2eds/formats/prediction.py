@@ -40,6 +40,8 @@ FORMAT_VERSION = 1
 EDS = "eds"
 HAADF = "haadf"
 EDS_STD = "eds_std"
+#: Optional per-position out-of-distribution score (Rx, Ry) float32 (stem2eds.analysis.ood).
+OOD = "ood"
 
 
 @dataclass
@@ -59,6 +61,11 @@ class PredictionFile:
         Root attributes (JSON text decoded back into dicts and lists).
     extra : dict of str to ndarray
         Further datasets of a workflow.
+    ood : ndarray, shape (Rx, Ry), float32, or None
+        Out-of-distribution score per position (Mahalanobis distance of the
+        pattern's ring features from the training positions'); root
+        attributes ``ood_score``, ``ood_threshold``, ``ood_outside`` give the
+        scan's verdict.
     """
 
     elements: list[str]
@@ -67,6 +74,7 @@ class PredictionFile:
     eds_std: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    ood: np.ndarray | None = None
 
 
 def _set_attrs(f: h5py.File, elements: Sequence[str], attrs: Mapping[str, Any] | None) -> None:
@@ -154,6 +162,13 @@ class PredictionWriter:
     def write_flat(self, start: int, values: np.ndarray) -> None:
         """Write outputs (n, K) of flat positions ``start .. start + n``."""
         write_flat(self.columns, start, values, self.shape[1])
+
+    def write_ood(self, scores: np.ndarray, attrs: Mapping[str, Any]) -> None:
+        """The per-position OOD score (Rx, Ry) as dataset ``ood``, its verdict as root attributes."""
+        f = self.eds[0].file
+        f.create_dataset(OOD, data=np.asarray(scores, np.float32).reshape(self.shape))
+        for key, value in attrs.items():
+            f.attrs[key] = value
 
     def read_eds(self) -> np.ndarray:
         """The EDS maps written so far, (E, Rx, Ry) float32."""
@@ -251,11 +266,13 @@ def read_prediction(path: str | os.PathLike) -> PredictionFile:
             eds_std = (np.stack([f[EDS_STD][e][()] for e in elements]).astype(np.float32)
                        if EDS_STD in f else None)
             attrs = {k: _decode(v) for k, v in f.attrs.items() if k != "elements"}
+            ood = f[OOD][()].astype(np.float32) if OOD in f else None
             extra = {name: f[name][()] for name in f
-                     if name not in (EDS, HAADF, EDS_STD) and isinstance(f[name], h5py.Dataset)}
+                     if name not in (EDS, HAADF, EDS_STD, OOD)
+                     and isinstance(f[name], h5py.Dataset)}
     except InputError:
         raise
     except DAMAGED_FILE_ERRORS as exc:
         raise InputError(f"cannot read the prediction file ({type(exc).__name__}: {exc})",
                          path=path) from None
-    return PredictionFile(elements, eds, haadf, eds_std, attrs, extra)
+    return PredictionFile(elements, eds, haadf, eds_std, attrs, extra, ood)

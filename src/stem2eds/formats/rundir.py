@@ -144,6 +144,24 @@ def check_run_info(data: dict[str, Any], path: str | os.PathLike) -> None:
     seed = data.get("seed", 0)
     if not _is_int(seed, 0, 2**32 - 1):
         raise bad("seed", "must be an integer in 0..2**32-1")
+    if "q_grid" in data and not _valid_q_grid(data["q_grid"]):
+        raise bad("q_grid", "must hold detector_shape, q_pixel_size > 0, q_pixel_unit "
+                            "(1/nm, mrad or px) and beam_energy_kev (a number or null)")
+
+
+def _valid_q_grid(grid: Any) -> bool:
+    """``q_grid`` of run.json (optional: runs made before it still load)."""
+    import math
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    return (isinstance(grid, dict) and isinstance(grid.get("detector_shape"), list)
+            and len(grid["detector_shape"]) == 2
+            and all(_is_int(v, 1, MAX_INPUT_SIDE) for v in grid["detector_shape"])
+            and number(grid.get("q_pixel_size")) and grid["q_pixel_size"] > 0
+            and grid.get("q_pixel_unit") in ("1/nm", "mrad", "px")
+            and (grid.get("beam_energy_kev") is None or number(grid["beam_energy_kev"])))
 
 
 @dataclass(frozen=True)
@@ -267,7 +285,7 @@ class RunDir:
     def products(self) -> list[Path]:
         """Every file and folder a training run writes here (what a restart removes)."""
         return [self.run_json, self.config_toml, self.weights, self.split_npz,
-                self.checkpoints, self.logs, self.figures, self.preprocessed]
+                self.checkpoints, self.logs, self.figures, self.preprocessed, self.ood_npz]
 
     def remove_products(self) -> None:
         """Delete what a training run wrote here (the folder and other files stay)."""
@@ -352,6 +370,29 @@ class RunDir:
             raise InputError(f"split.npz mask {key} is {mask.shape}, the cropped scan {shape}",
                              path=split, hint="delete the folder so the experiment retrains it")
         return mask
+
+    # -- ood.npz: the training scans' feature distribution (stem2eds.analysis.ood) --
+    @property
+    def ood_npz(self) -> Path:
+        return self.path / "ood.npz"
+
+    def write_ood(self, arrays: dict[str, np.ndarray]) -> None:
+        """Store the out-of-distribution reference (plain arrays), atomically."""
+        from ..atomic import atomic_output
+
+        with atomic_output(self.ood_npz) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+    def read_ood(self) -> dict[str, np.ndarray] | None:
+        """The arrays of ``ood.npz``; None for runs made without one."""
+        if not self.ood_npz.is_file():
+            return None
+        try:
+            with np.load(self.ood_npz, allow_pickle=False) as z:
+                return {k: np.asarray(z[k]) for k in z.files}
+        except (ValueError, OSError) as exc:
+            raise InputError(f"ood.npz cannot be read ({exc})", path=self.ood_npz) from None
 
     # -- logs -------------------------------------------------------------------
     def training_curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

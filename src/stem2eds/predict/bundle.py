@@ -7,6 +7,7 @@ first batches are ready when the model is.
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,12 +15,12 @@ from pathlib import Path
 from ..formats.bundle import open_bundle
 from ..progress import track_blocks
 from .predictor import (Predictor, _cropped_shape, _finished_run, _load_model, _raw_stream,
-                        _read_ahead, scan_calibration_attrs)
+                        _read_ahead, scan_calibration_attrs, transferred)
 
 
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                    out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu",
-                   scheduler=None, quiet: bool = True) -> Path:
+                   scheduler=None, quiet: bool = True, transfer: bool = True) -> Path:
     """Predict a scan with a trained run and write the prediction file, streaming.
 
     Outputs are written into the file batch by batch as they are predicted
@@ -47,6 +48,15 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
         :mod:`stem2eds.preprocess.distributed`); the model runs here.
     quiet : bool
         No progress on stderr (``stem2eds predict`` shows it unless ``--quiet``).
+    transfer : bool
+        Resample a scan of another camera length or binning onto the run's q
+        grid (:func:`~stem2eds.predict.predictor.transferred`).
+
+    Notes
+    -----
+    Runs that stored their training distribution (``ood.npz``) score every
+    position (dataset ``ood``, attributes ``ood_score``, ``ood_threshold``,
+    ``ood_outside``) and log a warning when the whole scan lies outside it.
 
     Returns
     -------
@@ -72,7 +82,8 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
             raise InputError("`out` would overwrite a file of the training run (an input)",
                              path=out, hint="write the prediction file elsewhere")
     info, settings = _finished_run(run_dir)
-    with open_bundle(bundle) as scan:
+    with open_bundle(bundle) as raw, \
+            transferred(raw, info, transfer, distributed=scheduler is not None) as scan:
         early = None
         if scheduler is None and scan.kind == "raw":
             _cropped_shape(scan.scan_shape, settings.crop, scan.path)
@@ -92,6 +103,7 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
             attrs.update(scan_calibration_attrs(predictor, scan))
             if scheduler is not None:
                 from ..preprocess.distributed import dask_client
+            monitor = predictor.start_ood(shape)
             with (dask_client(scheduler) if scheduler is not None else nullcontext()) as client, \
                     open_prediction_writer(out, predictor.elements,
                                            haadf="haadf" in predictor.targets, shape=shape,
@@ -103,10 +115,21 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                     writer.write_flat(start, values)
                 if predictor.filter_predictions:
                     writer.replace_eds(predictor.finish_eds(writer.read_eds()))
+                if monitor is not None:
+                    _write_ood(writer, monitor.result(), scan.name)
         finally:
             if early is not None:
                 early.close()  # stops and joins the preprocessing threads
     return out
+
+
+def _write_ood(writer, result, scan_name: str) -> None:
+    """The OOD map and verdict into the prediction file; a warning when the scan lies outside."""
+    writer.write_ood(result.positions, {"ood_score": result.score,
+                                        "ood_threshold": result.threshold,
+                                        "ood_outside": result.outside})
+    if result.outside:
+        logging.getLogger("stem2eds.predict").warning("%s: %s", scan_name, result.message())
 
 
 def _filter_description(predictor: Predictor) -> str:

@@ -21,6 +21,7 @@ numbers (the ring statistics of ``radial``) stay in float32.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -55,6 +56,22 @@ class Predictor:
     mixed_precision : bool
         Autocast the trainable layers on CUDA (ignored on CPU).
     """
+
+    #: Scores the preprocessed patterns as they stream to the model
+    #: (:meth:`start_ood`); None: no OOD score.
+    ood_monitor = None
+
+    def start_ood(self, scan_shape: tuple[int, int]):
+        """Score the next scan's positions (an :class:`~stem2eds.analysis.ood.OodMonitor`).
+
+        None (and no scoring) for runs made without ``ood.npz``.
+        """
+        from ..analysis.ood import OodMonitor, OodReference
+
+        arrays = RunDir(self.run_dir).read_ood()
+        self.ood_monitor = None if arrays is None else \
+            OodMonitor(OodReference.from_arrays(arrays), scan_shape)
+        return self.ood_monitor
 
     def __init__(self, run_dir: Path, info: dict[str, Any], model: torch.nn.Module,
                  settings, device: torch.device, mixed_precision: bool = True):
@@ -160,7 +177,7 @@ class Predictor:
             return self.model(x)
 
     def predict(self, data, batch: int = 1024, filtered: bool | None = None, *,
-                client=None, name: str | None = None) -> Prediction:
+                client=None, name: str | None = None, transfer: bool = True) -> Prediction:
         """Predict every probe position of a scan, streamed in blocks of ``batch`` patterns.
 
         Parameters
@@ -179,6 +196,9 @@ class Predictor:
             Preprocess on a Dask cluster; bundle files only (workers reopen them).
         name : str, optional
             Name of an in-memory scan (default: its title or ``"array"``).
+        transfer : bool
+            Resample a scan of another detector setup onto the run's q grid
+            (:func:`transferred`); False predicts its patterns as they are.
 
         Returns
         -------
@@ -188,10 +208,13 @@ class Predictor:
         from ..io.scan import ScanSource
         from .sources import as_scan
 
+        distributed = client is not None
         if isinstance(data, ScanBundle):
-            return self._predict_open(data, batch, filtered, client)
+            with transferred(data, self.info, transfer, distributed) as scan:
+                return self._predict_open(scan, batch, filtered, client)
         if isinstance(data, (str, os.PathLike)):
-            with open_bundle(data) as scan:
+            with open_bundle(data) as raw, \
+                    transferred(raw, self.info, transfer, distributed) as scan:
                 return self._predict_open(scan, batch, filtered, client)
         scan = data if isinstance(data, ScanSource) else as_scan(data, name)
         if client is not None and scan.path is None:
@@ -199,12 +222,14 @@ class Predictor:
                              "but this scan is in memory",
                              hint="write it as a bundle (stem2eds.create_bundle) and predict "
                                   "that, or predict without `client`")
-        return self._predict_open(scan, batch, filtered)
+        with transferred(scan, self.info, transfer) as seen:
+            return self._predict_open(seen, batch, filtered)
 
     def predict_scan(self, bundle: str | os.PathLike | ScanBundle,
-                     batch: int = 1024, filtered: bool | None = None) -> Prediction:
+                     batch: int = 1024, filtered: bool | None = None,
+                     transfer: bool = True) -> Prediction:
         """Predict a bundle: :meth:`predict` (kept for existing notebooks)."""
-        return self.predict(bundle, batch, filtered)
+        return self.predict(bundle, batch, filtered, transfer=transfer)
 
     def _predict_open(self, scan, batch: int, filtered: bool | None = None,
                       client=None) -> Prediction:
@@ -291,13 +316,15 @@ class Predictor:
         if isinstance(first[1], RawBlock):
             if self._fused():
                 for start, block in stream:
-                    yield start, self._predict_block(scan, block)
+                    yield start, self._predict_block(scan, start, block)
                 return
             from ..io.stream import prefetch
 
             stream = prefetch(((start, block.preprocessed(self.settings))
                                for start, block in stream), 2)
         for start, patterns in stream:
+            if self.ood_monitor is not None:
+                self.ood_monitor.observe(start, patterns)
             self._check_input_shape(scan, patterns.shape[1:])
             yield start, self.predict_patterns(patterns)
 
@@ -313,11 +340,17 @@ class Predictor:
 
         return isinstance(self.model, RingFrontend) and self.settings.centring == "binned"
 
-    def _predict_block(self, scan: ScanBundle, block) -> np.ndarray:
-        """Outputs (n, E [+ 1]) of a raw block through the fused front end."""
+    def _predict_block(self, scan: ScanBundle, start: int, block) -> np.ndarray:
+        """Outputs (n, E [+ 1]) of a raw block through the fused front end.
+
+        The ring means the OOD score needs come from the same pass (added to
+        the model's statistics when it does not use them).
+        """
         import torch
 
-        geometry = block.geometry(self.settings, tuple(self.model.ring_statistics))
+        used = tuple(self.model.ring_statistics)
+        wanted = used if self.ood_monitor is None or "mean" in used else used + ("mean",)
+        geometry = block.geometry(self.settings, wanted)
         self._check_input_shape(scan, geometry.binned_shape)
         n = len(block)
         with torch.inference_mode():
@@ -330,7 +363,10 @@ class Predictor:
             else:
                 stats = torch.from_numpy(block.ring_features(
                     self.settings, geometry.statistics)).reshape(n, -1, geometry.n_rings)
-            out = self._forward_rings(stats)
+            if self.ood_monitor is not None:
+                self.ood_monitor.observe_means(
+                    start, stats[:, wanted.index("mean")].float().cpu().numpy())
+            out = self._forward_rings(stats[:, :len(used)])
         return self._finish(out)
 
     def _forward_rings(self, stats: "torch.Tensor") -> "torch.Tensor":
@@ -361,6 +397,38 @@ class Predictor:
             raise InputError("bundle was preprocessed with other settings than the run "
                              f"({', '.join(diff)} differ)", path=scan.path,
                              hint="pass the raw bundle; predict preprocesses it itself")
+
+
+@contextlib.contextmanager
+def transferred(scan: ScanBundle, info: dict[str, Any], transfer: bool = True,
+                distributed: bool = False):
+    """The raw scan on the run's q grid (``q_grid`` of ``run.json``), or the scan as it is.
+
+    Another camera length or detector binning is resampled onto the run's
+    grid before preprocessing (:mod:`stem2eds.preprocess.transfer`); a scan
+    of the run's own setup, a preprocessed bundle, a run made before q grids
+    were recorded, or ``transfer=False`` yield ``scan`` itself.
+
+    Raises
+    ------
+    InputError
+        From :func:`~stem2eds.preprocess.transfer.plan_transfer` (uncalibrated
+        or uncovered setups), or when a scan needing transfer is preprocessed
+        on a Dask cluster (its workers read the file itself).
+    """
+    from ..preprocess.transfer import TransferredScan, plan_transfer
+
+    plan = plan_transfer(info.get("q_grid"), scan.calibration, scan.detector_shape) \
+        if transfer and scan.kind == "raw" else None
+    if plan is None:
+        yield scan
+        return
+    if distributed:
+        raise InputError(f"the scan needs transfer ({plan.describe()}), which runs here, "
+                         "not on a Dask cluster", path=scan.path,
+                         hint="predict without `scheduler`")
+    with TransferredScan(scan, plan) as seen:
+        yield seen
 
 
 def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):

@@ -31,7 +31,8 @@ def refuse_run_outputs(out: str | os.PathLike, run_dir: str | os.PathLike) -> No
 
 def predict_to_file(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                     out: str | os.PathLike, format: str, *, batch: int = 1024,
-                    device: str = "cpu", scheduler=None, overwrite: bool = False) -> list[Path]:
+                    device: str = "cpu", scheduler=None, overwrite: bool = False,
+                    transfer: bool = True) -> list[Path]:
     """Predict a raw bundle with a trained run and export the maps.
 
     Parameters
@@ -51,6 +52,8 @@ def predict_to_file(run_dir: str | os.PathLike, bundle: str | os.PathLike,
         Preprocess on a Dask cluster (see :mod:`stem2eds.preprocess.distributed`).
     overwrite : bool
         Replace an existing output.
+    transfer : bool
+        Resample a scan of another detector setup onto the run's q grid.
 
     Returns
     -------
@@ -71,7 +74,7 @@ def predict_to_file(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     if scheduler is not None:
         from ..preprocess.distributed import dask_client
     with (dask_client(scheduler) if scheduler is not None else nullcontext()) as client:
-        pred = predictor.predict(bundle, batch=batch, client=client)
+        pred = predictor.predict(bundle, batch=batch, client=client, transfer=transfer)
     attrs = {"model": predictor.model_name, "run_dir": str(Path(run_dir).resolve()),
              "source": str(Path(bundle).resolve())}
     return export_prediction(pred, out, fmt, overwrite=overwrite, attrs=attrs)

@@ -31,7 +31,8 @@ from ..formats.bundle import PixelCalibration, create_bundle
 from ..errors import InputError
 from ..progress import track
 from .composition import CompositionModel, composition_maps, latent_fields, scan_window
-from .diffraction import REFERENCE_DETECTOR, default_q_pixel_size, simulate_patterns
+from .diffraction import (REFERENCE_DETECTOR, default_probe_radius, default_q_pixel_size,
+                          simulate_patterns)
 from .eds import simulate_eds
 from .haadf import haadf_image
 from .specimen import Grains, descan_origins, place_grains, thickness_map
@@ -98,6 +99,14 @@ class SimulationSettings:
         Physics of the patterns and HAADF: the fast kinematic model, or
         multislice through atomic models (abTEM; minutes per small scan,
         cached in the output folder; see docs/simulate.md).
+    q_pixel_scale : float
+        Detector pixel in q relative to the default field of view (1.25: 25 %
+        more 1/nm per pixel, as from a camera length 1/1.25 as long). The
+        beam disk and descan, fixed angles, shrink in pixels accordingly.
+    binning : int
+        Hardware binning: patterns are recorded on ``detector`` px and summed
+        in ``binning`` x ``binning`` blocks, so the bundle's detector is
+        ``detector / binning`` px at ``binning`` times the q pixel size.
     """
 
     n_scans: int = 6
@@ -116,6 +125,8 @@ class SimulationSettings:
     energy_kev: float = 200.0
     workers: int = 2
     composition: CompositionModel = field(default_factory=CompositionModel)
+    q_pixel_scale: float = 1.0
+    binning: int = 1
     engine: str = "kinematic"
 
     def __post_init__(self):
@@ -131,6 +142,9 @@ class SimulationSettings:
                   (self.max_grains >= 1, "max_grains must be at least 1"),
                   (self.first_scan >= 0, "first_scan must be non-negative"),
                   (self.workers >= 1, "workers must be at least 1"),
+                  (0.25 <= self.q_pixel_scale <= 4, "q_pixel_scale must be in 0.25..4"),
+                  (self.binning in (1, 2, 4, 8) and self.detector % self.binning == 0,
+                   "binning must be 1, 2, 4 or 8 and divide detector"),
                   (self.engine in ("kinematic", "multislice"),
                    f"`engine` must be kinematic or multislice, got {self.engine!r}")]
         for ok, message in checks:
@@ -147,8 +161,13 @@ class SimulationSettings:
 
     @property
     def q_pixel_size(self) -> float:
-        """Detector pixel in 1/nm."""
-        return default_q_pixel_size(self.detector)
+        """Detector pixel in 1/nm, as recorded (after ``binning``)."""
+        return default_q_pixel_size(self.detector) * self.q_pixel_scale * self.binning
+
+    @property
+    def recorded_detector(self) -> int:
+        """Detector side of the bundle, px (after ``binning``)."""
+        return self.detector // self.binning
 
     def scan_names(self) -> list[str]:
         return [f"scan_{self.first_scan + k:04d}" for k in range(self.n_scans)]
@@ -207,8 +226,10 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
         from .multislice import scan_thickness
         thickness = scan_thickness(thickness, settings.thickness_nm,
                                    _rng(settings, _STREAM_MULTISLICE, scan_index))
-    origins = descan_origins(settings.scan_shape, det, spec_rng, settings.descan_px * scale,
-                             settings.jitter_px * scale)
+    # descan and jitter are angles: fewer pixels when a pixel spans more q
+    origins = descan_origins(settings.scan_shape, det, spec_rng,
+                             settings.descan_px * scale / settings.q_pixel_scale,
+                             settings.jitter_px * scale / settings.q_pixel_scale)
     grains = place_grains(settings.scan_shape, thickness, spec_rng, grain_count,
                           r_pixel_nm=R_PIXEL_NM)
     dose = settings.dose * float(np.clip(1.0 + settings.dose_variation * spec_rng.standard_normal(),
@@ -227,14 +248,16 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
     def block(i0: int) -> tuple[int, np.ndarray]:
         sl = slice(i0 * ry, min(i0 + rows_per_block, rx) * ry)
         if settings.engine == "multislice":
-            return sl.start, multislice_block(sl, _rng(settings, _STREAM_PATTERNS, scan_index, i0))
+            return sl.start, _binned(multislice_block(sl, _rng(settings, _STREAM_PATTERNS, scan_index,
+                                                            i0)), settings.binning)
         patterns = simulate_patterns(
             comp_flat[sl], thickness.reshape(-1)[sl], origins.reshape(-1, 2)[sl],
             _rng(settings, _STREAM_PATTERNS, scan_index, i0),
             elements=ELEMENTS, detector=det, dose=dose, energy_kev=settings.energy_kev,
+            **_camera(settings),
             grain_thickness=grains.thickness.reshape(-1)[sl], grain_zone=grains.zone.reshape(-1)[sl],
             grain_rotation=grains.rotation.reshape(-1)[sl], grain_tilt=grains.tilt.reshape(-1, 2)[sl])
-        return sl.start, patterns
+        return sl.start, _binned(patterns, settings.binning)
 
     provenance = {"command": "simulate", "simulator": f"stem2eds.simulate ({settings.engine})",
                   "settings": settings.to_dict(), "scan_index": scan_index,
@@ -243,7 +266,8 @@ def simulate_scan(path: str | Path, settings: SimulationSettings, scan_index: in
                               q_pixel_size=settings.q_pixel_size, q_pixel_unit="1/nm",
                               beam_energy_kev=settings.energy_kev)
     starts = list(range(0, rx, rows_per_block))
-    with create_bundle(path, scan_shape=settings.scan_shape, detector_shape=(det, det),
+    rec = settings.recorded_detector
+    with create_bundle(path, scan_shape=settings.scan_shape, detector_shape=(rec, rec),
                        dtype=np.uint16, elements=ELEMENTS, calibration=calibration,
                        provenance=provenance, kind="raw") as out:
         _map_in_order(block, starts, settings.workers,
@@ -273,7 +297,9 @@ def _multislice_physics(path: Path, settings: SimulationSettings, scan_index: in
     """
     from . import multislice as ms
 
-    grid = ms.Grid(settings.detector, settings.q_pixel_size, settings.energy_kev, ELEMENTS,
+    # the grid is the detector before hardware binning (applied per block)
+    grid = ms.Grid(settings.detector, settings.q_pixel_size / settings.binning,
+                   settings.energy_kev, ELEMENTS,
                    ms.MultisliceModel())
     key = ms.cache_key(settings.to_dict(), scan_index, grid.model)
     cache_file = path.parent / MULTISLICE_CACHE / f"{path.stem}-{key}.npz"
@@ -288,6 +314,24 @@ def _multislice_physics(path: Path, settings: SimulationSettings, scan_index: in
         return ms.noisy_patterns(expected[sl], flat_origins[sl], dose, settings.detector, rng)
 
     return haadf, block
+
+
+def _camera(settings: SimulationSettings) -> dict:
+    """q pixel size (1/nm) and beam disk radius (px) before binning, for ``simulate_patterns``."""
+    if settings.q_pixel_scale == 1.0:
+        return {}  # the defaults, bit for bit
+    return {"q_pixel_size": default_q_pixel_size(settings.detector) * settings.q_pixel_scale,
+            "probe_radius": default_probe_radius(settings.detector) / settings.q_pixel_scale}
+
+
+def _binned(patterns: np.ndarray, binning: int) -> np.ndarray:
+    """Sum ``binning`` x ``binning`` pixel blocks of (n, Q, Q) uint16 counts, clipped to 16 bits."""
+    if binning == 1:
+        return patterns
+    n, q, _ = patterns.shape
+    b = binning
+    summed = patterns.reshape(n, q // b, b, q // b, b).sum(axis=(2, 4), dtype=np.uint32)
+    return np.minimum(summed, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
 def _map_in_order(func: Callable, items: Sequence, workers: int, consume: Callable,

@@ -344,6 +344,7 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
     from .data import RunData, check_same_detector
 
     paths, elements = _check_raw_bundles(bundles, config.targets)
+    q_grid = _q_grid(paths)
     _set_threads(config)
     started = time.perf_counter()
     child = _is_child_process()
@@ -363,6 +364,7 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
         # zero gives no gradient, and it saves the first epochs for the offset.
         net.output_layer.bias.data.copy_(data.train_targets.mean(dim=0))
     state = _run_state(config, net, data, settings, paths, pre_paths, run)
+    state["q_grid"] = q_grid
     if not child:
         run.write_split(data.masks, [p.name for p in paths])
         config.to_toml(run.config_toml)
@@ -376,6 +378,7 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
         training, net, is_zero = fit_lightning(net, data, run, config, resume, quiet)
     if not is_zero:
         return run.path
+    _store_ood(run, pre_paths, data.masks, settings, config.seed)
     training["seconds"] = round(time.perf_counter() - started, 2)
     run.save_weights(net.state_dict())
     state.update(status="complete", training=training, model_params=net.hparams,
@@ -388,6 +391,33 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
                              title=f"{config.model} on {', '.join(p.stem for p in paths)}",
                              loss=config.loss)
     return run.path
+
+
+def _q_grid(paths: Sequence[Path]) -> dict[str, Any]:
+    """The physical q grid the run learns on (``q_grid`` of run.json); one for all bundles."""
+    from ..preprocess.transfer import grid_of_bundles
+
+    return grid_of_bundles(paths).to_dict()
+
+
+def _store_ood(run: RunDir, pre_paths: Sequence[Path], masks, settings, seed: int) -> None:
+    """The training scans' front-end feature distribution, for the OOD score at prediction."""
+    import numpy as np
+
+    from ..analysis.ood import first_ring, fit_reference, ring_features
+
+    first = first_ring(settings.beam_radius, settings.bin_factor)
+    fit, held = [], []
+    for path, val in zip(pre_paths, masks):
+        flat_val = np.asarray(val, bool).ravel()
+        with open_bundle(path) as scan:
+            for start, patterns in scan.iter_patterns(batch=1024):
+                feats = ring_features(patterns, first)
+                is_val = flat_val[start:start + len(patterns)]
+                fit.append(feats[~is_val])
+                held.append(feats[is_val])
+    run.write_ood(fit_reference(np.concatenate(fit), np.concatenate(held), seed,
+                                first).to_arrays())
 
 
 def ensure_trained(bundles: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
