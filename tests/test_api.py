@@ -330,7 +330,7 @@ def test_cli_predict_format_refusals(run_cli, run_dir, scans, tmp_path):
 def test_array_scan_with_a_calibration_is_predicted_as_given(run_dir, patterns, cli_prediction):
     from stem2eds import ArrayScan, PixelCalibration, load_run
 
-    scan = ArrayScan(patterns, PixelCalibration(0.8, 0.05, "nm", "1/nm", 300.0), name="lamella")
+    scan = ArrayScan(patterns, PixelCalibration(0.8, 0.1, "nm", "1/nm", 300.0), name="lamella")
     pred = load_run(run_dir).predict(scan)
     np.testing.assert_allclose(pred.eds, cli_prediction.eds, atol=1e-6)
     assert (pred.scan_step_nm, pred.source_name) == (0.8, "lamella")

@@ -215,4 +215,4 @@ def test_torch_front_end_predicts_as_the_numba_one(runs):
             stats = ring_statistics_torch(torch.from_numpy(block.patterns),
                                           torch.from_numpy(block.origins), g)
             np.testing.assert_allclose(p._finish(p.model.forward_rings(stats)),
-                                       p._predict_block(scan, block), atol=1e-5)
+                                       p._predict_block(scan, 0, block), atol=1e-5)

@@ -107,10 +107,10 @@ def test_cli_warns_on_an_untransferred_camera_length_only(run_cli, run_dir, setu
     assert held_out.ood.shape == (12, 10) and np.isfinite(held_out.ood).all()
     assert held_out.attrs["ood_score"] < held_out.attrs["ood_threshold"]
     code, _, err = run_cli("predict", run_dir, setups["longer_q"][2], "--out",
-                           tmp_path / "b.h5", "--no-transfer")
+                           tmp_path / "b.h5", "--no-transfer", "--quiet")
     lines = err.strip().splitlines()
     assert code == 0 and len(lines) == 1 and "outside the training" in lines[0]
-    assert lines[0].startswith("stem2eds predict: warning:")
+    assert lines[0].startswith("stem2eds predict: warning:")  # --quiet keeps warnings
     assert read_prediction(tmp_path / "b.h5").attrs["ood_outside"]
     code, _, err = run_cli("predict", run_dir, setups["longer_q"][2], "--out", tmp_path / "c.h5")
     assert code == 0 and "warning" not in err

@@ -156,7 +156,7 @@ def test_disk_full_during_training_is_one_line(scans, tmp_path, run_cli, monkeyp
 # -- two writers at once ---------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["train", "experiment"])
 def test_second_writer_is_refused(scans, tmp_path, run_cli, command):
-    from stem2eds.formats.rundir import folder_lock
+    from stem2eds.atomic import folder_lock
 
     out = tmp_path / "out"
     out.mkdir()

@@ -286,3 +286,47 @@ def refuse_overwrite(out: str | os.PathLike, *inputs: str | os.PathLike,
                              + (" (it lies in the output folder)" if inside else ""),
                              path=target, hint="choose another output; no command's output "
                                                "may be one of its inputs")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold ``folder/.lock`` (see :meth:`RunDir.lock`); the second writer gets InputError.
+
+    The lock file holds the pid of its holder (named in the error) and is
+    removed on release.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    check_path_encoding(folder)
+    path = folder / ".lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            finally:
+                os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise InputError(f"in use by {who} (it is writing this folder)", path=folder,
+                             hint="wait for it to finish or choose another output folder") \
+                from None
+        # The holder before us may have removed the file after we opened it:
+        # then we hold a lock on a file nobody else sees; try again.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)

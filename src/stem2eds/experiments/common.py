@@ -73,7 +73,7 @@ def locked_run_dir(run_dir: str | os.PathLike, bundles: Sequence[str | os.PathLi
     the experiment fails before writing anything into it.
     """
     from ..atomic import check_path_encoding, refuse_overwrite
-    from ..formats.rundir import folder_lock
+    from ..atomic import folder_lock
 
     run = prepare_run_dir(run_dir)
     check_path_encoding(run, "run_dir")

@@ -14,6 +14,7 @@ Layout (written by :func:`stem2eds.train.fit.train`)::
       figures/                 training_curves.png
       preprocessed/            the preprocessed training bundles
       features/                ring statistics cached for training (rings_<key>.npy)
+      ood.npz                  the training scans' feature distribution (analysis.ood)
 
 :class:`RunDir` names these paths once and reads them; nothing else in the
 package builds a path inside a run folder by hand. This module imports
@@ -311,6 +312,8 @@ class RunDir:
         it when the holder dies, however it dies; a lock file left behind by
         a killed process never blocks. The folder must exist.
         """
+        from ..atomic import folder_lock
+
         with folder_lock(self.path):
             yield
 
@@ -424,52 +427,6 @@ class RunDir:
                 ep = sorted(by_epoch)
                 curves[col] = (np.array(ep), np.array([by_epoch[e] for e in ep]))
         return curves
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
-    """Hold ``folder/.lock`` (see :meth:`RunDir.lock`); the second writer gets InputError.
-
-    The lock file holds the pid of its holder (named in the error) and is
-    removed on release.
-    """
-    import fcntl
-
-    from ..atomic import check_path_encoding
-
-    folder = Path(folder)
-    check_path_encoding(folder)
-    path = folder / ".lock"
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.read(fd, 32).decode("ascii", "replace").strip()
-            finally:
-                os.close(fd)
-            who = f"process {holder}" if holder.isdigit() else "another process"
-            raise InputError(f"in use by {who} (it is writing this folder)", path=folder,
-                             hint="wait for it to finish or choose another output folder") \
-                from None
-        # The holder before us may have removed the file after we opened it:
-        # then we hold a lock on a file nobody else sees; try again.
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:

@@ -12,10 +12,12 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
+from ..atomic import refuse_overwrite
 from ..formats.bundle import open_bundle
 from ..progress import track_blocks
-from .predictor import (Predictor, _cropped_shape, _finished_run, _load_model, _raw_stream,
-                        _read_ahead, scan_calibration_attrs, transferred)
+from .predictor import Predictor, _finished_run, _load_model
+from .scanning import (_cropped_shape, _raw_stream, _read_ahead, refuse_run_outputs,
+                       scan_calibration_attrs, transferred)
 
 
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
@@ -67,20 +69,10 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     from ..formats.prediction import open_prediction_writer
     from ..io.stream import Prefetcher
 
-    from ..atomic import refuse_overwrite
-
     run_dir = Path(run_dir)
     out = Path(out)
     refuse_overwrite(out, bundle)
-    from ..formats.rundir import RunDir
-
-    # The run's own files are inputs too (its weights, run.json, preprocessed bundles).
-    for product in (run_dir, *RunDir(run_dir).products()):
-        if product.resolve() == out.resolve() or product.resolve() in out.resolve().parents:
-            from ..errors import InputError
-
-            raise InputError("`out` would overwrite a file of the training run (an input)",
-                             path=out, hint="write the prediction file elsewhere")
+    refuse_run_outputs(out, run_dir)  # the run's own files are inputs too
     info, settings = _finished_run(run_dir)
     with open_bundle(bundle) as raw, \
             transferred(raw, info, transfer, distributed=scheduler is not None) as scan:

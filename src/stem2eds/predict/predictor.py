@@ -21,11 +21,10 @@ numbers (the ring statistics of ``radial``) stay in float32.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from ..formats.bundle import ScanBundle, open_bundle
 # not from ..train: that would import Lightning (seconds of start-up) for nothing here
 from ..formats.rundir import RunDir, apply_output_activation
 from .result import Prediction
+from .scanning import _cropped_shape, _device, _raw_stream, scan_step_nm, transferred
 
 if TYPE_CHECKING:  # torch is imported when the model is built
     import torch
@@ -397,109 +397,6 @@ class Predictor:
             raise InputError("bundle was preprocessed with other settings than the run "
                              f"({', '.join(diff)} differ)", path=scan.path,
                              hint="pass the raw bundle; predict preprocesses it itself")
-
-
-@contextlib.contextmanager
-def transferred(scan: ScanBundle, info: dict[str, Any], transfer: bool = True,
-                distributed: bool = False):
-    """The raw scan on the run's q grid (``q_grid`` of ``run.json``), or the scan as it is.
-
-    Another camera length or detector binning is resampled onto the run's
-    grid before preprocessing (:mod:`stem2eds.preprocess.transfer`); a scan
-    of the run's own setup, a preprocessed bundle, a run made before q grids
-    were recorded, or ``transfer=False`` yield ``scan`` itself.
-
-    Raises
-    ------
-    InputError
-        From :func:`~stem2eds.preprocess.transfer.plan_transfer` (uncalibrated
-        or uncovered setups), or when a scan needing transfer is preprocessed
-        on a Dask cluster (its workers read the file itself).
-    """
-    from ..preprocess.transfer import TransferredScan, plan_transfer
-
-    plan = plan_transfer(info.get("q_grid"), scan.calibration, scan.detector_shape) \
-        if transfer and scan.kind == "raw" else None
-    if plan is None:
-        yield scan
-        return
-    if distributed:
-        raise InputError(f"the scan needs transfer ({plan.describe()}), which runs here, "
-                         "not on a Dask cluster", path=scan.path,
-                         hint="predict without `scheduler`")
-    with TransferredScan(scan, plan) as seen:
-        yield seen
-
-
-def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):
-    """(start, raw block or preprocessed patterns) of a raw bundle with a run's settings.
-
-    Without a Dask ``client``: raw blocks with their fitted origins
-    (:func:`stem2eds.features.stream.iter_raw_blocks`), which
-    :meth:`Predictor._outputs` turns into ring statistics (fused) or
-    preprocessed patterns once it knows the model; this starts before the
-    model is built (:func:`~stem2eds.predict.bundle.predict_bundle`). With a
-    client: preprocessed patterns, made on the cluster.
-    """
-    if client is None:
-        from ..features.stream import iter_raw_blocks
-
-        return iter_raw_blocks(scan, settings, batch)
-    from ..preprocess import iter_preprocessed
-
-    return iter_preprocessed(scan, settings, batch=batch, client=client)
-
-
-def _read_ahead(batch: int, settings, scan: ScanBundle) -> int:
-    """Blocks to buffer: about :data:`READ_AHEAD_BYTES` of raw blocks, at least 2."""
-    from ..features.stream import RAW_BLOCK
-
-    qx, qy = scan.detector_shape
-    block_bytes = min(batch, RAW_BLOCK) * qx * qy * 2
-    return int(max(2, min(64, READ_AHEAD_BYTES // max(block_bytes, 1))))
-
-
-#: Memory for preprocessed batches made ahead of the model (they pile up
-#: while torch loads at start-up, then the queue runs at the model's pace).
-READ_AHEAD_BYTES = 128 * 2**20
-
-
-def scan_step_nm(calibration) -> float | None:
-    """The scan step of a :class:`~stem2eds.formats.bundle.PixelCalibration` in nm, or None."""
-    if calibration.r_pixel_unit != "nm" or not np.isfinite(calibration.r_pixel_size):
-        return None
-    return float(calibration.r_pixel_size)
-
-
-def scan_calibration_attrs(predictor: Predictor, scan) -> dict[str, Any]:
-    """Prediction-file attributes placing the maps on the scan: ``scan_step_nm``, ``scan_offset``."""
-    attrs: dict[str, Any] = {"scan_offset": list(predictor._offset(scan))}
-    step = scan_step_nm(scan.calibration)
-    if step is not None:
-        attrs["scan_step_nm"] = step
-    return attrs
-
-
-def _cropped_shape(scan_shape: tuple[int, int], crop: Sequence[int] | None,
-                   path) -> tuple[int, int]:
-    if crop is None:
-        return tuple(scan_shape)  # type: ignore[return-value]
-    r0, r1, c0, c1 = (int(v) for v in crop)
-    if not (0 <= r0 < r1 <= scan_shape[0] and 0 <= c0 < c1 <= scan_shape[1]):
-        raise InputError(f"the run's crop {r0}:{r1},{c0}:{c1} does not fit the "
-                         f"{scan_shape[0]}x{scan_shape[1]} scan", path=path,
-                         hint="predict scans of the training scans' size")
-    return r1 - r0, c1 - c0
-
-
-def _device(name: str) -> "torch.device":
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError('device="cuda" but no CUDA GPU is available', hint='use device="cpu"')
-    return torch.device(name)
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> Predictor:

@@ -15,18 +15,9 @@ from pathlib import Path
 
 from ..atomic import refuse_overwrite
 from ..errors import InputError
-from ..formats.rundir import RunDir
 from .export import export_prediction, format_for
 from .predictor import load_run
-
-
-def refuse_run_outputs(out: str | os.PathLike, run_dir: str | os.PathLike) -> None:
-    """Refuse an output that is, or lies in, the training run (whose files are inputs)."""
-    out = Path(out).resolve()
-    for product in (Path(run_dir), *RunDir(Path(run_dir)).products()):
-        if product.resolve() == out or product.resolve() in out.parents:
-            raise InputError("`out` would overwrite a file of the training run (an input)",
-                             path=out, hint="write the prediction elsewhere")
+from .scanning import refuse_run_outputs
 
 
 def predict_to_file(run_dir: str | os.PathLike, bundle: str | os.PathLike,
