@@ -21,9 +21,11 @@ The score does not use any training data. It is thresholded against the
 scan's own majority: a position is ``crystalline`` when its score's robust
 z-score over the scan (median and MAD of all positions, the amorphous
 majority) exceeds ``threshold`` *and* the score itself exceeds
-``min_score`` (a significance in noise units, so that a scan with no grain
-does not flag its own noise tail). Grains must stay a minority of the
-positions for the first test to hold.
+``min_score`` (a significance in noise units, so that a scan whose scores
+barely vary does not flag a negligible excess). The noise tail of the score
+depends on the band's size and the counts per pixel, so the scan's own
+spread, not a fixed significance, sets the bar; grains must stay a minority
+of the positions for it to hold.
 
 Pure functions on arrays, plus :func:`crystallinity_map`, which streams
 blocks of patterns (``(start, patterns)`` pairs as yielded by
@@ -68,8 +70,8 @@ class CrystallinitySettings:
     r_min: float = 3.0
     r_max: float | None = None
     disk_radius: float = 1.0
-    threshold: float = 3.0
-    min_score: float = 6.0
+    threshold: float = 5.0
+    min_score: float = 5.0
 
     def __post_init__(self):
         if not self.r_min >= 0:

@@ -445,7 +445,8 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
         doc["figures"] = draw_beyond_figures(run, doc, SparseFigureData(
             mean=ens.mean, std=ens.std, eds=maps.targets.eds, score=anomalies.score,
             flagged=anomalies.flagged, typical=anomalies.typical, grain=maps.grain,
-            mean_flagged=anomalies.mean_flagged, mean_typical=anomalies.mean_typical))
+            mean_flagged=anomalies.mean_flagged, mean_typical=anomalies.mean_typical,
+            crystallinity=anomalies.crystallinity, crystalline=anomalies.crystalline))
     write_metrics(run, doc)
     from ..report.beyond import write_beyond_report
 
