@@ -11,6 +11,11 @@ baselines interpolate the sparse EDS alone (linear, and a Gaussian process).
 The headline estimate, ``model_uk``, is universal kriging with the model's
 prediction as a covariate (:mod:`stem2eds.analysis.kriging`): the model's
 weight is fitted jointly with the GP, so a weak model gets a small weight.
+It is *guarded* (:func:`guard_choice`): per element, when the model
+calibrated on the sparse EDS, or interpolating the sparse EDS alone, has a
+smaller leave-one-out error on the sampled positions than the kriging
+estimate, that candidate is used instead, so that combining is not worse
+than its parts; the unguarded kriging estimate is ``model_uk_unguarded``.
 
 Pure functions on arrays (maps are (E, Rx, Ry) atomic fractions, masks
 (Rx, Ry) bool, positions in scan pixels); the experiment runner that reads
@@ -28,7 +33,9 @@ from ..errors import InputError
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
 METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv",
-           "model_uk_flat", "model_uk")
+           "model_uk_flat", "model_uk_unguarded", "model_uk")
+#: Candidates of the guarded headline estimate, in order of preference on ties.
+GUARD_CANDIDATES = ("model_uk_unguarded", "model_linear", "interp_gp", "interp_linear")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
@@ -38,8 +45,13 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                              "positions",
                  "model_uk_flat": "4D-STEM model + sparse EDS, universal kriging (model "
                                   "weight fitted jointly with the GP, flat prior)",
-                 "model_uk": "4D-STEM model + sparse EDS, universal kriging (model weight "
-                             "fitted jointly with the GP, prior 1 +/- 0.5)"}
+                 "model_uk_unguarded": "4D-STEM model + sparse EDS, universal kriging "
+                                       "(model weight fitted jointly with the GP, prior "
+                                       "1 +/- 0.5)",
+                 "model_uk": "4D-STEM model + sparse EDS, universal kriging guarded: per "
+                             "element the candidate (kriging, calibrated model, GP or linear "
+                             "interpolation) of least leave-one-out error on the sampled "
+                             "positions"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
 # Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
 # trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
@@ -277,6 +289,78 @@ def apply_linear(predicted: np.ndarray, slopes: np.ndarray, offsets: np.ndarray)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def _linear_interp_loo_mse(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Leave-one-out mean squared error of :func:`interpolate_linear` at the sampled positions.
+
+    Each sampled position is interpolated (linearly, nearest outside the
+    hull) from all the others; one triangulation per position.
+
+    Returns
+    -------
+    ndarray, shape (E,)
+    """
+    from scipy.interpolate import griddata
+
+    mask = np.asarray(mask, bool)
+    pts = np.argwhere(mask).astype(np.float64)
+    known = np.asarray(values, np.float64)[:, mask].T  # (n, E)
+    n = len(pts)
+    if n < _MIN_POINTS:
+        return np.full(known.shape[1], np.nan)
+    errors = np.empty_like(known)
+    keep = np.ones(n, bool)
+    for i in range(n):
+        keep[i] = False
+        guess = griddata(pts[keep], known[keep], pts[i:i + 1], method="nearest")
+        try:
+            lin = griddata(pts[keep], known[keep], pts[i:i + 1], method="linear")
+            guess = np.where(np.isnan(lin), guess, lin)
+        except Exception:  # scipy's QhullError: collinear or too few points
+            pass
+        errors[i] = np.clip(guess[0], 0, 1) - known[i]
+        keep[i] = True
+    return np.mean(errors ** 2, axis=0)
+
+
+def guard_choice(loo_mse: dict[str, np.ndarray]) -> np.ndarray:
+    """Per element, the candidate of least leave-one-out error.
+
+    Parameters
+    ----------
+    loo_mse : dict
+        ``{candidate: (E,) leave-one-out mean squared error}`` (NaN: not available),
+        in order of preference on ties.
+
+    Returns
+    -------
+    ndarray of int, shape (E,)
+        Index into ``list(loo_mse)`` per element.
+    """
+    stack = np.stack([np.asarray(v, np.float64) for v in loo_mse.values()])
+    return np.argmin(np.where(np.isfinite(stack), stack, np.inf), axis=0)
+
+
+def guarded_estimate(estimates: dict[str, np.ndarray], loo_mse: dict[str, np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The guarded headline: per element the estimate of the candidate :func:`guard_choice` picks.
+
+    Parameters
+    ----------
+    estimates : dict
+        ``{candidate: (E, Rx, Ry) estimate}`` for every key of ``loo_mse``.
+    loo_mse : dict
+        ``{candidate: (E,) leave-one-out MSE on the sampled positions}``.
+
+    Returns
+    -------
+    estimate : ndarray, shape (E, Rx, Ry), float32
+    choice : ndarray of int, shape (E,)
+    """
+    choice = guard_choice(loo_mse)
+    stack = np.stack([estimates[name] for name in loo_mse])
+    return stack[choice, np.arange(len(choice))].astype(np.float32), choice
+
+
 def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
                     mask: np.ndarray, predicted_std: np.ndarray | None = None,
                     details: dict | None = None) -> dict[str, np.ndarray]:
@@ -296,7 +380,9 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
     details : dict, optional
         Filled with ``model_uk``: ``std_map``, ``std_measured`` (E, Rx, Ry)
         and the per-element ``fits`` of
-        :func:`stem2eds.analysis.kriging.krige_with_model`.
+        :func:`stem2eds.analysis.kriging.krige_with_model` (the unguarded
+        kriging), and ``guard``: ``loo_mse`` ``{candidate: (E,)}`` and
+        ``choice`` ``(E,)`` candidate names of the guarded ``model_uk``.
 
     Returns
     -------
@@ -326,10 +412,19 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         out["model_uk_flat"] = krige_with_model(predicted, measured, mask, predicted_std)[0]
         uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
                                                            predicted_std, SLOPE_PRIOR_STD)
-        out["model_uk"] = uk
+        out["model_uk_unguarded"] = uk
+        # the guard: the kriging's closed-form leave-one-out keeps its hyperparameters, which
+        # favours it slightly; the candidates it is checked against are its two parts
+        loo_mse = {"model_uk_unguarded": np.array([f["loo_mse"] for f in fits]),
+                   "model_linear": _linear_loo_mse(predicted, measured, mask),
+                   "interp_gp": loo_gp,
+                   "interp_linear": _linear_interp_loo_mse(measured, mask)}
+        out["model_uk"], choice = guarded_estimate(out, loo_mse)
         if details is not None:
             details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,
                                    "fits": fits}
+            details["guard"] = {"loo_mse": loo_mse,
+                                "choice": [list(loo_mse)[c] for c in choice]}
     return out
 
 

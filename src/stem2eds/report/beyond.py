@@ -22,7 +22,7 @@ from .figures import diffraction_comparison, save_figure
 _STYLE = {"interp_linear": ("tab:gray", "--", "s"), "interp_gp": ("tab:blue", "--", "^"),
           "model_linear": ("tab:orange", "-", "o"), "model_kriging": ("tab:red", "-", "D"),
           "model_cv": ("tab:purple", ":", "v"), "model_uk_flat": ("tab:olive", ":", "x"),
-          "model_uk": ("tab:green", "-", "P")}
+          "model_uk_unguarded": ("tab:cyan", ":", "P"), "model_uk": ("tab:green", "-", "P")}
 
 
 def crossings(fractions: Sequence[float], method: Sequence[float],
@@ -68,6 +68,8 @@ def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.28, top=0.88, wspace=0.25)
     for ax, ref in zip(axes, refs):
         for method, (colour, style, marker) in _STYLE.items():
+            if method not in doc["curve"]:  # a run written before the method existed
+                continue
             ax.plot(frac, doc["curve"][method][ref], style, color=colour, marker=marker,
                     label=doc["method_labels"][method])
         crossed = crossings(doc["fractions"], doc["curve"]["model_uk"][ref],
@@ -311,7 +313,19 @@ def _curve_tables(doc: Mapping[str, Any]) -> list[str]:
                      "needs for the accuracy of model + sparse EDS (universal kriging) "
                      "at F):</p>")
         parts.append(_table(["F", "F'", "F'/F"], saved))
+    if doc.get("guard"):
+        parts.append(_guard_table(doc["guard"], doc["elements"]))
     return parts
+
+
+def _guard_table(guard: Mapping[str, Any], elements: Sequence[str]) -> str:
+    """Which candidate the guarded headline used, per fraction and element."""
+    rows = [[f"{html.escape(key)} %"] + [html.escape(guard[key][el]["choice"]) for el in elements]
+            for key in guard]
+    return ("<h2>Guard of model + sparse EDS</h2><p>Per element, the estimate of least "
+            "leave-one-out error on the sampled positions among the universal kriging, "
+            "the calibrated model and the interpolations of the sparse EDS:</p>"
+            + _table(["fraction"] + list(elements), rows))
 
 
 def _scale_text(scale: Mapping[str, Any]) -> str:
