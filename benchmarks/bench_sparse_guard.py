@@ -1,0 +1,114 @@
+"""Benchmark of the sparse-completion guard: is model + sparse EDS never worse than its parts?
+
+For every scan of each given series, the sparse experiment
+(:func:`stem2eds.experiments.sparse.run_sparse_experiment`) is run with that
+scan as the new one and the other scans of the series as training scans,
+at every default fraction. From its ``metrics.json`` the mean Pearson r
+(over elements, unsampled positions; against the blurred EDS and the truth)
+of the unguarded universal kriging (``model_uk_unguarded``: *before*), the
+guarded headline (``model_uk``: *after*), the model calibrated on the sparse
+EDS (``model_linear``) and the better interpolation of the sparse EDS alone
+(``interp_linear``/``interp_gp``) are collected, with the guard's choice per
+element. The criterion of issue 16 part 6: headline >= max(calibrated model,
+best interpolation) - 0.01 at every fraction of every scan.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_sparse_guard.py --series kinematic-seed101=/data/kin_s101 \\
+        --work /tmp/bench-guard --out benchmarks/results/sparse_guard.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_crystallinity import _provenance  # noqa: E402
+
+TOLERANCE = 0.01
+
+
+def summarise_run(doc: dict) -> dict:
+    """Before/after/parts per fraction and reference from a sparse run's metrics.json."""
+    curve = doc["curve"]
+    out: dict = {"fractions": doc["fractions"], "refs": {}, "guard_choice": {
+        key: {el: v["choice"] for el, v in per.items()} for key, per in doc["guard"].items()}}
+    for ref in curve["model_uk"]:
+        before = np.asarray(curve["model_uk_unguarded"][ref])
+        after = np.asarray(curve["model_uk"][ref])
+        linear = np.asarray(curve["model_linear"][ref])
+        interp = np.maximum(curve["interp_linear"][ref], curve["interp_gp"][ref])
+        parts = np.maximum(linear, interp)
+        out["refs"][ref] = {
+            "before": before.round(4).tolist(), "after": after.round(4).tolist(),
+            "model_linear": linear.round(4).tolist(), "best_interp": interp.round(4).tolist(),
+            "ok_before": (before >= parts - TOLERANCE).tolist(),
+            "ok_after": (after >= parts - TOLERANCE).tolist(),
+            "worst_margin_before": float(np.min(before - parts)),
+            "worst_margin_after": float(np.min(after - parts))}
+    return out
+
+
+def bench_series(folder: Path, work: Path, model: str, ensemble: int) -> dict:
+    from stem2eds.experiments.sparse import run_sparse_experiment
+    from stem2eds.train.config import TrainConfig
+
+    scans = sorted(folder.glob("scan_*.h5"))
+    result = {}
+    for target in scans:
+        train = [s for s in scans if s != target]
+        run = work / target.stem
+        t0 = time.perf_counter()
+        if not (run / "metrics.json").is_file():
+            run_sparse_experiment([*train, target], run, config=TrainConfig(model=model),
+                                  ensemble=ensemble, quiet=True, figures=False)
+        doc = json.loads((run / "metrics.json").read_text())
+        entry = summarise_run(doc)
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        result[target.stem] = entry
+        print(target.stem, {ref: (v["worst_margin_before"], v["worst_margin_after"])
+                            for ref, v in entry["refs"].items()}, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", action="append", required=True,
+                    help="LABEL=FOLDER of raw simulated bundles (repeatable)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench-sparse-guard"))
+    ap.add_argument("--model", default="ridge")
+    ap.add_argument("--ensemble", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    doc = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
+    doc.setdefault("series", {})
+    for item in args.series:
+        label, folder = item.split("=", 1)
+        scans = bench_series(Path(folder), args.work / label, args.model, args.ensemble)
+        ok = {ref: {"before": all(all(s["refs"][ref]["ok_before"]) for s in scans.values()),
+                    "after": all(all(s["refs"][ref]["ok_after"]) for s in scans.values())}
+              for ref in next(iter(scans.values()))["refs"]}
+        doc["series"][label] = {"folder": folder, "model": args.model,
+                                "ensemble": args.ensemble, "scans": scans,
+                                "criterion_met_on_every_scan_and_fraction": ok,
+                                "provenance": _provenance()}
+        print(label, ok, flush=True)
+    doc["criterion"] = (f"headline (model_uk) mean r >= max(model_linear, best interpolation) "
+                        f"- {TOLERANCE} at every fraction; 'before' = model_uk_unguarded")
+    doc["provenance"] = _provenance()
+    text = json.dumps(doc, indent=2, default=float)
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
