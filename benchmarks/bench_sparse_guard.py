@@ -55,7 +55,8 @@ def summarise_run(doc: dict) -> dict:
     return out
 
 
-def bench_series(folder: Path, work: Path, model: str, ensemble: int) -> dict:
+def bench_series(folder: Path, work: Path, model: str, ensemble: int,
+                 fractions: list[float], existing_only: bool = False) -> dict:
     from stem2eds.experiments.sparse import run_sparse_experiment
     from stem2eds.train.config import TrainConfig
 
@@ -66,8 +67,11 @@ def bench_series(folder: Path, work: Path, model: str, ensemble: int) -> dict:
         run = work / target.stem
         t0 = time.perf_counter()
         if not (run / "metrics.json").is_file():
-            run_sparse_experiment([*train, target], run, config=TrainConfig(model=model),
-                                  ensemble=ensemble, quiet=True, figures=False)
+            if existing_only:
+                continue
+            run_sparse_experiment([*train, target], run, fractions=fractions,
+                                  config=TrainConfig(model=model), ensemble=ensemble,
+                                  quiet=True, figures=False)
         doc = json.loads((run / "metrics.json").read_text())
         entry = summarise_run(doc)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
@@ -84,13 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-sparse-guard"))
     ap.add_argument("--model", default="ridge")
     ap.add_argument("--ensemble", type=int, default=2)
+    ap.add_argument("--fractions", default=None,
+                    help="comma-separated fractions (default: the experiment's FRACTIONS)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--existing-only", action="store_true",
+                    help="only collect the runs already finished under --work")
     args = ap.parse_args(argv)
+    from stem2eds.analysis.sparse_eds import FRACTIONS
+
+    fractions = ([float(f) for f in args.fractions.split(",")] if args.fractions
+                 else list(FRACTIONS))
     doc = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     doc.setdefault("series", {})
     for item in args.series:
         label, folder = item.split("=", 1)
-        scans = bench_series(Path(folder), args.work / label, args.model, args.ensemble)
+        scans = bench_series(Path(folder), args.work / label, args.model, args.ensemble,
+                             fractions, args.existing_only)
+        if not scans:
+            continue
         ok = {ref: {"before": all(all(s["refs"][ref]["ok_before"]) for s in scans.values()),
                     "after": all(all(s["refs"][ref]["ok_after"]) for s in scans.values())}
               for ref in next(iter(scans.values()))["refs"]}

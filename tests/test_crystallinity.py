@@ -163,3 +163,40 @@ def test_anomaly_file_and_report_carry_the_map(tmp_path):
     assert "Crystallinity map" in html and "precision" in html
     fig = crystallinity_map_figure(score, crystalline, grain, "scan_x")
     assert "crystallinity" in fig._suptitle.get_text()
+
+
+def test_speckle_that_moves_between_positions_is_not_a_grain():
+    """A bright disk at a new place in every pattern (speckle) scores low; one shared by
+    neighbouring positions (a grain at one orientation) scores high."""
+    rng = np.random.default_rng(5)
+    patterns, origins, grain = _scan(grain=False, seed=2)
+    n = len(patterns)
+    q = patterns.shape[-1]
+    yy, xx = np.indices((q, q))
+    o = origins.reshape(n, 2)
+    shared = grain.copy()
+    shared[5:10, 4:9] = True
+    for k in range(n):
+        # speckle: at every position one disk as bright as a grain's, at a random angle
+        phi = rng.uniform(0, 2 * np.pi)
+        spot = np.hypot(yy - o[k, 0] - 12 * np.sin(phi), xx - o[k, 1] - 12 * np.cos(phi)) <= 1.5
+        patterns[k] += rng.poisson(60 * spot)
+        if shared.ravel()[k]:
+            disk = np.hypot(yy - o[k, 0] - 12 * np.sin(0.7), xx - o[k, 1] - 12 * np.cos(0.7))
+            patterns[k] += rng.poisson(60 * (disk <= 1.5))
+    alone = bragg_scores(patterns, o, SETTINGS).reshape(grain.shape)
+    # alone, every pattern has a bright spot: the grain does not stand out
+    assert np.median(alone[shared]) < np.percentile(alone[~shared], 95) + 3
+    score, crystalline = crystallinity_map(_blocks(patterns), origins, grain.shape, SETTINGS)
+    d = detection_scores(crystalline, shared)
+    assert d["precision"] >= 0.9 and d["recall"] >= 0.8, d
+
+
+def test_streaming_in_pieces_of_rows_gives_the_same_map():
+    patterns, origins, grain = _scan(shape=(8, 10))
+    whole = crystallinity_map(_blocks(patterns, 40), origins, grain.shape, SETTINGS)[0]
+    pieces = crystallinity_map(_blocks(patterns, 3), origins, grain.shape, SETTINGS)[0]
+    np.testing.assert_allclose(pieces, whole)
+    assert np.isfinite(whole).all()
+    with pytest.raises(ValueError, match="out of order"):
+        crystallinity_map(iter([(10, patterns[10:20])]), origins, grain.shape, SETTINGS)

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import h5py
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from stem2eds import metrics
@@ -99,6 +100,7 @@ def test_linear_interpolation_loo_matches_leaving_each_point_out():
                                np.mean(np.square(expected), axis=0), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sparse_experiment_reports_the_guard(tmp_path):
     from stem2eds.experiments.sparse import (EnsemblePrediction, SparsePlan, TargetMaps,
                                              score_fractions)

@@ -15,7 +15,14 @@ own spread:
 2. every pixel of the band as a z-score against its ring's background and
    noise;
 3. a box filter of the Bragg disk's size (matched filter), scaled so that
-   independent unit noise stays unit; the score is the largest value.
+   independent unit noise stays unit (:func:`disk_zmaps`);
+4. a grain spans several probe positions at one orientation, so its disks
+   sit at the same detector pixels in neighbouring patterns, while the
+   speckle of an amorphous film changes from position to position: the
+   score is the largest geometric mean, over detector pixels, of the
+   position's z-score and the mean of its scan neighbours'
+   (:func:`coherent_scores`; :func:`bragg_scores` is the score of a pattern
+   alone).
 
 The score does not use any training data. It is thresholded against the
 scan's own majority: a position is ``crystalline`` when its score's robust
@@ -34,7 +41,7 @@ blocks of patterns (``(start, patterns)`` pairs as yielded by
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 import numpy as np
@@ -71,7 +78,7 @@ class CrystallinitySettings:
     r_max: float | None = None
     disk_radius: float = 1.0
     threshold: float = 5.0
-    min_score: float = 5.0
+    min_score: float = 3.0
 
     def __post_init__(self):
         if not self.r_min >= 0:
@@ -152,15 +159,15 @@ def ring_background(patterns: np.ndarray, origins: np.ndarray, r_min: float, r_m
     return radii, median, np.maximum(_MAD_TO_SIGMA * mad, floor)
 
 
-def bragg_scores(patterns: np.ndarray, origins: np.ndarray,
-                 settings: CrystallinitySettings = CrystallinitySettings()) -> np.ndarray:
-    """Per-pattern Bragg-disk significance: the brightest disk-sized spot above its ring.
+def disk_zmaps(patterns: np.ndarray, origins: np.ndarray,
+               settings: CrystallinitySettings = CrystallinitySettings()) -> np.ndarray:
+    """Every band pixel's matched-filter z-score against its ring (0 outside the band).
 
     Parameters
     ----------
     patterns : ndarray, shape (n, Qx, Qy)
-        Raw counts or preprocessed patterns (any intensity scale: the score
-        is in units of each ring's own spread).
+        Raw counts or preprocessed patterns (any intensity scale: the
+        z-scores are in units of each ring's own spread).
     origins : ndarray, shape (n, 2)
         Beam centre (row, column) of each pattern, px (for preprocessed,
         centred patterns: the detector centre for every pattern).
@@ -168,10 +175,9 @@ def bragg_scores(patterns: np.ndarray, origins: np.ndarray,
 
     Returns
     -------
-    ndarray, shape (n,), float64
-        Largest matched-filter z-score in the ring band; about 3-5 for
-        amorphous patterns with pure Poisson noise (the maximum of a few
-        thousand unit normals).
+    ndarray, shape (n, Qx, Qy), float32
+        Mean z-score over a disk-sized box times the box side (independent
+        unit noise keeps unit variance), at box centres inside the band.
     """
     from scipy.ndimage import uniform_filter
 
@@ -180,7 +186,7 @@ def bragg_scores(patterns: np.ndarray, origins: np.ndarray,
     p = np.sqrt(np.maximum(np.asarray(patterns, np.float64), 0.0))
     n, qx, qy = p.shape
     if n == 0:
-        return np.zeros(0)
+        return np.zeros((0, qx, qy), np.float32)
     o = np.asarray(origins, np.float64).reshape(n, 2)
     r_min, r_max = band_limits((qx, qy), o, settings)
     radii, median, sigma = ring_background(p, o, r_min, r_max)
@@ -192,10 +198,66 @@ def bragg_scores(patterns: np.ndarray, origins: np.ndarray,
     sd = np.take_along_axis(sigma, ring.reshape(n, -1), axis=1).reshape(p.shape)
     z = np.where(band, (p - bg) / sd, 0.0)
     k = settings.box
-    # mean over a k x k box times k: unit-variance independent noise keeps unit variance
     smooth = uniform_filter(z, size=(1, k, k), mode="constant") * k
     # only spots whose centre lies in the band (the filter spreads the band's edge)
-    return np.max(np.where(band, smooth, -np.inf).reshape(n, -1), axis=1)
+    return np.where(band, smooth, 0.0).astype(np.float32)
+
+
+def bragg_scores(patterns: np.ndarray, origins: np.ndarray,
+                 settings: CrystallinitySettings = CrystallinitySettings()) -> np.ndarray:
+    """Per-pattern Bragg-disk significance: the brightest disk-sized spot above its ring.
+
+    Parameters
+    ----------
+    patterns : ndarray, shape (n, Qx, Qy)
+    origins : ndarray, shape (n, 2)
+    settings : CrystallinitySettings
+
+    Returns
+    -------
+    ndarray, shape (n,), float64
+        Largest value of :func:`disk_zmaps`; about 3-5 for amorphous
+        patterns with pure Poisson noise (the maximum of a few thousand unit
+        normals), more with speckle.
+    """
+    z = disk_zmaps(patterns, origins, settings)
+    return z.reshape(len(z), -1).max(axis=1).astype(np.float64) if len(z) else np.zeros(0)
+
+
+def coherent_scores(above: np.ndarray | None, row: np.ndarray, below: np.ndarray | None
+                    ) -> np.ndarray:
+    """Per position of one scan row: the brightest spot that its scan neighbours share.
+
+    A grain spans several probe positions at one orientation, so its Bragg
+    disks sit at the same detector pixels in neighbouring patterns; the
+    speckle of an amorphous film does not. The score is the largest, over
+    detector pixels, of the smaller of the position's own (positive) z-score
+    and the mean of its scan neighbours' (up to four; fewer at the scan's
+    edge). The smaller, not a product: an amorphous position beside a grain
+    must not borrow the grain's disks.
+
+    Parameters
+    ----------
+    above, row, below : ndarray, shape (Ry, Qx, Qy), or None
+        :func:`disk_zmaps` of the scan rows r - 1, r, r + 1 (None beyond the scan).
+
+    Returns
+    -------
+    ndarray, shape (Ry,), float64
+    """
+    pos = np.maximum(np.asarray(row, np.float64), 0.0)
+    total = np.zeros_like(pos)
+    count = np.zeros(len(pos))
+    for other in (above, below):
+        if other is not None:
+            total += np.maximum(other, 0.0)
+            count += 1
+    total[1:] += pos[:-1]
+    total[:-1] += pos[1:]
+    count[1:] += 1
+    count[:-1] += 1
+    mean = total / np.maximum(count, 1)[:, None, None]
+    return np.minimum(pos, mean).reshape(len(pos), -1).max(axis=1)
 
 
 def crystalline_mask(score: np.ndarray, settings: CrystallinitySettings = CrystallinitySettings()
@@ -223,11 +285,15 @@ def crystallinity_map(blocks: Iterable[tuple[int, np.ndarray]], origins: np.ndar
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Score a whole scan, streamed block by block, and threshold it.
 
+    The score of a position is :func:`coherent_scores`: its Bragg disks
+    must be shared by its scan neighbours. Only three scan rows of z-maps
+    are held at a time.
+
     Parameters
     ----------
     blocks : iterable of (start, patterns)
-        ``start`` the flat (C-order) index of the block's first position,
-        ``patterns`` (n, Qx, Qy), e.g. ``ScanBundle.iter_patterns(batch)``
+        In scan (C) order: ``start`` the flat index of the block's first
+        position, ``patterns`` (n, Qx, Qy), e.g. ``ScanBundle.iter_patterns(batch)``
         or :func:`stem2eds.io.stream.iter_blocks`.
     origins : ndarray, shape (Rx, Ry, 2), or None
         Beam centre of every pattern, px; None: the detector centre (for
@@ -238,19 +304,48 @@ def crystallinity_map(blocks: Iterable[tuple[int, np.ndarray]], origins: np.ndar
     Returns
     -------
     score : ndarray, shape (Rx, Ry), float32
-        :func:`bragg_scores` per position (NaN where no pattern came).
+        Coherent Bragg-disk score per position (NaN where no pattern came).
     crystalline : ndarray of bool, shape (Rx, Ry)
         :func:`crystalline_mask` of ``score``.
     """
-    out = np.full(shape[0] * shape[1], np.nan)
+    rx, ry = shape
+    out = np.full(shape, np.nan)
     flat_origins = None if origins is None else np.asarray(origins, np.float64).reshape(-1, 2)
+    fixed_band = False
+
+    def band(qx: int, qy: int) -> CrystallinitySettings:
+        # one band for the whole scan (from every origin), not one per block
+        nonlocal settings, fixed_band
+        if not fixed_band and flat_origins is not None:
+            settings = replace(settings, r_max=band_limits((qx, qy), flat_origins, settings)[1])
+        fixed_band = True
+        return settings
+    rows: dict[int, np.ndarray] = {}  # scan row -> z-maps (Ry, Qx, Qy), filled in order
+    filled = 0  # positions received so far (blocks come in C order)
+    done = 0  # rows scored so far
+
+    def finish(r: int) -> None:
+        out[r] = coherent_scores(rows.get(r - 1), rows[r], rows.get(r + 1))
+        rows.pop(r - 1, None)
+
     for start, patterns in blocks:
         n = len(patterns)
+        if start != filled:
+            raise ValueError(f"blocks out of order: expected position {filled}, got {start}")
         if flat_origins is None:
             qx, qy = np.shape(patterns)[1:]
             o = np.tile([(qx - 1) / 2, (qy - 1) / 2], (n, 1))
         else:
             o = flat_origins[start:start + n]
-        out[start:start + n] = bragg_scores(patterns, o, settings)
-    score = out.reshape(shape).astype(np.float32)
-    return score, crystalline_mask(score, settings)
+        z = disk_zmaps(patterns, o, band(*np.shape(patterns)[1:]))
+        for i in range(n):
+            r, c = divmod(start + i, ry)
+            if r not in rows:
+                rows[r] = np.zeros((ry,) + z.shape[1:], np.float32)
+            rows[r][c] = z[i]
+        filled += n
+        while done < rx and filled >= min((done + 2) * ry, rx * ry):
+            finish(done)
+            done += 1
+    score = out.astype(np.float32)
+    return score, crystalline_mask(score, settings)  # the threshold is not band-dependent
