@@ -1,9 +1,10 @@
 """Benchmark of the sparse-completion guard: is model + sparse EDS never worse than its parts?
 
-For every scan of each given series, the sparse experiment
-(:func:`stem2eds.experiments.sparse.run_sparse_experiment`) is run with that
-scan as the new one and the other scans of the series as training scans,
-at every default fraction. From its ``metrics.json`` the mean Pearson r
+For every scan of each given series, the sparse experiment's steps
+(:mod:`stem2eds.experiments.sparse`: plan, ensemble, targets, scores; the
+anomaly map and figures are skipped) are run with that scan as the new one
+and the other scans of the series as training scans. From the scores the
+mean Pearson r
 (over elements, unsampled positions; against the blurred EDS and the truth)
 of the unguarded universal kriging (``model_uk_unguarded``: *before*), the
 guarded headline (``model_uk``: *after*), the model calibrated on the sparse
@@ -55,24 +56,46 @@ def summarise_run(doc: dict) -> dict:
     return out
 
 
-def bench_series(folder: Path, work: Path, model: str, ensemble: int,
-                 fractions: list[float], existing_only: bool = False) -> dict:
-    from stem2eds.experiments.sparse import run_sparse_experiment
+def score_target(paths: list[Path], run: Path, model: str, ensemble: int,
+                 fractions: list[float]) -> dict:
+    """The sparse experiment's steps up to the scores (no anomaly map, no figures).
+
+    Writes ``run/guard.json``: the ``curve`` and ``guard`` entries of the
+    experiment's metrics.json.
+    """
+    from stem2eds.experiments import sparse
     from stem2eds.train.config import TrainConfig
+
+    plan = sparse.plan_sparse(paths, run, fractions, "random", TrainConfig(model=model),
+                              ensemble, 0)
+    (run / "predictions" / "sparse").mkdir(parents=True, exist_ok=True)
+    ens = sparse.fit_ensemble(plan, quiet=True)
+    maps = sparse.load_target_maps(plan, ens)
+    scores = sparse.score_fractions(plan, ens, maps, {"elements": ens.elements})
+    doc = {"fractions": plan.fractions, "curve": scores.curve(plan.fractions,
+                                                              list(maps.references)),
+           "guard": scores.guard, "train_scans": plan.names[:-1], "target_scan": plan.target}
+    (run / "guard.json").write_text(json.dumps(doc, default=float))
+    return doc
+
+
+def bench_series(folder: Path, work: Path, model: str, ensemble: int,
+                 fractions: list[float], existing_only: bool = False,
+                 targets: list[str] | None = None) -> dict:
 
     scans = sorted(folder.glob("scan_*.h5"))
     result = {}
     for target in scans:
+        if targets and target.stem not in targets:
+            continue
         train = [s for s in scans if s != target]
         run = work / target.stem
         t0 = time.perf_counter()
-        if not (run / "metrics.json").is_file():
+        if not (run / "guard.json").is_file():
             if existing_only:
                 continue
-            run_sparse_experiment([*train, target], run, fractions=fractions,
-                                  config=TrainConfig(model=model), ensemble=ensemble,
-                                  quiet=True, figures=False)
-        doc = json.loads((run / "metrics.json").read_text())
+            score_target([*train, target], run, model, ensemble, fractions)
+        doc = json.loads((run / "guard.json").read_text())
         entry = summarise_run(doc)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         result[target.stem] = entry
@@ -91,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default=None,
                     help="comma-separated fractions (default: the experiment's FRACTIONS)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--targets", default=None,
+                    help="comma-separated scan names to use as the new scan (default: all)")
     ap.add_argument("--existing-only", action="store_true",
                     help="only collect the runs already finished under --work")
     args = ap.parse_args(argv)
@@ -103,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.series:
         label, folder = item.split("=", 1)
         scans = bench_series(Path(folder), args.work / label, args.model, args.ensemble,
-                             fractions, args.existing_only)
+                             fractions, args.existing_only,
+                             args.targets.split(",") if args.targets else None)
         if not scans:
             continue
         ok = {ref: {"before": all(all(s["refs"][ref]["ok_before"]) for s in scans.values()),
