@@ -8,8 +8,9 @@ import pytest
 from scipy import ndimage
 
 from stem2eds import metrics
-from stem2eds.analysis.sparse_eds import (GUARD_CANDIDATES, METHODS, _linear_interp_loo_mse,
-                                          complete_sparse, guard_choice, guarded_estimate,
+from stem2eds.analysis.sparse_guard import _linear_interp_loo_mse, guard_choice, guarded_estimate
+from stem2eds.analysis.sparse_eds import (GUARD_CANDIDATES, METHODS,
+                                          complete_sparse,
                                           interpolate_linear, sample_positions)
 
 ELEMENTS = ["Ge", "Sb", "Te"]
@@ -61,6 +62,7 @@ def test_guard_leaves_a_wrong_model_for_interpolation():
     assert "model_linear" not in details["guard"]["choice"], details["guard"]
     loo = details["guard"]["loo_mse"]
     assert np.all(loo["model_linear"] > 3 * np.minimum(loo["interp_gp"], loo["interp_linear"]))
+    assert set(details["guard"]["z"]) == set(GUARD_CANDIDATES)
     r = _check_not_worse(estimates, truth, mask)
     assert r["model_linear"] < r["interp_gp"] - 0.2  # the model really is wrong here
 
@@ -77,13 +79,21 @@ def test_guard_keeps_a_right_model():
     assert all(v.shape == (len(ELEMENTS),) for v in details["guard"]["loo_mse"].values())
 
 
-def test_guard_choice_prefers_the_first_on_ties_and_skips_nan():
-    loo = {"a": np.array([1.0, np.nan, 2.0]), "b": np.array([1.0, 0.5, 1.0]),
-           "c": np.array([np.nan, 0.5, 3.0])}
-    np.testing.assert_array_equal(guard_choice(loo), [0, 1, 1])
-    est = {k: np.full((3, 2, 2), i, np.float32) for i, k in enumerate(loo)}
-    out, choice = guarded_estimate(est, loo)
-    np.testing.assert_array_equal(out[:, 0, 0], [0, 1, 1])
+def test_guard_switches_only_on_significant_evidence():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.02, (3, 40))
+    first = noise.copy()
+    first[0] += 0.2  # element 0: the first candidate is clearly wrong at every point
+    res = {"kriging": first, "close": noise * 0.98 + rng.normal(0, 0.005, (3, 40)),
+           "bad": noise * 3, "nan": np.full((3, 40), np.nan)}
+    choice, sig = guard_choice(res)
+    # element 0 leaves the kriging for the (significantly) better "close"; elements 1 and
+    # 2 keep it: "close" is barely better, "bad" worse, "nan" unavailable
+    np.testing.assert_array_equal(choice, [1, 0, 0])
+    assert sig[1, 0] > 10 and sig[1, 1] < 2 and sig[2, 1] < 0 and sig.shape == (4, 3)
+    est = {k: np.full((3, 2, 2), i, np.float32) for i, k in enumerate(res)}
+    out, choice2, _ = guarded_estimate(est, res)
+    np.testing.assert_array_equal(out[:, 0, 0], [1, 0, 0])
 
 
 def test_linear_interpolation_loo_matches_leaving_each_point_out():
@@ -122,8 +132,9 @@ def test_sparse_experiment_reports_the_guard(tmp_path):
         assert set(per) == set(ELEMENTS)
         for el, entry in per.items():
             assert entry["choice"] in GUARD_CANDIDATES
-            assert entry["loo_mse"][entry["choice"]] == min(
-                v for v in entry["loo_mse"].values() if np.isfinite(v))
+            # the kriging, or a candidate significantly better than it
+            assert (entry["choice"] == "model_uk_unguarded"
+                    or entry["z"][entry["choice"]] > 2)
         # the stored headline map is the guarded estimate
         with h5py.File(tmp_path / "predictions" / "sparse" / f"{key}.h5", "r") as f:
             assert f.attrs["method"] == "model_uk"

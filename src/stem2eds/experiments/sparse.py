@@ -258,8 +258,9 @@ class SparseScores:
     model_cv_choice : dict
         ``{percent: {El: method model_cv picked}}``.
     guard : dict
-        ``{percent: {El: {"choice": candidate, "loo_mse": {candidate: value}}}}``: which
-        candidate the guarded headline ``model_uk`` used, and why.
+        ``{percent: {El: {"choice": candidate, "loo_mse": {candidate: value},
+        "z": {candidate: paired z against the kriging}}}}``: which candidate the
+        guarded headline ``model_uk`` used, and why.
     extrapolation : dict or None
         Coverage with no EDS of the new scan (None without an ensemble).
     """
@@ -323,7 +324,8 @@ def score_fractions(plan: SparsePlan, ens: EnsemblePrediction, maps: TargetMaps,
         out.model_cv_choice[key] = _model_cv_choice(estimates, elements)
         guard = details["guard"]
         out.guard[key] = {el: {"choice": guard["choice"][k],
-                               "loo_mse": {c: float(v[k]) for c, v in guard["loo_mse"].items()}}
+                               "loo_mse": {c: float(v[k]) for c, v in guard["loo_mse"].items()},
+                               "z": {c: float(v[k]) for c, v in guard["z"].items()}}
                           for k, el in enumerate(elements)}
         for method, values in estimates.items():
             out.methods[method][key] = {ref: metrics.element_metrics(values, r, elements, ~mask)
