@@ -11,6 +11,11 @@ baselines interpolate the sparse EDS alone (linear, and a Gaussian process).
 The headline estimate, ``model_uk``, is universal kriging with the model's
 prediction as a covariate (:mod:`stem2eds.analysis.kriging`): the model's
 weight is fitted jointly with the GP, so a weak model gets a small weight.
+It is *guarded* (:mod:`stem2eds.analysis.sparse_guard`): per element, when
+the model calibrated on the sparse EDS, or interpolating the sparse EDS
+alone, has significantly smaller leave-one-out errors on the sampled
+positions than the kriging estimate, that candidate is used instead; the
+unguarded kriging estimate is ``model_uk_unguarded``.
 
 Pure functions on arrays (maps are (E, Rx, Ry) atomic fractions, masks
 (Rx, Ry) bool, positions in scan pixels); the experiment runner that reads
@@ -24,11 +29,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .sparse_guard import _linear_interp_loo_residuals, guarded_estimate
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
 METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv",
-           "model_uk_flat", "model_uk")
+           "model_uk_flat", "model_uk_unguarded", "model_uk")
+#: Candidates of the guarded headline estimate, in order of preference on ties.
+GUARD_CANDIDATES = ("model_uk_unguarded", "model_linear", "interp_gp", "interp_linear")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
@@ -38,8 +46,13 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                              "positions",
                  "model_uk_flat": "4D-STEM model + sparse EDS, universal kriging (model "
                                   "weight fitted jointly with the GP, flat prior)",
-                 "model_uk": "4D-STEM model + sparse EDS, universal kriging (model weight "
-                             "fitted jointly with the GP, prior 1 +/- 0.5)"}
+                 "model_uk_unguarded": "4D-STEM model + sparse EDS, universal kriging "
+                                       "(model weight fitted jointly with the GP, prior "
+                                       "1 +/- 0.5)",
+                 "model_uk": "4D-STEM model + sparse EDS, universal kriging guarded: per "
+                             "element replaced by the calibrated model, GP or linear "
+                             "interpolation where one has significantly smaller "
+                             "leave-one-out errors on the sampled positions"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
 # Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
 # trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
@@ -142,7 +155,7 @@ def interpolate_linear(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = False,
-                   return_loo: bool = False):
+                   return_loo: bool = False, loo_residuals: list | None = None):
     """Gaussian-process regression of sparse maps over the scan, one GP per element.
 
     The kernel is a constant times an RBF (its length scale fitted by
@@ -159,6 +172,8 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
         Also return the leave-one-out mean squared error at the sampled
         positions (closed form from the fitted kernel matrix; the kernel's
         hyperparameters are kept from the fit on all points).
+    loo_residuals : list, optional
+        Receives the leave-one-out residuals of each element, (n,) arrays.
 
     Returns
     -------
@@ -183,6 +198,8 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
             means.append(np.full(grid.shape[0], y.mean() if y.size else 0.0))
             stds.append(np.zeros(grid.shape[0]))
             loos.append(float(np.mean((y - y.mean()) ** 2)) if y.size else np.nan)
+            if loo_residuals is not None:
+                loo_residuals.append(y * len(y) / max(len(y) - 1, 1) - y.sum() / max(len(y) - 1, 1))
             continue
         kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(extent / 4, (1.0, 4 * extent))
                   + WhiteKernel(0.1, (1e-5, 10.0)))
@@ -194,6 +211,8 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
         k_inv = cho_solve((gp.L_, True), np.eye(len(y)))
         loo = gp.alpha_.ravel() / np.diag(k_inv) * np.ravel(gp._y_train_std)[0]
         loos.append(float(np.mean(loo ** 2)))
+        if loo_residuals is not None:
+            loo_residuals.append(loo)
         # Predict the smooth latent map: drop the white-noise term from the posterior.
         gp.kernel_ = gp.kernel_.k1
         m, s = gp.predict(grid, return_std=True)
@@ -249,13 +268,14 @@ def calibrate_on_sparse(predicted: np.ndarray, measured: np.ndarray,
 
 
 def _linear_loo_mse(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarray,
-                    prior_points: float = 10.0) -> np.ndarray:
+                    prior_points: float = 10.0, residuals: bool = False) -> np.ndarray:
     """Leave-one-out mean squared error of :func:`calibrate_on_sparse`, per element.
 
     Closed form: the fit is linear in the measured values (free offset,
     slope ridge-penalised toward 1), so each left-out residual is the
     in-sample one divided by ``1 - h_ii`` with the leverage
-    ``h_ii = 1/n + xc_i^2 / (sum xc^2 + lambda)``.
+    ``h_ii = 1/n + xc_i^2 / (sum xc^2 + lambda)``. With ``residuals``: the
+    (E, n) left-out residuals instead.
     """
     mask = np.asarray(mask, bool)
     pred = np.asarray(predicted, np.float64)
@@ -268,7 +288,8 @@ def _linear_loo_mse(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarra
     lam = prior_points * pred.reshape(pred.shape[0], -1).var(axis=1)
     sxx = np.sum(xc ** 2, axis=1, keepdims=True) + lam[:, None]
     lev = 1.0 / n + xc ** 2 / np.where(sxx > 0, sxx, 1)
-    return np.mean((resid / np.maximum(1 - lev, 1e-6)) ** 2, axis=1)
+    loo = resid / np.maximum(1 - lev, 1e-6)
+    return loo if residuals else np.mean(loo ** 2, axis=1)
 
 
 def apply_linear(predicted: np.ndarray, slopes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -296,7 +317,10 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
     details : dict, optional
         Filled with ``model_uk``: ``std_map``, ``std_measured`` (E, Rx, Ry)
         and the per-element ``fits`` of
-        :func:`stem2eds.analysis.kriging.krige_with_model`.
+        :func:`stem2eds.analysis.kriging.krige_with_model` (the unguarded
+        kriging), and ``guard``: ``loo_mse`` ``{candidate: (E,)}`` and
+        ``z`` ``{candidate: (E,)}`` (paired z against the kriging) and
+        ``choice`` ``(E,)`` candidate names of the guarded ``model_uk``.
 
     Returns
     -------
@@ -304,7 +328,8 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         ``{method: maps (E, Rx, Ry) float32 in [0, 1]}`` for the names in
         :data:`METHODS` (the ``model_*`` ones only with ``predicted``).
     """
-    gp, loo_gp = interpolate_gp(measured, mask, return_loo=True)
+    gp_residuals: list = []
+    gp, loo_gp = interpolate_gp(measured, mask, return_loo=True, loo_residuals=gp_residuals)
     out = {"interp_linear": np.clip(interpolate_linear(measured, mask), 0, 1),
            "interp_gp": np.clip(gp, 0, 1)}
     if predicted is not None:
@@ -326,10 +351,21 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         out["model_uk_flat"] = krige_with_model(predicted, measured, mask, predicted_std)[0]
         uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
                                                            predicted_std, SLOPE_PRIOR_STD)
-        out["model_uk"] = uk
+        out["model_uk_unguarded"] = uk
+        # the guard: the kriging's closed-form leave-one-out keeps its hyperparameters, which
+        # favours it slightly; the candidates it is checked against are its two parts
+        residuals = {"model_uk_unguarded": np.stack([f["loo_residual"] for f in fits]),
+                     "model_linear": _linear_loo_mse(predicted, measured, mask, residuals=True),
+                     "interp_gp": np.stack(gp_residuals),
+                     "interp_linear": _linear_interp_loo_residuals(measured, mask)}
+        out["model_uk"], choice, sig = guarded_estimate(out, residuals)
         if details is not None:
             details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,
                                    "fits": fits}
+            details["guard"] = {"loo_mse": {k: np.mean(v ** 2, axis=1)
+                                            for k, v in residuals.items()},
+                                "z": dict(zip(residuals, sig)),
+                                "choice": [list(residuals)[c] for c in choice]}
     return out
 
 

@@ -257,6 +257,10 @@ class SparseScores:
         ``{percent: number of sampled positions}``.
     model_cv_choice : dict
         ``{percent: {El: method model_cv picked}}``.
+    guard : dict
+        ``{percent: {El: {"choice": candidate, "loo_mse": {candidate: value},
+        "z": {candidate: paired z against the kriging}}}}``: which candidate the
+        guarded headline ``model_uk`` used, and why.
     extrapolation : dict or None
         Coverage with no EDS of the new scan (None without an ensemble).
     """
@@ -267,6 +271,7 @@ class SparseScores:
     kriging_fits: dict[str, Any] = field(default_factory=dict)
     sampled: dict[str, int] = field(default_factory=dict)
     model_cv_choice: dict[str, dict[str, str]] = field(default_factory=dict)
+    guard: dict[str, dict[str, Any]] = field(default_factory=dict)
     extrapolation: dict[str, Any] | None = None
 
     def curve(self, fractions: Sequence[float], refs: Sequence[str]) -> dict[str, Any]:
@@ -317,6 +322,11 @@ def score_fractions(plan: SparsePlan, ens: EnsemblePrediction, maps: TargetMaps,
         details: dict[str, Any] = {}
         estimates = complete_sparse(ens.mean, maps.measured, mask, ens.std, details)
         out.model_cv_choice[key] = _model_cv_choice(estimates, elements)
+        guard = details["guard"]
+        out.guard[key] = {el: {"choice": guard["choice"][k],
+                               "loo_mse": {c: float(v[k]) for c, v in guard["loo_mse"].items()},
+                               "z": {c: float(v[k]) for c, v in guard["z"].items()}}
+                          for k, el in enumerate(elements)}
         for method, values in estimates.items():
             out.methods[method][key] = {ref: metrics.element_metrics(values, r, elements, ~mask)
                                         for ref, r in refs.items()}
@@ -359,6 +369,7 @@ def sparse_document(plan: SparsePlan, ens: EnsemblePrediction, maps: TargetMaps,
         "sparse_values": "raw (unblurred) EDS of the sampled positions, as measured",
         "method_labels": METHOD_LABELS, "model_only": scores.model_only,
         "methods": scores.methods, "curve": curve, "model_cv_choice": scores.model_cv_choice,
+        "guard": scores.guard,
         "best_interpolation": {ref: v.tolist() for ref, v in best_interp.items()},
         "dose_saved": {ref: dose_saved(fractions, curve[HEADLINE][ref], best_interp[ref])
                        for ref in refs},
@@ -391,8 +402,10 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
     Writes ``RUN_DIR/metrics.json`` (``strategy: "sparse"``, ``fractions``,
     ``methods.<method>.<percent>.{eds,truth}.<metric>.<El>``,
     ``curve.<method>.{eds,truth}`` mean Pearson r per fraction,
-    ``dose_saved`` (of ``model_uk``), ``uncertainty``, ``kriging_fits``,
-    ``anomaly``), ``predictions/<scan>.h5`` (ensemble mean with
+    ``dose_saved`` (of ``model_uk``), ``guard`` (per fraction and element the
+    candidate the guarded ``model_uk`` used and the leave-one-out errors it
+    compared), ``uncertainty``, ``kriging_fits``, ``anomaly`` (with
+    ``crystallinity``)), ``predictions/<scan>.h5`` (ensemble mean with
     ``eds_std/<El>``), ``predictions/sparse/<percent>.h5`` (the ``model_uk``
     estimate; ``eds_std`` = its noise-free map std scaled by the
     leave-one-out factor; ``sampled`` mask),
@@ -445,7 +458,8 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
         doc["figures"] = draw_beyond_figures(run, doc, SparseFigureData(
             mean=ens.mean, std=ens.std, eds=maps.targets.eds, score=anomalies.score,
             flagged=anomalies.flagged, typical=anomalies.typical, grain=maps.grain,
-            mean_flagged=anomalies.mean_flagged, mean_typical=anomalies.mean_typical))
+            mean_flagged=anomalies.mean_flagged, mean_typical=anomalies.mean_typical,
+            crystallinity=anomalies.crystallinity, crystalline=anomalies.crystalline))
     write_metrics(run, doc)
     from ..report.beyond import write_beyond_report
 

@@ -2,12 +2,15 @@
 
 Combines the reconstruction error of the new scan's patterns by a PCA of the
 training scans' patterns, the prediction error of the calibrated ensemble
-mean and the ensemble std (:mod:`stem2eds.analysis.anomaly`), and writes
-``anomaly/<scan>.h5``.
+mean and the ensemble std (:mod:`stem2eds.analysis.anomaly`), beside the
+physics-based crystallinity map of the same patterns
+(:mod:`stem2eds.analysis.crystallinity`: Bragg disks above the rings, no
+training data involved), and writes ``anomaly/<scan>.h5``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +19,7 @@ import h5py
 import numpy as np
 
 from ..analysis import anomaly
+from ..analysis.crystallinity import CrystallinitySettings, crystallinity_map
 from ..analysis.sparse_eds import apply_linear, calibrate_on_sparse
 from ..atomic import atomic_output
 
@@ -46,6 +50,11 @@ class AnomalyMaps:
     mean_flagged, mean_typical : ndarray, shape (Qx, Qy)
         Mean preprocessed pattern of each set.
     threshold : float
+    crystallinity : ndarray, shape (Rx', Ry'), float32
+        Bragg-disk score of every pattern (:func:`stem2eds.analysis.crystallinity.bragg_scores`).
+    crystalline : ndarray of bool, shape (Rx', Ry')
+        Positions the score marks crystalline.
+    crystal_settings : CrystallinitySettings
     """
 
     score: np.ndarray
@@ -55,6 +64,9 @@ class AnomalyMaps:
     mean_flagged: np.ndarray
     mean_typical: np.ndarray
     threshold: float
+    crystallinity: np.ndarray
+    crystalline: np.ndarray
+    crystal_settings: CrystallinitySettings
 
     def summary(self, grain: np.ndarray | None) -> dict[str, Any]:
         """``metrics.json``'s ``anomaly`` entry (detection scores against ``grain``)."""
@@ -68,10 +80,15 @@ class AnomalyMaps:
             doc["per_component"] = {
                 k: anomaly.detection_scores(anomaly.robust_z(v) > self.threshold, grain)
                 for k, v in present.items()}
+        doc["crystallinity"] = {"settings": self.crystal_settings.to_dict(),
+                                "crystalline": int(self.crystalline.sum())}
+        if grain is not None:
+            doc["crystallinity"]["detection"] = anomaly.detection_scores(self.crystalline, grain)
         return doc
 
     def write(self, path: Path, grain: np.ndarray | None) -> None:
-        """``anomaly/<scan>.h5``: score, flagged, components/*, mean patterns, grain mask."""
+        """``anomaly/<scan>.h5``: score, flagged, components/*, mean patterns, grain mask,
+        ``crystallinity`` (float32) and ``crystalline`` (bool)."""
         with atomic_output(path) as tmp:
             with h5py.File(tmp, "w") as fh:
                 fh.create_dataset("score", data=self.score.astype(np.float32))
@@ -86,6 +103,12 @@ class AnomalyMaps:
                 if grain is not None:
                     fh.create_dataset("grain_mask", data=grain.astype(np.uint8))
                 fh.attrs["threshold"] = self.threshold
+                c = fh.create_dataset("crystallinity",
+                                      data=np.asarray(self.crystallinity, np.float32))
+                c.attrs["description"] = ("largest disk-sized spot above its ring, in units "
+                                          "of the ring's noise (no training data used)")
+                b = fh.create_dataset("crystalline", data=np.asarray(self.crystalline, bool))
+                b.attrs["settings"] = json.dumps(self.crystal_settings.to_dict())
 
 
 def find_anomalies(ens, maps, threshold: float) -> AnomalyMaps:
@@ -124,4 +147,48 @@ def find_anomalies(ens, maps, threshold: float) -> AnomalyMaps:
     with open_bundle(ens.preprocessed) as p_scan:
         mean_flagged, mean_typical = anomaly.mean_patterns(p_scan.iter_patterns(_BATCH),
                                                            maps.shape, flagged, typical)
-    return AnomalyMaps(score, parts, flagged, typical, mean_flagged, mean_typical, threshold)
+    crystal = crystal_settings(ens.settings)
+    crystallinity, crystalline = scan_crystallinity(ens.preprocessed, crystal)
+    return AnomalyMaps(score, parts, flagged, typical, mean_flagged, mean_typical, threshold,
+                       crystallinity, crystalline, crystal)
+
+
+def crystal_settings(preprocess) -> CrystallinitySettings:
+    """Crystallinity settings for patterns preprocessed with ``preprocess`` (PreprocessSettings).
+
+    The Bragg disk is the probe's disk, binned; the ring band starts one disk
+    and one pixel outside the zeroed beam disk, so that no Bragg disk overlaps
+    the beam's edge, and at least 3 px out (nearer, the steep tail of the
+    beam varies within one pixel ring).
+    """
+    f = float(preprocess.bin_factor)
+    probe = (preprocess.probe_radius or 4.0) / f
+    beam = (preprocess.beam_radius or probe * f * preprocess.beam_margin) / f
+    return CrystallinitySettings(r_min=max(3.0, beam + probe + 1), disk_radius=max(probe, 0.5))
+
+
+def scan_crystallinity(path: Path, settings: CrystallinitySettings | None = None,
+                       batch: int = _BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Crystallinity score and ``crystalline`` map of a preprocessed (centred) bundle.
+
+    Parameters
+    ----------
+    path : Path
+        A preprocessed bundle (its patterns centred on the detector).
+    settings : CrystallinitySettings, optional
+        Default: :func:`crystal_settings` of the bundle's preprocessing.
+    batch : int
+        Patterns per streamed block.
+
+    Returns
+    -------
+    score : ndarray, shape (Rx, Ry), float32
+    crystalline : ndarray of bool, shape (Rx, Ry)
+    """
+    from ..formats.bundle import open_bundle
+    from ..preprocess.settings import load_settings
+
+    with open_bundle(path) as scan:
+        if settings is None:
+            settings = crystal_settings(load_settings(path))
+        return crystallinity_map(scan.iter_patterns(batch), None, scan.scan_shape, settings)

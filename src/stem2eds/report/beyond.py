@@ -22,7 +22,7 @@ from .figures import diffraction_comparison, save_figure
 _STYLE = {"interp_linear": ("tab:gray", "--", "s"), "interp_gp": ("tab:blue", "--", "^"),
           "model_linear": ("tab:orange", "-", "o"), "model_kriging": ("tab:red", "-", "D"),
           "model_cv": ("tab:purple", ":", "v"), "model_uk_flat": ("tab:olive", ":", "x"),
-          "model_uk": ("tab:green", "-", "P")}
+          "model_uk_unguarded": ("tab:cyan", ":", "P"), "model_uk": ("tab:green", "-", "P")}
 
 
 def crossings(fractions: Sequence[float], method: Sequence[float],
@@ -68,6 +68,8 @@ def dose_accuracy_curve(doc: Mapping[str, Any]) -> Figure:
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.28, top=0.88, wspace=0.25)
     for ax, ref in zip(axes, refs):
         for method, (colour, style, marker) in _STYLE.items():
+            if method not in doc["curve"]:  # a run written before the method existed
+                continue
             ax.plot(frac, doc["curve"][method][ref], style, color=colour, marker=marker,
                     label=doc["method_labels"][method])
         crossed = crossings(doc["fractions"], doc["curve"]["model_uk"][ref],
@@ -150,6 +152,37 @@ def anomaly_map(score: np.ndarray, flagged: np.ndarray, grain: np.ndarray | None
     return fig
 
 
+def crystallinity_map_figure(score: np.ndarray, crystalline: np.ndarray,
+                             grain: np.ndarray | None, scan: str) -> Figure:
+    """The Bragg-disk score with the crystalline positions (and true grains when known).
+
+    Parameters
+    ----------
+    score : ndarray, shape (Rx, Ry)
+        Crystallinity score (noise units of the rings).
+    crystalline : ndarray of bool, shape (Rx, Ry)
+    grain : ndarray of bool, shape (Rx, Ry), or None
+        Simulated grain mask.
+    scan : str
+    """
+    fig = Figure(figsize=(6, 4.8))
+    ax = fig.subplots()
+    im = ax.imshow(score, cmap="viridis")
+    fig.colorbar(im, ax=ax, label="Bragg-disk score (ring noise units)")
+    yy, xx = np.indices(score.shape)
+    title = f"crystalline (white): {int(np.sum(crystalline))} positions"
+    if np.any(crystalline):
+        ax.contour(xx, yy, crystalline.astype(float), levels=[0.5], colors="white",
+                   linewidths=1.5)
+    if grain is not None and grain.any():
+        ax.contour(xx, yy, grain.astype(float), levels=[0.5], colors="red", linewidths=1,
+                   linestyles="--")
+        title += "; simulated grains (red, dashed)"
+    ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Scan {scan}: crystallinity map", fontsize=10)
+    return fig
+
+
 @dataclass
 class SparseFigureData:
     """The arrays the sparse run's figures show (all on the cropped grid).
@@ -169,6 +202,9 @@ class SparseFigureData:
         Simulated grain mask.
     mean_flagged, mean_typical : ndarray, shape (Qx, Qy)
         Mean pattern of the flagged and of the typical positions.
+    crystallinity : ndarray, shape (Rx, Ry), or None
+        Bragg-disk score (no figure when None).
+    crystalline : ndarray of bool, shape (Rx, Ry), or None
     """
 
     mean: np.ndarray
@@ -180,6 +216,8 @@ class SparseFigureData:
     grain: np.ndarray | None
     mean_flagged: np.ndarray
     mean_typical: np.ndarray
+    crystallinity: np.ndarray | None = None
+    crystalline: np.ndarray | None = None
 
 
 def draw_beyond_figures(run: Path, doc: dict[str, Any],
@@ -229,6 +267,13 @@ def draw_beyond_figures(run: Path, doc: dict[str, Any],
              "anomaly_patterns.png", "Mean pattern of flagged positions",
              "Mean preprocessed pattern of the flagged positions beside that of typical "
              "positions (|score| < 1).")
+    if data.crystallinity is not None and data.crystalline is not None:
+        save(crystallinity_map_figure(data.crystallinity, data.crystalline, data.grain,
+                                      doc["target_scan"]), "crystallinity_map.png",
+             "Crystallinity map",
+             "Brightest Bragg-disk-sized spot above the amorphous rings of each pattern, in "
+             "units of the rings' own noise (no training data used); white: positions marked "
+             "crystalline against the scan's amorphous majority.")
     return out
 
 
@@ -268,7 +313,19 @@ def _curve_tables(doc: Mapping[str, Any]) -> list[str]:
                      "needs for the accuracy of model + sparse EDS (universal kriging) "
                      "at F):</p>")
         parts.append(_table(["F", "F'", "F'/F"], saved))
+    if doc.get("guard"):
+        parts.append(_guard_table(doc["guard"], doc["elements"]))
     return parts
+
+
+def _guard_table(guard: Mapping[str, Any], elements: Sequence[str]) -> str:
+    """Which candidate the guarded headline used, per fraction and element."""
+    rows = [[f"{html.escape(key)} %"] + [html.escape(guard[key][el]["choice"]) for el in elements]
+            for key in guard]
+    return ("<h2>Guard of model + sparse EDS</h2><p>Per element, the estimate of least "
+            "leave-one-out error on the sampled positions among the universal kriging, "
+            "the calibrated model and the interpolations of the sparse EDS:</p>"
+            + _table(["fraction"] + list(elements), rows))
 
 
 def _scale_text(scale: Mapping[str, Any]) -> str:
@@ -326,6 +383,16 @@ def _anomaly_section(an: Mapping[str, Any]) -> str:
                  for k, v in an["per_component"].items()]
         text += (f"<p>Against the simulated grain mask ({an['grain_positions']} "
                  "positions):</p>" + _table(["score", "precision", "recall", "F1"], rows))
+    cr = an.get("crystallinity")
+    if cr is not None:
+        text += (f"<h2>Crystallinity map</h2><p>{cr['crystalline']} positions crystalline "
+                 "(Bragg disks above the amorphous rings; independent of the training "
+                 "scans).</p>")
+        if "detection" in cr:
+            d = cr["detection"]
+            text += _table(["against the simulated grains", "precision", "recall", "F1"],
+                           [["crystalline"] + [_fmt(d[k]) for k in ("precision", "recall",
+                                                                      "f1")]])
     return text
 
 
