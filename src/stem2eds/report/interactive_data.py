@@ -88,8 +88,8 @@ def grid_patterns(bundle: str | Path, crop: tuple[int, int, int, int] | None,
 
 def _anomaly_scores(path: Path) -> dict[str, np.ndarray | None]:
     """Anomaly score and crystallinity of ``anomaly/<scan>.h5`` (None: not computed)."""
-    # TODO(crystallinity helper): read through the anomaly file's reader once it
-    # exists on main (datasets ``crystallinity`` float32, ``crystalline`` bool).
+    # written by stem2eds.experiments.sparse_anomaly (AnomalyMaps.write): ``score``,
+    # ``crystallinity`` float32 and ``crystalline`` bool, each (Rx', Ry')
     out: dict[str, np.ndarray | None] = {"crystallinity": None, "crystalline": None}
     if not path.is_file():
         return out
@@ -127,9 +127,7 @@ def scan_view(run: Path, name: str, quiet: bool = True) -> ScanView | None:
     measured = None
     if targets is not None and targets.eds.shape == shown.eds.shape:
         measured = targets.eds
-    # TODO(OOD helper): `ood` is read as an extra dataset of the prediction file;
-    # switch to its field once formats/prediction.py has one.
-    ood = raw.extra.get("ood")
+    ood = raw.ood  # the per-position OOD score (stem2eds.analysis.ood), when predicted with it
     scores = {"OOD score": None if ood is None else np.asarray(ood, np.float32)}
     scores.update(_anomaly_scores(name_in_folder(run / "anomaly", name, ".h5")))
     view = ScanView(name, list(shown.elements), shown.eds, measured, raw.eds_std, scores,
