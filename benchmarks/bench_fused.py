@@ -51,6 +51,7 @@ _CURRENT_CHILD = _HWM + r"""
 import sys
 import stem2eds.predict.bundle as B
 import stem2eds.predict.predictor as P
+import stem2eds.predict.scanning as S
 from stem2eds.preprocess import iter_preprocessed
 
 def _stream(scan, settings, batch, client=None):
@@ -59,10 +60,10 @@ def _stream(scan, settings, batch, client=None):
 def _ahead(batch, settings, scan):
     qx, qy = scan.detector_shape
     f = int(settings.bin_factor)
-    return int(max(2, min(64, P.READ_AHEAD_BYTES // max(batch * (qx // f) * (qy // f) * 4, 1))))
+    return int(max(2, min(64, S.READ_AHEAD_BYTES // max(batch * (qx // f) * (qy // f) * 4, 1))))
 
-P._raw_stream = B._raw_stream = _stream
-P._read_ahead = B._read_ahead = _ahead
+P._raw_stream = B._raw_stream = S._raw_stream = _stream
+B._read_ahead = S._read_ahead = _ahead
 from stem2eds.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
-from .udf import PredictUDF, preprocess_frames
+from .udf import PredictUDF
 
 from .settings import FRAMES, PREDICTION, LiveSettings
 
@@ -70,8 +70,7 @@ class LivePredictUDF(PredictUDF):
             fallback = np.nanmedian(origins, axis=0) if (~bad).any() else \
                 (np.asarray(frames.shape[1:]) - 1) / 2.0
             origins[bad] = fallback
-        return p.predict_patterns(preprocess_frames(frames, origins, self.params.beam_radius,
-                                                    p.settings))
+        return p.predict_raw(frames, origins, self.params.beam_radius)
 
     def get_results(self):
         names = self.output_names()

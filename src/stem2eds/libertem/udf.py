@@ -33,7 +33,6 @@ import numpy as np
 from libertem.udf.base import UDF
 
 from ..preprocess.origin import find_origins
-from ..preprocess.patterns import normalise, process_patterns
 
 #: Frames preprocessed and predicted together (per worker, per partition).
 FRAME_BATCH = 256
@@ -55,30 +54,6 @@ def cached_predictor(run: str | os.PathLike, device: str = "cpu"):
         if key not in _PREDICTORS:
             _PREDICTORS[key] = load_run(run, device=device)
         return _PREDICTORS[key]
-
-
-def preprocess_frames(frames: np.ndarray, origins: np.ndarray, beam_radius: float,
-                      settings) -> np.ndarray:
-    """The model's input for raw frames: one call, the same as ``stem2eds predict``'s pass 2.
-
-    Parameters
-    ----------
-    frames : ndarray, shape (n, Qx, Qy)
-        Raw counts, the dataset's dtype.
-    origins : ndarray, shape (n, 2)
-        Fitted origins (row, column) in detector px.
-    beam_radius : float
-        Radius of the removed central disk, detector px.
-    settings : PreprocessSettings
-        The run's (resolved) settings.
-
-    Returns
-    -------
-    ndarray, shape (n, Qx/bin, Qy/bin), float32 in [0, 1]
-    """
-    values = process_patterns(frames, origins, beam_radius, int(settings.bin_factor),
-                              settings.scaling, settings.centring)
-    return normalise(values, settings.scale)
 
 
 class _BatchingUDF(UDF):
@@ -256,8 +231,8 @@ class PredictUDF(_BatchingUDF):
     def handle(self, frames, coords):
         p = self.predictor
         origins = self.params.origins[tuple(coords.T)]
-        patterns = preprocess_frames(frames, origins, self.params.beam_radius, p.settings)
-        return p.predict_patterns(patterns)
+        # fused ring statistics for ring models (as stem2eds predict), else preprocessing
+        return p.predict_raw(frames, origins, self.params.beam_radius)
 
     def columns(self):
         return [("outputs", slice(None))]

@@ -328,11 +328,43 @@ class Predictor:
             self._check_input_shape(scan, patterns.shape[1:])
             yield start, self.predict_patterns(patterns)
 
-    def _check_input_shape(self, scan: ScanBundle, shape) -> None:
+    def predict_raw(self, patterns: np.ndarray, origins: np.ndarray,
+                    beam_radius: float) -> np.ndarray:
+        """Outputs of raw patterns centred on given origins (e.g. a LiberTEM tile).
+
+        The fused ring statistics when the model can take them (as
+        :meth:`iter_outputs` does), else the run's preprocessing then
+        :meth:`predict_patterns`.
+
+        Parameters
+        ----------
+        patterns : ndarray, shape (n, Qx, Qy)
+            Raw counts on the run's detector.
+        origins : ndarray, shape (n, 2)
+            Fitted origins (row, column), detector px.
+        beam_radius : float
+            Radius of the removed central disk, detector px.
+
+        Returns
+        -------
+        ndarray, shape (n, E [+ 1]), float32
+        """
+        from ..features.stream import RawBlock
+
+        block = RawBlock(np.ascontiguousarray(patterns), np.asarray(origins, np.float64),
+                         float(beam_radius))
+        if self._fused():
+            return self._predict_block(None, 0, block)
+        values = block.preprocessed(self.settings)
+        self._check_input_shape(None, values.shape[1:])
+        return self.predict_patterns(values)
+
+    def _check_input_shape(self, scan: ScanBundle | None, shape) -> None:
         if tuple(shape) != tuple(self.info["input_shape"]):
             raise InputError(f"preprocessed patterns are {shape[0]}x{shape[1]} but the model "
                              f"takes {self.info['input_shape'][0]}x{self.info['input_shape'][1]}",
-                             path=scan.path, hint="use scans from the same detector setup")
+                             path=None if scan is None else scan.path,
+                             hint="use scans from the same detector setup")
 
     def _fused(self) -> bool:
         """Whether raw blocks go through the fused ring statistics (see :meth:`_outputs`)."""
@@ -340,7 +372,7 @@ class Predictor:
 
         return isinstance(self.model, RingFrontend) and self.settings.centring == "binned"
 
-    def _predict_block(self, scan: ScanBundle, start: int, block) -> np.ndarray:
+    def _predict_block(self, scan: ScanBundle | None, start: int, block) -> np.ndarray:
         """Outputs (n, E [+ 1]) of a raw block through the fused front end.
 
         The ring means the OOD score needs come from the same pass (added to
