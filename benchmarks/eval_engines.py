@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def _parse() -> argparse.Namespace:
@@ -118,6 +117,11 @@ def _series_info(scans: list[Path]) -> dict:
 
 def main() -> int:
     args = _parse()
+    import subprocess
+
+    # the code that runs is the code at start: HEAD may move while a long evaluation runs
+    args.commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip()
     import torch
 
     torch.set_num_threads(args.threads)
@@ -153,12 +157,9 @@ def main() -> int:
 
 def _write(path: Path, results: dict, args) -> None:
     import platform
-    import subprocess
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     results["provenance"] = {
-        "commit": commit, "machine": platform.processor() or platform.machine(),
+        "commit": args.commit, "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "settings": {"bin_factor": args.bin, "max_epochs": args.epochs, "patience": args.patience,
