@@ -386,7 +386,43 @@ def engines() -> str:
     return table(header, rows) + "\n\n" + caption + "\n\n" + source_line(name)
 
 
+def fused() -> str:
+    """The fused ring-statistics path against the ordinary one (benchmarks/bench_fused.py)."""
+    name = "fused.json"
+    data = load(name)
+    fe, pr, acc, tr = data["frontend_cpu"], data["predict"], data["accuracy_simulated"], data["train"]
+    cur, fus = pr["current"], pr["fused"]
+    rows = [
+        ["front end alone, CPU per pattern (1 thread)",
+         f"{fe['ordinary']['cpu_us_per_pattern']:.0f} µs",
+         f"{fe['fused']['cpu_us_per_pattern']:.0f} µs ({fe['fused_over_ordinary']:.1f}x less)"],
+        [f"`stem2eds predict`, {pr['n_patterns']:,} patterns, whole process: wall (CPU)",
+         f"{cur['seconds']:.1f} s ({cur['cpu_seconds']:.1f} s)",
+         f"{fus['seconds']:.1f} s ({fus['cpu_seconds']:.1f} s)"],
+        ["patterns/s, whole process", f"{cur['patterns_per_s']:,.0f}",
+         f"{fus['patterns_per_s']:,.0f}"],
+        ["peak RSS", f"{cur['peak_rss_mb']:,.0f} MB", f"{fus['peak_rss_mb']:,.0f} MB"],
+        ["paper CNN in the same run, patterns/s without start-up",
+         f"{data['paper']['marginal_patterns_per_s']:.1f}",
+         f"ratio {data['summary']['speedup_vs_paper']:.0f}x (whole process)"],
+        [f"largest prediction difference, {acc['engine']} scan ({acc['n_patterns']} patterns)",
+         "-", f"{acc['max_abs_prediction_diff']:.1e} atomic fraction"],
+        ["largest ring-mean difference (same scan)", "-",
+         f"{acc['max_abs_ring_feature_diff']:.0e}"],
+        ["filling the training cache from the raw bundle", "-",
+         f"{tr['cache_fill']['patterns_per_s']:,.0f} patterns/s"],
+        [f"one epoch of the default on {tr['epoch_100k']['n_patterns']:,} cached rows "
+         f"(batch {tr['epoch_100k']['batch_size']})", "-", f"{tr['epoch_100k']['seconds']:.1f} s"],
+    ]
+    prov = data["provenance"]
+    caption = ("Load average before the run: "
+               + ", ".join(f"{v:.2f}" for v in prov.get("load_average_before", [])) + ".")
+    return (table(["what", "ordinary path", "fused path"], rows) + "\n\n" + caption + "\n\n"
+            + source_line(name))
+
+
 TABLES = {
+    "fused": fused,
     "engines": engines,
     "compare_models": compare_models,
     "compare_models_bin4": compare_models_bin4,
