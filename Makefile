@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install dev testdata docs bench clean
+.PHONY: demo test install dev testdata docs readme bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: testdata
 # The plugins' banners about MkDocs' future are not about this site; the variables silence them.
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/python -m mkdocs build --strict
+
+# The README's tables from benchmarks/results/*.json (tests/test_readme_tables.py checks them).
+readme: $(BIN)/python
+	$(BIN)/python docs/scripts/readme_tables.py
 
 # The stage table at the small size, then the scaling curve at 1k and 10k patterns and its
 # figure; the full sizes (100k, 1M) are documented commands in docs/performance.md.
