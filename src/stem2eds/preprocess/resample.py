@@ -36,6 +36,8 @@ MODEL_FLOOR = 0.05
 #: model must explain for a pattern to get it (a noisy disk is explained almost
 #: entirely, a Gaussian spot is not); other patterns get the smooth model only.
 MIN_DISK_R2 = 0.95
+#: Gauss-Newton steps refining each disk centre on the scan's pixels.
+GAUSS_NEWTON_STEPS = 3
 
 
 def area_resample(patterns: np.ndarray, ratio: float) -> np.ndarray:
@@ -94,8 +96,7 @@ def guided_resample(patterns: np.ndarray, ratio: float) -> np.ndarray:
     if len(src) == 0:
         return area
     found = find_origins(area)  # origins in run px of the area-resampled patterns
-    origins = found.origins
-    radius, level, _ = fit_disk(src, origins, k, found.probe_radius)
+    radius, origins, level, _ = fit_disk(src, found.origins, k, found.probe_radius)
     out = np.empty_like(area)
     tx, ty = area.shape[1:]
     sx, sy = src.shape[1:]
@@ -165,22 +166,27 @@ def disk_image(shape: tuple[int, int], origin: np.ndarray, radius: float) -> np.
     return image
 
 
-def fit_disk(patterns: np.ndarray, origins: np.ndarray, ratio: float,
-             rough_radius: float) -> tuple[float, np.ndarray, np.ndarray]:
-    """Disk radius (run px) shared by a batch, and each pattern's disk level and background.
+def fit_disk(patterns: np.ndarray, origins: np.ndarray, ratio: float, rough_radius: float
+             ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit the beam disk on the scan's own pixels: a shared radius, per-pattern origin and levels.
 
-    The disk model (coverage with a one-run-pixel edge ramp, at each
-    pattern's origin) is integrated over the scan's pixels around the disk;
-    per pattern, level and background are the linear least-squares fit of
-    the scan pixels' counts, and the radius minimises the summed squared
-    residual (golden-section search between half and twice ``rough_radius``).
+    The disk model (coverage with a one-run-pixel edge ramp) is integrated
+    over the scan's pixels around each disk, so a coarse pixel on the edge
+    weighs the part of it the disk covers. Per pattern, level and background
+    are the linear least-squares fit of the scan pixels' counts; the radius
+    minimises the summed squared residual (golden-section search between
+    half and twice ``rough_radius``); then each origin is refined by
+    Gauss-Newton steps on the same residual (sub-pixel centres measured on
+    the run's grid are biased by the coarse pixels), and the radius fitted
+    again about the refined origins.
 
     Parameters
     ----------
     patterns : ndarray, shape (n, Sx, Sy), float32
         Counts on the scan's pixels.
     origins : ndarray, shape (n, 2)
-        Disk centres in run px of the area-resampled patterns; NaN: no disk.
+        First estimates of the disk centres, run px (of the area-resampled
+        patterns); NaN: no disk.
     ratio : float
         Run pixel over scan pixel.
     rough_radius : float
@@ -190,6 +196,8 @@ def fit_disk(patterns: np.ndarray, origins: np.ndarray, ratio: float,
     -------
     radius : float
         Run px (0 when no pattern has a disk).
+    origins : ndarray, shape (n, 2)
+        Refined disk centres, run px (NaN where given NaN).
     level, background : ndarray, shape (n,)
         Counts per run pixel inside the disk and around it; level 0 where
         no disk was found or the disk model explains less than
@@ -198,36 +206,55 @@ def fit_disk(patterns: np.ndarray, origins: np.ndarray, ratio: float,
     k = float(ratio)
     n = len(patterns)
     level, background = np.zeros(n), np.zeros(n)
-    ok = np.all(np.isfinite(origins), axis=1)
+    refined = np.array(origins, dtype=np.float64, copy=True)
+    ok = np.all(np.isfinite(refined), axis=1)
     if not ok.any() or not rough_radius > 0:
-        return 0.0, level, background
+        return 0.0, refined, level, background
     lo, hi = 0.5 * rough_radius, 2.0 * rough_radius
     # run px j is centred on scan coordinate (j + 0.5) k - 0.5
-    centres = (origins[ok] + 0.5) * k - 0.5
-    half = int(np.ceil((hi + 1.5) * k)) + 2  # scan px: the disk, its edge and a background rim
+    centres = (refined[ok] + 0.5) * k - 0.5
+    half = int(np.ceil((hi + 2.5) * k)) + 2  # scan px: the disk, its edge and a background rim
     windows, offsets = _windows(patterns[ok], centres, half, k)
-    y = windows.reshape(len(windows), -1)
-    dist = np.hypot(offsets[..., 0], offsets[..., 1])  # (m, W, W, s*s) run px
+    m = len(windows)
+    y = windows.reshape(m, -1)
+    shift = np.zeros((m, 2))  # refinement of the origins, run px
 
-    spread = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    def cover(radius: float, at: np.ndarray) -> np.ndarray:
+        rel = offsets - at[:, None, None, None, :]
+        dist = np.hypot(rel[..., 0], rel[..., 1])
+        return np.clip(radius + 0.5 - dist, 0.0, 1.0).mean(axis=-1).reshape(m, -1)
 
-    def solve(radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per pattern: squared residual, level and background (per scan pixel)."""
-        x = np.clip(radius + 0.5 - dist, 0.0, 1.0).mean(axis=-1).reshape(len(windows), -1)
+    def solve(radius: float, at: np.ndarray):
+        """Coverage, per-pattern level and background (per scan pixel) and residuals."""
+        x = cover(radius, at)
         mx, my = x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True)
         slope = ((x - mx) * (y - my)).sum(axis=1, keepdims=True) / np.maximum(
             ((x - mx) ** 2).sum(axis=1, keepdims=True), 1e-12)
         intercept = my - slope * mx
-        return ((y - slope * x - intercept) ** 2).sum(axis=1), slope[:, 0], intercept[:, 0]
+        return x, slope, intercept, y - slope * x - intercept
 
-    radius = _golden(lambda r: float(solve(r)[0].sum()), lo, hi)
-    resid, slope, intercept = solve(radius)
+    radius = _golden(lambda r: float((solve(r, shift)[3] ** 2).sum()), lo, hi)
+    for _ in range(GAUSS_NEWTON_STEPS):
+        x, slope, intercept, resid = solve(radius, shift)
+        columns = [x, np.ones_like(x)]
+        for axis in (0, 1):
+            step = np.zeros(2)
+            step[axis] = 0.05
+            columns.append(slope * (cover(radius, shift + step) - cover(radius, shift - step)) / 0.1)
+        jac = np.stack(columns, axis=2)  # (m, P, 4): level, background, row, column
+        normal = np.einsum("mpi,mpj->mij", jac, jac) + 1e-9 * np.eye(4)
+        delta = np.linalg.solve(normal, np.einsum("mpi,mp->mi", jac, resid)[..., None])[..., 0]
+        shift = np.clip(shift + delta[:, 2:], -1.0, 1.0)
+    radius = _golden(lambda r: float((solve(r, shift)[3] ** 2).sum()), lo, hi)
+    _, slope, intercept, resid = solve(radius, shift)
     # a central spot the disk does not explain (not a disk) gets no disk model
-    disk = resid <= (1 - MIN_DISK_R2) * spread
+    spread = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    disk = (resid ** 2).sum(axis=1) <= (1 - MIN_DISK_R2) * spread
     pixel = 1.0 / (k * k)  # a scan pixel's area in run pixels
-    level[ok] = np.where(disk, np.maximum(slope, 0) / pixel, 0)
-    background[ok] = np.maximum(intercept, 0) / pixel
-    return radius, level, background
+    level[ok] = np.where(disk, np.maximum(slope[:, 0], 0) / pixel, 0)
+    background[ok] = np.maximum(intercept[:, 0], 0) / pixel
+    refined[ok] += np.where(disk[:, None], shift, 0)
+    return radius, refined, level, background
 
 
 def _windows(patterns: np.ndarray, centres: np.ndarray, half: int, k: float
