@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Sub-samples per scan pixel and axis when integrating the disk model over a scan pixel.
-DISK_SUBSAMPLE = 4
 #: Floor of the smooth model, as a fraction of the area-resampled density it
 #: interpolates: bicubic overshoot must not leave a scan pixel with counts but a zero model.
 MODEL_FLOOR = 0.05
@@ -38,6 +36,8 @@ MODEL_FLOOR = 0.05
 MIN_DISK_R2 = 0.95
 #: Gauss-Newton steps refining each disk centre on the scan's pixels.
 GAUSS_NEWTON_STEPS = 3
+#: Patterns of a batch (spread over it) the shared disk radius is fitted on.
+RADIUS_PATTERNS = 32
 
 
 def area_resample(patterns: np.ndarray, ratio: float) -> np.ndarray:
@@ -95,8 +95,11 @@ def guided_resample(patterns: np.ndarray, ratio: float) -> np.ndarray:
     area = area_resample(src, k)
     if len(src) == 0:
         return area
-    found = find_origins(area)  # origins in run px of the area-resampled patterns
-    radius, origins, level, _ = fit_disk(src, found.origins, k, found.probe_radius)
+    # first estimates on the scan's own pixels (fewer than the run's), in run px:
+    # scan coordinate u is run coordinate (u + 0.5) / k - 0.5
+    found = find_origins(src)
+    radius, origins, level, _ = fit_disk(src, (found.origins + 0.5) / k - 0.5, k,
+                                         found.probe_radius / k)
     out = np.empty_like(area)
     tx, ty = area.shape[1:]
     sx, sy = src.shape[1:]
@@ -175,7 +178,7 @@ def fit_disk(patterns: np.ndarray, origins: np.ndarray, ratio: float, rough_radi
     weighs the part of it the disk covers. Per pattern, level and background
     are the linear least-squares fit of the scan pixels' counts; the radius
     minimises the summed squared residual (golden-section search between
-    half and twice ``rough_radius``); then each origin is refined by
+    0.5 and 1.5 times ``rough_radius``); then each origin is refined by
     Gauss-Newton steps on the same residual (sub-pixel centres measured on
     the run's grid are biased by the coarse pixels), and the radius fitted
     again about the refined origins.
@@ -210,43 +213,34 @@ def fit_disk(patterns: np.ndarray, origins: np.ndarray, ratio: float, rough_radi
     ok = np.all(np.isfinite(refined), axis=1)
     if not ok.any() or not rough_radius > 0:
         return 0.0, refined, level, background
-    lo, hi = 0.5 * rough_radius, 2.0 * rough_radius
+    lo, hi = 0.5 * rough_radius, 1.5 * rough_radius
     # run px j is centred on scan coordinate (j + 0.5) k - 0.5
     centres = (refined[ok] + 0.5) * k - 0.5
-    half = int(np.ceil((hi + 2.5) * k)) + 2  # scan px: the disk, its edge and a background rim
+    half = int(np.ceil((hi + 2.0) * k)) + 1  # scan px: the disk, its edge and a background rim
     windows, offsets = _windows(patterns[ok], centres, half, k)
     m = len(windows)
     y = windows.reshape(m, -1)
-    shift = np.zeros((m, 2))  # refinement of the origins, run px
+    shift = np.zeros((m, 2), np.float32)  # refinement of the origins, run px
+    # the radius is shared: a few dozen patterns spread over the batch fix it
+    few = np.unique(np.linspace(0, m - 1, min(m, RADIUS_PATTERNS)).astype(int))
 
-    def cover(radius: float, at: np.ndarray) -> np.ndarray:
-        rel = offsets - at[:, None, None, None, :]
-        dist = np.hypot(rel[..., 0], rel[..., 1])
-        return np.clip(radius + 0.5 - dist, 0.0, 1.0).mean(axis=-1).reshape(m, -1)
+    def radius_fit(at: np.ndarray, lo: float, hi: float) -> float:
+        def cost(radius: float) -> float:
+            x = _cover(offsets[few], at[few], radius)[0]
+            return float((_line_fit(x, y[few])[2] ** 2).sum())
+        return _golden(cost, lo, hi)
 
-    def solve(radius: float, at: np.ndarray):
-        """Coverage, per-pattern level and background (per scan pixel) and residuals."""
-        x = cover(radius, at)
-        mx, my = x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True)
-        slope = ((x - mx) * (y - my)).sum(axis=1, keepdims=True) / np.maximum(
-            ((x - mx) ** 2).sum(axis=1, keepdims=True), 1e-12)
-        intercept = my - slope * mx
-        return x, slope, intercept, y - slope * x - intercept
-
-    radius = _golden(lambda r: float((solve(r, shift)[3] ** 2).sum()), lo, hi)
+    radius = radius_fit(shift, lo, hi)
     for _ in range(GAUSS_NEWTON_STEPS):
-        x, slope, intercept, resid = solve(radius, shift)
-        columns = [x, np.ones_like(x)]
-        for axis in (0, 1):
-            step = np.zeros(2)
-            step[axis] = 0.05
-            columns.append(slope * (cover(radius, shift + step) - cover(radius, shift - step)) / 0.1)
-        jac = np.stack(columns, axis=2)  # (m, P, 4): level, background, row, column
+        x, dx_row, dx_col = _cover(offsets, shift, radius)
+        slope, intercept, resid = _line_fit(x, y)
+        jac = np.stack([x, np.ones_like(x), slope * dx_row, slope * dx_col], axis=2)
         normal = np.einsum("mpi,mpj->mij", jac, jac) + 1e-9 * np.eye(4)
         delta = np.linalg.solve(normal, np.einsum("mpi,mp->mi", jac, resid)[..., None])[..., 0]
-        shift = np.clip(shift + delta[:, 2:], -1.0, 1.0)
-    radius = _golden(lambda r: float((solve(r, shift)[3] ** 2).sum()), lo, hi)
-    _, slope, intercept, resid = solve(radius, shift)
+        shift = np.clip(shift + delta[:, 2:], -1.0, 1.0).astype(np.float32)
+    radius = radius_fit(shift, max(lo, radius - 0.25), min(hi, radius + 0.25))
+    x = _cover(offsets, shift, radius)[0]
+    slope, intercept, resid = _line_fit(x, y)
     # a central spot the disk does not explain (not a disk) gets no disk model
     spread = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
     disk = (resid ** 2).sum(axis=1) <= (1 - MIN_DISK_R2) * spread
@@ -257,17 +251,45 @@ def fit_disk(patterns: np.ndarray, origins: np.ndarray, ratio: float, rough_radi
     return radius, refined, level, background
 
 
+def _cover(offsets: np.ndarray, shift: np.ndarray, radius: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disk coverage of scan pixels (m, P) and its derivatives along the centre's row and column.
+
+    ``offsets`` (m, W, W, s*s, 2) are the sub-samples relative to the first
+    centre estimates and ``shift`` (m, 2) moves each centre, both in run px.
+    """
+    m = len(offsets)
+    rel = offsets - shift[:, None, None, None, :]
+    dist = np.sqrt(rel[..., 0] ** 2 + rel[..., 1] ** 2)
+    ramp = radius + 0.5 - dist
+    cover = np.clip(ramp, 0.0, 1.0).mean(axis=-1).reshape(m, -1)
+    # d cover / d shift = rel / dist on the ramp (0 < ramp < 1), 0 elsewhere
+    edge = ((ramp > 0) & (ramp < 1)) / np.maximum(dist, 1e-6)
+    d_row = (edge * rel[..., 0]).mean(axis=-1).reshape(m, -1)
+    d_col = (edge * rel[..., 1]).mean(axis=-1).reshape(m, -1)
+    return cover, d_row, d_col
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the least-squares ``y = slope x + intercept``: slope, intercept (m, 1), residual."""
+    mx, my = x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True)
+    slope = ((x - mx) * (y - my)).sum(axis=1, keepdims=True) / np.maximum(
+        ((x - mx) ** 2).sum(axis=1, keepdims=True), 1e-12)
+    intercept = my - slope * mx
+    return slope, intercept, y - slope * x - intercept
+
+
 def _windows(patterns: np.ndarray, centres: np.ndarray, half: int, k: float
              ) -> tuple[np.ndarray, np.ndarray]:
     """Scan-pixel windows around each disk and the sub-sample offsets from its centre (run px).
 
     Returns
     -------
-    windows : ndarray, shape (m, W, W), float64
+    windows : ndarray, shape (m, W, W), float32
         Counts (0 outside the detector), ``W = 2 half + 1``.
-    offsets : ndarray, shape (m, W, W, s*s, 2)
-        Position of every sub-sample of every window pixel relative to the
-        disk centre, in run px.
+    offsets : ndarray, shape (m, W, W, s*s, 2), float32
+        Position of every sub-sample (about two per run px and axis) of
+        every window pixel relative to the disk centre, in run px.
     """
     m, sx, sy = patterns.shape
     rounded = np.rint(centres).astype(np.int64)
@@ -276,8 +298,8 @@ def _windows(patterns: np.ndarray, centres: np.ndarray, half: int, k: float
     inside = (((rows >= 0) & (rows < sx))[:, :, None] & ((cols >= 0) & (cols < sy))[:, None, :])
     windows = patterns[np.arange(m)[:, None, None], np.clip(rows, 0, sx - 1)[:, :, None],
                        np.clip(cols, 0, sy - 1)[:, None, :]]
-    windows = np.where(inside, windows, 0).astype(np.float64)
-    s = DISK_SUBSAMPLE
+    windows = np.where(inside, windows, 0).astype(np.float32)
+    s = max(2, int(np.ceil(2 / k)))  # about two sub-samples per run px
     sub = (np.arange(s) + 0.5) / s - 0.5
     pos = (grid[:, None] + sub[None, :]).ravel()  # (W s,) scan px from the window centre
     rel = (rounded - centres)[:, :, None] + pos[None, None, :]  # (m, 2, W s)
@@ -285,7 +307,7 @@ def _windows(patterns: np.ndarray, centres: np.ndarray, half: int, k: float
     rr = rel[:, 0].reshape(-1, w, 1, s, 1)
     cc = rel[:, 1].reshape(-1, 1, w, 1, s)
     offsets = np.stack(np.broadcast_arrays(rr, cc), axis=-1).reshape(-1, w, w, s * s, 2)
-    return windows, offsets / k
+    return windows, (offsets / k).astype(np.float32)
 
 
 def _golden(f, lo: float, hi: float, tol: float = 1e-3) -> float:
