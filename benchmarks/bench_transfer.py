@@ -164,7 +164,7 @@ def ring_shifts(predictor, native: Path, binned: Path) -> dict:
         truth = scan.maps("truth")
         origins = resolve_origins(scan, s)[0].reshape(-1, 2)
     log_native = np.log(np.maximum(rings(raw, origins), 1e-6))
-    sd = log_native.std(axis=0)
+    sd = log_native.std(axis=0).astype(np.float64)
     out = {"native": {"mean_r_truth": mean_r(raw, origins, truth)}}
     del raw
     model = tr.transfer_patterns
@@ -182,6 +182,7 @@ def ring_shifts(predictor, native: Path, binned: Path) -> dict:
             finally:
                 tr.transfer_patterns = model
             diff = np.log(np.maximum(rings(moved, fitted), 1e-6)) - log_native
+            diff = diff.astype(np.float64)
             out[name] = {"ring_shift_mean_sd": np.round(diff.mean(0)[:8] / sd[:8], 3).tolist(),
                          "ring_shift_rms_sd": np.round(np.sqrt((diff ** 2).mean(0))[:8]
                                                        / sd[:8], 3).tolist(),
