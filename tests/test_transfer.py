@@ -11,6 +11,7 @@ import pytest
 
 from stem2eds.errors import InputError
 from stem2eds.formats.bundle import PixelCalibration, open_bundle
+from stem2eds.preprocess.resample import area_resample, fit_disk, guided_resample
 from stem2eds.preprocess.transfer import (QGrid, TransferredScan, electron_wavelength_nm,
                                           grid_of_bundles, plan_transfer, transfer_patterns)
 from builders import simulate_setup, small_config
@@ -79,6 +80,93 @@ def test_resampling_conserves_counts_and_q_scale(source_q, source_pixel):
     assert width == pytest.approx(3.0, rel=0.05)  # the same physical width
     # area resampling of a coarser scan replicates its pixels (blocky, never spread further)
     assert np.abs(out - want).max() < 0.1 * want.max()
+
+
+#: Disk radius of the synthetic beam (px of the unbinned 128 px detector).
+DISK_R = 3.0
+
+
+def _beam_and_rings(origins: np.ndarray, q: int = 128) -> np.ndarray:
+    """Noise-free patterns (n, q, q): a bright disk (one-pixel edge ramp) over amorphous rings."""
+    rows = np.arange(q, dtype=np.float64)
+    out = []
+    for r0, c0 in origins:
+        d = np.hypot(rows[:, None] - r0, rows[None, :] - c0)
+        rings = 2.0 + 10.0 * np.exp(-d / 8.0) + 30.0 * np.exp(-0.5 * ((d - 14.0) / 2.0) ** 2) \
+            + 12.0 * np.exp(-0.5 * ((d - 26.0) / 2.0) ** 2)
+        out.append(2500.0 * np.clip(DISK_R + 0.5 - d, 0, 1) + rings)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _annulus(patterns: np.ndarray, origins: np.ndarray, inner: float, outer: float) -> np.ndarray:
+    rows = np.arange(patterns.shape[1])
+    sums = []
+    for p, (r0, c0) in zip(patterns, origins):
+        d = np.hypot(rows[:, None] - r0, rows[None, :] - c0)
+        sums.append(p[(d > inner) & (d <= outer)].sum())
+    return np.asarray(sums)
+
+
+def test_binned_beam_edge_stays_inside_the_removed_disk():
+    """A 2x-binned scan transferred back: what preprocessing keeps near the beam is the native's.
+
+    Preprocessing removes the disk out to 1.25 probe radii; the counts just
+    beyond are the innermost ring features. Sharing the coarse pixels on the
+    disk edge equally (plain area resampling) puts thousands of beam counts
+    there; the pattern model must not.
+    """
+    rng = np.random.default_rng(3)
+    origins = 63.5 + rng.uniform(-3, 3, size=(24, 2))
+    native = _beam_and_rings(origins)
+    binned = native.reshape(24, 64, 2, 64, 2).sum(axis=(2, 4))
+    plan = plan_transfer(QGrid((128, 128), 0.1, "1/nm"), _cal(0.2), (64, 64))
+    out = transfer_patterns(binned, plan)
+    assert out.sum(axis=(1, 2)) == pytest.approx(native.sum(axis=(1, 2)), rel=1e-4)
+    removed = 1.25 * DISK_R
+    want = _annulus(native, origins, removed, removed + 4)
+    moved = np.abs(_annulus(out, origins, removed, removed + 4) - want) / want
+    equal_share = np.abs(_annulus(area_resample(binned, 0.5), origins, removed, removed + 4)
+                         - want) / want
+    assert equal_share.mean() > 1.0  # the failure this guards against: beam counts leak out
+    assert moved.max() < 0.1, moved.max()
+    # the rings further out keep their radial profile, less blurred than replicated pixels
+    ring = _annulus(out, origins, 13, 15) / _annulus(native, origins, 13, 15)
+    replicated = _annulus(area_resample(binned, 0.5), origins, 13, 15) / \
+        _annulus(native, origins, 13, 15)
+    assert np.abs(ring - 1).mean() < 0.5 * np.abs(replicated - 1).mean()
+
+
+def test_disk_radius_is_fitted_on_the_coarse_pixels():
+    rng = np.random.default_rng(4)
+    origins = 63.5 + rng.uniform(-3, 3, size=(32, 2))
+    binned = rng.poisson(_beam_and_rings(origins).reshape(32, 64, 2, 64, 2).sum(axis=(2, 4)))
+    binned = binned.astype(np.float32)
+    radius, _, level, background = fit_disk(binned, origins, 0.5, rough_radius=2.5)
+    assert radius == pytest.approx(DISK_R, abs=0.1)
+    assert np.median(level) == pytest.approx(2500, rel=0.05)
+    assert np.all(background > 0)
+
+
+def test_a_spot_that_is_no_disk_gets_the_smooth_model_only():
+    spot = _blob(32, 0.8)  # a Gaussian central spot
+    out = guided_resample(spot, 0.5)
+    _, _, level, _ = fit_disk(spot, np.array([[31.5, 31.5]]), 0.5, rough_radius=8.0)
+    assert level[0] == 0
+    assert out.sum() == pytest.approx(spot.sum(), rel=1e-4)
+    want = _blob(64, 0.4)[0]
+    assert np.abs(out[0] - want).max() < 0.05 * want.max()
+
+
+def test_camera_length_resampling_conserves_each_pattern():
+    rng = np.random.default_rng(5)
+    origins = 63.5 + rng.uniform(-2, 2, size=(4, 2))
+    counts = rng.poisson(_beam_and_rings(origins)).astype(np.uint16)
+    plan = plan_transfer(QGrid((128, 128), 0.1, "1/nm"), _cal(0.125), (128, 128))
+    out = transfer_patterns(counts, plan)  # 160 px of content, the central 128 kept
+    assert out.shape == (4, 128, 128)
+    full = guided_resample(counts, plan.ratio)
+    assert full.shape == (4, 160, 160)
+    assert full.sum(axis=(1, 2)) == pytest.approx(counts.sum(axis=(1, 2)), rel=1e-3)
 
 
 def test_training_bundles_must_share_a_grid(tmp_path):

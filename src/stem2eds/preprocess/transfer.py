@@ -11,16 +11,21 @@ training.
 
 Resampling is about the detector centres (the unscattered beam need not be
 there: the origin fit that follows measures where it landed) and
-flux-conserving: each run pixel receives the counts of the scan pixels its
-q area overlaps, in proportion to the overlap (exact area resampling,
-OpenCV's ``cv2.resize`` with ``INTER_AREA``, which is the area overlap both
-when shrinking and when enlarging). Bilinear interpolation
-(``cv2.warpAffine``) was tried first: it spreads the bright unscattered
-beam over two more pixels of a binned scan, and that halo, just outside the
-radius preprocessing removes, moved the ring features the models use most
-(docs/transfer.md gives the numbers). OpenCV rather than ``scipy.ndimage``: one 256x256 pattern takes
-tens of microseconds and releases the GIL, so the reading and preprocessing
-threads of prediction keep overlapping.
+flux-conserving: every scan pixel's counts go to the run pixels its q area
+overlaps. A scan pixel finer than the run's is summed by area overlap
+(OpenCV ``INTER_AREA``). A coarser one (a binned detector, a shorter
+camera length) cannot say where inside it its counts fell, and sharing
+them equally (plain area resampling, used first) put up to half of the
+counts of the pixels on the beam disk's edge outside the disk, beyond the
+radius preprocessing removes, which moved the innermost ring features
+the models weigh. Such pixels are shared in proportion to a model of the pattern at the run's
+resolution instead (:mod:`stem2eds.preprocess.resample`: the beam disk,
+radius fitted on the scan's pixels, at each pattern's measured sub-pixel
+origin, over a smooth interpolation of the rest); docs/transfer.md gives
+the numbers. Bilinear interpolation (``cv2.warpAffine``) was tried before
+either: it spreads the bright beam over two more pixels of a binned scan.
+OpenCV rather than ``scipy.ndimage``: it releases the GIL, so the reading
+and preprocessing threads of prediction keep overlapping.
 """
 
 from __future__ import annotations
@@ -245,9 +250,13 @@ def transfer_patterns(patterns: np.ndarray, transfer: Transfer) -> np.ndarray:
     ndarray, shape (n, Qx', Qy'), float32
         On the run's detector (``transfer.target_shape``); zero outside the
         scan's detector. The scan's detector centre lands within half a
-        pixel of the run's (the origin fit that follows measures it).
+        pixel of the run's (the origin fit that follows measures it). Scan
+        pixels coarser than the run's are shared by a model of the pattern
+        (:func:`~stem2eds.preprocess.resample.guided_resample`: the beam
+        disk at each pattern's origin over a smooth interpolation), finer
+        ones summed by their area overlap.
     """
-    import cv2
+    from .resample import area_resample, guided_resample
 
     k = float(transfer.ratio)
     (sx, sy), (tx, ty) = transfer.source_shape, transfer.target_shape
@@ -255,12 +264,11 @@ def transfer_patterns(patterns: np.ndarray, transfer: Transfer) -> np.ndarray:
     # sx/k run pixels tall, its centre at sx/(2k); place it on the run's centre
     row0 = int(round(tx / 2 - sx / (2 * k)))
     col0 = int(round(ty / 2 - sy / (2 * k)))
+    src = np.ascontiguousarray(patterns, dtype=np.float32)
+    content = guided_resample(src, k) if k < 1 else area_resample(src, k)
     out = np.zeros((len(patterns), tx, ty), dtype=np.float32)
-    for i, pattern in enumerate(patterns):
-        img = cv2.resize(np.ascontiguousarray(pattern, dtype=np.float32), None, fx=1.0 / k,
-                         fy=1.0 / k, interpolation=cv2.INTER_AREA)
+    for i, img in enumerate(content):
         _paste(out[i], img, row0, col0)
-    out *= np.float32(k * k)  # a run pixel holds k^2 scan pixels' worth of counts
     return out
 
 
