@@ -211,10 +211,13 @@ def load_head(run_dir: Path, info: dict[str, Any], settings, device: str = "cpu"
     binning (the fused path) and have a ``head.npz`` exported from their
     current weights; anything else loads the weights with torch.
 
+    A ``head.npz`` that does not describe the model of ``run.json`` is
+    ignored like a missing one: the weights, loaded with torch, decide.
+
     Raises
     ------
     InputError
-        If the weights (or ``head.npz``) do not match ``run.json``.
+        If the weights do not match ``run.json`` or ``head.npz`` cannot be read.
     """
     if len(info["elements"]) + ("haadf" in info["targets"]) != int(info["n_outputs"]):
         raise InputError("run.json: outputs do not match elements and targets", path=run_dir)
@@ -227,16 +230,16 @@ def load_head(run_dir: Path, info: dict[str, Any], settings, device: str = "cpu"
     from ..formats.head import read_head
 
     run = RunDir(run_dir)
-    head = read_head(run.head_npz, run.weights)
+    head = read_head(run.head_npz, run.weights, info.get("model_params") or {})
     if head is None:
         return torch_head()
     qx, qy = info["input_shape"]
     rings = int(math.floor(math.hypot((qx - 1) / 2, (qy - 1) / 2))) + 1
     if head.model != info["model"] or head.n_outputs != int(info["n_outputs"]) \
             or head.n_rings != rings:
-        raise InputError(f"head.npz ({head.model}, {head.n_outputs} outputs, {head.n_rings} "
-                         f"rings) does not match run.json", path=run.head_npz,
-                         hint="delete it: prediction then loads the weights with torch")
+        # run.json was changed after training: the registry and the weights
+        # (torch) decide whether the run still loads, and say why not
+        return torch_head()
     return NumpyHead(head, torch_head)
 
 
