@@ -17,6 +17,7 @@ against the torch model's ``forward_rings``. This module must not import torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -112,14 +113,18 @@ class NumpyRingHead:
         if self.normalise:
             feats = feats - feats.mean(axis=2, keepdims=True, dtype=f32)
         x = (feats.reshape(len(feats), -1) - self.feature_mean) / self.feature_scale
-        z = x @ self.linear_weight.T + self.linear_bias
-        if self.correction:
-            h = x
-            for i, (w, b) in enumerate(self.correction):
-                h = h @ w.T + b
-                if i < len(self.correction) - 1:
-                    h = np.maximum(h, f32(0.0))
-            z = z + h
+        # The products are small ((n, F) by (F, 64)): BLAS threads cost more to
+        # wake than they save, and they spin on the cores the ring kernel uses
+        # (40x slower per batch on a busy 2-core machine), so one thread.
+        with _blas_threads().limit(limits=1, user_api="blas"):
+            z = x @ self.linear_weight.T + self.linear_bias
+            if self.correction:
+                h = x
+                for i, (w, b) in enumerate(self.correction):
+                    h = h @ w.T + b
+                    if i < len(self.correction) - 1:
+                        h = np.maximum(h, f32(0.0))
+                z = z + h
         return (z * self.target_scale + self.target_mean).astype(f32, copy=False)
 
     def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -156,3 +161,11 @@ class NumpyRingHead:
                                     "linear_bias", "target_mean", "target_scale")})
         except (KeyError, TypeError) as exc:
             raise ValueError(f"head recipe incomplete ({exc})") from None
+
+
+@lru_cache(maxsize=1)
+def _blas_threads():
+    """threadpoolctl's view of the BLAS libraries loaded (built once: it scans them)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()

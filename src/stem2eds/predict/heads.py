@@ -51,6 +51,10 @@ class Head(Protocol):
     def device(self) -> "torch.device":
         """Where the model runs (imports torch)."""
 
+    @property
+    def device_type(self) -> str:
+        """``"cpu"`` or ``"cuda"``: where the model runs (without importing torch)."""
+
     def outputs(self, patterns: np.ndarray) -> np.ndarray:
         """(n, Qb, Qb) preprocessed float32 patterns -> (n, O) float32 linear outputs."""
 
@@ -95,6 +99,10 @@ class TorchHead:
         self.model = model
         self.device = device
         self.mixed_precision = mixed_precision
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
 
     @property
     def ring_statistics(self) -> tuple[str, ...] | None:
@@ -193,6 +201,9 @@ class NumpyHead:
     @property
     def device(self) -> "torch.device":
         return self.torch_head.device
+
+    #: The numpy head and the numba ring statistics run on the CPU.
+    device_type = "cpu"
 
     def outputs(self, patterns: np.ndarray) -> np.ndarray:
         return self.torch_head.outputs(patterns)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -351,6 +352,41 @@ class Predictor:
     def _fused(self) -> bool:
         """Whether raw blocks go through the fused ring statistics (see :meth:`_outputs`)."""
         return self.head.ring_statistics is not None and self.settings.centring == "binned"
+
+    def warm_up(self, scan: ScanBundle) -> threading.Thread | None:
+        """Load the fused front end's compiled kernel for ``scan`` in a background thread.
+
+        Loading the cached numba kernel (numba, its typing and lowering
+        registries) takes about a second; started here, it overlaps the
+        origin measurement that precedes the first block instead of
+        following it. A no-op (None) unless raw blocks of ``scan`` will go
+        through the numba ring statistics (:meth:`_fused`, on the CPU).
+
+        Returns
+        -------
+        threading.Thread or None
+            The daemon thread (joining it is optional: the first block waits
+            for numba's compiler lock anyway).
+        """
+        if scan.kind != "raw" or not self._fused() or self.head.device_type != "cpu":
+            return None
+        from ..features.rings import RingGeometry, ring_features
+
+        shape = tuple(int(v) for v in scan.detector_shape)
+        dtype = scan.diffraction.dtype
+        centre = np.array([[(shape[0] - 1) / 2, (shape[1] - 1) / 2]], np.float64)
+
+        def load() -> None:
+            try:  # one zero pattern of the scan's dtype: the same kernel signature
+                geometry = RingGeometry.from_settings(self.settings, shape,
+                                                      self.head.ring_statistics, beam_radius=1.0)
+                ring_features(np.zeros((1, *shape), dtype), centre, geometry)
+            except Exception:  # noqa: BLE001 - the real first block reports any problem
+                pass
+
+        thread = threading.Thread(target=load, name="stem2eds-kernel-load", daemon=True)
+        thread.start()
+        return thread
 
     def _predict_block(self, scan: ScanBundle | None, start: int, block) -> np.ndarray:
         """Outputs (n, E [+ 1]) of a raw block through the fused front end.
