@@ -13,8 +13,8 @@ Measures, in one run on this machine:
   imported), the fused path with the torch head (the run without
   ``head.npz``) and, with ``--before-src``, another source tree's
   ``stem2eds predict`` (e.g. the main checkout): seconds, patterns/s, CPU
-  seconds, peak RSS (VmHWM); and the import time of the fused predict by
-  package (``python -X importtime``);
+  seconds, peak RSS (VmHWM); and what its start-up is made of (the imports
+  and the kernel load, timed one after another in a fresh process);
 * the ``paper`` CNN (256x256 input) predicting in the same run, its rate
   without start-up (the patterns of a longer scan over the extra time), for
   the ratio;
@@ -80,10 +80,6 @@ sys.path.insert(0, sys.argv.pop(1))
 from stem2eds.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-#: Root packages whose import time the start-up breakdown lists.
-IMPORT_GROUPS = ("torch", "numba", "llvmlite", "scipy", "numpy", "h5py", "cv2", "sparse",
-                 "sklearn", "threadpoolctl", "yaml", "stem2eds")
 
 TARGETS = {"fused_patterns_per_s": 10000.0, "fused_peak_rss_mb": 1024.0,
            "speedup_vs_paper": 250.0, "max_abs_prediction_diff": 0.002}
@@ -167,32 +163,57 @@ def predict_rates(work: Path, scan: tuple[int, int], repeats: int,
     return out
 
 
-def import_breakdown(run: Path, raw: Path, target: Path) -> dict:
-    """``python -X importtime`` of the fused ``stem2eds predict``: import seconds by root package.
+#: A child that imports the pieces of the fused predict one after another, timed.
+_IMPORTS_CHILD = r"""
+import json, sys, time
+out = {"python start": {"seconds": round(time.time() - float(sys.argv[1]), 3)}}
+steps = [("numpy", "import numpy as np"), ("h5py", "import h5py"),
+         ("stem2eds.cli", "import stem2eds.cli"),
+         ("predict modules", "import stem2eds.predict.bundle, stem2eds.predict.heads"),
+         ("cv2", "import cv2"), ("numba", "import numba"),
+         ("ring kernel module", "from stem2eds.features import RingGeometry, ring_features\n"
+                                "import stem2eds.features._kernel"),
+         ("ring kernel, first call (cached code)",
+          "ring_features(np.zeros((1, 256, 256), np.uint16), np.full((1, 2), 127.5), "
+          "RingGeometry((256, 256), 4, 4.5, 'none', 400.0, ('mean',)))"),
+         ("torch (not imported by the fused predict)", "import torch")]
+space = {}
+for name, stmt in steps:
+    w, c = time.perf_counter(), time.process_time()
+    exec(stmt, space)
+    out[name] = {"seconds": round(time.perf_counter() - w, 3),
+                 "cpu_seconds": round(time.process_time() - c, 3)}
+print(json.dumps(out))
+"""
 
-    Summed self times (robust to the imports of background threads
-    interleaving in the report); ``torch_imported`` says whether torch
-    was imported at all.
+#: A child that runs ``stem2eds predict`` and says which heavy packages it imported.
+_MODULES_CHILD = r"""
+import sys
+from stem2eds.cli import main
+code = main(sys.argv[1:])
+print(",".join(m for m in ("torch", "lightning", "numba", "scipy.linalg", "sklearn")
+               if m in sys.modules))
+sys.exit(code)
+"""
+
+
+def import_breakdown(run: Path, raw: Path, target: Path) -> dict:
+    """What the start-up of the fused predict is made of, piece by piece, in a fresh process.
+
+    The pieces are imported one after another, each timed in wall and CPU
+    seconds (``python start``: from launching the child to its first line),
+    and torch last, for what it would add. ``modules_imported``: the heavy packages a
+    real ``stem2eds predict`` of the run imported.
     """
-    code = "import sys\nfrom stem2eds.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code, "predict", str(run),
-                           str(raw), "--out", str(target), "--quiet"],
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_CHILD, repr(time.time())],
                           capture_output=True, text=True, check=True)
-    by_root: dict[str, float] = {}
-    total = 0.0
-    for line in done.stderr.splitlines():
-        parts = line.split("|")
-        if not line.startswith("import time:") or len(parts) != 3 or "self" in parts[0]:
-            continue
-        us = int(parts[0].split(":")[1])
-        total += us
-        root = parts[2].strip().split(".")[0]
-        group = root if root in IMPORT_GROUPS else "other"
-        by_root[group] = by_root.get(group, 0.0) + us
-    return {"import_seconds_total": round(total / 1e6, 3),
-            "import_seconds_by_package": {k: round(v / 1e6, 3) for k, v in
-                                          sorted(by_root.items(), key=lambda kv: -kv[1])},
-            "torch_imported": "torch" in by_root, "load_average": _load()}
+    pieces = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", _MODULES_CHILD, "predict", str(run), str(raw),
+                           "--out", str(target), "--quiet"], capture_output=True, text=True,
+                          check=True)
+    modules = [m for m in done.stdout.strip().splitlines()[-1].split(",") if m]
+    return {"pieces": pieces, "modules_imported": modules, "torch_imported": "torch" in modules,
+            "load_average": _load()}
 
 
 def paper_rate(work: Path) -> dict:
