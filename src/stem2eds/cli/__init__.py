@@ -105,7 +105,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``stem2eds`` parser with every subcommand, or with ``only`` that one.
 
     Registering a subcommand imports what its options are generated from
-    (e.g. the simulator's settings, half a second), so :func:`main` builds
+    (e.g. the simulator's settings), so :func:`main` builds
     just the command it runs.
     """
     parser = _Parser(

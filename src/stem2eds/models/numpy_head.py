@@ -4,9 +4,9 @@ Models with the :class:`~stem2eds.models.rings.RingFrontend` capability
 (``radial``, ``ridge``) map per-ring statistics to their outputs with a small,
 fixed recipe: log, optional per-pattern centring over the rings,
 standardisation, a linear map plus an optional ReLU MLP correction, and the
-targets' units. Importing torch costs seconds, more than the whole fused
-prediction of a 12,000-pattern scan, so CPU prediction of such a run
-evaluates that recipe here instead (:mod:`stem2eds.predict.heads`).
+targets' units. Importing torch takes seconds, longer than the fused
+prediction of a scan of thousands of patterns, so CPU prediction of such a
+run evaluates that recipe here instead (:mod:`stem2eds.predict.heads`).
 
 Torch stays the single definition of the maths: each model exports its own
 recipe (``numpy_head()``, written into the run folder at training time as
@@ -113,9 +113,9 @@ class NumpyRingHead:
         if self.normalise:
             feats = feats - feats.mean(axis=2, keepdims=True, dtype=f32)
         x = (feats.reshape(len(feats), -1) - self.feature_mean) / self.feature_scale
-        # The products are small ((n, F) by (F, 64)): BLAS threads cost more to
-        # wake than they save, and they spin on the cores the ring kernel uses
-        # (40x slower per batch on a busy 2-core machine), so one thread.
+        # The products are small ((n, F) by (F, hidden)): BLAS threads cost
+        # more to wake than they save, and they spin on the cores the ring
+        # kernel uses (far slower on a busy machine), so one thread.
         with _blas_threads().limit(limits=1, user_api="blas"):
             z = x @ self.linear_weight.T + self.linear_bias
             if self.correction:

@@ -357,9 +357,9 @@ class Predictor:
         """Load the fused front end's compiled kernel for ``scan`` in a background thread.
 
         Loading the cached numba kernel (numba, its typing and lowering
-        registries) takes about a second; started here, it overlaps the
-        origin measurement that precedes the first block instead of
-        following it. A no-op (None) unless raw blocks of ``scan`` will go
+        registries) is the slowest step of the fused path's start-up;
+        started here, it overlaps the origin measurement that precedes the
+        first block instead of following it. A no-op (None) unless raw blocks of ``scan`` will go
         through the numba ring statistics (:meth:`_fused`, on the CPU).
 
         Returns
