@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def test_cli_predict_of_a_ring_run_does_not_import_torch(ring_runs, tmp_path):
             "print(','.join(heavy))\n")
     src = str(Path(__file__).resolve().parents[1] / "src")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": src}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": src}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "torch" not in done.stdout.strip().split(","), done.stdout
     assert out.is_file()
