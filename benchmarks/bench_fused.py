@@ -8,8 +8,13 @@ Measures, in one run on this machine:
   the **current** path (patterns centred, beam-removed, binned and normalised
   by :func:`stem2eds.preprocess.iter_preprocessed`, then the model: the child
   process swaps the predictor's raw stream back to it) and the **fused** path
-  (ring statistics straight from the raw counts, :mod:`stem2eds.features`):
-  seconds, patterns/s, CPU seconds, peak RSS (VmHWM);
+  (ring statistics straight from the raw counts, :mod:`stem2eds.features`,
+  and the head in numpy from the run's ``head.npz``, so torch is never
+  imported), the fused path with the torch head (the run without
+  ``head.npz``) and, with ``--before-src``, another source tree's
+  ``stem2eds predict`` (e.g. the main checkout): seconds, patterns/s, CPU
+  seconds, peak RSS (VmHWM); and what its start-up is made of (the imports
+  and the kernel load, timed one after another in a fresh process);
 * the ``paper`` CNN (256x256 input) predicting in the same run, its rate
   without start-up (the patterns of a longer scan over the extra time), for
   the ratio;
@@ -64,6 +69,14 @@ def _ahead(batch, settings, scan):
 
 P._raw_stream = B._raw_stream = S._raw_stream = _stream
 B._read_ahead = S._read_ahead = _ahead
+P.Predictor.warm_up = lambda self, scan: None  # no numba kernel on this path
+from stem2eds.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+#: A child that predicts with the stem2eds of another source tree (``--before-src``).
+_BEFORE_CHILD = _HWM + r"""
+sys.path.insert(0, sys.argv.pop(1))
 from stem2eds.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -97,8 +110,17 @@ def _eds(path: Path) -> np.ndarray:
         return np.stack([f["eds"][el][()] for el in ELEMENTS])
 
 
-def predict_rates(work: Path, scan: tuple[int, int], repeats: int) -> dict:
-    """Whole-process predict, current vs fused, on a converted bundle of ``scan`` positions."""
+def predict_rates(work: Path, scan: tuple[int, int], repeats: int,
+                  before_src: Path | None = None) -> dict:
+    """Whole-process predict on a converted bundle of ``scan`` positions.
+
+    Variants: ``current`` (preprocessed patterns through the torch model),
+    ``fused`` (this checkout: fused ring statistics and, for this CPU run,
+    the numpy head from ``head.npz``, no torch), ``fused_torch_head`` (the
+    same run folder without ``head.npz``: the torch model, as runs trained
+    before it predict) and, with ``before_src``, ``fused_before`` (that
+    source tree's ``stem2eds predict`` on the same run and bundle).
+    """
     n = scan[0] * scan[1]
     big = make_inputs(work / "big", scan, 256, seed=0)
     raw = work / "raw.h5"
@@ -111,13 +133,20 @@ def predict_rates(work: Path, scan: tuple[int, int], repeats: int) -> dict:
     run = work / "run_radial"
     cli("train", raw_train, "--out", run, "--epochs", "2", "--patience", "100", "--quiet")
     cli("predict", run, raw_train, "--out", work / "warm.h5")  # compiles and caches numba
+    old_run = work / "run_radial_without_head"
+    shutil.copytree(run, old_run)
+    (old_run / "head.npz").unlink()
     out: dict = {"n_patterns": n, "bundle_mb": round(raw.stat().st_size / 2**20, 1)}
-    for name, code in (("current", _CURRENT_CHILD), ("fused", None)):
+    variants = [("current", _CURRENT_CHILD, [], run), ("fused", None, [], run),
+                ("fused_torch_head", None, [], old_run)]
+    if before_src is not None:
+        variants.append(("fused_before", _BEFORE_CHILD, [str(before_src)], run))
+    for name, code, pre, run_dir in variants:
         runs = []
         for k in range(repeats):
             target = work / f"pred_{name}_{k}.h5"
-            args = ["predict", run, raw, "--out", target]
-            r = measured(code, args) if code else cli(*args)
+            args = ["predict", run_dir, raw, "--out", target]
+            r = measured(code, pre + args) if code else cli(*args)
             r.pop("stdout", None)
             r["load_average"] = _load()
             runs.append(r)
@@ -126,9 +155,65 @@ def predict_rates(work: Path, scan: tuple[int, int], repeats: int) -> dict:
                      "repeats": runs}
     a, b = _eds(work / "pred_current_0.h5"), _eds(work / "pred_fused_0.h5")
     out["max_abs_eds_diff_filtered_maps"] = float(np.abs(a - b).max())
+    out["max_abs_eds_diff_numpy_vs_torch_head"] = float(np.abs(
+        _eds(work / "pred_fused_torch_head_0.h5") - b).max())
+    out["startup"] = import_breakdown(run, raw, work / "pred_importtime.h5")
     out["run"] = str(run)
     out["raw"] = str(raw)
     return out
+
+
+#: A child that imports the pieces of the fused predict one after another, timed.
+_IMPORTS_CHILD = r"""
+import json, sys, time
+out = {"python start": {"seconds": round(time.time() - float(sys.argv[1]), 3)}}
+steps = [("numpy", "import numpy as np"), ("h5py", "import h5py"),
+         ("stem2eds.cli", "import stem2eds.cli"),
+         ("predict modules", "import stem2eds.predict.bundle, stem2eds.predict.heads"),
+         ("cv2", "import cv2"), ("numba", "import numba"),
+         ("ring kernel module", "from stem2eds.features import RingGeometry, ring_features\n"
+                                "import stem2eds.features._kernel"),
+         ("ring kernel, first call (cached code)",
+          "ring_features(np.zeros((1, 256, 256), np.uint16), np.full((1, 2), 127.5), "
+          "RingGeometry((256, 256), 4, 4.5, 'none', 400.0, ('mean',)))"),
+         ("torch (not imported by the fused predict)", "import torch")]
+space = {}
+for name, stmt in steps:
+    w, c = time.perf_counter(), time.process_time()
+    exec(stmt, space)
+    out[name] = {"seconds": round(time.perf_counter() - w, 3),
+                 "cpu_seconds": round(time.process_time() - c, 3)}
+print(json.dumps(out))
+"""
+
+#: A child that runs ``stem2eds predict`` and says which heavy packages it imported.
+_MODULES_CHILD = r"""
+import sys
+from stem2eds.cli import main
+code = main(sys.argv[1:])
+print(",".join(m for m in ("torch", "lightning", "numba", "scipy.linalg", "sklearn")
+               if m in sys.modules))
+sys.exit(code)
+"""
+
+
+def import_breakdown(run: Path, raw: Path, target: Path) -> dict:
+    """What the start-up of the fused predict is made of, piece by piece, in a fresh process.
+
+    The pieces are imported one after another, each timed in wall and CPU
+    seconds (``python start``: from launching the child to its first line),
+    and torch last, for what it would add. ``modules_imported``: the heavy packages a
+    real ``stem2eds predict`` of the run imported.
+    """
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_CHILD, repr(time.time())],
+                          capture_output=True, text=True, check=True)
+    pieces = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", _MODULES_CHILD, "predict", str(run), str(raw),
+                           "--out", str(target), "--quiet"], capture_output=True, text=True,
+                          check=True)
+    modules = [m for m in done.stdout.strip().splitlines()[-1].split(",") if m]
+    return {"pieces": pieces, "modules_imported": modules, "torch_imported": "torch" in modules,
+            "load_average": _load()}
 
 
 def paper_rate(work: Path) -> dict:
@@ -286,6 +371,9 @@ def main() -> int:
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--small", action="store_true", help="20x100 scan instead of 120x100")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--before-src", type=Path, default=None,
+                   help="also time the stem2eds of this source tree (e.g. the main "
+                        "checkout's src) on the same run and bundle")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_fused_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -298,7 +386,7 @@ def main() -> int:
     say("front end alone (CPU time)")
     result["frontend_cpu"] = frontend_cpu()
     say("predict: current vs fused")
-    result["predict"] = predict = predict_rates(work, scan, args.repeats)
+    result["predict"] = predict = predict_rates(work, scan, args.repeats, args.before_src)
     say("paper CNN")
     result["paper"] = paper_rate(work)
     say("accuracy on a simulated scan")
@@ -314,6 +402,12 @@ def main() -> int:
         "fused_patterns_per_s": fused["patterns_per_s"],
         "fused_over_current": round(fused["patterns_per_s"] / current["patterns_per_s"], 2),
         "current_peak_rss_mb": current["peak_rss_mb"], "fused_peak_rss_mb": fused["peak_rss_mb"],
+        "fused_torch_head_patterns_per_s": predict["fused_torch_head"]["patterns_per_s"],
+        "fused_torch_head_peak_rss_mb": predict["fused_torch_head"]["peak_rss_mb"],
+        **({"fused_before_patterns_per_s": predict["fused_before"]["patterns_per_s"],
+            "fused_before_peak_rss_mb": predict["fused_before"]["peak_rss_mb"]}
+           if "fused_before" in predict else {}),
+        "fused_torch_imported": predict["startup"]["torch_imported"],
         "paper_patterns_per_s": paper,
         "speedup_vs_paper": round(fused["patterns_per_s"] / paper, 1) if paper else None,
         "max_abs_prediction_diff": result["accuracy_simulated"]["max_abs_prediction_diff"],

@@ -79,7 +79,7 @@ def model_alone(run_dir: Path, device_name: str, batch: int, repeats: int) -> di
     x = torch.from_numpy(host).to(device)
     out: dict = {"input_shape": list(shape), "batch": batch}
     with torch.inference_mode():
-        out["on_device"] = _rate(lambda: predictor._forward(x), batch, repeats, device)
+        out["on_device"] = _rate(lambda: predictor.head._forward(x), batch, repeats, device)
     out["from_host"] = _rate(lambda: predictor.predict_patterns(host), batch, repeats, device)
     try:
         from stem2eds.models.rings import RingFrontend
@@ -90,7 +90,7 @@ def model_alone(run_dir: Path, device_name: str, batch: int, repeats: int) -> di
         with torch.inference_mode():
             stats = predictor.model.frontend(x[:1])
             s = torch.rand((batch, *stats.shape[1:]), device=device) + 1.0
-            out["rings_only"] = _rate(lambda: predictor._forward_rings(s), batch, repeats,
+            out["rings_only"] = _rate(lambda: predictor.head._forward_rings(s), batch, repeats,
                                       device)
     return out
 

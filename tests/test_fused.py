@@ -214,5 +214,5 @@ def test_torch_front_end_predicts_as_the_numba_one(runs):
             g = block.geometry(p.settings, p.model.ring_statistics)
             stats = ring_statistics_torch(torch.from_numpy(block.patterns),
                                           torch.from_numpy(block.origins), g)
-            np.testing.assert_allclose(p._finish(p.model.forward_rings(stats)),
+            np.testing.assert_allclose(p._finish(p.model.forward_rings(stats).numpy()),
                                        p._predict_block(scan, 0, block), atol=1e-5)

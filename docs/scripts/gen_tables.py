@@ -402,6 +402,17 @@ def fused() -> str:
         ["patterns/s, whole process", f"{cur['patterns_per_s']:,.0f}",
          f"{fus['patterns_per_s']:,.0f}"],
         ["peak RSS", f"{cur['peak_rss_mb']:,.0f} MB", f"{fus['peak_rss_mb']:,.0f} MB"],
+    ]
+    if "fused_torch_head" in pr:  # runs without head.npz predict with the torch model
+        th = pr["fused_torch_head"]
+        rows.append(["fused, torch head (runs without `head.npz`): wall (CPU), peak RSS", "-",
+                     f"{th['seconds']:.1f} s ({th['cpu_seconds']:.1f} s), "
+                     f"{th['peak_rss_mb']:,.0f} MB"])
+    if "startup" in pr:
+        st = pr["startup"]
+        rows.append(["torch imported by the fused predict", "yes",
+                     "yes" if st["torch_imported"] else "no"])
+    rows += [
         ["paper CNN in the same run, patterns/s without start-up",
          f"{data['paper']['marginal_patterns_per_s']:.1f}",
          f"ratio {data['summary']['speedup_vs_paper']:.0f}x (whole process)"],

@@ -101,7 +101,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``stem2eds`` parser with every subcommand, or with ``only`` that one.
+
+    Registering a subcommand imports what its options are generated from
+    (e.g. the simulator's settings), so :func:`main` builds
+    just the command it runs.
+    """
     parser = _Parser(
         prog="stem2eds", formatter_class=_Formatter,
         description="Predict EDS composition maps and HAADF from 4D-STEM scans.",
@@ -116,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as exc:
@@ -179,9 +185,21 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _named_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` runs: its first argument that is not an option, if a command."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stem2eds`` command."""
-    parser = build_parser()
+    import os
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # shell completion needs every command; otherwise only the one named is built
+    parser = build_parser(None if "_ARGCOMPLETE" in os.environ else _named_command(argv))
     _complete(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -7,6 +7,8 @@ Layout (written by :func:`stem2eds.train.fit.train`)::
                                resolved preprocessing, split, seeds, versions, timings
       config.toml              the TrainConfig used
       weights.safetensors      model weights (cannot run code when loaded)
+      head.npz                 ring-feature models: the head as plain arrays, for
+                               prediction without torch (stem2eds.formats.head)
       split.npz                validation mask (Rx', Ry') of every training bundle
       checkpoints/             last.ckpt, best.ckpt (Lightning)
       logs/metrics.csv         per-epoch train_loss / val_loss (CSVLogger)
@@ -194,6 +196,11 @@ class RunDir:
         return self.path / "weights.safetensors"
 
     @property
+    def head_npz(self) -> Path:
+        """``head.npz`` (:mod:`stem2eds.formats.head`): the weights of a ring-feature head as numpy."""
+        return self.path / "head.npz"
+
+    @property
     def split_npz(self) -> Path:
         return self.path / "split.npz"
 
@@ -285,7 +292,7 @@ class RunDir:
 
     def products(self) -> list[Path]:
         """Every file and folder a training run writes here (what a restart removes)."""
-        return [self.run_json, self.config_toml, self.weights, self.split_npz,
+        return [self.run_json, self.config_toml, self.weights, self.head_npz, self.split_npz,
                 self.checkpoints, self.logs, self.figures, self.preprocessed, self.ood_npz]
 
     def remove_products(self) -> None:

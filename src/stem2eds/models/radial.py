@@ -28,14 +28,18 @@ Why this design (the measurements are in the documentation, "Models"):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .base import FixedFrontend, ModelParams, StemModel
-from .ridge import ALPHAS, ridge_fit
+from .ridge import ALPHAS, LOG_OFFSET, ridge_fit
 from .rings import STATISTICS, RingFrontend, RingStatistics
+
+if TYPE_CHECKING:
+    from .numpy_head import NumpyRingHead
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ class RingHeadNet(StemModel, FixedFrontend):
 
     def features_from_rings(self, stats: torch.Tensor) -> torch.Tensor:
         """(n, S, R) ring statistics -> (n, S, R) log features (:meth:`frontend`)."""
-        feats = torch.log(stats + 1e-5)
+        feats = torch.log(stats + LOG_OFFSET)
         if self.normalise:
             feats = feats - feats.mean(dim=2, keepdim=True)
         return feats
@@ -245,3 +249,28 @@ class RadialNet(RingHeadNet, RingFrontend):
     def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
         """(n, S, R) ring statistics -> (n, n_outputs), as :meth:`forward` on the patterns."""
         return self.forward_features(self.features_from_rings(stats))
+
+    def numpy_head(self) -> NumpyRingHead:
+        """:meth:`forward_rings` as a torch-free recipe (:mod:`~stem2eds.models.numpy_head`)."""
+        from .numpy_head import NumpyRingHead
+
+        def array(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().float().numpy().copy()
+
+        correction = []
+        if self.correction is not None:
+            layers = list(self.correction)
+            linear = [m for m in layers if isinstance(m, nn.Linear)]
+            # the recipe knows Linear, ReLU between them, and Dropout (identity in eval)
+            if not all(isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout)) for m in layers) \
+                    or sum(isinstance(m, nn.ReLU) for m in layers) != len(linear) - 1 \
+                    or not isinstance(layers[-1], nn.Linear):
+                raise TypeError("the correction is not a ReLU MLP the numpy head can evaluate")
+            correction = [(array(m.weight), array(m.bias)) for m in linear]
+        return NumpyRingHead(
+            model=self.name, statistics=tuple(self.ring_statistics),
+            normalise=self.normalise, log_offset=LOG_OFFSET,
+            feature_mean=array(self.feature_mean), feature_scale=array(self.feature_scale),
+            linear_weight=array(self.linear.weight), linear_bias=array(self.linear.bias),
+            target_mean=array(self.target_mean), target_scale=array(self.target_scale),
+            correction=tuple(correction))

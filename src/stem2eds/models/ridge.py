@@ -10,7 +10,7 @@ exactly as for the other models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,8 +18,14 @@ import torch
 from .base import ClosedFormModel, ModelParams, StemModel
 from .rings import RingFrontend, RingStatistics
 
+if TYPE_CHECKING:
+    from .numpy_head import NumpyRingHead
+
 #: Regularisation strengths tried by cross-validation.
 ALPHAS = tuple(float(a) for a in np.logspace(-4, 4, 17))
+
+#: Added to the ring statistics before the log (empty rings stay finite); ``radial`` too.
+LOG_OFFSET = 1e-5
 
 
 def ridge_fit(features: np.ndarray, targets: np.ndarray, alphas, sample_weight=None):
@@ -116,11 +122,26 @@ class RidgeRadial(StemModel, ClosedFormModel, RingFrontend):
 
     def features_from_rings(self, stats: torch.Tensor) -> torch.Tensor:
         """(n, 1, R) ring means -> (n, R) log radial profile (:meth:`features`)."""
-        return torch.log(stats[:, 0] + 1e-5)
+        return torch.log(stats[:, 0] + LOG_OFFSET)
 
     def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
         """(n, 1, R) ring means -> (n, n_outputs), as :meth:`forward` on the patterns."""
         return self.predict_features(self.features_from_rings(stats))
+
+    def numpy_head(self) -> NumpyRingHead:
+        """:meth:`forward_rings` as a torch-free recipe (:mod:`~stem2eds.models.numpy_head`)."""
+        from .numpy_head import NumpyRingHead
+
+        def array(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().float().numpy().copy()
+
+        n_out = self.weight.shape[0]
+        return NumpyRingHead(
+            model=self.name, statistics=tuple(self.ring_statistics), normalise=False,
+            log_offset=LOG_OFFSET, feature_mean=array(self.feature_mean),
+            feature_scale=array(self.feature_scale), linear_weight=array(self.weight),
+            linear_bias=array(self.bias), target_mean=np.zeros(n_out, np.float32),
+            target_scale=np.ones(n_out, np.float32))
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         """Linear outputs (n, n_outputs) of :meth:`features` (n, R)."""

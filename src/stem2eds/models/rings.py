@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .numpy_head import NumpyRingHead
 
 #: The statistics :class:`RingStatistics` can compute, in this order.
 STATISTICS = ("mean", "std", "max")
@@ -139,3 +143,12 @@ class RingFrontend(metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def forward_rings(self, stats: torch.Tensor) -> torch.Tensor:
         """(n, S, R) ring statistics -> (n, n_outputs), as ``forward`` on the patterns."""
+
+    @abc.abstractmethod
+    def numpy_head(self) -> NumpyRingHead:
+        """The model's :meth:`forward_rings` as a torch-free recipe (current weights).
+
+        Written into the run folder at training time (``head.npz``) so that
+        CPU prediction need not import torch; ``numpy_head().forward_rings``
+        equals :meth:`forward_rings` in eval mode within float32 rounding.
+        """

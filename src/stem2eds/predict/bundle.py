@@ -85,6 +85,8 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                                _read_ahead(batch, settings, scan))
         try:
             predictor = _load_model(run_dir, info, settings, device)
+            if early is not None:
+                predictor.warm_up(scan)  # the numba kernel loads while origins are measured
             shape = predictor.output_shape(scan)
             attrs = {"scan_name": scan.name, "model": predictor.model_name,
                      "run_dir": str(run_dir.resolve()), "stem2eds_version": __version__,

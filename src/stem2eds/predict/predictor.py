@@ -2,9 +2,12 @@
 
 Patterns are streamed from the bundle in batches through
 ``stem2eds.preprocess.iter_preprocessed`` with the run's stored settings
-(so prediction preprocesses exactly as training did) and through the model
-under ``torch.inference_mode()``. Reading (a background thread), preprocessing
-(a second background thread, :func:`stem2eds.io.stream.prefetch`) and the model
+(so prediction preprocesses exactly as training did), or as raw blocks
+through the fused ring statistics, and through the model
+(:mod:`stem2eds.predict.heads`: the torch model, or for ring-feature runs on
+the CPU their head in numpy, without importing torch). Reading (a background
+thread), preprocessing (a second background thread,
+:func:`stem2eds.io.stream.prefetch`) and the model
 (the caller's thread) overlap; numpy, OpenCV, HDF5 reads and torch all
 release the GIL. :func:`stem2eds.predict.bundle.predict_bundle` writes each batch's outputs into the
 prediction file as it comes, so memory does not grow with the scan.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -31,9 +35,10 @@ import numpy as np
 from ..errors import InputError
 from ..formats.bundle import ScanBundle, open_bundle
 # not from ..train: that would import Lightning (seconds of start-up) for nothing here
-from ..formats.rundir import RunDir, apply_output_activation
+from ..formats.rundir import RunDir
+from .heads import Head, load_head
 from .result import Prediction
-from .scanning import _cropped_shape, _device, _raw_stream, scan_step_nm, transferred
+from .scanning import _cropped_shape, _raw_stream, scan_step_nm, transferred
 
 if TYPE_CHECKING:  # torch is imported when the model is built
     import torch
@@ -49,12 +54,13 @@ class Predictor:
     run_dir : Path
     info : dict
         Contents of ``run.json``.
+    head : Head
+        What runs the model (:mod:`stem2eds.predict.heads`).
     model : torch.nn.Module
-        The network in eval mode, on ``device``.
+        The network in eval mode, on ``device`` (built on first use when the
+        head is numpy).
     settings : PreprocessSettings
         Resolved preprocessing of the training data.
-    mixed_precision : bool
-        Autocast the trainable layers on CUDA (ignored on CPU).
     """
 
     #: Scores the preprocessed patterns as they stream to the model
@@ -73,14 +79,19 @@ class Predictor:
             OodMonitor(OodReference.from_arrays(arrays), scan_shape)
         return self.ood_monitor
 
-    def __init__(self, run_dir: Path, info: dict[str, Any], model: torch.nn.Module,
-                 settings, device: torch.device, mixed_precision: bool = True):
+    def __init__(self, run_dir: Path, info: dict[str, Any], head: Head, settings):
         self.run_dir = run_dir
         self.info = info
-        self.model = model
+        self.head = head
         self.settings = settings
-        self.device = device
-        self.mixed_precision = mixed_precision
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.head.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.device
 
     @property
     def elements(self) -> list[str]:
@@ -146,35 +157,7 @@ class Predictor:
         ndarray, shape (n, E [+ 1]), float32
             EDS atomic fractions clipped to [0, 1], then HAADF in detector units.
         """
-        import torch
-
-        n_eds = len(self.elements)
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(patterns, dtype=np.float32))
-            if self.device.type == "cuda":
-                # pinned staging lets the copy run asynchronously to the host
-                x = x.pin_memory().to(self.device, non_blocking=True)
-            out = apply_output_activation(self._forward(x), n_eds).float().cpu().numpy()
-        out[:, :n_eds] = np.clip(out[:, :n_eds], 0.0, 1.0)
-        if out.shape[1] > n_eds:
-            out[:, n_eds] *= self.haadf_scale
-        return out
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model on a device batch; autocast for the trainable layers on CUDA."""
-        import torch
-
-        if self.device.type != "cuda" or not self.mixed_precision:
-            return self.model(x)
-        from ..models import FixedFrontend
-
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if isinstance(self.model, FixedFrontend):
-            feats = self.model.frontend(x)  # float32: differences of large sums
-            with torch.autocast("cuda", dtype=dtype):
-                return self.model.forward_features(feats)
-        with torch.autocast("cuda", dtype=dtype):
-            return self.model(x)
+        return self._finish(self.head.outputs(patterns))
 
     def predict(self, data, batch: int = 1024, filtered: bool | None = None, *,
                 client=None, name: str | None = None, transfer: bool = True) -> Prediction:
@@ -368,9 +351,42 @@ class Predictor:
 
     def _fused(self) -> bool:
         """Whether raw blocks go through the fused ring statistics (see :meth:`_outputs`)."""
-        from ..models.rings import RingFrontend
+        return self.head.ring_statistics is not None and self.settings.centring == "binned"
 
-        return isinstance(self.model, RingFrontend) and self.settings.centring == "binned"
+    def warm_up(self, scan: ScanBundle) -> threading.Thread | None:
+        """Load the fused front end's compiled kernel for ``scan`` in a background thread.
+
+        Loading the cached numba kernel (numba, its typing and lowering
+        registries) is the slowest step of the fused path's start-up;
+        started here, it overlaps the origin measurement that precedes the
+        first block instead of following it. A no-op (None) unless raw blocks of ``scan`` will go
+        through the numba ring statistics (:meth:`_fused`, on the CPU).
+
+        Returns
+        -------
+        threading.Thread or None
+            The daemon thread (joining it is optional: the first block waits
+            for numba's compiler lock anyway).
+        """
+        if scan.kind != "raw" or not self._fused() or self.head.device_type != "cpu":
+            return None
+        from ..features.rings import RingGeometry, ring_features
+
+        shape = tuple(int(v) for v in scan.detector_shape)
+        dtype = scan.diffraction.dtype
+        centre = np.array([[(shape[0] - 1) / 2, (shape[1] - 1) / 2]], np.float64)
+
+        def load() -> None:
+            try:  # one zero pattern of the scan's dtype: the same kernel signature
+                geometry = RingGeometry.from_settings(self.settings, shape,
+                                                      self.head.ring_statistics, beam_radius=1.0)
+                ring_features(np.zeros((1, *shape), dtype), centre, geometry)
+            except Exception:  # noqa: BLE001 - the real first block reports any problem
+                pass
+
+        thread = threading.Thread(target=load, name="stem2eds-kernel-load", daemon=True)
+        thread.start()
+        return thread
 
     def _predict_block(self, scan: ScanBundle | None, start: int, block) -> np.ndarray:
         """Outputs (n, E [+ 1]) of a raw block through the fused front end.
@@ -378,47 +394,30 @@ class Predictor:
         The ring means the OOD score needs come from the same pass (added to
         the model's statistics when it does not use them).
         """
-        import torch
-
-        used = tuple(self.model.ring_statistics)
+        used = self.head.ring_statistics
         wanted = used if self.ood_monitor is None or "mean" in used else used + ("mean",)
         geometry = block.geometry(self.settings, wanted)
         self._check_input_shape(scan, geometry.binned_shape)
-        n = len(block)
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                from ..features.torch_rings import ring_statistics_torch
-
-                raw = torch.from_numpy(block.patterns).pin_memory()
-                stats = ring_statistics_torch(raw.to(self.device, non_blocking=True),
-                                              torch.from_numpy(block.origins), geometry)
-            else:
-                stats = torch.from_numpy(block.ring_features(
-                    self.settings, geometry.statistics)).reshape(n, -1, geometry.n_rings)
-            if self.ood_monitor is not None:
-                self.ood_monitor.observe_means(
-                    start, stats[:, wanted.index("mean")].float().cpu().numpy())
-            out = self._forward_rings(stats[:, :len(used)])
+        out, means = self.head.ring_outputs(block, geometry, self.settings,
+                                            means=self.ood_monitor is not None)
+        if self.ood_monitor is not None:
+            self.ood_monitor.observe_means(start, means)
         return self._finish(out)
 
-    def _forward_rings(self, stats: "torch.Tensor") -> "torch.Tensor":
-        """The model on ring statistics; autocast for the trainable layers on CUDA."""
-        import torch
+    def _finish(self, out: np.ndarray) -> np.ndarray:
+        """Output activations, EDS clipped to [0, 1], HAADF in detector units.
 
-        if self.device.type != "cuda" or not self.mixed_precision:
-            return self.model.forward_rings(stats)
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        with torch.autocast("cuda", dtype=dtype):  # log/sums of the front end stay float32
-            return self.model.forward_rings(stats)
-
-    def _finish(self, out: "torch.Tensor") -> np.ndarray:
-        """Output activation, EDS clipped to [0, 1], HAADF in detector units (as predict_patterns)."""
+        Parameters
+        ----------
+        out : ndarray, shape (n, E [+ 1]), float32
+            Linear model outputs (a :class:`~.heads.Head`'s), changed in place.
+        """
         n_eds = len(self.elements)
-        values = apply_output_activation(out, n_eds).float().cpu().numpy()
-        values[:, :n_eds] = np.clip(values[:, :n_eds], 0.0, 1.0)
-        if values.shape[1] > n_eds:
-            values[:, n_eds] *= self.haadf_scale
-        return values
+        # the activations of apply_output_activation: EDS linear, HAADF ReLU
+        out[:, :n_eds] = np.clip(out[:, :n_eds], 0.0, 1.0)
+        if out.shape[1] > n_eds:
+            out[:, n_eds] = np.maximum(out[:, n_eds], 0.0) * np.float32(self.haadf_scale)
+        return out
 
     def _check_preprocessed(self, scan: ScanBundle) -> None:
         stored = scan.json_attr("preprocess", {}) or {}
@@ -469,23 +468,5 @@ def _finished_run(run_dir: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _load_model(run_dir: Path, info: dict[str, Any], settings, device: str) -> Predictor:
-    """Build the run's model, load its weights and wrap it with its settings."""
-    from ..models import build_model
-
-    run = RunDir(run_dir)
-    if len(info["elements"]) + ("haadf" in info["targets"]) != int(info["n_outputs"]):
-        raise InputError("run.json: outputs do not match elements and targets", path=run_dir)
-    try:
-        model = build_model(info["model"], tuple(info["input_shape"]), int(info["n_outputs"]),
-                            info.get("model_params") or {})
-    except InputError as exc:
-        raise InputError(exc.message, path=run.run_json, hint=exc.hint) from None
-    state = run.load_weights()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"weights do not fit the model described in run.json "
-                         f"({str(exc).splitlines()[0]})", path=run.weights) from None
-    dev = _device(device)
-    model.to(dev).eval()
-    return Predictor(run_dir, info, model, settings, dev)
+    """The run's model (:func:`~.heads.load_head`) wrapped with its settings."""
+    return Predictor(run_dir, info, load_head(run_dir, info, settings, device), settings)

@@ -340,7 +340,9 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
     """The work of :func:`train`, in a folder that is locked and checked."""
     import lightning
 
+    from ..formats.head import write_head
     from ..models import ClosedFormModel, build_model
+    from ..models.rings import RingFrontend
     from .data import RunData, check_same_detector
 
     paths, elements = _check_raw_bundles(bundles, config.targets)
@@ -381,6 +383,8 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
     _store_ood(run, pre_paths, data.masks, settings, config.seed)
     training["seconds"] = round(time.perf_counter() - started, 2)
     run.save_weights(net.state_dict())
+    if isinstance(net, RingFrontend):  # CPU prediction then needs no torch
+        write_head(run.head_npz, net.numpy_head(), run.weights, net.hparams)
     state.update(status="complete", training=training, model_params=net.hparams,
                  finished=_now())
     run.write_info(state)

@@ -1,0 +1,122 @@
+"""``head.npz``: a run's ring-feature head as plain arrays, for prediction without torch.
+
+Written by training beside ``weights.safetensors`` for models with ring
+statistics as their front end (``radial``, ``ridge``); read by CPU
+prediction (:mod:`stem2eds.predict.heads`). Contents (``np.savez``, loaded
+with ``allow_pickle=False``, so loading cannot run code)::
+
+    recipe         0-d unicode array: JSON of the layer recipe
+                   (:meth:`stem2eds.models.numpy_head.NumpyRingHead.to_arrays`)
+                   plus ``weights_sha256``, the SHA-256 of the weights file
+                   it was exported with, and ``model_params``, the model's
+                   hyperparameters as written to ``run.json``
+    feature_mean, feature_scale, linear_weight, linear_bias,
+    target_mean, target_scale, correction_<i>_weight, correction_<i>_bias
+                   float32 arrays
+
+The weights file and ``run.json`` stay the source of truth: a sidecar whose
+``weights_sha256`` does not match the weights next to it (a run trained
+again, weights copied in by hand), or whose ``model_params`` are not those of
+``run.json``, is ignored, and prediction builds the torch model from the
+weights instead (which validates both). This module imports neither torch nor
+safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..models.numpy_head import NumpyRingHead
+
+#: ``format`` of the recipe JSON.
+HEAD_FORMAT = "stem2eds-ring-head"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_head(path: str | os.PathLike, head: NumpyRingHead,
+               weights: str | os.PathLike, model_params: dict[str, Any]) -> None:
+    """Write ``head`` to ``path`` (atomically), tied to the weights file it came from.
+
+    Parameters
+    ----------
+    path : path-like
+        ``head.npz`` of the run folder.
+    head : NumpyRingHead
+        The model's ``numpy_head()``, exported from the weights in ``weights``.
+    weights : path-like
+        The run's ``weights.safetensors``, already written.
+    model_params : dict
+        The hyperparameters ``run.json`` records for the model.
+    """
+    from ..atomic import atomic_output
+
+    recipe, arrays = head.to_arrays()
+    recipe = {"format": HEAD_FORMAT, **recipe, "weights_sha256": file_sha256(weights),
+              "model_params": model_params}
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, recipe=np.array(json.dumps(recipe)), **arrays)
+
+
+def read_head(path: str | os.PathLike, weights: str | os.PathLike,
+              model_params: dict[str, Any]) -> NumpyRingHead | None:
+    """The head stored in ``path``; None when there is none or it is not from these files.
+
+    Parameters
+    ----------
+    path : path-like
+        ``head.npz`` of a run folder.
+    weights : path-like
+        The run's ``weights.safetensors``.
+    model_params : dict
+        ``model_params`` of the run's ``run.json``.
+
+    Returns
+    -------
+    NumpyRingHead or None
+        None for runs made without the file, and when the weights file is
+        missing or not the one the head was exported from, or the
+        hyperparameters differ from ``model_params`` (the caller then
+        loads the weights with torch, which reports a damaged weights file).
+
+    Raises
+    ------
+    InputError
+        If the file exists but cannot be read or does not describe a head.
+    """
+    p = Path(path)
+    if not p.is_file() or not Path(weights).is_file():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+        recipe = json.loads(str(arrays.pop("recipe")))
+    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise InputError(f"head.npz cannot be read ({exc})", path=p,
+                         hint="delete it: prediction then loads the weights with torch") from None
+    if not isinstance(recipe, dict) or recipe.get("format") != HEAD_FORMAT:
+        raise InputError("head.npz does not describe a ring-feature head", path=p,
+                         hint="delete it: prediction then loads the weights with torch")
+    if recipe.get("model_params") != json.loads(json.dumps(model_params)) \
+            or recipe.get("weights_sha256") != file_sha256(weights):
+        return None
+    try:
+        return NumpyRingHead.from_arrays(recipe, arrays)
+    except ValueError as exc:
+        raise InputError(f"head.npz: {exc}", path=p,
+                         hint="delete it: prediction then loads the weights with torch") from None

@@ -1,0 +1,276 @@
+"""What a :class:`~stem2eds.predict.predictor.Predictor` runs: the run's model, torch or numpy.
+
+:class:`Head` is the interface: preprocessed patterns, or raw blocks through
+the fused ring statistics, in; linear model outputs (before the output
+activations) out, as float32 numpy arrays. Two implementations:
+
+* :class:`TorchHead`: the run's torch model on its device (CPU or CUDA,
+  autocast for the trainable layers on CUDA); every model, every path.
+* :class:`NumpyHead`: for ring-feature models (``radial``, ``ridge``) on
+  the CPU, the head stored in the run folder (``head.npz``,
+  :mod:`stem2eds.formats.head`) evaluated in numpy after the numba ring
+  statistics, so ``stem2eds predict`` never imports torch (seconds of
+  start-up). Preprocessed patterns (the non-fused path) need the torch front
+  end: it builds a :class:`TorchHead` on first use and hands them to it.
+
+:func:`load_head` picks one; runs without ``head.npz`` (made before it
+existed), other models and CUDA get the :class:`TorchHead`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
+
+from ..errors import InputError
+from ..formats.rundir import RunDir
+
+if TYPE_CHECKING:  # torch is imported only by TorchHead
+    import torch
+
+    from ..features.rings import RingGeometry
+    from ..features.stream import RawBlock
+    from ..models.numpy_head import NumpyRingHead
+
+
+class Head(Protocol):
+    """The model part of a predictor (see the module docstring)."""
+
+    @property
+    def ring_statistics(self) -> tuple[str, ...] | None:
+        """Ring statistics the model starts with (the fused path); None: it takes patterns."""
+
+    @property
+    def model(self) -> "torch.nn.Module":
+        """The run's torch model in eval mode (imports torch; built on first use)."""
+
+    @property
+    def device(self) -> "torch.device":
+        """Where the model runs (imports torch)."""
+
+    @property
+    def device_type(self) -> str:
+        """``"cpu"`` or ``"cuda"``: where the model runs (without importing torch)."""
+
+    def outputs(self, patterns: np.ndarray) -> np.ndarray:
+        """(n, Qb, Qb) preprocessed float32 patterns -> (n, O) float32 linear outputs."""
+
+    def ring_outputs(self, block: "RawBlock", geometry: "RingGeometry", settings,
+                     means: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """A raw block through the fused ring statistics and the model.
+
+        Parameters
+        ----------
+        block : RawBlock
+            n raw patterns and their origins.
+        geometry : RingGeometry
+            Its ring geometry; ``geometry.statistics`` starts with
+            :attr:`ring_statistics` (and may add ``"mean"``).
+        settings : PreprocessSettings
+            The run's preprocessing.
+        means : bool
+            Also return the ring means (``"mean"`` must be in ``geometry.statistics``).
+
+        Returns
+        -------
+        outputs : ndarray, shape (n, O), float32
+            Linear outputs (activations not applied).
+        means : ndarray, shape (n, R), float32, or None
+        """
+
+
+class TorchHead:
+    """The run's torch model on ``device`` (:class:`Head`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        In eval mode, on ``device``.
+    device : torch.device
+    mixed_precision : bool
+        Autocast the trainable layers on CUDA (ignored on CPU).
+    """
+
+    def __init__(self, model: "torch.nn.Module", device: "torch.device",
+                 mixed_precision: bool = True):
+        self.model = model
+        self.device = device
+        self.mixed_precision = mixed_precision
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @property
+    def ring_statistics(self) -> tuple[str, ...] | None:
+        from ..models.rings import RingFrontend
+
+        return tuple(self.model.ring_statistics) if isinstance(self.model, RingFrontend) \
+            else None
+
+    def outputs(self, patterns: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(patterns, dtype=np.float32))
+            if self.device.type == "cuda":
+                # pinned staging lets the copy run asynchronously to the host
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            return self._forward(x).float().cpu().numpy()
+
+    def _forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        """The model on a device batch; autocast for the trainable layers on CUDA."""
+        import torch
+
+        if self.device.type != "cuda" or not self.mixed_precision:
+            return self.model(x)
+        from ..models import FixedFrontend
+
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if isinstance(self.model, FixedFrontend):
+            feats = self.model.frontend(x)  # float32: differences of large sums
+            with torch.autocast("cuda", dtype=dtype):
+                return self.model.forward_features(feats)
+        with torch.autocast("cuda", dtype=dtype):
+            return self.model(x)
+
+    def ring_outputs(self, block, geometry, settings, means=False):
+        import torch
+
+        used = len(self.ring_statistics or ())
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                from ..features.torch_rings import ring_statistics_torch
+
+                raw = torch.from_numpy(block.patterns).pin_memory()
+                stats = ring_statistics_torch(raw.to(self.device, non_blocking=True),
+                                              torch.from_numpy(block.origins), geometry)
+            else:
+                stats = torch.from_numpy(block.ring_features(settings, geometry.statistics)
+                                         ).reshape(len(block), -1, geometry.n_rings)
+            mean = stats[:, geometry.statistics.index("mean")].float().cpu().numpy() \
+                if means else None
+            return self._forward_rings(stats[:, :used]).float().cpu().numpy(), mean
+
+    def _forward_rings(self, stats: "torch.Tensor") -> "torch.Tensor":
+        """The model on ring statistics; autocast for the trainable layers on CUDA."""
+        import torch
+
+        if self.device.type != "cuda" or not self.mixed_precision:
+            return self.model.forward_rings(stats)
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        with torch.autocast("cuda", dtype=dtype):  # log/sums of the front end stay float32
+            return self.model.forward_rings(stats)
+
+
+class NumpyHead:
+    """A ring-feature head in numpy on the CPU (:class:`Head`; no torch).
+
+    Parameters
+    ----------
+    head : NumpyRingHead
+        From the run's ``head.npz``.
+    torch_head : callable
+        Builds the run's :class:`TorchHead` (CPU), for preprocessed patterns
+        and :attr:`model`; called at most once.
+    """
+
+    def __init__(self, head: "NumpyRingHead", torch_head: Callable[[], TorchHead]):
+        self.head = head
+        self._build = torch_head
+        self._torch: TorchHead | None = None
+
+    @property
+    def ring_statistics(self) -> tuple[str, ...]:
+        return self.head.statistics
+
+    @property
+    def torch_head(self) -> TorchHead:
+        """The run's :class:`TorchHead`, built (torch imported) on first use."""
+        if self._torch is None:
+            self._torch = self._build()
+        return self._torch
+
+    @property
+    def model(self) -> "torch.nn.Module":
+        return self.torch_head.model
+
+    @property
+    def device(self) -> "torch.device":
+        return self.torch_head.device
+
+    #: The numpy head and the numba ring statistics run on the CPU.
+    device_type = "cpu"
+
+    def outputs(self, patterns: np.ndarray) -> np.ndarray:
+        return self.torch_head.outputs(patterns)
+
+    def ring_outputs(self, block, geometry, settings, means=False):
+        stats = block.ring_features(settings, geometry.statistics).reshape(
+            len(block), -1, geometry.n_rings)
+        mean = stats[:, geometry.statistics.index("mean")] if means else None
+        return self.head.forward_rings(stats[:, :len(self.head.statistics)]), mean
+
+
+def load_head(run_dir: Path, info: dict[str, Any], settings, device: str = "cpu") -> Head:
+    """The run's model for prediction: :class:`NumpyHead` when it can be, else :class:`TorchHead`.
+
+    The numpy head is used on ``device="cpu"`` for runs that centre after
+    binning (the fused path) and have a ``head.npz`` exported from their
+    current weights; anything else loads the weights with torch.
+
+    A ``head.npz`` that does not describe the model of ``run.json`` is
+    ignored like a missing one: the weights, loaded with torch, decide.
+
+    Raises
+    ------
+    InputError
+        If the weights do not match ``run.json`` or ``head.npz`` cannot be read.
+    """
+    if len(info["elements"]) + ("haadf" in info["targets"]) != int(info["n_outputs"]):
+        raise InputError("run.json: outputs do not match elements and targets", path=run_dir)
+
+    def torch_head() -> TorchHead:
+        return _torch_head(run_dir, info, device)
+
+    if device != "cpu" or settings.centring != "binned":
+        return torch_head()
+    from ..formats.head import read_head
+
+    run = RunDir(run_dir)
+    head = read_head(run.head_npz, run.weights, info.get("model_params") or {})
+    if head is None:
+        return torch_head()
+    qx, qy = info["input_shape"]
+    rings = int(math.floor(math.hypot((qx - 1) / 2, (qy - 1) / 2))) + 1
+    if head.model != info["model"] or head.n_outputs != int(info["n_outputs"]) \
+            or head.n_rings != rings:
+        # run.json was changed after training: the registry and the weights
+        # (torch) decide whether the run still loads, and say why not
+        return torch_head()
+    return NumpyHead(head, torch_head)
+
+
+def _torch_head(run_dir: Path, info: dict[str, Any], device: str) -> TorchHead:
+    """Build the run's torch model, load its weights, put it on ``device`` in eval mode."""
+    from ..models import build_model
+    from .scanning import _device
+
+    run = RunDir(run_dir)
+    try:
+        model = build_model(info["model"], tuple(info["input_shape"]), int(info["n_outputs"]),
+                            info.get("model_params") or {})
+    except InputError as exc:
+        raise InputError(exc.message, path=run.run_json, hint=exc.hint) from None
+    state = run.load_weights()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"weights do not fit the model described in run.json "
+                         f"({str(exc).splitlines()[0]})", path=run.weights) from None
+    dev = _device(device)
+    model.to(dev).eval()
+    return TorchHead(model, dev)
