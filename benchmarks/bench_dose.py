@@ -15,12 +15,16 @@ truth, and how far each prediction moved from the training-dose prediction
 
     python benchmarks/bench_dose.py --out benchmarks/results/dose_thickness.json
 
+``--train-seed N`` trains every run with ``TrainConfig.seed = N`` (the
+recorded ``training_seed_check``: seed 103's normalised runs with seed 1).
+
 Shares the simulated series with ``bench_transfer.py`` (same work folder and
 settings); its runs have their own folders.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -46,7 +50,12 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("--out") for a in argv):
         argv += ["--out", "benchmarks/results/dose_thickness.json"]
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--train-seed", type=int, default=0,
+                       help="TrainConfig.seed of every run (run folders get a suffix if not 0)")
+    known, argv = extra.parse_known_args(argv)
     args = parse(argv)
+    args.train_seed = known.train_seed
     from stem2eds.cli import parse_pair
     from stem2eds.formats.bundle import open_bundle
     from stem2eds.metrics import metric_arrays
@@ -58,7 +67,8 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {"provenance": provenance(), "setup": {
         "seeds_held_out": seeds, "scan_shape": args.scan_shape, "bin_factor": args.bin,
-        "max_epochs": args.epochs, "train_scans": "first two scans of each seed's series",
+        "max_epochs": args.epochs, "train_seed": args.train_seed,
+        "train_scans": "first two scans of each seed's series",
         "test_scan": "third scan, simulated once per case (same specimen and seed)",
         "training_dose": 2e5, "training_thickness_nm": 30.0,
         "runs": {label: {"normalise": n, "dose_ceiling": d} for label, n, d in RUNS}},
@@ -75,7 +85,8 @@ def main(argv=None) -> int:
             truth = b.maps("truth")
         per_run = {}
         for label, normalise, dose_ceiling in RUNS:
-            predictor = load_run(_train(scans[:2], folder / f"run_{label}", args,
+            suffix = f"_seed{args.train_seed}" if args.train_seed else ""
+            predictor = load_run(_train(scans[:2], folder / f"run_{label}{suffix}", args,
                                         normalise, dose_ceiling))
             t = crop_maps(truth, predictor.settings.crop)
             preds = {name: predictor.predict_scan(path).eds for name, path in tests.items()}
@@ -103,6 +114,7 @@ def _train(scans, run_dir: Path, args, normalise: bool, dose_ceiling: bool) -> P
     from stem2eds.train.fit import ensure_trained
 
     config = TrainConfig(max_epochs=args.epochs, threads=args.threads, device="cpu",
+                         seed=args.train_seed,
                          preprocess=PreprocessSettings(bin_factor=args.bin,
                                                        dose_ceiling=dose_ceiling),
                          model_params={"normalise": normalise})
