@@ -143,6 +143,31 @@ def test_settings_without_dose_fields_keep_the_fixed_clip():
     assert off.ceiling_reference is None
     with pytest.raises(InputError, match="`dose_reference`"):
         PreprocessSettings.from_dict({**old, "dose_reference": 0.0})
+    with pytest.raises(InputError, match="`dose_ceiling`"):
+        PreprocessSettings.from_dict({**old, "dose_ceiling": "no"})
+
+
+def test_preprocessing_fits_the_dose_reference_with_the_scale(tmp_path):
+    from builders import make_bundle
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.preprocess import PreprocessSettings, preprocess_bundle
+
+    src = tmp_path / "raw.h5"
+    make_bundle(src)
+    on = preprocess_bundle(src, tmp_path / "on.h5", PreprocessSettings(), quiet=True)
+    off = preprocess_bundle(src, tmp_path / "off.h5", PreprocessSettings(dose_ceiling=False),
+                            quiet=True)
+    assert on.scale == off.scale and off.dose_reference is None
+    with open_bundle(tmp_path / "on.h5") as a, open_bundle(tmp_path / "off.h5") as b:
+        d_on, d_off = a.diffraction[()], b.diffraction[()]
+        assert a.json_attr("preprocess")["dose_reference"] == on.dose_reference
+    # the median pattern mean in units of the scale (the clip moves it very little)
+    assert on.dose_reference == pytest.approx(np.median(d_off.mean(axis=(2, 3))), rel=0.01)
+    assert d_off.max() == 1 and d_on.max() > 1
+    np.testing.assert_array_equal(d_on[d_off < 1], d_off[d_off < 1])
+    # reused settings (a later training scan, prediction) keep the reference
+    again = preprocess_bundle(src, tmp_path / "again.h5", on, quiet=True)
+    assert again.dose_reference == on.dose_reference
 
 
 def test_fused_front_end_follows_the_dose_ceiling():

@@ -394,7 +394,7 @@ def normalise(values: np.ndarray, scale: float,
     ndarray, shape (..., Qx, Qy), float32
     """
     if not scale > 0:
-        raise InputError(f"`scale` must be positive, got {scale}")
+        raise InputError(f"scale must be positive, got {scale}")
     scaled = np.asarray(values / np.float32(scale), dtype=np.float32)
     return np.clip(scaled, np.float32(0), pattern_ceiling(scaled, dose_reference), out=scaled)
 

@@ -140,6 +140,8 @@ class PreprocessSettings:
             raise InputError(f"beam radius must be >= 0, got {self.beam_radius}")
         if self.scale is not None and not self.scale > 0:
             raise InputError(f"scale must be positive, got {self.scale}")
+        if not isinstance(self.dose_ceiling, bool):
+            raise InputError(f"`dose_ceiling` must be true or false, got {self.dose_ceiling!r}")
         if self.dose_reference is not None and not self.dose_reference > 0:
             raise InputError(f"`dose_reference` must be positive, got {self.dose_reference}")
         if self.crop is not None and len(self.crop) != 4:
