@@ -2,26 +2,29 @@
 
 For each held-out seed (101, 102, 103, chosen before any result was seen) a
 3-scan kinematic series is simulated and the default model trained on its
-first two scans twice: as it is (``normalise`` off) and with
-``RadialParams.normalise`` (each pattern's mean log ring intensity removed).
-The third scan (same specimen, same seed) is simulated at the training dose,
-at half and double dose, and with the film 0.67x and 1.5x as thick, and
-predicted by both runs. Recorded: mean Pearson r over elements against the
-simulator's noise-free truth, and how far each prediction moved from the
-training-dose prediction (mean absolute difference in atomic fraction).
+first two scans four ways: ``RadialParams.normalise`` off or on (each
+pattern's mean log ring intensity removed), each with the preprocessing's
+clip fixed at 1 (the training scale; ``PreprocessSettings.dose_ceiling``
+off, as before it existed) or following each pattern's mean
+(``dose_ceiling`` on, the default). The third scan (same specimen, same
+seed) is simulated at the training dose, at half, double and 4x dose, and
+with the film 0.67x and 1.5x as thick, and predicted by every run.
+Recorded: mean Pearson r over elements against the simulator's noise-free
+truth, and how far each prediction moved from the training-dose prediction
+(mean absolute difference in atomic fraction).
 
     python benchmarks/bench_dose.py --out benchmarks/results/dose_thickness.json
 
-Shares the simulated series and the ``normalise``-off runs with
-``bench_transfer.py`` (same work folder and settings). A third run,
-``normalise_on_no_upper_clip``, is an experiment: preprocessing without its
-clip of the scaled values at 1 (patched for that run only), which double
-dose reaches on the brightest rings.
+``--train-seed N`` trains every run with ``TrainConfig.seed = N`` (the
+recorded ``training_seed_check``: seed 103's normalised runs with seed 1).
+
+Shares the simulated series with ``bench_transfer.py`` (same work folder and
+settings); its runs have their own folders.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import json
 import os
 import sys
@@ -31,18 +34,28 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transfer import _cached, parse, provenance, train_run  # noqa: E402
+from bench_transfer import _cached, parse, provenance  # noqa: E402
 
 #: The cases: name -> SimulationSettings overrides of the test scan.
 CASES = {"training_dose": {}, "dose_x0.5": {"dose": 1e5}, "dose_x2": {"dose": 4e5},
-         "thickness_x0.67": {"thickness_nm": 20.0}, "thickness_x1.5": {"thickness_nm": 45.0}}
+         "dose_x4": {"dose": 8e5}, "thickness_x0.67": {"thickness_nm": 20.0},
+         "thickness_x1.5": {"thickness_nm": 45.0}}
+
+#: (label, RadialParams.normalise, PreprocessSettings.dose_ceiling)
+RUNS = (("normalise_off_fixed_clip", False, False), ("normalise_off", False, True),
+        ("normalise_on_fixed_clip", True, False), ("normalise_on", True, True))
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("--out") for a in argv):
         argv += ["--out", "benchmarks/results/dose_thickness.json"]
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--train-seed", type=int, default=0,
+                       help="TrainConfig.seed of every run (run folders get a suffix if not 0)")
+    known, argv = extra.parse_known_args(argv)
     args = parse(argv)
+    args.train_seed = known.train_seed
     from stem2eds.cli import parse_pair
     from stem2eds.formats.bundle import open_bundle
     from stem2eds.metrics import metric_arrays
@@ -54,9 +67,12 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {"provenance": provenance(), "setup": {
         "seeds_held_out": seeds, "scan_shape": args.scan_shape, "bin_factor": args.bin,
-        "max_epochs": args.epochs, "train_scans": "first two scans of each seed's series",
+        "max_epochs": args.epochs, "train_seed": args.train_seed,
+        "train_scans": "first two scans of each seed's series",
         "test_scan": "third scan, simulated once per case (same specimen and seed)",
-        "training_dose": 2e5, "training_thickness_nm": 30.0}, "per_seed": {}}
+        "training_dose": 2e5, "training_thickness_nm": 30.0,
+        "runs": {label: {"normalise": n, "dose_ceiling": d} for label, n, d in RUNS}},
+        "per_seed": {}}
     for seed in seeds:
         t0 = time.perf_counter()
         base = SimulationSettings(n_scans=3, scan_shape=parse_pair(args.scan_shape), seed=seed)
@@ -68,14 +84,12 @@ def main(argv=None) -> int:
         with open_bundle(scans[2]) as b:
             truth = b.maps("truth")
         per_run = {}
-        for label, normalise, clip in RUNS:
-            run = folder / ("run" if not normalise else "run_normalise") if clip else \
-                folder / "run_normalise_no_upper_clip"
-            params = {"normalise": normalise}
-            with _upper_clip(clip):
-                predictor = load_run(train_run(scans[:2], run, args, **params))
-                t = crop_maps(truth, predictor.settings.crop)
-                preds = {name: predictor.predict_scan(path).eds for name, path in tests.items()}
+        for label, normalise, dose_ceiling in RUNS:
+            suffix = f"_seed{args.train_seed}" if args.train_seed else ""
+            predictor = load_run(_train(scans[:2], folder / f"run_{label}{suffix}", args,
+                                        normalise, dose_ceiling))
+            t = crop_maps(truth, predictor.settings.crop)
+            preds = {name: predictor.predict_scan(path).eds for name, path in tests.items()}
             per_run[label] = {name: {
                 "mean_r_truth": round(float(np.nanmean(metric_arrays(p, t)["pearson"])), 4),
                 "mean_abs_change_vs_training_dose": round(
@@ -93,33 +107,18 @@ def main(argv=None) -> int:
     return 0
 
 
-#: (label, RadialParams.normalise, preprocessing clips at 1 as it does today)
-RUNS = (("normalise_off", False, True), ("normalise_on", True, True),
-        ("normalise_on_no_upper_clip", True, False))
+def _train(scans, run_dir: Path, args, normalise: bool, dose_ceiling: bool) -> Path:
+    """The default model on ``scans`` (retrained when the folder is stale)."""
+    from stem2eds.preprocess import PreprocessSettings
+    from stem2eds.train.config import TrainConfig
+    from stem2eds.train.fit import ensure_trained
 
-
-@contextlib.contextmanager
-def _upper_clip(clip: bool):
-    """An experiment: preprocessing without its clip at 1 (values above the training scale kept).
-
-    Patches ``stem2eds.preprocess`` for the duration (training and
-    prediction), to measure what the clip costs at double dose.
-    """
-    if clip:
-        yield
-        return
-    import stem2eds.preprocess.output as output
-    import stem2eds.preprocess.pipeline as pipeline
-
-    def no_upper_clip(values, scale):
-        return np.clip(values / np.float32(scale), 0, None).astype(np.float32, copy=False)
-
-    saved = pipeline.normalise, output.normalise
-    pipeline.normalise = output.normalise = no_upper_clip
-    try:
-        yield
-    finally:
-        pipeline.normalise, output.normalise = saved
+    config = TrainConfig(max_epochs=args.epochs, threads=args.threads, device="cpu",
+                         seed=args.train_seed,
+                         preprocess=PreprocessSettings(bin_factor=args.bin,
+                                                       dose_ceiling=dose_ceiling),
+                         model_params={"normalise": normalise})
+    return ensure_trained(scans, run_dir, config, quiet=True)
 
 
 def _summary(per_seed: dict) -> dict:

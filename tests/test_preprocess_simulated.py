@@ -69,7 +69,9 @@ def test_preprocess_simulated_bundle_tracks_descan(tmp_path):
         assert np.sqrt(np.mean(resid ** 2)) < 0.1
         assert settings.probe_radius == pytest.approx(3.0, abs=0.5)
         d = pre.diffraction[()]
-        assert d.shape == (12, 10, 64, 64) and d.min() >= 0 and d.max() <= 1
+        # in [0, 1] except where a pattern brighter than the median exceeds 1: there
+        # the ceiling follows its mean (preprocess.patterns.normalise), near 1 on this film
+        assert d.shape == (12, 10, 64, 64) and d.min() >= 0 and d.max() <= 2
         assert pre.calibration.q_pixel_size == pytest.approx(4 * 0.1451)
     # the central beam is gone: compare counts with the same preprocessing keeping it
     kept = tmp_path / "kept.h5"

@@ -35,9 +35,35 @@ def _axis_weights(q: int, whole: int, frac: np.float32, f: int, dummy: int,
             index0[p], weight0[p], index1[p], weight1[p] = j0, one - frac, j1, frac
 
 
+@numba.njit(cache=True, inline="always")
+def _scale(binned: np.ndarray, scaling: int, scale: np.float32,
+           dose_reference: float) -> np.float32:
+    """Scale and divide one (Qx/f, Qy/f) pattern in place; return its clip ceiling.
+
+    The ceiling is 1, or with ``dose_reference > 0`` ``max(1, mean /
+    dose_reference)`` of the divided values
+    (:func:`stem2eds.preprocess.patterns.pattern_ceiling`).
+    """
+    bx, by = binned.shape
+    level = 0.0
+    for i in range(bx):
+        for j in range(by):
+            v = binned[i, j]
+            if scaling == 1:
+                v = np.float32(math.sqrt(max(v, np.float32(0.0))))
+            elif scaling == 2:
+                v = np.float32(math.log1p(max(v, np.float32(0.0))))
+            v = v / scale
+            binned[i, j] = v
+            level += v
+    if dose_reference > 0:
+        return np.float32(max(level / (bx * by) / dose_reference, 1.0))
+    return np.float32(1.0)
+
+
 @numba.njit(cache=True, parallel=True, fastmath=False)
-def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, ring, counts,
-                     out):  # pragma: no cover - compiled
+def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, dose_reference,
+                     ring, counts, out):  # pragma: no cover - compiled
     """Ring sum, mean square and max of each raw pattern's centred, binned, normalised form.
 
     Parameters
@@ -55,7 +81,10 @@ def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, 
     scaling : int
         0 none, 1 sqrt, 2 log1p.
     scale : float32
-        Divisor before the clip to [0, 1].
+        Divisor before the clip to [0, ceiling].
+    dose_reference : float64
+        > 0: each pattern's ceiling is ``max(1, mean / dose_reference)`` of its
+        scaled values (:func:`stem2eds.preprocess.patterns.normalise`); 0: 1.
     ring : ndarray, shape (Qx/f, Qy/f), int64
     counts : ndarray, shape (R,), float64
         Pixels per ring.
@@ -109,17 +138,13 @@ def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, 
                 dst = binned[i]
                 for j in range(j_lo, j_hi + 1):
                     dst[j] += w * src[f * j + t + m]
+        ceiling = _scale(binned, scaling, scale, dose_reference)
         total = np.zeros(n_rings, np.float64)
         total_sq = np.zeros(n_rings, np.float64)
         peak = np.zeros(n_rings, np.float32)
         for i in range(bx):
             for j in range(by):
-                v = binned[i, j]
-                if scaling == 1:
-                    v = np.float32(math.sqrt(max(v, np.float32(0.0))))
-                elif scaling == 2:
-                    v = np.float32(math.log1p(max(v, np.float32(0.0))))
-                v = min(max(v / scale, np.float32(0.0)), np.float32(1.0))
+                v = min(max(binned[i, j], np.float32(0.0)), ceiling)
                 r = ring[i, j]
                 total[r] += v
                 total_sq[r] += v * v

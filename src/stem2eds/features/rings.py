@@ -2,8 +2,9 @@
 
 The default path forms, for every pattern, a centred, beam-removed, binned
 float32 pattern (:func:`stem2eds.preprocess.patterns.process_patterns`),
-divides it by the intensity scale and clips it to [0, 1]
-(:func:`~stem2eds.preprocess.patterns.normalise`), and then reduces it to
+divides it by the intensity scale and clips it to [0, ceiling] (1, or
+one that follows the pattern's mean with ``dose_reference``;
+:func:`~stem2eds.preprocess.patterns.normalise`), and then reduces it to
 ring statistics (:class:`stem2eds.models.rings.RingStatistics`). Here the
 same numbers come straight from the raw counts, one pattern at a time,
 without any of those (n, Qx/f, Qy/f) intermediates in memory.
@@ -66,6 +67,9 @@ class RingGeometry:
         Divisor mapping the scaled values into [0, 1] (then clipped).
     statistics : tuple of {"mean", "std", "max"}
         Ring statistics returned, in this order.
+    dose_reference : float or None
+        ``PreprocessSettings.ceiling_reference``: each pattern is clipped at
+        ``max(1, mean / dose_reference)`` instead of 1 (None: at 1).
     """
 
     detector_shape: tuple[int, int]
@@ -74,6 +78,7 @@ class RingGeometry:
     scaling: str
     scale: float
     statistics: tuple[str, ...] = ("mean",)
+    dose_reference: float | None = None
 
     def __post_init__(self) -> None:
         qx, qy = (int(v) for v in self.detector_shape)
@@ -86,6 +91,8 @@ class RingGeometry:
                              hint=f"choose one of {', '.join(SCALING_CODES)}")
         if not (self.scale is not None and self.scale > 0):
             raise InputError(f"`scale` must be positive, got {self.scale}")
+        if self.dose_reference is not None and not self.dose_reference > 0:
+            raise InputError(f"`dose_reference` must be positive, got {self.dose_reference}")
         if not self.statistics or set(self.statistics) - set(STATISTICS):
             raise InputError(f"statistics must be some of {', '.join(STATISTICS)}, "
                              f"got {list(self.statistics)}")
@@ -103,7 +110,8 @@ class RingGeometry:
         Parameters
         ----------
         settings : PreprocessSettings
-            ``bin_factor``, ``scaling``, ``scale`` and ``beam_radius`` are used.
+            ``bin_factor``, ``scaling``, ``scale``, ``beam_radius`` and
+            ``ceiling_reference`` are used.
         detector_shape : (Qx, Qy)
             Raw detector of the scan.
         statistics : tuple of str
@@ -115,7 +123,8 @@ class RingGeometry:
         if radius is None:
             raise InputError("`beam_radius` is not set", hint="measure it on the scan first")
         return cls(tuple(detector_shape), int(settings.bin_factor), float(radius),
-                   str(settings.scaling), settings.scale, tuple(statistics))
+                   str(settings.scaling), settings.scale, tuple(statistics),
+                   settings.ceiling_reference)
 
     @property
     def binned_shape(self) -> tuple[int, int]:
@@ -182,7 +191,8 @@ def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
     """Ring statistics of raw patterns about their origins, without intermediates.
 
     Equals ``RingStatistics(geometry.binned_shape, statistics)`` applied to
-    ``normalise(process_patterns(raw, origins, beam_radius, f, scaling), scale)``
+    ``normalise(process_patterns(raw, origins, beam_radius, f, scaling), scale,
+    dose_reference)``
     (the default ``binned`` centring), up to float32 rounding.
 
     Parameters
@@ -217,7 +227,8 @@ def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
     if n:
         _kernel()(raw, origins, whole, frac, np.int64(geometry.bin_factor),
                   np.float64(geometry.beam_radius), np.int64(SCALING_CODES[geometry.scaling]),
-                  np.float32(geometry.scale), ring, counts, stats)
+                  np.float32(geometry.scale), np.float64(geometry.dose_reference or 0.0),
+                  ring, counts, stats)
     pick = [STATISTICS.index(s) for s in geometry.statistics]
     return np.ascontiguousarray(stats[:, pick].reshape(n, geometry.n_features))
 

@@ -56,12 +56,12 @@ class RawBlock:
                                           beam_radius=self.beam_radius)
 
     def preprocessed(self, settings) -> np.ndarray:
-        """(n, Qx/f, Qy/f) float32 in [0, 1]: the ordinary path's patterns (same functions)."""
+        """(n, Qx/f, Qy/f) float32 (normalised): the ordinary path's patterns (same functions)."""
         from ..preprocess.patterns import normalise, process_patterns
 
         values = process_patterns(self.patterns, self.origins, self.beam_radius,
                                   int(settings.bin_factor), settings.scaling, settings.centring)
-        return normalise(values, settings.scale)
+        return normalise(values, settings.scale, settings.ceiling_reference)
 
 
 def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | None = None,

@@ -97,7 +97,12 @@ def ring_statistics_torch(raw: torch.Tensor, origins: torch.Tensor,
         binned = torch.sqrt(binned.clamp(min=0))
     elif geometry.scaling == "log":
         binned = torch.log1p(binned.clamp(min=0))
-    values = (binned / geometry.scale).clamp(0, 1).reshape(n, -1)
+    values = (binned / geometry.scale).reshape(n, -1)
+    if geometry.dose_reference is None:
+        values = values.clamp(0, 1)
+    else:  # the ceiling follows each pattern's mean (preprocess.patterns.normalise)
+        ceiling = (values.double().mean(dim=1, keepdim=True) / geometry.dose_reference)
+        values = torch.minimum(values.clamp(min=0), ceiling.clamp(min=1).to(torch.float32))
     return _reduce(values, geometry)
 
 

@@ -48,7 +48,8 @@ def summarise(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def normalise_in_place(ds, scale: float, batch: int) -> None:
+def normalise_in_place(ds, scale: float, batch: int,
+                       dose_reference: float | None = None) -> None:
     """Pass 3: divide the written (binned) patterns by the scale, one block of rows at a time.
 
     Parameters
@@ -57,11 +58,14 @@ def normalise_in_place(ds, scale: float, batch: int) -> None:
     scale : float
     batch : int
         Patterns per block (rounded down to whole rows, at least one).
+    dose_reference : float or None
+        Each pattern's clip ceiling follows its intensity
+        (:func:`~stem2eds.preprocess.patterns.normalise`); None clips at 1.
     """
     rx, ry = ds.shape[:2]
     rows = max(1, batch // ry)
     for i in range(0, rx, rows):
-        ds[i:i + rows] = normalise(ds[i:i + rows], scale)
+        ds[i:i + rows] = normalise(ds[i:i + rows], scale, dose_reference)
 
 
 def write_maps(scan: ScanBundle, builder, settings: PreprocessSettings, box, register: bool,

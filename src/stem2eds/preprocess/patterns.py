@@ -367,11 +367,60 @@ def finish_patterns(centred: np.ndarray, beam_radius: float, bin_factor: int,
     return apply_scaling(out, scaling).astype(np.float32, copy=False)
 
 
-def normalise(values: np.ndarray, scale: float) -> np.ndarray:
-    """Divide by ``scale`` and clip to [0, 1] (float32)."""
+def normalise(values: np.ndarray, scale: float,
+              dose_reference: float | None = None) -> np.ndarray:
+    """Divide by ``scale`` and clip to [0, ceiling] (float32).
+
+    The clip keeps the few brightest pixels (Bragg peaks of grains, hot
+    pixels) from dominating ring statistics. A ceiling fixed at 1 is a fixed
+    number of counts, which a scan at a higher dose (or a thicker region)
+    reaches on its ordinary rings; with ``dose_reference`` each pattern's
+    ceiling is ``max(1, m / dose_reference)``, ``m`` its mean scaled value,
+    so it follows the pattern's own intensity: at k times the dose a pattern
+    as bright as the training median or brighter is clipped at exactly k
+    times its training ceiling, and nothing changes where no value exceeds 1.
+
+    Parameters
+    ----------
+    values : ndarray, shape (..., Qx, Qy)
+        Processed (centred, beam-removed, binned, scaled) patterns.
+    scale : float
+        The run's intensity scale (``PreprocessSettings.scale``).
+    dose_reference : float or None
+        ``PreprocessSettings.ceiling_reference``; None clips at 1.
+
+    Returns
+    -------
+    ndarray, shape (..., Qx, Qy), float32
+    """
     if not scale > 0:
         raise InputError(f"scale must be positive, got {scale}")
-    return np.clip(values / np.float32(scale), 0, 1).astype(np.float32, copy=False)
+    scaled = np.asarray(values / np.float32(scale), dtype=np.float32)
+    return np.clip(scaled, np.float32(0), pattern_ceiling(scaled, dose_reference), out=scaled)
+
+
+def pattern_ceiling(scaled: np.ndarray, dose_reference: float | None) -> np.ndarray:
+    """Upper clip of each scaled pattern: ``max(1, mean / dose_reference)``, float32.
+
+    Parameters
+    ----------
+    scaled : ndarray, shape (..., Qx, Qy)
+        Patterns divided by the intensity scale, not yet clipped.
+    dose_reference : float or None
+        None: 1 for every pattern (the fixed clip).
+
+    Returns
+    -------
+    ndarray, shape (..., 1, 1), float32
+        Broadcasts against ``scaled``. The mean is accumulated in float64, as
+        in the fused kernel (:mod:`stem2eds.features._kernel`).
+    """
+    if dose_reference is None:
+        return np.ones(scaled.shape[:-2] + (1, 1), np.float32)
+    if not dose_reference > 0:
+        raise InputError(f"`dose_reference` must be positive, got {dose_reference}")
+    mean = scaled.mean(axis=(-2, -1), dtype=np.float64, keepdims=True)
+    return np.maximum(mean / dose_reference, 1.0).astype(np.float32)
 
 
 class TopValues:

@@ -243,7 +243,7 @@ def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int
     ------
     start : int
         Flat index in the cropped scan of the block's first pattern.
-    patterns : ndarray, shape (n, Qx/bin, Qy/bin), float32 in [0, 1]
+    patterns : ndarray, shape (n, Qx/bin, Qy/bin), float32 in [0, ceiling] (``normalise``)
     """
     if settings.scale is None:
         raise InputError("preprocessing scale is not set",
@@ -253,7 +253,7 @@ def iter_preprocessed(scan: ScanBundle, settings: PreprocessSettings, batch: int
         origins, beam_radius = resolve_origins(scan, settings, batch, origins, executor)
         for start, values in _processed(scan, settings, origins, beam_radius, batch, True,
                                         executor):
-            yield start, normalise(values, settings.scale)
+            yield start, normalise(values, settings.scale, settings.ceiling_reference)
 
 
 def resolve_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int = 1024,
@@ -398,15 +398,23 @@ def _create_output(scan: ScanBundle, src, out, settings: PreprocessSettings,
 def _write_patterns(scan: ScanBundle, builder, settings: PreprocessSettings,
                     origins: np.ndarray, batch: int, quiet: bool, executor: Executor,
                     adf: np.ndarray | None) -> None:
-    """Passes 2 and 3 into the builder; sets ``settings.scale`` when it was not given."""
+    """Passes 2 and 3 into the builder.
+
+    Sets ``settings.scale`` when it was not given, and with it
+    ``settings.dose_reference`` (the median pattern mean in units of the
+    scale) when ``dose_ceiling`` is on.
+    """
     n_values = int(np.prod(builder.diffraction.shape))
     top = TopValues(n_values, settings.scale_percentile) if settings.scale is None else None
+    means = []  # each pattern's mean processed value, for dose_reference
     for start, values in _processed(scan, settings, origins, settings.beam_radius, batch, quiet,
                                     executor, adf):
         if top is None:
-            builder.write_patterns(start, normalise(values, settings.scale))
+            builder.write_patterns(start, normalise(values, settings.scale,
+                                                    settings.ceiling_reference))
         else:
             top.add(values)
+            means.append(values.mean(axis=(-2, -1), dtype=np.float64).ravel())
             builder.write_patterns(start, values)
     if top is None:
         return
@@ -416,4 +424,6 @@ def _write_patterns(scan: ScanBundle, builder, settings: PreprocessSettings,
                          "processed patterns is 0: nothing left to scale", path=scan.path,
                          hint="lower `beam_radius` or check the data")
     settings.scale = scale
-    normalise_in_place(builder.diffraction, scale, batch)
+    settings.dose_reference = float(np.median(np.concatenate(means)) / scale) \
+        if settings.dose_ceiling else None
+    normalise_in_place(builder.diffraction, scale, batch, settings.ceiling_reference)

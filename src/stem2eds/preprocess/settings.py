@@ -68,6 +68,18 @@ class PreprocessSettings:
         scan as the ``scale_percentile`` of the processed values.
     scale_percentile : float
         Percentile of the processed values that ``scale`` maps to 1 (robust to hot pixels).
+    dose_ceiling : bool
+        Clip each pattern's scaled values at ``max(1, m / dose_reference)``
+        (``m`` its mean scaled value) instead of at 1, so that the ceiling
+        follows the pattern's overall intensity (dose, thickness) and a
+        brighter scan is clipped where the training scans were, not on its
+        ordinary rings (:func:`stem2eds.preprocess.patterns.normalise`).
+        False: the paper's fixed clip to [0, 1].
+    dose_reference : float or None
+        Median over the patterns ``scale`` was fitted on of their mean
+        scaled value; fitted together with ``scale`` when ``dose_ceiling``
+        is on. None (runs made before it existed, or ``scale`` given
+        without it): the fixed clip at 1.
     probe_radius : float or None
         Measured disk radius (input px); filled in by preprocessing.
     detector_shape : (Qx, Qy) or None
@@ -90,6 +102,8 @@ class PreprocessSettings:
     eds_sigma: float | None = None
     scale: float | None = None
     scale_percentile: float = 99.9
+    dose_ceiling: bool = True
+    dose_reference: float | None = None
     probe_radius: float | None = None
     detector_shape: tuple[int, int] | None = None
     centring: str = "binned"
@@ -126,6 +140,10 @@ class PreprocessSettings:
             raise InputError(f"beam radius must be >= 0, got {self.beam_radius}")
         if self.scale is not None and not self.scale > 0:
             raise InputError(f"scale must be positive, got {self.scale}")
+        if not isinstance(self.dose_ceiling, bool):
+            raise InputError(f"`dose_ceiling` must be true or false, got {self.dose_ceiling!r}")
+        if self.dose_reference is not None and not self.dose_reference > 0:
+            raise InputError(f"`dose_reference` must be positive, got {self.dose_reference}")
         if self.crop is not None and len(self.crop) != 4:
             raise InputError(f"crop must be (r0, r1, c0, c1), got {self.crop}")
 
@@ -145,6 +163,11 @@ class PreprocessSettings:
         if unknown:
             raise InputError(f"unknown preprocessing setting(s) {', '.join(unknown)}")
         return cls(**dict(data))
+
+    @property
+    def ceiling_reference(self) -> float | None:
+        """``dose_reference`` where the dose-following ceiling applies, else None (clip at 1)."""
+        return self.dose_reference if self.dose_ceiling else None
 
     @property
     def resolved(self) -> bool:
