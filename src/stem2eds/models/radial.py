@@ -110,7 +110,8 @@ class RingHeadNet(StemModel, FixedFrontend):
 
     Notes
     -----
-    Input (n, Qx, Qy) float32 patterns in [0, 1]; output (n, n_outputs),
+    Input (n, Qx, Qy) float32 patterns in [0, 1] (up to the moving dose cap of
+    :class:`~stem2eds.preprocess.PreprocessSettings`, ``dose_ceiling``); output (n, n_outputs),
     linear (output activations are applied by the training wrapper), in the
     targets' units: the trainable layers work in standard deviations of each
     target (buffers ``target_mean``, ``target_scale``, set by

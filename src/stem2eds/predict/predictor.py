@@ -422,7 +422,8 @@ class Predictor:
     def _check_preprocessed(self, scan: ScanBundle) -> None:
         stored = scan.json_attr("preprocess", {}) or {}
         mine = self.settings.to_dict()
-        keys = ("bin_factor", "scaling", "scale", "crop", "origin_fit")
+        keys = ("bin_factor", "scaling", "scale", "crop", "origin_fit", "dose_ceiling",
+                "dose_reference")
         diff = [k for k in keys if k in stored and stored[k] != mine.get(k)]
         if diff:
             raise InputError("bundle was preprocessed with other settings than the run "
