@@ -420,6 +420,10 @@ def fused() -> str:
          "-", f"{acc['max_abs_prediction_diff']:.1e} atomic fraction"],
         ["largest ring-mean difference (same scan)", "-",
          f"{acc['max_abs_ring_feature_diff']:.0e}"],
+        *([[f"largest prediction difference, multislice scan ({ms['n_patterns']} patterns, "
+            "run trained on multislice scans)", "-",
+            f"{ms['max_abs_prediction_diff']:.1e} atomic fraction"]]
+          if isinstance(ms := acc.get("multislice"), dict) else []),
         ["filling the training cache from the raw bundle", "-",
          f"{tr['cache_fill']['patterns_per_s']:,.0f} patterns/s"],
         [f"one epoch of the default on {tr['epoch_100k']['n_patterns']:,} cached rows "
