@@ -177,6 +177,7 @@ def test_tiles_and_partitions_give_the_same_maps(setup):
     settings = load_run(run).settings
     roi = crop_roi(settings, (12, 10))
     with open_context() as ctx:
+        # thin tiles (joined into batches) and two partitions
         ds = ctx.load("memory", data=frames, num_partitions=2, tileshape=(7, 32, 32))
         assert frames_method(ds, roi) == "tile"
         origins = fit_dataset_origins(ctx, ds, settings)

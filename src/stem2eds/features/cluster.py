@@ -16,8 +16,7 @@ only that travels back:
   :func:`~stem2eds.features.rings.ring_features` as in one process; the
   client runs only the model's head;
 * :meth:`ClusterBlock.preprocessed` (other models): the preprocessed
-  patterns, through the same :meth:`RawBlock.preprocessed
-  <stem2eds.features.stream.RawBlock.preprocessed>`;
+  patterns, through the same :meth:`stem2eds.features.stream.RawBlock.preprocessed`;
 * :attr:`ClusterBlock.patterns` (the fused path on a GPU, which centres
   raw blocks itself): the raw patterns.
 

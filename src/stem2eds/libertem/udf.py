@@ -40,6 +40,8 @@ from ..preprocess.origin import find_origins
 
 #: Frames preprocessed and predicted together (per worker, per partition).
 FRAME_BATCH = 256
+#: Fewer frames than this in a tile are joined with the next tiles' first.
+MIN_STACK = 32
 #: Preferred bytes of a tile (whole frames): 256 frames of 256x256 uint16.
 TILE_BYTES = 32 * 2**20
 
@@ -108,23 +110,56 @@ def frames_method(ds, roi: np.ndarray | None = None) -> str:
 
 
 class _BatchingUDF(_StackUDF):
-    """Handles the frames of each stack in batches of at most :data:`FRAME_BATCH`.
+    """Handles the frames of a partition in batches of :data:`FRAME_BATCH`, in frame order.
 
     Subclasses implement :meth:`handle` on ``(frames (n, Qx, Qy), coordinates
-    (n, 2))`` and return per-frame rows, written into the ``kind="nav"``
-    buffers named by :meth:`columns`.
+    (n, 2))`` and return per-frame rows; :meth:`postprocess` writes the rows
+    of the partition, in frame order, into the ``kind="nav"`` buffers named
+    by :meth:`columns`. Stacks of fewer than :data:`MIN_STACK` frames (a
+    reader's thin tiles, or single frames where a reader applies a ``roi``
+    frame by frame) are copied and joined until a batch is full, so the
+    model never runs on a handful of frames.
     """
+
+    def preprocess(self) -> None:
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
+        self._rows: list[np.ndarray] = []
 
     def process_stack(self, frames: np.ndarray) -> None:
         coords = np.asarray(self.meta.coordinates)
         if len(coords) != len(frames):  # pragma: no cover - a LiberTEM contract, checked anyway
             raise RuntimeError(f"{len(frames)} frames but {len(coords)} coordinates")
-        columns = self.columns()
         for lo in range(0, len(frames), FRAME_BATCH):
-            rows = self.handle(frames[lo:lo + FRAME_BATCH], coords[lo:lo + FRAME_BATCH])
-            for name, cols in columns:
-                buf = getattr(self.results, name)
-                buf[lo:lo + len(rows)] = rows[:, cols].reshape(buf[lo:lo + len(rows)].shape)
+            part, where = frames[lo:lo + FRAME_BATCH], coords[lo:lo + FRAME_BATCH]
+            if len(part) < MIN_STACK:
+                # LiberTEM reuses its tile buffers: keep copies
+                self._pending.append((np.array(part), np.array(where)))
+                self._n_pending += len(part)
+                if self._n_pending >= FRAME_BATCH:
+                    self._flush()
+            else:
+                self._flush()  # what came before, in frame order
+                self._rows.append(self.handle(part, where))
+
+    def _flush(self) -> None:
+        if self._pending:
+            frames = np.concatenate([f for f, _ in self._pending])
+            coords = np.concatenate([c for _, c in self._pending])
+            self._pending, self._n_pending = [], 0
+            self._rows.append(self.handle(frames, coords))
+
+    def postprocess(self) -> None:
+        self._flush()
+        columns = self.columns()
+        n = len(getattr(self.results, columns[0][0]))
+        rows = np.concatenate(self._rows) if self._rows else np.zeros((0, 1))
+        if len(rows) != n:  # pragma: no cover - a LiberTEM contract, checked anyway
+            raise RuntimeError(f"partition has {n} frames but {len(rows)} were processed")
+        for name, cols in columns:
+            buf = getattr(self.results, name)
+            buf[:] = rows[:, cols].reshape(buf.shape)
+        self._rows = []
 
     def handle(self, frames: np.ndarray, coords: np.ndarray) -> np.ndarray:
         raise NotImplementedError
