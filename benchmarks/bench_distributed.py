@@ -17,8 +17,8 @@ Cluster start-up is timed apart: a cluster serves many scans, so the rate
 leaves it out; the summary also gives the fractions with it counted once
 (a cluster started for this one scan, as ``--scheduler local`` does). For
 LiberTEM each repeat also times its two passes (origins, ``PredictUDF``)
-and a read-only pass (``SumUDF``) with the workers' CPU seconds. The per-core rate is patterns/s divided by
-the cores the run may use (``--workers``; the single process uses that many
+and a read-only pass (``SumUDF``) with the workers' CPU seconds.
+The per-core rate is patterns/s divided by the cores the run may use (``--workers``; the single process uses that many
 preprocessing threads). For the Dask runs the task stream says where the
 time goes: task count, compute, transfer and deserialisation seconds on the
 workers, the workers' and the client's CPU seconds (``getrusage``), idle
@@ -151,7 +151,7 @@ def libertem_path(bundle: Path, run_dir: Path, workers: int, repeats: int) -> di
 
     Besides the whole call (the rate), each repeat times its two passes
     apart (the origin sub-grid, then ``PredictUDF``) and LiberTEM's own
-    reading of every frame (``SumUDF``: read, convert to float32, add), with
+    reading of every frame (``SumUDF`` in the file's dtype: read and add), with
     the workers' and this process's CPU seconds.
     """
     try:
@@ -199,7 +199,8 @@ def _libertem_passes(ctx, ds, run_dir: Path, client) -> dict:
                      method=frames_method(ds, roi))
     out["predict_udf"], _ = timed(lambda: ctx.run_udf(ds, udf, roi=roi))
     out["predict_udf"]["method"] = udf.params.method
-    out["read_only_sum_udf"], _ = timed(lambda: ctx.run_udf(ds, SumUDF()))
+    # read in the file's dtype, as PredictUDF reads (the sum may wrap: only its time counts)
+    out["read_only_sum_udf"], _ = timed(lambda: ctx.run_udf(ds, SumUDF(dtype=ds.dtype)))
     return out
 
 
@@ -270,6 +271,10 @@ def compare(results: dict, n: int, cores: int) -> dict:
     summary["cpu_ms_per_pattern"] = {"single_process": round(1000 * cpu_single / n, 3),
                                      "dask": round(1000 * cpu_dask / n, 3)}
     summary["dask_cpu_efficiency"] = round(cpu_single / cpu_dask, 3)
+    # per stage: the same cores, so the fraction is the inverse ratio of the wall times
+    summary["dask_fraction_by_stage"] = {
+        s: round(results["single_process"][s]["seconds"] / d[s]["seconds"], 3)
+        for s in ("preprocess", "predict")}
     # a cluster started for one scan pays its start-up once (the CLI's --scheduler local)
     summary["dask_fraction_with_cluster_start"] = round(
         n / (both(d) + d["cluster_start_seconds"]) / cores / single, 3)
@@ -283,6 +288,14 @@ def compare(results: dict, n: int, cores: int) -> dict:
         summary["libertem_fraction_of_single_predict"] = round(rate / one, 3)
         summary["libertem_fraction_with_cluster_start"] = round(
             one_s / (lt["predict"]["seconds"] + lt["cluster_start_seconds"]), 3)
+        # CPU seconds of both passes, all processes (the best repeat) against one process's
+        passes = lt.get("passes", [])
+        if passes:
+            cpu_lt = min(sum(p[k][c] for k in ("origins", "predict_udf")
+                             for c in ("worker_cpu_seconds", "client_cpu_seconds"))
+                         for p in passes)
+            summary["libertem_cpu_efficiency"] = round(
+                results["single_process"]["predict"]["client_cpu_seconds"] / cpu_lt, 3)
     return summary
 
 
