@@ -18,13 +18,13 @@ leaves it out; the summary also gives the fractions with it counted once
 (a cluster started for this one scan, as ``--scheduler local`` does). For
 LiberTEM each repeat also times its two passes (origins, ``PredictUDF``)
 and a read-only pass (``SumUDF``) with the workers' CPU seconds.
-The per-core rate is patterns/s divided by the cores the run may use (``--workers``; the single process uses that many
-preprocessing threads). For the Dask runs the task stream says where the
-time goes: task count, compute, transfer and deserialisation seconds on the
-workers, the workers' and the client's CPU seconds (``getrusage``), idle
-worker time (wall x workers - compute), the cost of pickling one task's
-result, and the cost of opening the bundle (what each task paid before
-workers kept bundles open).
+The per-core rate is patterns/s divided by the cores the run may use
+(``--workers``; the single process uses that many preprocessing threads).
+For the Dask runs the task stream says where the time goes: task count,
+compute, transfer and deserialisation seconds on the workers, the workers'
+and the client's CPU seconds (``getrusage``), idle worker time (wall x
+workers - compute), the cost of pickling one task's result, and the cost of
+opening the bundle (what each task paid before workers kept bundles open).
 
 Usage::
 

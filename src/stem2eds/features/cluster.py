@@ -119,7 +119,7 @@ class ClusterScan:
         self._finalizer = weakref.finalize(self, on_close or (lambda: None))
 
     def blocks(self) -> Iterator[tuple[int, "ClusterBlock"]]:
-        """``(start, block)`` for every task's block of rows, in scan order (nothing computed yet)."""
+        """``(start, block)`` per task's block of rows, in scan order (nothing computed yet)."""
         try:
             for index, ((start, _), n) in enumerate(zip(self.tasks, self.lengths)):
                 yield start, ClusterBlock(self, index, n,
