@@ -13,14 +13,18 @@ Three ways to run the same work on the same cores (``--workers``, default 2):
 
 Every call runs ``--repeats`` times in this process (the first also pays
 imports and, on a cluster, the workers' imports); the best is the rate.
-Cluster start-up is timed apart. The per-core rate is patterns/s divided by
-the cores the run may use (``--workers``; the single process uses that many
-preprocessing threads). For the Dask runs the task stream says where the
-time goes: task count, compute, transfer and deserialisation seconds on the
-workers, the workers' and the client's CPU seconds (``getrusage``), idle
-worker time (wall x workers - compute), the cost of pickling one task's
-result, and the cost of opening the bundle (what each task paid before
-workers kept bundles open).
+Cluster start-up is timed apart: a cluster serves many scans, so the rate
+leaves it out; the summary also gives the fractions with it counted once
+(a cluster started for this one scan, as ``--scheduler local`` does). For
+LiberTEM each repeat also times its two passes (origins, ``PredictUDF``)
+and a read-only pass (``SumUDF``) with the workers' CPU seconds.
+The per-core rate is patterns/s divided by the cores the run may use
+(``--workers``; the single process uses that many preprocessing threads).
+For the Dask runs the task stream says where the time goes: task count,
+compute, transfer and deserialisation seconds on the workers, the workers'
+and the client's CPU seconds (``getrusage``), idle worker time (wall x
+workers - compute), the cost of pickling one task's result, and the cost of
+opening the bundle (what each task paid before workers kept bundles open).
 
 Usage::
 
@@ -143,7 +147,13 @@ def dask_path(bundle: Path, run_dir: Path, work: Path, repeats: int, workers: in
 
 
 def libertem_path(bundle: Path, run_dir: Path, workers: int, repeats: int) -> dict:
-    """``PredictUDF`` over LiberTEM's Dask executor; origins and prediction, as ``predict``."""
+    """``predict_dataset`` over LiberTEM's Dask executor; origins and prediction, as ``predict``.
+
+    Besides the whole call (the rate), each repeat times its two passes
+    apart (the origin sub-grid, then ``PredictUDF``) and LiberTEM's own
+    reading of every frame (``SumUDF`` in the file's dtype: read and add), with
+    the workers' and this process's CPU seconds.
+    """
     try:
         from stem2eds.libertem import predict_dataset
     except ImportError as exc:
@@ -155,9 +165,42 @@ def libertem_path(bundle: Path, run_dir: Path, workers: int, repeats: int) -> di
     out: dict = {"cluster_start_seconds": round(time.perf_counter() - t0, 3)}
     try:
         ds = ctx.load("hdf5", path=str(bundle), ds_path="diffraction")
+        out["partitions"] = int(ds.get_num_partitions())
+        client = ctx.executor.client
         out["predict"] = _best(lambda: predict_dataset(ctx, ds, run_dir), repeats)
+        out["passes"] = [_libertem_passes(ctx, ds, run_dir, client) for _ in range(repeats)]
     finally:
         ctx.close()
+    return out
+
+
+def _libertem_passes(ctx, ds, run_dir: Path, client) -> dict:
+    """Wall and CPU seconds of each LiberTEM pass of one prediction, and of reading alone."""
+    from libertem.udf.sum import SumUDF
+
+    from stem2eds.libertem import engine
+    from stem2eds.libertem.udf import PredictUDF, frames_method
+    from stem2eds.predict.predictor import _finished_run
+
+    _, settings = _finished_run(run_dir)
+
+    def timed(fn) -> tuple[dict, object]:
+        w0, c0, t0 = sum(client.run(_cpu_self).values()), _cpu_self(), time.perf_counter()
+        value = fn()
+        return {"seconds": round(time.perf_counter() - t0, 3),
+                "worker_cpu_seconds": round(sum(client.run(_cpu_self).values()) - w0, 2),
+                "client_cpu_seconds": round(_cpu_self() - c0, 2)}, value
+
+    out = {}
+    out["origins"], origins = timed(lambda: engine.fit_dataset_origins(ctx, ds, settings))
+    roi = engine.crop_roi(settings, engine._nav_shape(ds))
+    udf = PredictUDF(run_dir, origins.fitted,
+                     engine.beam_radius_for(settings, origins.probe_radius),
+                     method=frames_method(ds, roi))
+    out["predict_udf"], _ = timed(lambda: ctx.run_udf(ds, udf, roi=roi))
+    out["predict_udf"]["method"] = udf.params.method
+    # read in the file's dtype, as PredictUDF reads (the sum may wrap: only its time counts)
+    out["read_only_sum_udf"], _ = timed(lambda: ctx.run_udf(ds, SumUDF(dtype=ds.dtype)))
     return out
 
 
@@ -173,14 +216,27 @@ def setup_costs(bundle: Path, n_tasks: int) -> dict:
             PatternReader(scan.diffraction).close()
     open_s = (time.perf_counter() - t0) / 3
     result = np.zeros((TASK_PATTERNS, 64, 64), np.float32)  # one task's binned patterns
-    t0 = time.perf_counter()
-    for _ in range(5):
-        pickle.loads(pickle.dumps(result, protocol=5))
-    pickle_s = (time.perf_counter() - t0) / 5
+    from stem2eds.features import RingGeometry
+
+    # one task's ring statistics: at most mean, std and max over the 64x64 binned rings
+    width = RingGeometry((256, 256), 4, 1.0, "none", 1.0, ("mean", "std", "max")).n_features
+    rings = np.zeros((TASK_PATTERNS, width), np.float32)
+
+    def pickling(value) -> float:
+        t0 = time.perf_counter()
+        for _ in range(5):
+            pickle.loads(pickle.dumps(value, protocol=5))
+        return (time.perf_counter() - t0) / 5
+
     return {"open_bundle_seconds": round(open_s, 4),
             "open_bundle_seconds_if_per_task": round(open_s * n_tasks, 3),
-            "pickle_one_task_result_seconds": round(pickle_s, 4),
-            "task_result_mb": round(result.nbytes / 2**20, 1)}
+            "pickle_one_task_result_seconds": round(pickling(result), 4),
+            "task_result_mb": round(result.nbytes / 2**20, 1),
+            "pickle_one_ring_task_result_seconds": round(pickling(rings), 5),
+            "ring_task_result_kb": round(rings.nbytes / 2**10, 1),
+            "note": "preprocess tasks return binned patterns; predict tasks of a ring "
+                    "model (the default) return its ring statistics (at most mean, std "
+                    "and max of every ring)"}
 
 
 def prepare(work: Path, n: int, say) -> tuple[Path, Path]:
@@ -215,13 +271,31 @@ def compare(results: dict, n: int, cores: int) -> dict:
     summary["cpu_ms_per_pattern"] = {"single_process": round(1000 * cpu_single / n, 3),
                                      "dask": round(1000 * cpu_dask / n, 3)}
     summary["dask_cpu_efficiency"] = round(cpu_single / cpu_dask, 3)
+    # per stage: the same cores, so the fraction is the inverse ratio of the wall times
+    summary["dask_fraction_by_stage"] = {
+        s: round(results["single_process"][s]["seconds"] / d[s]["seconds"], 3)
+        for s in ("preprocess", "predict")}
+    # a cluster started for one scan pays its start-up once (the CLI's --scheduler local)
+    summary["dask_fraction_with_cluster_start"] = round(
+        n / (both(d) + d["cluster_start_seconds"]) / cores / single, 3)
     lt = results["libertem"]
     if "predict" in lt:
         # the UDF predicts from the raw bundle (origins included): compare with predict alone
-        one = n / results["single_process"]["predict"]["seconds"] / cores
+        one_s = results["single_process"]["predict"]["seconds"]
+        one = n / one_s / cores
         rate = n / lt["predict"]["seconds"] / cores
         summary["libertem_predict_patterns_per_s_per_core"] = round(rate, 1)
         summary["libertem_fraction_of_single_predict"] = round(rate / one, 3)
+        summary["libertem_fraction_with_cluster_start"] = round(
+            one_s / (lt["predict"]["seconds"] + lt["cluster_start_seconds"]), 3)
+        # CPU seconds of both passes, all processes (the best repeat) against one process's
+        passes = lt.get("passes", [])
+        if passes:
+            cpu_lt = min(sum(p[k][c] for k in ("origins", "predict_udf")
+                             for c in ("worker_cpu_seconds", "client_cpu_seconds"))
+                         for p in passes)
+            summary["libertem_cpu_efficiency"] = round(
+                results["single_process"]["predict"]["client_cpu_seconds"] / cpu_lt, 3)
     return summary
 
 

@@ -164,3 +164,29 @@ def test_import_stem2eds_does_not_import_libertem():
     code = ("import sys, stem2eds, stem2eds.libertem; "
             "assert 'libertem' not in sys.modules, 'libertem imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiles_and_partitions_give_the_same_maps(setup):
+    """PredictUDF on stacks of whole-frame tiles equals it on whole partitions (and predict)."""
+    from stem2eds.libertem import PredictUDF, fit_dataset_origins, open_context
+    from stem2eds.libertem.engine import crop_roi
+    from stem2eds.libertem.udf import frames_method
+    from stem2eds.predict.predictor import load_run
+
+    run, frames, ref, _ = setup
+    settings = load_run(run).settings
+    roi = crop_roi(settings, (12, 10))
+    with open_context() as ctx:
+        # thin tiles (joined into batches) and two partitions
+        ds = ctx.load("memory", data=frames, num_partitions=2, tileshape=(7, 32, 32))
+        assert frames_method(ds, roi) == "tile"
+        origins = fit_dataset_origins(ctx, ds, settings)
+        maps = {m: ctx.run_udf(ds, PredictUDF(run, origins.fitted, settings.beam_radius,
+                                              method=m), roi=roi)
+                for m in ("tile", "partition")}
+        split = ctx.load("memory", data=frames, tileshape=(4, 16, 32))
+        assert frames_method(split, roi) == "partition"  # tiles of half frames
+    for el in ref:
+        np.testing.assert_array_equal(maps["tile"][el].data, maps["partition"][el].data)
+        np.testing.assert_allclose(maps["tile"][el].data[1:11, 0:9], ref[el], rtol=1e-5,
+                                   atol=1e-6)

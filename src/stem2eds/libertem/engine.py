@@ -1,8 +1,8 @@
 """``stem2eds predict`` on LiberTEM: any file LiberTEM reads in, the same maps out.
 
-:func:`predict_dataset` runs the three UDFs of :mod:`stem2eds.libertem.udf`
-on a LiberTEM dataset (origins on the run's sub-grid, the fit here, then the
-predicted maps); :func:`predict_file` loads a file with LiberTEM's readers
+:func:`predict_dataset` runs the UDFs of :mod:`stem2eds.libertem.udf`
+on a LiberTEM dataset (two passes: the run's origin sub-grid, measured and
+fitted here, then the predicted maps); :func:`predict_file` loads a file with LiberTEM's readers
 (``filetype="auto"`` or a named type: mib, k2is, frms6, blo, dm, empad, mrc,
 hdf5, npy, ...) and writes the prediction file
 (:mod:`stem2eds.formats.prediction`).
@@ -159,26 +159,38 @@ def measurement_roi(settings, nav_shape: tuple[int, int]) -> tuple[np.ndarray, n
 def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     """Origins of every position: measured on the run's sub-grid, fitted as the run says.
 
-    Two cheap passes: the first :data:`RADIUS_SAMPLE` frames of the
-    measurement set (their aperture radius), then the origins on that set.
+    On a sub-grid (a smooth fit) one pass brings the grid's frames here
+    (:class:`~stem2eds.libertem.udf.SampleUDF`), where they are measured
+    exactly as :func:`stem2eds.preprocess.pipeline.measure_origins` does;
+    when every position is measured, two passes: the first
+    :data:`RADIUS_SAMPLE` frames (their aperture radius), then the origins
+    on the workers (:class:`~stem2eds.libertem.udf.OriginUDF`).
     """
-    from .udf import OriginUDF, SampleUDF
+    from .udf import OriginUDF, SampleUDF, frames_method
 
     nav_shape = _nav_shape(ds)
     roi, sampled = measurement_roi(settings, nav_shape)
-    first = np.zeros(nav_shape, bool)
-    first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
-    frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig)), roi=first)["frames"].raw_data
-    radius = find_origins(frames).probe_radius
-    del frames
-    res = ctx.run_udf(ds, OriginUDF(radius), roi=roi)
+    method = frames_method(ds, roi)
+    if sampled is not None and _frames_bytes(ds, int(roi.sum())) <= GRID_BYTES:
+        frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method), roi=roi)
+        measured, disk_sum, n_sum = _measure_frames(np.asarray(frames["frames"].raw_data),
+                                                    roi, nav_shape)
+    else:
+        first = np.zeros(nav_shape, bool)
+        first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
+        frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method),
+                             roi=first)["frames"].raw_data
+        radius = find_origins(frames).probe_radius
+        del frames
+        res = ctx.run_udf(ds, OriginUDF(radius, method), roi=roi)
+        measured = np.asarray(res["origin"].data)
+        disk_sum = np.asarray(res["disk_sum"].data)
+        n_sum = int(np.asarray(res["n_summed"].data).sum())
     box = check_crop(settings.crop, nav_shape)
-    measured = np.asarray(res["origin"].data)[box[0]:box[1], box[2]:box[3]]
-    n_sum = int(np.asarray(res["n_summed"].data).sum())
+    measured = measured[box[0]:box[1], box[2]:box[3]]
     if n_sum == 0:
         raise InputError("no diffraction pattern has counts: cannot find the unscattered beam")
-    probe_radius = disk_radius(np.asarray(res["disk_sum"].data) / n_sum,
-                               smooth=0.0 if n_sum >= 20 else 1.0)
+    probe_radius = disk_radius(disk_sum / n_sum, smooth=0.0 if n_sum >= 20 else 1.0)
     try:
         fit = fit_origins(measured, settings.origin_fit, sampled=sampled)
     except ValueError as exc:
@@ -191,6 +203,38 @@ def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     fitted = np.full((*nav_shape, 2), np.nan)
     fitted[box[0]:box[1], box[2]:box[3]] = fit.fitted
     return DatasetOrigins(fitted, fit, float(probe_radius), box)
+
+
+#: Most bytes of sub-grid frames brought here in one pass (else origins are
+#: measured on the workers): 1,024 frames of 256x256 uint16 are 128 MiB.
+GRID_BYTES = 256 * 2**20
+
+
+def _frames_bytes(ds, n: int) -> int:
+    return n * int(np.prod(tuple(ds.shape.sig))) * np.dtype(ds.dtype).itemsize
+
+
+def _measure_frames(frames: np.ndarray, roi: np.ndarray, nav_shape: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Origins (NaN off ``roi``), disk sum and count of the roi's frames (scan order).
+
+    As :func:`stem2eds.preprocess.pipeline.measure_origins` on a sub-grid:
+    blocks of :data:`RADIUS_SAMPLE` frames, the aperture radius from the first.
+    """
+    from ..preprocess.passes import measure_chunk
+
+    measured = np.full((int(np.prod(nav_shape)), 2), np.nan)
+    where = np.flatnonzero(roi)
+    disk_sum, n_sum, radius = None, 0, None
+    for lo in range(0, len(frames), RADIUS_SAMPLE):
+        block = frames[lo:lo + RADIUS_SAMPLE]
+        if radius is None:
+            radius = find_origins(block).probe_radius
+        found = measure_chunk(lo, block, radius)
+        measured[where[lo:lo + len(block)]] = found.origins
+        disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
+        n_sum += found.n_summed
+    return measured.reshape(*nav_shape, 2), disk_sum, n_sum
 
 
 def beam_radius_for(settings, probe_radius: float) -> float:
@@ -247,14 +291,15 @@ def predict_dataset(ctx, ds, run: str | os.PathLike, *, device: str = "cpu",
         Maps of the run's crop of the scan.
     """
     from ..predict.predictor import Prediction, _finished_run
-    from .udf import PredictUDF
+    from .udf import PredictUDF, frames_method
 
     _, settings = _finished_run(Path(run))
     check_dataset(ds, settings)
     origins = fit_dataset_origins(ctx, ds, settings)
+    roi = crop_roi(settings, _nav_shape(ds))
     udf = PredictUDF(run, origins.fitted, beam_radius_for(settings, origins.probe_radius),
-                     device=device, filtered=filtered)
-    res = ctx.run_udf(ds, udf, roi=crop_roi(settings, _nav_shape(ds)))
+                     device=device, filtered=filtered, method=frames_method(ds, roi))
+    res = ctx.run_udf(ds, udf, roi=roi)
     return maps_from_results(res, udf.predictor, origins.box)
 
 

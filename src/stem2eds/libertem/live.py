@@ -56,9 +56,10 @@ class LivePredictUDF(PredictUDF):
     """
 
     def __init__(self, run, radius: float, beam_radius: float, device: str = "cpu",
-                 origins=None, filtered: bool = False):
+                 origins=None, filtered: bool = False, method: str = "partition"):
         # LiberTEM rebuilds a UDF per partition from its parameters (all of them)
-        super().__init__(run, None, beam_radius, device, filtered=False, radius=float(radius))
+        super().__init__(run, None, beam_radius, device, filtered=False, method=method,
+                         radius=float(radius))
 
     def handle(self, frames, coords):
         from ..preprocess.origin import find_origins

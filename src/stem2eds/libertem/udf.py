@@ -1,25 +1,29 @@
 """LiberTEM UDFs: origins and predicted maps of any dataset LiberTEM reads.
 
-Three UDFs reproduce ``stem2eds predict`` on LiberTEM's readers and executors
-(inline, Dask cluster, libertem-live); :mod:`stem2eds.libertem.engine` runs them
-in order:
+The UDFs reproduce ``stem2eds predict`` on LiberTEM's readers and executors
+(inline, Dask cluster, libertem-live); :mod:`stem2eds.libertem.engine` runs
+them in order:
 
-1. :class:`SampleUDF` picks the first patterns of the origin measurement set
-   (the run's ``origin_sample`` sub-grid of the cropped scan, or all of it):
-   their aperture radius fixes how every origin is measured, exactly as
-   :func:`stem2eds.preprocess.pipeline.measure_origins` does;
-2. :class:`OriginUDF` measures the origins on that set (``roi``), with the
-   disk sum for the probe radius; the engine then fits the run's smooth
+1. :class:`SampleUDF` brings the frames of the origin measurement set (the
+   run's ``origin_sample`` sub-grid of the cropped scan) here, where they are
+   measured exactly as :func:`stem2eds.preprocess.pipeline.measure_origins`
+   measures them (the aperture radius from the first frames, then every
+   origin); when every position is measured (no smooth fit), it brings only
+   the first frames (their aperture radius) and
+2. :class:`OriginUDF` measures the origins of every position on the workers,
+   with the disk sum for the probe radius; the engine then fits the run's
    origin model (:func:`stem2eds.preprocess.origin.fit_origins`);
-3. :class:`PredictUDF` preprocesses every pattern with the fitted origins and
-   the run's :class:`~stem2eds.preprocess.settings.PreprocessSettings`, runs
-   the model and returns one ``kind="nav"`` buffer per element (and
+3. :class:`PredictUDF` runs the run's front end and model on every frame
+   with the fitted origins (:meth:`~stem2eds.predict.predictor.Predictor.predict_raw`:
+   the fused ring statistics for ring models, else the run's
+   preprocessing) and returns one ``kind="nav"`` buffer per element (and
    ``haadf``); :meth:`PredictUDF.get_results` applies the run's map filter
    (:meth:`stem2eds.predict.predictor.Predictor.finish_eds`).
 
-The UDFs process frames (LiberTEM then hands out whole frames whatever the
-reader's native tiling) and collect them into batches: the array functions
-and the model then run on ``(n, Qx, Qy)`` stacks as in ``stem2eds predict``.
+The UDFs take frames in stacks (tiles of whole frames, or whole
+partitions, :class:`_StackUDF`) and handle them in batches: the array
+functions and the model then run on ``(n, Qx, Qy)`` stacks as in
+``stem2eds predict``, without LiberTEM's per-frame Python work.
 This module imports LiberTEM; ``import stem2eds`` does not.
 """
 
@@ -36,6 +40,10 @@ from ..preprocess.origin import find_origins
 
 #: Frames preprocessed and predicted together (per worker, per partition).
 FRAME_BATCH = 256
+#: Fewer frames than this in a tile are joined with the next tiles' first.
+MIN_STACK = 32
+#: Preferred bytes of a tile (whole frames): 256 frames of 256x256 uint16.
+TILE_BYTES = 32 * 2**20
 
 _PREDICTORS: dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -56,47 +64,101 @@ def cached_predictor(run: str | os.PathLike, device: str = "cpu"):
         return _PREDICTORS[key]
 
 
-class _BatchingUDF(UDF):
-    """Collects whole frames of a partition and handles them in batches of :data:`FRAME_BATCH`.
+class _StackUDF(UDF):
+    """Takes whole frames in stacks: ``(n, Qx, Qy)`` tiles or whole partitions.
 
-    Subclasses implement :meth:`handle` on ``(frames (n, Qx, Qy), coordinates
-    (n, 2))`` and return per-frame rows; :meth:`postprocess` writes the rows
-    of the partition, in frame order, into the ``kind="nav"`` buffers named
-    by :meth:`columns`.
+    LiberTEM's per-frame method costs Python work per frame (buffer views,
+    coordinates, a copy of each frame); stacks cost it per tile. With
+    ``method="tile"`` (only for datasets whose tiles span whole frames,
+    :func:`frames_method`) the tiles are about :data:`FRAME_BATCH` frames;
+    with ``method="partition"`` (any dataset) the UDF gets each partition at
+    once and cuts it into batches itself. Subclasses implement
+    :meth:`process_stack`.
     """
 
     def get_preferred_input_dtype(self):
         # the offline path measures and bins the counts in their own dtype
         return self.USE_NATIVE_DTYPE
 
+    def get_method(self):
+        if self.params.method == "tile":
+            return self.UDF_METHOD.TILE
+        return self.UDF_METHOD.PARTITION
+
+    def get_tiling_preferences(self):
+        return {"depth": FRAME_BATCH, "total_size": TILE_BYTES}
+
+    def process_tile(self, tile: np.ndarray) -> None:
+        if tuple(tile.shape[1:]) != tuple(self.meta.dataset_shape.sig):
+            raise RuntimeError("tiles do not span whole frames; use method='partition'")
+        self.process_stack(tile)
+
+    def process_partition(self, partition: np.ndarray) -> None:
+        self.process_stack(partition)
+
+    def process_stack(self, frames: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+def frames_method(ds, roi: np.ndarray | None = None) -> str:
+    """``"tile"`` when the dataset's tiles span whole frames, else ``"partition"``."""
+    try:
+        base = tuple(int(v) for v in ds.get_base_shape(roi))
+    except Exception:  # noqa: BLE001 - a reader without base shape: whole partitions are safe
+        return "partition"
+    return "tile" if base[-2:] == tuple(int(v) for v in ds.shape.sig)[-2:] else "partition"
+
+
+class _BatchingUDF(_StackUDF):
+    """Handles the frames of a partition in batches of :data:`FRAME_BATCH`, in frame order.
+
+    Subclasses implement :meth:`handle` on ``(frames (n, Qx, Qy), coordinates
+    (n, 2))`` and return per-frame rows; :meth:`postprocess` writes the rows
+    of the partition, in frame order, into the ``kind="nav"`` buffers named
+    by :meth:`columns`. Stacks of fewer than :data:`MIN_STACK` frames (a
+    reader's thin tiles, or single frames where a reader applies a ``roi``
+    frame by frame) are copied and joined until a batch is full, so the
+    model never runs on a handful of frames.
+    """
+
     def preprocess(self) -> None:
-        self._frames: list[np.ndarray] = []
-        self._coords: list[np.ndarray] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
         self._rows: list[np.ndarray] = []
 
-    def process_frame(self, frame: np.ndarray) -> None:
-        self._frames.append(np.array(frame))
-        self._coords.append(np.array(self.meta.coordinates[0]))
-        if len(self._frames) >= FRAME_BATCH:
-            self._flush()
+    def process_stack(self, frames: np.ndarray) -> None:
+        coords = np.asarray(self.meta.coordinates)
+        if len(coords) != len(frames):  # pragma: no cover - a LiberTEM contract, checked anyway
+            raise RuntimeError(f"{len(frames)} frames but {len(coords)} coordinates")
+        for lo in range(0, len(frames), FRAME_BATCH):
+            part, where = frames[lo:lo + FRAME_BATCH], coords[lo:lo + FRAME_BATCH]
+            if len(part) < MIN_STACK:
+                # LiberTEM reuses its tile buffers: keep copies
+                self._pending.append((np.array(part), np.array(where)))
+                self._n_pending += len(part)
+                if self._n_pending >= FRAME_BATCH:
+                    self._flush()
+            else:
+                self._flush()  # what came before, in frame order
+                self._rows.append(self.handle(part, where))
 
     def _flush(self) -> None:
-        if self._frames:
-            rows = self.handle(np.stack(self._frames), np.stack(self._coords))
-            self._rows.append(rows)
-            self._frames, self._coords = [], []
+        if self._pending:
+            frames = np.concatenate([f for f, _ in self._pending])
+            coords = np.concatenate([c for _, c in self._pending])
+            self._pending, self._n_pending = [], 0
+            self._rows.append(self.handle(frames, coords))
 
     def postprocess(self) -> None:
         self._flush()
         columns = self.columns()
-        first = getattr(self.results, columns[0][0])
-        n = len(first)
+        n = len(getattr(self.results, columns[0][0]))
         rows = np.concatenate(self._rows) if self._rows else np.zeros((0, 1))
         if len(rows) != n:  # pragma: no cover - a LiberTEM contract, checked anyway
             raise RuntimeError(f"partition has {n} frames but {len(rows)} were processed")
         for name, cols in columns:
-            getattr(self.results, name)[:] = rows[:, cols].reshape(
-                getattr(self.results, name).shape)
+            buf = getattr(self.results, name)
+            buf[:] = rows[:, cols].reshape(buf.shape)
         self._rows = []
 
     def handle(self, frames: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -106,26 +168,25 @@ class _BatchingUDF(UDF):
         raise NotImplementedError
 
 
-class SampleUDF(UDF):
+class SampleUDF(_StackUDF):
     """The raw frames of a ``roi`` (in scan order), in the dataset's dtype.
 
     Parameters
     ----------
     sig_shape : (Qx, Qy)
+    method : {"partition", "tile"}
+        See :func:`frames_method`.
     """
 
-    def __init__(self, sig_shape):
-        super().__init__(sig_shape=tuple(int(v) for v in sig_shape))
-
-    def get_preferred_input_dtype(self):
-        return self.USE_NATIVE_DTYPE
+    def __init__(self, sig_shape, method: str = "partition"):
+        super().__init__(sig_shape=tuple(int(v) for v in sig_shape), method=method)
 
     def get_result_buffers(self):
         return {"frames": self.buffer(kind="nav", extra_shape=self.params.sig_shape,
                                       dtype=self.meta.input_dtype)}
 
-    def process_frame(self, frame: np.ndarray) -> None:
-        self.results.frames[:] = frame
+    def process_stack(self, frames: np.ndarray) -> None:
+        self.results.frames[:] = frames
 
 
 class OriginUDF(_BatchingUDF):
@@ -139,6 +200,8 @@ class OriginUDF(_BatchingUDF):
     ----------
     radius : float
         Aperture radius (px), from the first frames of the measurement set.
+    method : {"partition", "tile"}
+        How frames arrive (:func:`frames_method`).
 
     Notes
     -----
@@ -147,8 +210,8 @@ class OriginUDF(_BatchingUDF):
     (``kind="single"``, (2h+1, 2h+1)) and ``n_summed`` (``kind="single"``).
     """
 
-    def __init__(self, radius: float):
-        super().__init__(radius=float(radius))
+    def __init__(self, radius: float, method: str = "partition"):
+        super().__init__(radius=float(radius), method=method)
 
     def _half(self) -> int:
         # find_origins' window half-size for this radius
@@ -194,6 +257,10 @@ class PredictUDF(_BatchingUDF):
         Where the model runs on each worker.
     filtered : bool, optional
         Filter the EDS maps in :meth:`get_results` (default: as the run says).
+    method : {"partition", "tile"}
+        How frames arrive (:func:`frames_method`): ``"tile"`` (stacks of
+        about :data:`FRAME_BATCH` whole frames) only for datasets whose tiles
+        span whole frames; ``"partition"`` works for any.
 
     Notes
     -----
@@ -204,11 +271,11 @@ class PredictUDF(_BatchingUDF):
     """
 
     def __init__(self, run, origins, beam_radius: float, device: str = "cpu",
-                 filtered: bool | None = None, **params):
+                 filtered: bool | None = None, method: str = "partition", **params):
         super().__init__(run=str(run),
                          origins=None if origins is None else np.asarray(origins, np.float64),
                          beam_radius=float(beam_radius), device=device, filtered=filtered,
-                         **params)
+                         method=method, **params)
 
     @property
     def predictor(self):

@@ -74,14 +74,18 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     refuse_overwrite(out, bundle)
     refuse_run_outputs(out, run_dir)  # the run's own files are inputs too
     info, settings = _finished_run(run_dir)
+    if scheduler is not None:
+        from ..preprocess.distributed import dask_client
     with open_bundle(bundle) as raw, \
-            transferred(raw, info, transfer, distributed=scheduler is not None) as scan:
+            transferred(raw, info, transfer, distributed=scheduler is not None) as scan, \
+            (dask_client(scheduler) if scheduler is not None else nullcontext()) as client:
         early = None
-        if scheduler is None and scan.kind == "raw":
+        if scan.kind == "raw":
             _cropped_shape(scan.scan_shape, settings.crop, scan.path)
-            # Preprocessing (background threads) starts now and runs while
+            # Fitting the origins and reading (background threads; on a
+            # cluster, its tasks once the model asks) start now and run while
             # torch is imported and the model built below.
-            early = Prefetcher(_raw_stream(scan, settings, batch),
+            early = Prefetcher(_raw_stream(scan, settings, batch, client),
                                _read_ahead(batch, settings, scan))
         try:
             predictor = _load_model(run_dir, info, settings, device)
@@ -95,13 +99,10 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                      "eds_filter": _filter_description(predictor)}
             # calibration of the maps (read by Prediction.load for to_hyperspy / to_xarray)
             attrs.update(scan_calibration_attrs(predictor, scan))
-            if scheduler is not None:
-                from ..preprocess.distributed import dask_client
             monitor = predictor.start_ood(shape)
-            with (dask_client(scheduler) if scheduler is not None else nullcontext()) as client, \
-                    open_prediction_writer(out, predictor.elements,
-                                           haadf="haadf" in predictor.targets, shape=shape,
-                                           attrs=attrs) as writer:
+            with open_prediction_writer(out, predictor.elements,
+                                        haadf="haadf" in predictor.targets, shape=shape,
+                                        attrs=attrs) as writer:
                 outputs = predictor._outputs(scan, early) if early is not None else \
                     predictor.iter_outputs(scan, batch, client=client)
                 for start, values in track_blocks(outputs, shape[0] * shape[1],

@@ -57,22 +57,26 @@ def transferred(scan: ScanBundle, info: dict[str, Any], transfer: bool = True,
 
 
 def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):
-    """(start, raw block or preprocessed patterns) of a raw bundle with a run's settings.
+    """(start, raw block) of a raw bundle with a run's settings, origins fitted first.
 
     Without a Dask ``client``: raw blocks with their fitted origins
-    (:func:`stem2eds.features.stream.iter_raw_blocks`), which
-    :meth:`Predictor._outputs` turns into ring statistics (fused) or
-    preprocessed patterns once it knows the model; this starts before the
-    model is built (:func:`~stem2eds.predict.bundle.predict_bundle`). With a
-    client: preprocessed patterns, made on the cluster.
+    (:func:`stem2eds.features.stream.iter_raw_blocks`), read here. With a
+    client: :class:`~stem2eds.features.cluster.ClusterBlock` s, one per
+    task's block of scan rows, whose patterns stay on the workers
+    (:func:`stem2eds.features.cluster.iter_cluster_blocks`). Either way
+    :meth:`Predictor._outputs` asks each block for what the model needs
+    once it knows the model: ring statistics (fused), preprocessed patterns,
+    or the raw patterns; on a cluster the workers compute it and return only
+    that (for ring models a few hundred floats per pattern). This starts
+    before the model is built (:func:`~stem2eds.predict.bundle.predict_bundle`).
     """
     if client is None:
         from ..features.stream import iter_raw_blocks
 
         return iter_raw_blocks(scan, settings, batch)
-    from ..preprocess import iter_preprocessed
+    from ..features.cluster import iter_cluster_blocks
 
-    return iter_preprocessed(scan, settings, batch=batch, client=client)
+    return iter_cluster_blocks(scan, settings, batch, client)
 
 
 def _read_ahead(batch: int, settings, scan: ScanBundle) -> int:

@@ -41,10 +41,13 @@ def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
         # next chunk: the tasks' large arrays then cost page faults (and CPU
         # time) the same code does not pay in one process. The workers here
         # keep at most two tasks in flight, so their heap stays bounded
-        # without it (benchmarks/bench_distributed.py).
+        # without it (benchmarks/bench_distributed.py). Each worker is one
+        # core, so the fused ring kernel (numba, parallel over the patterns
+        # of a chunk) runs on one thread there.
         environ = {k: v for k, v in
                    dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
+        environ["NUMBA_NUM_THREADS"] = "1"
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
                                    threads_per_worker=1, processes=True,
@@ -77,16 +80,22 @@ def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
 
 
 def _warm_imports() -> None:
-    """On a worker: import what every task runs (the passes, the bundle reader).
+    """On a worker: import what every task runs (the passes, the bundle reader, the ring kernel).
 
     Each worker of the local cluster is one single-threaded process per
     core, so OpenCV is kept to one thread there too (its own pool would put
-    two threads on each core).
+    two threads on each core). The fused ring kernel is loaded from numba's
+    disk cache by one call on a tiny uint16 block (what prediction of a
+    ring model runs on the workers).
     """
     import cv2
+    import numpy as np
 
+    from ..features.rings import RingGeometry, ring_features
     from ..formats import bundle  # noqa: F401
     from ..io import stream  # noqa: F401
     from . import passes  # noqa: F401
 
     cv2.setNumThreads(1)
+    geometry = RingGeometry((8, 8), 2, 1.0, "none", 1.0)
+    ring_features(np.zeros((1, 8, 8), np.uint16), np.full((1, 2), 3.5), geometry)
