@@ -11,10 +11,11 @@ baselines interpolate the sparse EDS alone (linear, and a Gaussian process).
 The headline estimate, ``model_uk``, is universal kriging with the model's
 prediction as a covariate (:mod:`stem2eds.analysis.kriging`): the model's
 weight is fitted jointly with the GP, so a weak model gets a small weight.
-It is *guarded* (:mod:`stem2eds.analysis.sparse_guard`): per element, when
-the model calibrated on the sparse EDS, or interpolating the sparse EDS
-alone, has significantly smaller leave-one-out errors on the sampled
-positions than the kriging estimate, that candidate is used instead; the
+It is *guarded* (:mod:`stem2eds.analysis.sparse_guard`): per element, the
+model calibrated on the sparse EDS plus a weight in [0, 1] times the
+kriging's departure from it, the weight fitted to both estimates'
+leave-one-out errors on the sampled positions and shrunk toward 0, so the
+kriged part is kept only as far as left-out samples support it; the
 unguarded kriging estimate is ``model_uk_unguarded``.
 
 Pure functions on arrays (maps are (E, Rx, Ry) atomic fractions, masks
@@ -29,14 +30,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .sparse_guard import _linear_interp_loo_residuals, guarded_estimate
+from .sparse_guard import _linear_interp_loo_residuals, stacked_estimate
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
 METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv",
            "model_uk_flat", "model_uk_unguarded", "model_uk")
-#: Candidates of the guarded headline estimate, in order of preference on ties.
-GUARD_CANDIDATES = ("model_uk_unguarded", "model_linear", "interp_gp", "interp_linear")
+#: Estimates whose leave-one-out errors the guard reports (``details["guard"]["loo_mse"]``).
+GUARD_CANDIDATES = ("model_linear", "model_uk_unguarded", "interp_gp", "interp_linear")
+#: What the headline stacks on the calibrated model (``model_linear``). Interpolating
+#: the sparse EDS alone is not stacked: with a few noisy samples its leave-one-out
+#: errors (hyperparameters kept) favour a flat map, which has small squared errors but
+#: no pattern; the kriging already falls back to its Gaussian process where the model
+#: gets a small weight.
+STACK_CANDIDATES = ("model_uk_unguarded",)
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
@@ -49,10 +56,11 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "model_uk_unguarded": "4D-STEM model + sparse EDS, universal kriging "
                                        "(model weight fitted jointly with the GP, prior "
                                        "1 +/- 0.5)",
-                 "model_uk": "4D-STEM model + sparse EDS, universal kriging guarded: per "
-                             "element replaced by the calibrated model, GP or linear "
-                             "interpolation where one has significantly smaller "
-                             "leave-one-out errors on the sampled positions"}
+                 "model_uk": "4D-STEM model + sparse EDS, guarded: per element the "
+                             "calibrated model plus a weight in [0, 1] times the universal "
+                             "kriging's departure from it, the weight from both estimates' "
+                             "leave-one-out errors on the sampled positions, shrunk toward "
+                             "0 (the calibrated model)"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
 # Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
 # trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
@@ -318,9 +326,11 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         Filled with ``model_uk``: ``std_map``, ``std_measured`` (E, Rx, Ry)
         and the per-element ``fits`` of
         :func:`stem2eds.analysis.kriging.krige_with_model` (the unguarded
-        kriging), and ``guard``: ``loo_mse`` ``{candidate: (E,)}`` and
-        ``z`` ``{candidate: (E,)}`` (paired z against the kriging) and
-        ``choice`` ``(E,)`` candidate names of the guarded ``model_uk``.
+        kriging), and ``guard``: ``loo_mse`` ``{candidate: (E,)}`` for
+        :data:`GUARD_CANDIDATES`, ``weight`` ``{name: (E,)}`` of the
+        calibrated model and of :data:`STACK_CANDIDATES` in the guarded
+        ``model_uk`` (summing to 1), and ``choice`` (E strings, e.g.
+        ``"0.30 model_linear + 0.70 model_uk_unguarded"``).
 
     Returns
     -------
@@ -352,20 +362,19 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
                                                            predicted_std, SLOPE_PRIOR_STD)
         out["model_uk_unguarded"] = uk
-        # the guard: the kriging's closed-form leave-one-out keeps its hyperparameters, which
-        # favours it slightly; the candidates it is checked against are its two parts
-        residuals = {"model_uk_unguarded": np.stack([f["loo_residual"] for f in fits]),
-                     "model_linear": _linear_loo_mse(predicted, measured, mask, residuals=True),
+        # left-out residuals (value minus estimate) of every part at the sampled positions;
+        # the kriging's closed form keeps its hyperparameters, which favours it slightly,
+        # and the ridge of the stack toward the calibrated model (exact left-out) offsets it
+        residuals = {"model_linear": _linear_loo_mse(predicted, measured, mask, residuals=True),
+                     "model_uk_unguarded": np.stack([f["loo_residual"] for f in fits]),
                      "interp_gp": np.stack(gp_residuals),
-                     "interp_linear": _linear_interp_loo_residuals(measured, mask)}
-        out["model_uk"], choice, sig = guarded_estimate(out, residuals)
+                     "interp_linear": -_linear_interp_loo_residuals(measured, mask)}
+        out["model_uk"], weights = stacked_estimate(
+            "model_linear", out, {k: residuals[k] for k in ("model_linear", *STACK_CANDIDATES)})
         if details is not None:
             details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,
                                    "fits": fits}
-            details["guard"] = {"loo_mse": {k: np.mean(v ** 2, axis=1)
-                                            for k, v in residuals.items()},
-                                "z": dict(zip(residuals, sig)),
-                                "choice": [list(residuals)[c] for c in choice]}
+            details["guard"] = _guard_details(residuals, weights)
     return out
 
 
@@ -411,3 +420,18 @@ def dose_saved(fractions: Sequence[float], method_score: Sequence[float],
         out.append({"fraction": float(fk), "baseline_fraction": fprime,
                     "ratio": fprime / float(fk), "reached": True})
     return out
+
+
+def _guard_details(residuals: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, Any]:
+    """``details["guard"]`` of :func:`complete_sparse`: errors, weights, a readable choice.
+
+    ``weights`` (C, E) are those of :data:`STACK_CANDIDATES`; the calibrated
+    model gets the rest.
+    """
+    names = ["model_linear", *STACK_CANDIDATES]
+    w = np.vstack([1 - weights.sum(axis=0, keepdims=True), weights])  # (1 + C, E)
+    choice = [" + ".join(f"{w[c, e]:.2f} {names[c]}" for c in range(len(names))
+                         if w[c, e] > 0.005) for e in range(w.shape[1])]
+    return {"loo_mse": {k: np.mean(np.asarray(v, np.float64) ** 2, axis=1)
+                        for k, v in residuals.items()},
+            "weight": dict(zip(names, w)), "choice": choice}
