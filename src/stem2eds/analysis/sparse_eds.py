@@ -43,7 +43,7 @@ GUARD_CANDIDATES = ("model_linear", "model_uk_unguarded", "interp_gp", "interp_l
 #: errors (hyperparameters kept) favour a flat map, which has small squared errors but
 #: no pattern; the kriging already falls back to its Gaussian process where the model
 #: gets a small weight.
-STACK_CANDIDATES = ("model_uk_unguarded",)
+STACK_CANDIDATES = ("model_uk_unguarded", "interp_gp")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
@@ -68,6 +68,11 @@ HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer t
 # a flat prior (``model_uk_flat``) their noise decides it. Set once; no other value
 # was tried on the simulated series.
 SLOPE_PRIOR_STD = 0.5
+#: Below this many sampled positions the kriging's leave-one-out residuals (for the
+#: guard) are computed by refitting without each point: the closed form keeps the
+#: hyperparameters fitted with it, which a handful of points makes far too optimistic.
+#: Above it one point moves them little and the refits (one per point) cost too much.
+REFIT_BELOW = 20
 _MIN_POINTS = 3
 
 
@@ -162,8 +167,44 @@ def interpolate_linear(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.T.reshape(values.shape).astype(np.float32)
 
 
+def _gp_regressor(extent: float):
+    """Constant x RBF + white noise, normalised targets (the GP of :func:`interpolate_gp`)."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(extent / 4, (1.0, 4 * extent))
+              + WhiteKernel(0.1, (1e-5, 10.0)))
+    return GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
+
+
+def _gp_refit_loo(pts: np.ndarray, y: np.ndarray, extent: float) -> np.ndarray:
+    """Left-out residuals (value minus prediction) of the GP refitted without each point, (n,).
+
+    NaN when the rest is fewer than 3 points (nothing to interpolate).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    n = len(y)
+    out = np.full(n, np.nan)
+    if n - 1 < _MIN_POINTS:
+        return out
+    keep = np.ones(n, bool)
+    for i in range(n):
+        keep[i] = False
+        gp = _gp_regressor(extent)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(pts[keep], y[keep])
+        out[i] = y[i] - gp.predict(pts[i:i + 1])[0]
+        keep[i] = True
+    return out
+
+
 def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = False,
-                   return_loo: bool = False, loo_residuals: list | None = None):
+                   return_loo: bool = False, loo_residuals: list | None = None,
+                   refit_below: int = 0):
     """Gaussian-process regression of sparse maps over the scan, one GP per element.
 
     The kernel is a constant times an RBF (its length scale fitted by
@@ -181,7 +222,12 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
         positions (closed form from the fitted kernel matrix; the kernel's
         hyperparameters are kept from the fit on all points).
     loo_residuals : list, optional
-        Receives the leave-one-out residuals of each element, (n,) arrays.
+        Receives the leave-one-out residuals of each element, (n,) arrays
+        (value minus prediction).
+    refit_below : int
+        With fewer sampled positions, the residuals ``loo_residuals``
+        receives are computed by refitting the GP without each point (the
+        closed form keeps the hyperparameters fitted with it).
 
     Returns
     -------
@@ -189,11 +235,10 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
     std : ndarray, shape (E, Rx, Ry), float32 (only with ``return_std``)
     loo_mse : ndarray, shape (E,) (only with ``return_loo``)
     """
+    import warnings
+
     from scipy.linalg import cho_solve
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-    import warnings
 
     mask = np.asarray(mask, bool)
     pts = np.argwhere(mask).astype(np.float64)
@@ -209,9 +254,7 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
             if loo_residuals is not None:
                 loo_residuals.append(y * len(y) / max(len(y) - 1, 1) - y.sum() / max(len(y) - 1, 1))
             continue
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(extent / 4, (1.0, 4 * extent))
-                  + WhiteKernel(0.1, (1e-5, 10.0)))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
+        gp = _gp_regressor(extent)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(pts, y)
@@ -220,7 +263,8 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
         loo = gp.alpha_.ravel() / np.diag(k_inv) * np.ravel(gp._y_train_std)[0]
         loos.append(float(np.mean(loo ** 2)))
         if loo_residuals is not None:
-            loo_residuals.append(loo)
+            loo_residuals.append(_gp_refit_loo(pts, y, extent) if y.size < refit_below
+                                 else loo)
         # Predict the smooth latent map: drop the white-noise term from the posterior.
         gp.kernel_ = gp.kernel_.k1
         m, s = gp.predict(grid, return_std=True)
@@ -330,7 +374,8 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         :data:`GUARD_CANDIDATES`, ``weight`` ``{name: (E,)}`` of the
         calibrated model and of :data:`STACK_CANDIDATES` in the guarded
         ``model_uk`` (summing to 1), and ``choice`` (E strings, e.g.
-        ``"0.30 model_linear + 0.70 model_uk_unguarded"``).
+        ``"0.30 model_linear + 0.70 model_uk_unguarded"``) and
+        ``loo_residual`` ``{candidate: (E, n)}`` (value minus estimate).
 
     Returns
     -------
@@ -339,7 +384,8 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         :data:`METHODS` (the ``model_*`` ones only with ``predicted``).
     """
     gp_residuals: list = []
-    gp, loo_gp = interpolate_gp(measured, mask, return_loo=True, loo_residuals=gp_residuals)
+    gp, loo_gp = interpolate_gp(measured, mask, return_loo=True, loo_residuals=gp_residuals,
+                                refit_below=REFIT_BELOW if predicted is not None else 0)
     out = {"interp_linear": np.clip(interpolate_linear(measured, mask), 0, 1),
            "interp_gp": np.clip(gp, 0, 1)}
     if predicted is not None:
@@ -360,13 +406,15 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
 
         out["model_uk_flat"] = krige_with_model(predicted, measured, mask, predicted_std)[0]
         uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
-                                                           predicted_std, SLOPE_PRIOR_STD)
+                                                           predicted_std, SLOPE_PRIOR_STD,
+                                                           refit_below=REFIT_BELOW)
         out["model_uk_unguarded"] = uk
         # left-out residuals (value minus estimate) of every part at the sampled positions;
         # the kriging's closed form keeps its hyperparameters, which favours it slightly,
         # and the ridge of the stack toward the calibrated model (exact left-out) offsets it
         residuals = {"model_linear": _linear_loo_mse(predicted, measured, mask, residuals=True),
-                     "model_uk_unguarded": np.stack([f["loo_residual"] for f in fits]),
+                     "model_uk_unguarded": np.stack([f.get("loo_residual_refit",
+                                                           f["loo_residual"]) for f in fits]),
                      "interp_gp": np.stack(gp_residuals),
                      "interp_linear": -_linear_interp_loo_residuals(measured, mask)}
         out["model_uk"], weights = stacked_estimate(
@@ -434,4 +482,4 @@ def _guard_details(residuals: dict[str, np.ndarray], weights: np.ndarray) -> dic
                          if w[c, e] > 0.005) for e in range(w.shape[1])]
     return {"loo_mse": {k: np.mean(np.asarray(v, np.float64) ** 2, axis=1)
                         for k, v in residuals.items()},
-            "weight": dict(zip(names, w)), "choice": choice}
+            "weight": dict(zip(names, w)), "choice": choice, "loo_residual": residuals}
