@@ -128,7 +128,8 @@ def stacking_weights(base: np.ndarray, others: np.ndarray,
     usable = [c for c in range(C) if np.all(np.isfinite(others[c]))]
     if n < _MIN_POINTS or not usable or not np.all(np.isfinite(base)):
         return w_best
-    X = (base[None, :] - others).T  # (n, C): departure of each candidate at each point
+    # departure of each candidate at each point; an unusable one never enters (0 weight)
+    X = np.where(np.isfinite(others), base[None, :] - others, 0.0).T  # (n, C)
     lam = float(np.mean(base ** 2)) / prior_var
     objective = lambda w: float(np.sum((base - X @ w) ** 2) + lam * np.sum(w ** 2))  # noqa: E731
     best = objective(w_best)
