@@ -115,17 +115,11 @@ def _rbf(a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
 
 
 def _restricted_nll(log_params: np.ndarray, dist2: np.ndarray, y: np.ndarray, F: np.ndarray,
-                    model_var: np.ndarray | None, prior_precision: np.ndarray,
-                    gp_rate: float = 0.0) -> float:
+                    model_var: np.ndarray | None, prior_precision: np.ndarray) -> float:
     """Negative restricted log-likelihood (constants dropped) of the log hyperparameters.
 
     ``y`` is already shifted by the prior mean of ``beta``; the coefficients
-    are integrated out (flat prior where ``prior_precision`` is 0). With
-    ``gp_rate`` > 0 the GP's standard deviation (in units of the data's
-    spread) has the exponential prior of that rate, and its negative log is
-    added: the penalised-complexity prior of Simpson et al. (2017), which
-    shrinks the GP term toward zero (no spatially correlated residual) unless
-    the samples support it.
+    are integrated out (flat prior where ``prior_precision`` is 0).
     """
     from scipy.linalg import cho_factor, cho_solve
 
@@ -144,13 +138,13 @@ def _restricted_nll(log_params: np.ndarray, dist2: np.ndarray, y: np.ndarray, F:
     beta = cho_solve(ca, F.T @ kinv_y)
     r = y - F @ beta
     quad = float(r @ cho_solve(c, r) + beta @ (prior_precision * beta))
-    return (0.5 * (2 * np.sum(np.log(np.diag(c[0]))) + 2 * np.sum(np.log(np.diag(ca[0])))
-                   + quad) + gp_rate * np.sqrt(signal))
+    return 0.5 * (2 * np.sum(np.log(np.diag(c[0]))) + 2 * np.sum(np.log(np.diag(ca[0])))
+                  + quad)
 
 
 def _fit_hyperparameters(dist2: np.ndarray, ys: np.ndarray, F: np.ndarray,
                          mvn: np.ndarray | None, precision: np.ndarray, extent: float,
-                         min_length: float, gp_rate: float = 0.0) -> np.ndarray:
+                         min_length: float) -> np.ndarray:
     """Log hyperparameters (signal, length, noise[, tau2]) maximising the restricted likelihood.
 
     Parameters
@@ -167,8 +161,6 @@ def _fit_hyperparameters(dist2: np.ndarray, ys: np.ndarray, F: np.ndarray,
     extent : float
         Scan size in pixels.
     min_length : float
-    gp_rate : float
-        Rate of the exponential prior of the GP's standard deviation (0: none).
 
     Returns
     -------
@@ -192,7 +184,7 @@ def _fit_hyperparameters(dist2: np.ndarray, ys: np.ndarray, F: np.ndarray,
         x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = minimize(_restricted_nll, x0, args=(dist2, ys, F, mvn, precision, gp_rate),
+            res = minimize(_restricted_nll, x0, args=(dist2, ys, F, mvn, precision),
                            method="L-BFGS-B", bounds=bounds)
         if best is None or res.fun < best.fun:
             best = res
@@ -204,7 +196,7 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
                           extent: float | None = None,
                           prior_mean: np.ndarray | None = None,
                           prior_std: np.ndarray | None = None,
-                          min_length: float = 1.0, gp_rate: float = 0.0) -> KrigingFit:
+                          min_length: float = 1.0) -> KrigingFit:
     """Fit universal kriging by REML: GLS coefficients with the GP's hyperparameters.
 
     With ``prior_std`` finite for a coefficient, it gets a Gaussian prior
@@ -231,9 +223,6 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
         Gaussian prior of ``beta``; ``inf`` std (the default) is a flat prior.
     min_length : float
         Smallest length scale of ``f``, pixels.
-    gp_rate : float
-        Rate of an exponential prior of the standard deviation of ``f`` in
-        units of the spread of ``y`` (penalised-complexity prior; 0: none).
 
     Returns
     -------
@@ -262,7 +251,7 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
     mvn = None if mv is None else mv / mv_scale
     extent = float(extent or max(np.ptp(pts, axis=0).max(), 1.0))
     dist2 = np.sum((pts[:, None, :] - pts[None, :, :]) ** 2, axis=-1)
-    lp = _fit_hyperparameters(dist2, ys, F, mvn, precision, extent, min_length, gp_rate)
+    lp = _fit_hyperparameters(dist2, ys, F, mvn, precision, extent, min_length)
     signal, length, noise = np.exp(lp[:3])
     tau2 = float(np.exp(lp[3])) / mv_scale if mvn is not None else 0.0
     diag = noise + (tau2 * mv if mvn is not None else 0.0)
@@ -332,7 +321,8 @@ def refit_loo_residuals(points: np.ndarray, y: np.ndarray, covariates: np.ndarra
 def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarray,
                      predicted_std: np.ndarray | None = None,
                      slope_prior_std: float = np.inf, min_length: float | None = None,
-                     gp_rate: float = 0.0, refit_below: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+                     refit_below: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """Universal kriging of every element map with the model's prediction as covariate.
 
     Per element ``k`` the covariates are a constant (flat prior) and
@@ -359,9 +349,6 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         the sampling cannot be resolved by the samples; left free, a few
         points fit it with a short length and no noise, and put
         measurement noise into the map around every sample.
-    gp_rate : float
-        Rate of the exponential (penalised-complexity) prior of the GP's
-        standard deviation, in units of the sampled values' spread (0: none).
     refit_below : int
         With fewer sampled positions, also compute the leave-one-out
         residuals by refitting (:func:`refit_loo_residuals`), as
@@ -401,7 +388,7 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
             F, F_all = F[:, :1], F_all[:, :1]
         prior_mean, prior_std = np.array([0.0, 1.0]), np.array([np.inf, slope_prior_std])
         options = dict(extent=float(max(shape)), prior_mean=prior_mean[:F.shape[1]],
-                       prior_std=prior_std[:F.shape[1]], min_length=min_length, gp_rate=gp_rate)
+                       prior_std=prior_std[:F.shape[1]], min_length=min_length)
         mv = None if mv_all is None else mv_all[mask.ravel()]
         fit = fit_universal_kriging(pts, y, F, mv, **options)
         out = fit.predict(grid, F_all, mv_all)

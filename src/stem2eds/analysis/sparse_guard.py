@@ -92,7 +92,7 @@ def _solve_face(X: np.ndarray, a: np.ndarray, lam: float, active: list[int],
 
 def stacking_weights(base: np.ndarray, others: np.ndarray,
                      prior_var: float = STACK_PRIOR_VAR) -> np.ndarray:
-    """Weights of a stack on the base estimate, shrunk toward the base, from leave-one-out residuals.
+    """Weights of a stack on a base estimate from left-out residuals, shrunk toward the base.
 
     The stacked estimate is ``base + sum_c w_c (candidate_c - base)`` with
     ``w_c >= 0`` and ``sum w_c <= 1`` (a convex combination of the base and

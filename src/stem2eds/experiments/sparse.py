@@ -260,7 +260,7 @@ class SparseScores:
     guard : dict
         ``{percent: {El: {"choice": readable stack, "loo_mse": {candidate: value},
         "weight": {name: weight in the stack}}}}``: how the guarded headline
-        ``model_uk`` combined the calibrated model and the kriging, and the
+        ``model_uk`` stacked the kriging and the GP on the calibrated model, and the
         leave-one-out errors behind it.
     extrapolation : dict or None
         Coverage with no EDS of the new scan (None without an ensemble).
