@@ -12,11 +12,11 @@ The headline estimate, ``model_uk``, is universal kriging with the model's
 prediction as a covariate (:mod:`stem2eds.analysis.kriging`): the model's
 weight is fitted jointly with the GP, so a weak model gets a small weight.
 It is *guarded* (:mod:`stem2eds.analysis.sparse_guard`): per element, the
-model calibrated on the sparse EDS plus a weight in [0, 1] times the
-kriging's departure from it, the weight fitted to both estimates'
-leave-one-out errors on the sampled positions and shrunk toward 0, so the
-kriged part is kept only as far as left-out samples support it; the
-unguarded kriging estimate is ``model_uk_unguarded``.
+model calibrated on the sparse EDS plus weights (>= 0, summing to at most
+1) times the kriging's and the GP interpolation's departures from it, the
+weights fitted to the leave-one-out errors on the sampled positions and
+shrunk toward 0, so each part is kept only as far as left-out samples
+support it; the unguarded kriging estimate is ``model_uk_unguarded``.
 
 Pure functions on arrays (maps are (E, Rx, Ry) atomic fractions, masks
 (Rx, Ry) bool, positions in scan pixels); the experiment runner that reads
@@ -38,11 +38,9 @@ METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model
            "model_uk_flat", "model_uk_unguarded", "model_uk")
 #: Estimates whose leave-one-out errors the guard reports (``details["guard"]["loo_mse"]``).
 GUARD_CANDIDATES = ("model_linear", "model_uk_unguarded", "interp_gp", "interp_linear")
-#: What the headline stacks on the calibrated model (``model_linear``). Interpolating
-#: the sparse EDS alone is not stacked: with a few noisy samples its leave-one-out
-#: errors (hyperparameters kept) favour a flat map, which has small squared errors but
-#: no pattern; the kriging already falls back to its Gaussian process where the model
-#: gets a small weight.
+#: What the headline stacks on the calibrated model (``model_linear``): the kriging,
+#: and the GP interpolation for elements the model predicts poorly where the samples
+#: are dense enough to interpolate.
 STACK_CANDIDATES = ("model_uk_unguarded", "interp_gp")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
@@ -57,10 +55,9 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                                        "(model weight fitted jointly with the GP, prior "
                                        "1 +/- 0.5)",
                  "model_uk": "4D-STEM model + sparse EDS, guarded: per element the "
-                             "calibrated model plus a weight in [0, 1] times the universal "
-                             "kriging's departure from it, the weight from both estimates' "
-                             "leave-one-out errors on the sampled positions, shrunk toward "
-                             "0 (the calibrated model)"}
+                             "calibrated model stacked with the universal kriging and the "
+                             "GP interpolation, weights from their leave-one-out errors on "
+                             "the sampled positions, shrunk toward the calibrated model"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
 # Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
 # trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
@@ -409,9 +406,9 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
                                                            predicted_std, SLOPE_PRIOR_STD,
                                                            refit_below=REFIT_BELOW)
         out["model_uk_unguarded"] = uk
-        # left-out residuals (value minus estimate) of every part at the sampled positions;
-        # the kriging's closed form keeps its hyperparameters, which favours it slightly,
-        # and the ridge of the stack toward the calibrated model (exact left-out) offsets it
+        # left-out residuals (value minus estimate) of every part at the sampled positions:
+        # exact for the calibrated model; refitted for the kriging and the GP below
+        # REFIT_BELOW samples, above it their closed forms (hyperparameters kept)
         residuals = {"model_linear": _linear_loo_mse(predicted, measured, mask, residuals=True),
                      "model_uk_unguarded": np.stack([f.get("loo_residual_refit",
                                                            f["loo_residual"]) for f in fits]),

@@ -1,17 +1,18 @@
 """The guard of sparse completion: model + sparse EDS not worse than its parts.
 
 The headline estimate is a *stack* on the model calibrated on the sparse EDS
-(the base): per element, ``base + w (kriging - base)`` with the weight ``w``
-in [0, 1] fitted to the leave-one-out residuals of both at the sampled
-positions and shrunk toward 0 by a ridge (:func:`stacking_weights`). Where the
-kriged residual does not predict left-out samples (measurement noise, too
-few samples to estimate a variogram) the weight goes to 0 and the estimate
-is the calibrated model; where it does, the weight goes to 1. Used by
+(the base): per element, ``base + sum_c w_c (candidate_c - base)`` over the
+universal kriging and the Gaussian-process interpolation of the sparse EDS,
+``w_c >= 0``, ``sum w_c <= 1``, the weights fitted to the leave-one-out
+residuals at the sampled positions and shrunk toward 0 by a ridge
+(:func:`stacking_weights`). Where a candidate's departure from the base
+does not predict left-out samples (a residual that is measurement noise)
+its weight tends to 0 and the estimate to the calibrated model; where it
+does, its weight tends to 1. Used by
 :func:`stem2eds.analysis.sparse_eds.complete_sparse`; the leave-one-out
 residuals of linear interpolation (:func:`_linear_interp_loo_residuals`) are
 reported beside it.
 """
-
 from __future__ import annotations
 
 from itertools import combinations
