@@ -8,35 +8,38 @@ import pytest
 from scipy import ndimage
 
 from stem2eds import metrics
-from stem2eds.analysis.sparse_guard import _linear_interp_loo_mse, guard_choice, guarded_estimate
-from stem2eds.analysis.sparse_eds import (GUARD_CANDIDATES, METHODS,
-                                          complete_sparse,
-                                          interpolate_linear, sample_positions)
+from stem2eds.analysis.kriging import fit_universal_kriging, refit_loo_residuals
+from stem2eds.analysis.sparse_eds import (GUARD_CANDIDATES, METHODS, STACK_CANDIDATES,
+                                          _gp_refit_loo, complete_sparse, interpolate_linear,
+                                          sample_positions)
+from stem2eds.analysis.sparse_guard import (_linear_interp_loo_mse, stacked_estimate,
+                                            stacking_weights)
 
 ELEMENTS = ["Ge", "Sb", "Te"]
 
 
 def _field(shape, sigma, seed):
-    rng = np.random.default_rng(seed)
-    f = ndimage.gaussian_filter(rng.normal(size=shape), sigma)
+    """A smooth field in [0.2, 0.8] (Gaussian-filtered white noise)."""
+    f = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), sigma)
     return 0.2 + 0.6 * (f - f.min()) / np.ptp(f)
 
 
-def _case(model: str, shape=(24, 20), fraction=0.08, seed=0):
-    """Truth, measured (noisy) EDS, a model prediction and the sampled mask.
+def _case(residual: str, shape=(30, 30), fraction=0.1, seed=0, noise=0.02):
+    """Truth, measured EDS, a model prediction and the sampled mask.
 
-    ``model="wrong"``: a smooth map unrelated to the truth (the model clearly fails);
-    ``model="right"``: the truth rescaled (a model that sees fine structure the
-    samples cannot resolve).
+    The model sees fine structure (length 1 px) of the truth; what it misses is
+    ``residual``: ``"none"`` (the truth is the model rescaled, so the
+    calibrated model's residual is pure measurement noise) or ``"smooth"`` (a
+    strong smooth field, length 5 px, that the samples can krige).
     """
     rng = np.random.default_rng(seed)
-    sigma = 6.0 if model == "wrong" else 1.2  # fine structure only where the model knows it
-    truth = np.stack([_field(shape, sigma, seed + k) for k in range(len(ELEMENTS))])
-    measured = np.clip(truth + rng.normal(0, 0.02, truth.shape), 0, 1)
-    if model == "wrong":
-        predicted = np.stack([_field(shape, 3.0, 100 + seed + k) for k in range(len(ELEMENTS))])
-    else:
-        predicted = 0.5 * truth + 0.1
+    fine = np.stack([_field(shape, 1.0, seed + k) for k in range(len(ELEMENTS))])
+    truth = 0.3 + 0.3 * fine
+    if residual == "smooth":
+        truth = truth + 0.5 * np.stack([_field(shape, 5.0, 50 + seed + k) - 0.5
+                                        for k in range(len(ELEMENTS))])
+    measured = np.clip(truth + rng.normal(0, noise, truth.shape), 0, 1)
+    predicted = 0.5 * fine + 0.1  # right pattern, wrong scale and offset
     mask = sample_positions(shape, fraction, "random", seed)
     return truth, measured.astype(np.float32), predicted.astype(np.float32), mask
 
@@ -46,54 +49,95 @@ def _mean_r(estimate, truth, mask):
                                                       ~mask)["pearson"].values())))
 
 
-def _check_not_worse(estimates, truth, mask):
+def _parts_margin(estimates, truth, mask):
     r = {m: _mean_r(v, truth, mask) for m, v in estimates.items()}
-    parts = max(r["model_linear"], r["interp_gp"], r["interp_linear"])
-    assert r["model_uk"] >= parts - 0.01, r
-    return r
+    return r["model_uk"] - max(r["model_linear"], r["interp_gp"], r["interp_linear"]), r
 
 
-def test_guard_leaves_a_wrong_model_for_interpolation():
-    truth, measured, predicted, mask = _case("wrong")
+def test_pure_noise_residual_gives_the_calibrated_model():
+    truth, measured, predicted, mask = _case("none", fraction=0.1)  # 90 points
     details = {}
-    estimates = complete_sparse(predicted, measured, mask, details=details)
-    assert set(estimates) == set(METHODS)
-    # never the calibrated wrong model; the kriging may stay, as it gives the model ~0 weight
-    assert "model_linear" not in details["guard"]["choice"], details["guard"]
-    loo = details["guard"]["loo_mse"]
-    assert np.all(loo["model_linear"] > 3 * np.minimum(loo["interp_gp"], loo["interp_linear"]))
-    assert set(details["guard"]["z"]) == set(GUARD_CANDIDATES)
-    r = _check_not_worse(estimates, truth, mask)
-    assert r["model_linear"] < r["interp_gp"] - 0.2  # the model really is wrong here
+    est = complete_sparse(predicted, measured, mask, details=details)
+    assert set(est) == set(METHODS)
+    weight = details["guard"]["weight"]
+    assert list(weight) == ["model_linear", *STACK_CANDIDATES]
+    np.testing.assert_allclose(sum(weight.values()), 1.0)
+    # the kriged residual and the interpolation add (almost) nothing: the samples
+    # cannot support a spatial residual that is not there (where the kriging keeps
+    # weight, its own GP term has shrunk: it is the calibrated model, too)
+    assert np.all(weight["interp_gp"] < 0.2), details["guard"]["choice"]
+    rms = np.sqrt(np.mean((est["model_uk"] - est["model_linear"]) ** 2, axis=(1, 2)))
+    assert np.all(rms < 0.25 * 0.02), rms  # a quarter of the measurement noise
+    margin, _ = _parts_margin(est, truth, mask)
+    assert margin >= -0.01
 
 
-def test_guard_keeps_a_right_model():
-    truth, measured, predicted, mask = _case("right")
+def test_correlated_residual_keeps_the_kriging():
+    truth, measured, predicted, mask = _case("smooth", fraction=0.1)
     details = {}
-    estimates = complete_sparse(predicted, measured, mask, details=details)
-    assert not any(c.startswith("interp") for c in details["guard"]["choice"])
-    r = _check_not_worse(estimates, truth, mask)
-    assert r["model_uk"] > max(r["interp_gp"], r["interp_linear"]) + 0.2
-    # the guard's leave-one-out errors are reported for every candidate and element
+    est = complete_sparse(predicted, measured, mask, details=details)
+    weight = details["guard"]["weight"]
+    assert np.all(weight["model_uk_unguarded"] > 0.8), details["guard"]["choice"]
+    np.testing.assert_allclose(est["model_uk"], est["model_uk_unguarded"], atol=0.02)
+    margin, r = _parts_margin(est, truth, mask)
+    assert margin > 0.05 and r["model_uk"] > r["model_linear"] + 0.1, r
     assert list(details["guard"]["loo_mse"]) == list(GUARD_CANDIDATES)
     assert all(v.shape == (len(ELEMENTS),) for v in details["guard"]["loo_mse"].values())
 
 
-def test_guard_switches_only_on_significant_evidence():
+def test_stacking_weights_shrink_to_the_base():
     rng = np.random.default_rng(0)
-    noise = rng.normal(0, 0.02, (3, 40))
-    first = noise.copy()
-    first[0] += 0.2  # element 0: the first candidate is clearly wrong at every point
-    res = {"kriging": first, "close": noise * 0.98 + rng.normal(0, 0.005, (3, 40)),
-           "bad": noise * 3, "nan": np.full((3, 40), np.nan)}
-    choice, sig = guard_choice(res)
-    # element 0 leaves the kriging for the (significantly) better "close"; elements 1 and
-    # 2 keep it: "close" is barely better, "bad" worse, "nan" unavailable
-    np.testing.assert_array_equal(choice, [1, 0, 0])
-    assert sig[1, 0] > 10 and sig[1, 1] < 2 and sig[2, 1] < 0 and sig.shape == (4, 3)
-    est = {k: np.full((3, 2, 2), i, np.float32) for i, k in enumerate(res)}
-    out, choice2, _ = guarded_estimate(est, res)
-    np.testing.assert_array_equal(out[:, 0, 0], [1, 0, 0])
+    base = rng.normal(0, 0.02, 40)
+    # a candidate that is the base plus noise: its departures predict nothing
+    assert stacking_weights(base, (base + rng.normal(0, 0.02, 40))[None])[0] < 0.2
+    # one that removes most of the error: weight near 1 (ridge keeps it just below)
+    good = 0.1 * base
+    w = stacking_weights(base, good[None])[0]
+    assert 0.85 < w <= 1.0
+    # two candidates: the useful one takes the weight, the sum stays <= 1, NaN gets 0
+    w2 = stacking_weights(base, np.stack([good, base + rng.normal(0, 0.02, 40)]))
+    assert w2[0] > 0.8 and w2[1] < 0.1 and w2.sum() <= 1 + 1e-12
+    w3 = stacking_weights(base, np.stack([good, np.full(40, np.nan)]))
+    assert w3[1] == 0 and w3[0] == pytest.approx(w, abs=1e-9)
+    # too few points: the base alone
+    np.testing.assert_array_equal(stacking_weights(base[:2], good[None, :2]), [0.0])
+
+
+def test_stacking_weights_solve_the_constrained_ridge_exactly():
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 1, 25)
+    others = np.stack([0.3 * base + rng.normal(0, 0.5, 25), 0.6 * base + rng.normal(0, 0.5, 25)])
+    w = stacking_weights(base, others)
+    X = (base[None] - others).T
+    lam = np.mean(base ** 2)
+    objective = lambda v: np.sum((base - X @ v) ** 2) + lam * np.sum(v ** 2)  # noqa: E731
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, 201), np.linspace(0, 1, 201)), -1).reshape(-1, 2)
+    grid = grid[grid.sum(1) <= 1]
+    assert objective(w) <= min(objective(g) for g in grid) + 1e-9
+    est = {"b": np.zeros((1, 2, 2)), "c1": np.ones((1, 2, 2)), "c2": 2 * np.ones((1, 2, 2))}
+    out, weights = stacked_estimate("b", {k: v * 0.1 for k, v in est.items()},
+                                    {"b": base[None], "c1": others[:1], "c2": others[1:]})
+    np.testing.assert_allclose(weights[:, 0], w)
+    np.testing.assert_allclose(out[0, 0, 0], 0.1 * w[0] + 0.2 * w[1], rtol=1e-6)
+
+
+def test_refitted_leave_one_out_of_kriging_and_gp():
+    shape = (20, 20)
+    rng = np.random.default_rng(2)
+    model = _field(shape, 1.0, 3)
+    y_map = 0.1 + 0.5 * model + 0.2 * _field(shape, 4.0, 4)
+    mask = sample_positions(shape, 0.03, "random", 2)  # 12 points
+    pts = np.argwhere(mask).astype(float)
+    F = np.stack([np.ones(mask.sum()), model[mask]], axis=1)
+    y = y_map[mask] + rng.normal(0, 0.01, mask.sum())
+    res = refit_loo_residuals(pts, y, F, extent=20.0)
+    keep = np.arange(len(y)) != 4
+    fit = fit_universal_kriging(pts[keep], y[keep], F[keep], extent=20.0)
+    assert res[4] == pytest.approx(y[4] - fit.predict(pts[4:5], F[4:5])["mean"][0])
+    # two covariates cannot be fitted on two points: no honest left-out residual
+    assert np.all(np.isnan(refit_loo_residuals(pts[:3], y[:3], F[:3], extent=20.0)))
+    assert np.all(np.isnan(_gp_refit_loo(pts[:3], y[:3], 20.0)))
+    assert np.all(np.isfinite(_gp_refit_loo(pts[:5], y[:5], 20.0)))
 
 
 def test_linear_interpolation_loo_matches_leaving_each_point_out():
@@ -116,7 +160,7 @@ def test_sparse_experiment_reports_the_guard(tmp_path):
                                              score_fractions)
     from stem2eds.formats.targets_file import Targets
 
-    truth, measured, predicted, _ = _case("wrong")
+    truth, measured, predicted, _ = _case("smooth", shape=(24, 20))
     (tmp_path / "predictions" / "sparse").mkdir(parents=True)
     plan = SparsePlan(paths=[tmp_path / "a.h5", tmp_path / "b.h5"], names=["a", "b"],
                       run=tmp_path, fractions=[0.05, 0.2], pattern="random", config=None,
@@ -131,13 +175,13 @@ def test_sparse_experiment_reports_the_guard(tmp_path):
     for key, per in scores.guard.items():
         assert set(per) == set(ELEMENTS)
         for el, entry in per.items():
-            assert entry["choice"] in GUARD_CANDIDATES
-            # the kriging, or a candidate significantly better than it
-            assert (entry["choice"] == "model_uk_unguarded"
-                    or entry["z"][entry["choice"]] > 2)
+            assert sum(entry["weight"].values()) == pytest.approx(1.0)
+            assert set(entry["loo_mse"]) == set(GUARD_CANDIDATES)
+            assert "model_linear" in entry["choice"] or "model_uk" in entry["choice"]
         # the stored headline map is the guarded estimate
         with h5py.File(tmp_path / "predictions" / "sparse" / f"{key}.h5", "r") as f:
             assert f.attrs["method"] == "model_uk"
-    assert scores.curve(plan.fractions, ["truth"])["model_uk"]["truth"][0] >= max(
-        scores.curve(plan.fractions, ["truth"])["interp_gp"]["truth"][0],
-        scores.curve(plan.fractions, ["truth"])["model_linear"]["truth"][0]) - 0.01
+    curve = scores.curve(plan.fractions, ["truth"])
+    for k in range(2):
+        assert curve["model_uk"]["truth"][k] >= max(curve["interp_gp"]["truth"][k],
+                                                    curve["model_linear"]["truth"][k]) - 0.01

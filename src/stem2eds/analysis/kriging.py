@@ -278,9 +278,50 @@ def fit_universal_kriging(points: np.ndarray, y: np.ndarray, covariates: np.ndar
                       chol=np.tril(c[0]) * y_scale, covariates=F, gls_cov=gls_cov * s2)
 
 
+def refit_loo_residuals(points: np.ndarray, y: np.ndarray, covariates: np.ndarray,
+                        model_var: np.ndarray | None = None, **fit_kwargs) -> np.ndarray:
+    """Leave-one-out residuals with every hyperparameter re-estimated without the left-out point.
+
+    The closed form of :func:`fit_universal_kriging` keeps the hyperparameters
+    fitted on all points, which with a handful of points is far too
+    optimistic (a GP fitted through three points with no nugget "predicts"
+    each of them). Costs one fit per point.
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, 2)
+    y : ndarray, shape (n,)
+    covariates : ndarray, shape (n, p)
+    model_var : ndarray, shape (n,), optional
+    **fit_kwargs
+        Passed to :func:`fit_universal_kriging` (``extent``, priors, ``min_length``).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        Value minus prediction; NaN where the rest cannot be fitted (``n - 1 <= p``).
+    """
+    pts = np.asarray(points, np.float64)
+    y = np.asarray(y, np.float64)
+    F = np.asarray(covariates, np.float64)
+    n = len(y)
+    out = np.full(n, np.nan)
+    if n - 1 <= F.shape[1]:
+        return out
+    keep = np.ones(n, bool)
+    for i in range(n):
+        keep[i] = False
+        mv = None if model_var is None else np.asarray(model_var)[keep]
+        fit = fit_universal_kriging(pts[keep], y[keep], F[keep], mv, **fit_kwargs)
+        out[i] = y[i] - fit.predict(pts[i:i + 1], F[i:i + 1])["mean"][0]
+        keep[i] = True
+    return out
+
+
 def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarray,
                      predicted_std: np.ndarray | None = None,
-                     slope_prior_std: float = np.inf, min_length: float | None = None
+                     slope_prior_std: float = np.inf, min_length: float | None = None,
+                     refit_below: int = 0
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """Universal kriging of every element map with the model's prediction as covariate.
 
@@ -308,6 +349,10 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         the sampling cannot be resolved by the samples; left free, a few
         points fit it with a short length and no noise, and put
         measurement noise into the map around every sample.
+    refit_below : int
+        With fewer sampled positions, also compute the leave-one-out
+        residuals by refitting (:func:`refit_loo_residuals`), as
+        ``loo_residual_refit`` in ``fits``.
 
     Returns
     -------
@@ -321,7 +366,8 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         and the constant), ``slope_std``, ``length_scale`` (pixels),
         ``noise_std``, ``signal_std``, ``tau`` (model-error factor on the
         ensemble std), ``loo_mse``, and the leave-one-out residuals and
-        standard deviations ``loo_residual``, ``loo_std`` (arrays, (n,)).
+        standard deviations ``loo_residual``, ``loo_std`` (arrays, (n,);
+        closed form), and with ``refit_below`` ``loo_residual_refit``.
     """
     mask = np.asarray(mask, bool)
     shape = mask.shape
@@ -341,9 +387,10 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
         if np.ptp(F[:, 1]) == 0:  # a constant prediction carries no information
             F, F_all = F[:, :1], F_all[:, :1]
         prior_mean, prior_std = np.array([0.0, 1.0]), np.array([np.inf, slope_prior_std])
-        fit = fit_universal_kriging(pts, y, F, None if mv_all is None else mv_all[mask.ravel()],
-                                    extent=float(max(shape)), prior_mean=prior_mean[:F.shape[1]],
-                                    prior_std=prior_std[:F.shape[1]], min_length=min_length)
+        options = dict(extent=float(max(shape)), prior_mean=prior_mean[:F.shape[1]],
+                       prior_std=prior_std[:F.shape[1]], min_length=min_length)
+        mv = None if mv_all is None else mv_all[mask.ravel()]
+        fit = fit_universal_kriging(pts, y, F, mv, **options)
         out = fit.predict(grid, F_all, mv_all)
         means.append(out["mean"])
         std_map.append(out["std_map"])
@@ -356,5 +403,7 @@ def krige_with_model(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarr
                      "tau": float(np.sqrt(fit.tau2)),
                      "loo_mse": float(np.mean(fit.loo_residual ** 2)),
                      "loo_residual": fit.loo_residual, "loo_std": fit.loo_std})
+        if len(y) < refit_below:
+            fits[-1]["loo_residual_refit"] = refit_loo_residuals(pts, y, F, mv, **options)
     reshape = lambda a: np.stack(a).reshape(pred.shape).astype(np.float32)  # noqa: E731
     return np.clip(reshape(means), 0, 1), reshape(std_map), reshape(std_meas), fits

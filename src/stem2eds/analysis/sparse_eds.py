@@ -11,11 +11,12 @@ baselines interpolate the sparse EDS alone (linear, and a Gaussian process).
 The headline estimate, ``model_uk``, is universal kriging with the model's
 prediction as a covariate (:mod:`stem2eds.analysis.kriging`): the model's
 weight is fitted jointly with the GP, so a weak model gets a small weight.
-It is *guarded* (:mod:`stem2eds.analysis.sparse_guard`): per element, when
-the model calibrated on the sparse EDS, or interpolating the sparse EDS
-alone, has significantly smaller leave-one-out errors on the sampled
-positions than the kriging estimate, that candidate is used instead; the
-unguarded kriging estimate is ``model_uk_unguarded``.
+It is *guarded* (:mod:`stem2eds.analysis.sparse_guard`): per element, the
+model calibrated on the sparse EDS plus weights (>= 0, summing to at most
+1) times the kriging's and the GP interpolation's departures from it, the
+weights fitted to the leave-one-out errors on the sampled positions and
+shrunk toward 0, so each part is kept only as far as left-out samples
+support it; the unguarded kriging estimate is ``model_uk_unguarded``.
 
 Pure functions on arrays (maps are (E, Rx, Ry) atomic fractions, masks
 (Rx, Ry) bool, positions in scan pixels); the experiment runner that reads
@@ -29,14 +30,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .sparse_guard import _linear_interp_loo_residuals, guarded_estimate
+from .sparse_guard import _linear_interp_loo_residuals, stacked_estimate
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
 PATTERNS = ("random", "grid", "lines")
 METHODS = ("interp_linear", "interp_gp", "model_linear", "model_kriging", "model_cv",
            "model_uk_flat", "model_uk_unguarded", "model_uk")
-#: Candidates of the guarded headline estimate, in order of preference on ties.
-GUARD_CANDIDATES = ("model_uk_unguarded", "model_linear", "interp_gp", "interp_linear")
+#: Estimates whose leave-one-out errors the guard reports (``details["guard"]["loo_mse"]``).
+GUARD_CANDIDATES = ("model_linear", "model_uk_unguarded", "interp_gp", "interp_linear")
+#: What the headline stacks on the calibrated model (``model_linear``): the kriging,
+#: and the GP interpolation for elements the model predicts poorly where the samples
+#: are dense enough to interpolate.
+STACK_CANDIDATES = ("model_uk_unguarded", "interp_gp")
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
@@ -49,10 +54,10 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "model_uk_unguarded": "4D-STEM model + sparse EDS, universal kriging "
                                        "(model weight fitted jointly with the GP, prior "
                                        "1 +/- 0.5)",
-                 "model_uk": "4D-STEM model + sparse EDS, universal kriging guarded: per "
-                             "element replaced by the calibrated model, GP or linear "
-                             "interpolation where one has significantly smaller "
-                             "leave-one-out errors on the sampled positions"}
+                 "model_uk": "4D-STEM model + sparse EDS, guarded: per element the "
+                             "calibrated model stacked with the universal kriging and the "
+                             "GP interpolation, weights from their leave-one-out errors on "
+                             "the sampled positions, shrunk toward the calibrated model"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
 # Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
 # trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
@@ -60,6 +65,11 @@ HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer t
 # a flat prior (``model_uk_flat``) their noise decides it. Set once; no other value
 # was tried on the simulated series.
 SLOPE_PRIOR_STD = 0.5
+#: Below this many sampled positions the kriging's leave-one-out residuals (for the
+#: guard) are computed by refitting without each point: the closed form keeps the
+#: hyperparameters fitted with it, which a handful of points makes far too optimistic.
+#: Above it one point moves them little and the refits (one per point) cost too much.
+REFIT_BELOW = 20
 _MIN_POINTS = 3
 
 
@@ -154,8 +164,44 @@ def interpolate_linear(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.T.reshape(values.shape).astype(np.float32)
 
 
+def _gp_regressor(extent: float):
+    """Constant x RBF + white noise, normalised targets (the GP of :func:`interpolate_gp`)."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(extent / 4, (1.0, 4 * extent))
+              + WhiteKernel(0.1, (1e-5, 10.0)))
+    return GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
+
+
+def _gp_refit_loo(pts: np.ndarray, y: np.ndarray, extent: float) -> np.ndarray:
+    """Left-out residuals (value minus prediction) of the GP refitted without each point, (n,).
+
+    NaN when the rest is fewer than 3 points (nothing to interpolate).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    n = len(y)
+    out = np.full(n, np.nan)
+    if n - 1 < _MIN_POINTS:
+        return out
+    keep = np.ones(n, bool)
+    for i in range(n):
+        keep[i] = False
+        gp = _gp_regressor(extent)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(pts[keep], y[keep])
+        out[i] = y[i] - gp.predict(pts[i:i + 1])[0]
+        keep[i] = True
+    return out
+
+
 def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = False,
-                   return_loo: bool = False, loo_residuals: list | None = None):
+                   return_loo: bool = False, loo_residuals: list | None = None,
+                   refit_below: int = 0):
     """Gaussian-process regression of sparse maps over the scan, one GP per element.
 
     The kernel is a constant times an RBF (its length scale fitted by
@@ -173,7 +219,12 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
         positions (closed form from the fitted kernel matrix; the kernel's
         hyperparameters are kept from the fit on all points).
     loo_residuals : list, optional
-        Receives the leave-one-out residuals of each element, (n,) arrays.
+        Receives the leave-one-out residuals of each element, (n,) arrays
+        (value minus prediction).
+    refit_below : int
+        With fewer sampled positions, the residuals ``loo_residuals``
+        receives are computed by refitting the GP without each point (the
+        closed form keeps the hyperparameters fitted with it).
 
     Returns
     -------
@@ -181,11 +232,10 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
     std : ndarray, shape (E, Rx, Ry), float32 (only with ``return_std``)
     loo_mse : ndarray, shape (E,) (only with ``return_loo``)
     """
+    import warnings
+
     from scipy.linalg import cho_solve
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-    import warnings
 
     mask = np.asarray(mask, bool)
     pts = np.argwhere(mask).astype(np.float64)
@@ -201,9 +251,7 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
             if loo_residuals is not None:
                 loo_residuals.append(y * len(y) / max(len(y) - 1, 1) - y.sum() / max(len(y) - 1, 1))
             continue
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(extent / 4, (1.0, 4 * extent))
-                  + WhiteKernel(0.1, (1e-5, 10.0)))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
+        gp = _gp_regressor(extent)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(pts, y)
@@ -212,7 +260,8 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
         loo = gp.alpha_.ravel() / np.diag(k_inv) * np.ravel(gp._y_train_std)[0]
         loos.append(float(np.mean(loo ** 2)))
         if loo_residuals is not None:
-            loo_residuals.append(loo)
+            loo_residuals.append(_gp_refit_loo(pts, y, extent) if y.size < refit_below
+                                 else loo)
         # Predict the smooth latent map: drop the white-noise term from the posterior.
         gp.kernel_ = gp.kernel_.k1
         m, s = gp.predict(grid, return_std=True)
@@ -318,9 +367,12 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         Filled with ``model_uk``: ``std_map``, ``std_measured`` (E, Rx, Ry)
         and the per-element ``fits`` of
         :func:`stem2eds.analysis.kriging.krige_with_model` (the unguarded
-        kriging), and ``guard``: ``loo_mse`` ``{candidate: (E,)}`` and
-        ``z`` ``{candidate: (E,)}`` (paired z against the kriging) and
-        ``choice`` ``(E,)`` candidate names of the guarded ``model_uk``.
+        kriging), and ``guard``: ``loo_mse`` ``{candidate: (E,)}`` for
+        :data:`GUARD_CANDIDATES`, ``weight`` ``{name: (E,)}`` of the
+        calibrated model and of :data:`STACK_CANDIDATES` in the guarded
+        ``model_uk`` (summing to 1), and ``choice`` (E strings, e.g.
+        ``"0.30 model_linear + 0.70 model_uk_unguarded"``) and
+        ``loo_residual`` ``{candidate: (E, n)}`` (value minus estimate).
 
     Returns
     -------
@@ -329,7 +381,8 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
         :data:`METHODS` (the ``model_*`` ones only with ``predicted``).
     """
     gp_residuals: list = []
-    gp, loo_gp = interpolate_gp(measured, mask, return_loo=True, loo_residuals=gp_residuals)
+    gp, loo_gp = interpolate_gp(measured, mask, return_loo=True, loo_residuals=gp_residuals,
+                                refit_below=REFIT_BELOW if predicted is not None else 0)
     out = {"interp_linear": np.clip(interpolate_linear(measured, mask), 0, 1),
            "interp_gp": np.clip(gp, 0, 1)}
     if predicted is not None:
@@ -350,22 +403,23 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
 
         out["model_uk_flat"] = krige_with_model(predicted, measured, mask, predicted_std)[0]
         uk, std_map, std_measured, fits = krige_with_model(predicted, measured, mask,
-                                                           predicted_std, SLOPE_PRIOR_STD)
+                                                           predicted_std, SLOPE_PRIOR_STD,
+                                                           refit_below=REFIT_BELOW)
         out["model_uk_unguarded"] = uk
-        # the guard: the kriging's closed-form leave-one-out keeps its hyperparameters, which
-        # favours it slightly; the candidates it is checked against are its two parts
-        residuals = {"model_uk_unguarded": np.stack([f["loo_residual"] for f in fits]),
-                     "model_linear": _linear_loo_mse(predicted, measured, mask, residuals=True),
+        # left-out residuals (value minus estimate) of every part at the sampled positions:
+        # exact for the calibrated model; refitted for the kriging and the GP below
+        # REFIT_BELOW samples, above it their closed forms (hyperparameters kept)
+        residuals = {"model_linear": _linear_loo_mse(predicted, measured, mask, residuals=True),
+                     "model_uk_unguarded": np.stack([f.get("loo_residual_refit",
+                                                           f["loo_residual"]) for f in fits]),
                      "interp_gp": np.stack(gp_residuals),
-                     "interp_linear": _linear_interp_loo_residuals(measured, mask)}
-        out["model_uk"], choice, sig = guarded_estimate(out, residuals)
+                     "interp_linear": -_linear_interp_loo_residuals(measured, mask)}
+        out["model_uk"], weights = stacked_estimate(
+            "model_linear", out, {k: residuals[k] for k in ("model_linear", *STACK_CANDIDATES)})
         if details is not None:
             details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,
                                    "fits": fits}
-            details["guard"] = {"loo_mse": {k: np.mean(v ** 2, axis=1)
-                                            for k, v in residuals.items()},
-                                "z": dict(zip(residuals, sig)),
-                                "choice": [list(residuals)[c] for c in choice]}
+            details["guard"] = _guard_details(residuals, weights)
     return out
 
 
@@ -411,3 +465,18 @@ def dose_saved(fractions: Sequence[float], method_score: Sequence[float],
         out.append({"fraction": float(fk), "baseline_fraction": fprime,
                     "ratio": fprime / float(fk), "reached": True})
     return out
+
+
+def _guard_details(residuals: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, Any]:
+    """``details["guard"]`` of :func:`complete_sparse`: errors, weights, a readable choice.
+
+    ``weights`` (C, E) are those of :data:`STACK_CANDIDATES`; the calibrated
+    model gets the rest.
+    """
+    names = ["model_linear", *STACK_CANDIDATES]
+    w = np.vstack([1 - weights.sum(axis=0, keepdims=True), weights])  # (1 + C, E)
+    choice = [" + ".join(f"{w[c, e]:.2f} {names[c]}" for c in range(len(names))
+                         if w[c, e] > 0.005) for e in range(w.shape[1])]
+    return {"loo_mse": {k: np.mean(np.asarray(v, np.float64) ** 2, axis=1)
+                        for k, v in residuals.items()},
+            "weight": dict(zip(names, w)), "choice": choice, "loo_residual": residuals}

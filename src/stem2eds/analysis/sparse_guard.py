@@ -1,14 +1,21 @@
 """The guard of sparse completion: model + sparse EDS not worse than its parts.
 
-The headline estimate (universal kriging with the model as covariate) is
-compared, per element and on the sampled positions only, with the model
-calibrated on the sparse EDS and with interpolating the sparse EDS alone,
-by their leave-one-out residuals; another candidate replaces it only where
-it is significantly better (paired z-score of the squared residuals above
-:data:`GUARD_Z`). Used by :func:`stem2eds.analysis.sparse_eds.complete_sparse`.
+The headline estimate is a *stack* on the model calibrated on the sparse EDS
+(the base): per element, ``base + sum_c w_c (candidate_c - base)`` over the
+universal kriging and the Gaussian-process interpolation of the sparse EDS,
+``w_c >= 0``, ``sum w_c <= 1``, the weights fitted to the leave-one-out
+residuals at the sampled positions and shrunk toward 0 by a ridge
+(:func:`stacking_weights`). Where a candidate's departure from the base
+does not predict left-out samples (a residual that is measurement noise)
+its weight tends to 0 and the estimate to the calibrated model; where it
+does, its weight tends to 1. Used by
+:func:`stem2eds.analysis.sparse_eds.complete_sparse`; the leave-one-out
+residuals of linear interpolation (:func:`_linear_interp_loo_residuals`) are
+reported beside it.
 """
-
 from __future__ import annotations
+
+from itertools import combinations
 
 import numpy as np
 
@@ -54,63 +61,119 @@ def _linear_interp_loo_residuals(values: np.ndarray, mask: np.ndarray) -> np.nda
     return errors.T
 
 
-#: Paired z-score by which a candidate's squared leave-one-out errors must beat the
-#: kriging's before the guard uses it instead: a few noisy samples cannot tell close
-#: candidates apart, and then the kriging (the estimate of both parts) stays.
-GUARD_Z = 2.0
+#: Prior variance of each stacking weight (about 0, the calibrated model alone): a
+#: candidate's departure from the calibrated model is a priori as likely useless as fully
+#: right (weight ~ N(0, 1)). Set once from that argument, not tuned on any series.
+STACK_PRIOR_VAR = 1.0
 
 
-def guard_choice(loo_residuals: dict[str, np.ndarray], z: float = GUARD_Z
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per element, the first candidate unless another is significantly better.
+def _solve_face(X: np.ndarray, a: np.ndarray, lam: float, active: list[int],
+                on_sum: bool) -> np.ndarray | None:
+    """Ridge least squares on the face ``active`` of the simplex, optionally with sum 1.
 
-    For each other candidate the paired differences of squared leave-one-out
-    residuals ``d_i = e_first,i^2 - e_c,i^2`` give a z-score ``mean(d) / (sd(d) /
-    sqrt(n))``; among those above ``z`` the one of least mean squared error
-    is chosen, else the first.
+    Returns the full weight vector (zeros off ``active``), or None when it
+    leaves the face (a negative weight, or a sum above 1 off the sum face).
+    """
+    Xs = X[:, active]
+    G = Xs.T @ Xs + lam * np.eye(len(active))
+    b = Xs.T @ a
+    try:
+        gb = np.linalg.solve(G, b)
+        if on_sum:
+            g1 = np.linalg.solve(G, np.ones(len(active)))
+            gb = gb - g1 * (gb.sum() - 1.0) / g1.sum()
+    except np.linalg.LinAlgError:
+        return None
+    if np.any(gb < -1e-12) or (not on_sum and gb.sum() > 1 + 1e-12):
+        return None
+    w = np.zeros(X.shape[1])
+    w[active] = np.clip(gb, 0, 1)
+    return w
+
+
+def stacking_weights(base: np.ndarray, others: np.ndarray,
+                     prior_var: float = STACK_PRIOR_VAR) -> np.ndarray:
+    """Weights of a stack on a base estimate from left-out residuals, shrunk toward the base.
+
+    The stacked estimate is ``base + sum_c w_c (candidate_c - base)`` with
+    ``w_c >= 0`` and ``sum w_c <= 1`` (a convex combination of the base and
+    the candidates). Its left-out residual at sampled position ``i`` is
+    ``r_i - sum_c w_c (r_i - r_c,i)`` (``r``: the base's left-out residual);
+    the weights minimise the sum of their squares plus ``lam |w|^2``, the
+    posterior mode of a regression with prior ``w_c ~ N(0, prior_var)`` and
+    noise variance ``lam * prior_var`` taken as the base's leave-one-out mean
+    squared error (stacked regression, Breiman 1996, with a ridge toward the
+    base). With few samples, or where the candidates' departures from the
+    base do not predict the left-out values, the weights shrink to 0: the
+    estimate is the base.
+
+    Exact solution of the small quadratic programme: every face of the
+    feasible simplex is solved in closed form and the best feasible one kept.
 
     Parameters
     ----------
-    loo_residuals : dict
-        ``{candidate: (E, n) leave-one-out residuals at the same sampled
-        positions}``, the default (the kriging) first; NaN: not available.
-    z : float
+    base : ndarray, shape (n,)
+        Left-out residuals (value minus estimate) of the base estimate.
+    others : ndarray, shape (C, n)
+        Those of the candidates; a row with a NaN gets weight 0.
+    prior_var : float
 
     Returns
     -------
-    choice : ndarray of int, shape (E,)
-        Index into ``list(loo_residuals)`` per element.
-    significance : ndarray, shape (C, E)
-        The z-score of each candidate against the first (0 for the first).
+    ndarray, shape (C,)
     """
-    sq = np.stack([np.asarray(v, np.float64) ** 2 for v in loo_residuals.values()])  # (C, E, n)
-    n = sq.shape[-1]
-    d = sq[:1] - sq
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sig = np.nan_to_num(d.mean(-1) / (d.std(-1, ddof=1) / np.sqrt(max(n, 1))),
-                            nan=0.0, posinf=0.0, neginf=0.0) if n > 1 else np.zeros(sq.shape[:2])
-    mse = np.where(sig > z, sq.mean(-1), np.inf)  # (C, E): the significant ones
-    mse[0] = np.where(np.any(sig > z, axis=0), np.inf, 0.0)  # the first unless beaten
-    return np.argmin(mse, axis=0), sig
+    base = np.asarray(base, np.float64)
+    others = np.asarray(others, np.float64)
+    C, n = others.shape
+    w_best = np.zeros(C)
+    usable = [c for c in range(C) if np.all(np.isfinite(others[c]))]
+    if n < _MIN_POINTS or not usable or not np.all(np.isfinite(base)):
+        return w_best
+    # departure of each candidate at each point; an unusable one never enters (0 weight)
+    X = np.where(np.isfinite(others), base[None, :] - others, 0.0).T  # (n, C)
+    lam = float(np.mean(base ** 2)) / prior_var
+    objective = lambda w: float(np.sum((base - X @ w) ** 2) + lam * np.sum(w ** 2))  # noqa: E731
+    best = objective(w_best)
+    for size in range(1, len(usable) + 1):
+        for active in combinations(usable, size):
+            for on_sum in (False, True):
+                w = _solve_face(X, base, lam, list(active), on_sum)
+                if w is not None and objective(w) < best - 1e-15:
+                    w_best, best = w, objective(w)
+    return w_best
 
 
-def guarded_estimate(estimates: dict[str, np.ndarray], loo_residuals: dict[str, np.ndarray]
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The guarded headline: per element the estimate of the candidate :func:`guard_choice` picks.
+def stacked_estimate(base: str, estimates: dict[str, np.ndarray],
+                     loo_residuals: dict[str, np.ndarray],
+                     prior_var: float = STACK_PRIOR_VAR) -> tuple[np.ndarray, np.ndarray]:
+    """Per element, the base estimate stacked with the candidates by :func:`stacking_weights`.
 
     Parameters
     ----------
+    base : str
+        Key of the base estimate (the calibrated model).
     estimates : dict
-        ``{candidate: (E, Rx, Ry) estimate}`` for every key of ``loo_residuals``.
+        ``{name: (E, Rx, Ry) estimate}`` for ``base`` and every key of ``loo_residuals``.
     loo_residuals : dict
-        ``{candidate: (E, n) leave-one-out residuals on the sampled positions}``.
+        ``{name: (E, n) left-out residuals (value minus estimate) at the sampled
+        positions}``, ``base`` included.
+    prior_var : float
 
     Returns
     -------
     estimate : ndarray, shape (E, Rx, Ry), float32
-    choice : ndarray of int, shape (E,)
-    significance : ndarray, shape (C, E)
+    weights : ndarray, shape (C, E)
+        Weight of each candidate (the keys of ``loo_residuals`` other than
+        ``base``, in order); the base gets ``1 - sum``.
     """
-    choice, sig = guard_choice(loo_residuals)
-    stack = np.stack([estimates[name] for name in loo_residuals])
-    return stack[choice, np.arange(len(choice))].astype(np.float32), choice, sig
+    names = [k for k in loo_residuals if k != base]
+    b = np.asarray(loo_residuals[base], np.float64)
+    others = np.stack([np.asarray(loo_residuals[k], np.float64) for k in names])  # (C, E, n)
+    weights = np.stack([stacking_weights(b[e], others[:, e], prior_var)
+                        for e in range(b.shape[0])], axis=1)  # (C, E)
+    out = np.asarray(estimates[base], np.float64).copy()
+    for c, name in enumerate(names):
+        out += weights[c][:, None, None] * (np.asarray(estimates[name], np.float64)
+                                            - estimates[base])
+    return np.clip(out, 0, 1).astype(np.float32), weights
+

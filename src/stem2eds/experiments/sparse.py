@@ -258,9 +258,10 @@ class SparseScores:
     model_cv_choice : dict
         ``{percent: {El: method model_cv picked}}``.
     guard : dict
-        ``{percent: {El: {"choice": candidate, "loo_mse": {candidate: value},
-        "z": {candidate: paired z against the kriging}}}}``: which candidate the
-        guarded headline ``model_uk`` used, and why.
+        ``{percent: {El: {"choice": readable stack, "loo_mse": {candidate: value},
+        "weight": {name: weight in the stack}}}}``: how the guarded headline
+        ``model_uk`` stacked the kriging and the GP on the calibrated model, and the
+        leave-one-out errors behind it.
     extrapolation : dict or None
         Coverage with no EDS of the new scan (None without an ensemble).
     """
@@ -325,7 +326,7 @@ def score_fractions(plan: SparsePlan, ens: EnsemblePrediction, maps: TargetMaps,
         guard = details["guard"]
         out.guard[key] = {el: {"choice": guard["choice"][k],
                                "loo_mse": {c: float(v[k]) for c, v in guard["loo_mse"].items()},
-                               "z": {c: float(v[k]) for c, v in guard["z"].items()}}
+                               "weight": {c: float(v[k]) for c, v in guard["weight"].items()}}
                           for k, el in enumerate(elements)}
         for method, values in estimates.items():
             out.methods[method][key] = {ref: metrics.element_metrics(values, r, elements, ~mask)
@@ -403,8 +404,8 @@ def run_sparse_experiment(bundles: Sequence[str | os.PathLike], run_dir: str | o
     ``methods.<method>.<percent>.{eds,truth}.<metric>.<El>``,
     ``curve.<method>.{eds,truth}`` mean Pearson r per fraction,
     ``dose_saved`` (of ``model_uk``), ``guard`` (per fraction and element the
-    candidate the guarded ``model_uk`` used and the leave-one-out errors it
-    compared), ``uncertainty``, ``kriging_fits``, ``anomaly`` (with
+    weights of the guarded ``model_uk``'s stack and the leave-one-out errors
+    behind them), ``uncertainty``, ``kriging_fits``, ``anomaly`` (with
     ``crystallinity``)), ``predictions/<scan>.h5`` (ensemble mean with
     ``eds_std/<El>``), ``predictions/sparse/<percent>.h5`` (the ``model_uk``
     estimate; ``eds_std`` = its noise-free map std scaled by the
