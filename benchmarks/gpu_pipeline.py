@@ -20,7 +20,7 @@ so every read comes from the page cache. Then, in this process:
   feeding the model); ``--repeats`` times, the first also paying CUDA
   start-up; the best is the rate;
 * **model alone**: batches of ``--model-batch`` preprocessed inputs already
-  on the device through the model (``Predictor._forward``, autocast as in
+  on the device through the model (``TorchHead._forward``, autocast as in
   prediction), synchronised; and with the host copy (``predict_patterns`` on
   a numpy batch: pinned, non-blocking copies);
 * **ring front end alone** (runs whose model starts with ring statistics,
@@ -78,8 +78,9 @@ def model_alone(run_dir: Path, device_name: str, batch: int, repeats: int) -> di
     host = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
     x = torch.from_numpy(host).to(device)
     out: dict = {"input_shape": list(shape), "batch": batch}
+    model = predictor.head.torch_head  # the torch model even where CPU predict uses numpy
     with torch.inference_mode():
-        out["on_device"] = _rate(lambda: predictor.head._forward(x), batch, repeats, device)
+        out["on_device"] = _rate(lambda: model._forward(x), batch, repeats, device)
     out["from_host"] = _rate(lambda: predictor.predict_patterns(host), batch, repeats, device)
     try:
         from stem2eds.models.rings import RingFrontend
@@ -90,8 +91,7 @@ def model_alone(run_dir: Path, device_name: str, batch: int, repeats: int) -> di
         with torch.inference_mode():
             stats = predictor.model.frontend(x[:1])
             s = torch.rand((batch, *stats.shape[1:]), device=device) + 1.0
-            out["rings_only"] = _rate(lambda: predictor.head._forward_rings(s), batch, repeats,
-                                      device)
+            out["rings_only"] = _rate(lambda: model._forward_rings(s), batch, repeats, device)
     return out
 
 

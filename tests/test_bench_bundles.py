@@ -176,3 +176,8 @@ def test_local_cluster_workers_import_the_passes_at_start():
         # glibc keeps freed buffers for the next chunk (no page faults per task)
         assert client.submit(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"),
                              pure=False).result(timeout=60) is None
+        # one numba thread per single-core worker, set in the worker only: numba in
+        # this process must keep its own thread count
+        assert client.submit(lambda: os.environ.get("NUMBA_NUM_THREADS"),
+                             pure=False).result(timeout=60) == "1"
+    assert os.environ.get("NUMBA_NUM_THREADS") != "1"

@@ -55,6 +55,10 @@ class Head(Protocol):
     def device_type(self) -> str:
         """``"cpu"`` or ``"cuda"``: where the model runs (without importing torch)."""
 
+    @property
+    def torch_head(self) -> "TorchHead":
+        """The run's torch model as a :class:`TorchHead` (built on first use)."""
+
     def outputs(self, patterns: np.ndarray) -> np.ndarray:
         """(n, Qb, Qb) preprocessed float32 patterns -> (n, O) float32 linear outputs."""
 
@@ -103,6 +107,11 @@ class TorchHead:
     @property
     def device_type(self) -> str:
         return self.device.type
+
+    @property
+    def torch_head(self) -> "TorchHead":
+        """Itself; a :class:`NumpyHead` builds its torch head on first use."""
+        return self
 
     @property
     def ring_statistics(self) -> tuple[str, ...] | None:

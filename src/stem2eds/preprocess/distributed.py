@@ -43,15 +43,17 @@ def dask_client(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
         # keep at most two tasks in flight, so their heap stays bounded
         # without it (benchmarks/bench_distributed.py). Each worker is one
         # core, so the fused ring kernel (numba, parallel over the patterns
-        # of a chunk) runs on one thread there.
+        # of a chunk) runs on one thread there: set through the nanny's `env`,
+        # applied in the worker process only (the nanny writes its
+        # pre-spawn-environ into this process's os.environ for good, and numba
+        # refuses a thread count that changes after its pool started).
         environ = {k: v for k, v in
                    dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
-        environ["NUMBA_NUM_THREADS"] = "1"
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
                                    threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+                                   dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"})
         client = Client(cluster)
         # the workers import the per-chunk code now, while this process
         # measures the origins, instead of in their first task (one task per
