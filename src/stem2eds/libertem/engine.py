@@ -221,19 +221,11 @@ def _measure_frames(frames: np.ndarray, roi: np.ndarray, nav_shape: tuple[int, i
     As :func:`stem2eds.preprocess.pipeline.measure_origins` on a sub-grid:
     blocks of :data:`RADIUS_SAMPLE` frames, the aperture radius from the first.
     """
-    from ..preprocess.passes import measure_chunk
+    from ..preprocess.passes import measure_blocks
 
-    measured = np.full((int(np.prod(nav_shape)), 2), np.nan)
-    where = np.flatnonzero(roi)
-    disk_sum, n_sum, radius = None, 0, None
-    for lo in range(0, len(frames), RADIUS_SAMPLE):
-        block = frames[lo:lo + RADIUS_SAMPLE]
-        if radius is None:
-            radius = find_origins(block).probe_radius
-        found = measure_chunk(lo, block, radius)
-        measured[where[lo:lo + len(block)]] = found.origins
-        disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
-        n_sum += found.n_summed
+    blocks = ((lo, frames[lo:lo + RADIUS_SAMPLE]) for lo in range(0, len(frames), RADIUS_SAMPLE))
+    measured, disk_sum, n_sum = measure_blocks(blocks, np.flatnonzero(roi),
+                                               int(np.prod(nav_shape)))
     return measured.reshape(*nav_shape, 2), disk_sum, n_sum
 
 

@@ -39,6 +39,39 @@ def measure_chunk(start: int, patterns: np.ndarray, radius: float) -> OriginBatc
     return find_origins(patterns, radius)
 
 
+
+def measure_blocks(blocks, places: np.ndarray, n: int
+                   ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Origins of a stream of pattern blocks, with the aperture radius of the first block.
+
+    Parameters
+    ----------
+    blocks : iterable of (int, ndarray (b, Qx, Qy))
+        Blocks of patterns and the index of their first pattern in the stream.
+    places : ndarray of int, shape (m,)
+        Where the stream's i-th pattern goes in the (n, 2) result.
+    n : int
+        Length of the result.
+
+    Returns
+    -------
+    measured : ndarray, shape (n, 2)
+        Origins (pixels); NaN where no pattern of the stream goes.
+    disk_sum : ndarray or None
+        Sum of the centred disks (None for an empty stream).
+    n_summed : int
+    """
+    measured = np.full((n, 2), np.nan)
+    disk_sum, n_sum, radius = None, 0, None
+    for lo, patterns in blocks:
+        if radius is None:
+            radius = find_origins(patterns).probe_radius
+        found = measure_chunk(lo, patterns, radius)
+        measured[places[lo:lo + len(patterns)]] = found.origins
+        disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
+        n_sum += found.n_summed
+    return measured, disk_sum, n_sum
+
 def process_chunk(start: int, patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
                   settings: PreprocessSettings, adf: bool = False
                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

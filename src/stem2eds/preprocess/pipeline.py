@@ -35,7 +35,7 @@ from .maps import check_crop
 from .origin import OriginFit, disk_radius, find_origins, fit_origins, origin_problem
 from .origin import sample_grid
 from .output import normalise_in_place, write_calibration, write_maps
-from .passes import measure_chunk, process_chunk
+from .passes import measure_blocks, measure_chunk, process_chunk
 from .patterns import TopValues, normalise
 from .settings import EDS_UNREGISTERED, PreprocessSettings
 
@@ -165,17 +165,8 @@ def _measure_grid(scan: ScanBundle, box, rows: np.ndarray, cols: np.ndarray
     width = c1 - c0
     local = (rows[:, None] * width + cols[None, :]).ravel()  # ascending
     in_file = ((rows[:, None] + r0) * scan.scan_shape[1] + (cols[None, :] + c0)).ravel()
-    measured = np.full(((r1 - r0) * width, 2), np.nan)
-    disk_sum, n_sum, radius = None, 0, None
-    for lo, patterns in iter_blocks(scan.diffraction, flat=in_file, batch=RADIUS_SAMPLE,
-                                    read_ahead=2):
-        if radius is None:
-            radius = find_origins(patterns).probe_radius
-        found = measure_chunk(lo, patterns, radius)
-        measured[local[lo:lo + len(patterns)]] = found.origins
-        disk_sum = found.disk_sum if disk_sum is None else disk_sum + found.disk_sum
-        n_sum += found.n_summed
-    return measured, disk_sum, n_sum
+    return measure_blocks(iter_blocks(scan.diffraction, flat=in_file, batch=RADIUS_SAMPLE,
+                                      read_ahead=2), local, (r1 - r0) * width)
 
 
 def _resolve_beam_radius(settings: PreprocessSettings, probe_radius: float) -> float:
