@@ -12,7 +12,8 @@ from stem2eds.analysis.kriging import fit_universal_kriging, refit_loo_residuals
 from stem2eds.analysis.sparse_eds import (GUARD_CANDIDATES, METHODS, STACK_CANDIDATES,
                                           _gp_refit_loo, complete_sparse, interpolate_linear,
                                           sample_positions)
-from stem2eds.analysis.sparse_guard import (_linear_interp_loo_mse, stacked_estimate,
+from stem2eds.analysis.sparse_guard import (STACK_PRIOR_VAR, _linear_interp_loo_mse,
+                                            pooled_stacking_weights, stacked_estimate,
                                             stacking_weights)
 
 ELEMENTS = ["Ge", "Sb", "Te"]
@@ -109,7 +110,7 @@ def test_stacking_weights_solve_the_constrained_ridge_exactly():
     others = np.stack([0.3 * base + rng.normal(0, 0.5, 25), 0.6 * base + rng.normal(0, 0.5, 25)])
     w = stacking_weights(base, others)
     X = (base[None] - others).T
-    lam = np.mean(base ** 2)
+    lam = np.mean(base ** 2) / STACK_PRIOR_VAR
     objective = lambda v: np.sum((base - X @ v) ** 2) + lam * np.sum(v ** 2)  # noqa: E731
     grid = np.stack(np.meshgrid(np.linspace(0, 1, 201), np.linspace(0, 1, 201)), -1).reshape(-1, 2)
     grid = grid[grid.sum(1) <= 1]
@@ -185,3 +186,47 @@ def test_sparse_experiment_reports_the_guard(tmp_path):
     for k in range(2):
         assert curve["model_uk"]["truth"][k] >= max(curve["interp_gp"]["truth"][k],
                                                     curve["model_linear"]["truth"][k]) - 0.01
+
+
+def test_pooled_weights_are_one_stack_for_every_element():
+    rng = np.random.default_rng(7)
+    E, n = 3, 30
+    base = rng.normal(0, 1, (E, n)) * np.array([1e-3, 1e-1, 1.0])[:, None]
+    # candidate 0 removes most of each element's error, candidate 1 adds noise
+    others = np.stack([0.2 * base + 0.05 * base.std(axis=1, keepdims=True) * rng.normal(size=(E, n)),
+                       base + base.std(axis=1, keepdims=True) * rng.normal(size=(E, n))])
+    w = pooled_stacking_weights(base, others)
+    scale = np.sqrt(np.mean(base ** 2, axis=1))[:, None]
+    np.testing.assert_allclose(w, stacking_weights((base / scale).ravel(),
+                                                   (others / scale).reshape(2, -1),
+                                                   STACK_PRIOR_VAR))
+    assert w[0] > 0.7 and w[1] < 0.1
+    # every element weighs the same whatever its concentration range
+    np.testing.assert_allclose(pooled_stacking_weights(base * [[1e3], [1], [1]],
+                                                       others * [[1e3], [1], [1]]), w)
+    # an element the base fits exactly (no residual) is left out, not a NaN
+    base0, others0 = base.copy(), others.copy()
+    base0[0], others0[:, 0] = 0.0, 0.0
+    w0 = pooled_stacking_weights(base0, others0)
+    assert np.all(np.isfinite(w0))
+    np.testing.assert_allclose(w0, pooled_stacking_weights(base[1:], others[:, 1:]))
+    # the stacked estimate gives every element the same weights
+    est = {"b": np.zeros((E, 2, 2)), "c1": np.full((E, 2, 2), 0.1), "c2": np.full((E, 2, 2), 0.2)}
+    out, weights = stacked_estimate("b", est, {"b": base, "c1": others[0], "c2": others[1]})
+    np.testing.assert_allclose(weights, np.repeat(w[:, None], E, axis=1))
+    np.testing.assert_allclose(out, 0.1 * w[0] + 0.2 * w[1], rtol=1e-6)
+
+
+def test_too_few_samples_for_the_candidates_fits_give_the_calibrated_model():
+    from stem2eds.analysis.sparse_eds import STACK_PARAMETERS
+
+    # a residual the kriging would pick up, but 6 samples: every candidate's left-out fit
+    # (5 points) has no more points than parameters, so none gets weight
+    truth, measured, predicted, mask = _case("smooth", fraction=6 / 900)
+    assert mask.sum() - 1 <= min(STACK_PARAMETERS.values())
+    details = {}
+    est = complete_sparse(predicted, measured, mask, details=details)
+    np.testing.assert_array_equal(est["model_uk"], est["model_linear"])
+    assert details["guard"]["weight"]["model_linear"] == pytest.approx(np.ones(len(ELEMENTS)))
+    # the residuals are still reported (the GP's were refitted on 5 points)
+    assert np.all(np.isfinite(details["guard"]["loo_residual"]["interp_gp"]))

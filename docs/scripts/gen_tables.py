@@ -440,7 +440,59 @@ def fused() -> str:
             + source_line(name))
 
 
+def sparse_guard() -> str:
+    """The sparse-completion guard per series and scan (benchmarks/bench_sparse_guard.py)."""
+    name = "sparse_guard.json"
+    data = load(name)
+    rows, totals = [], {}
+    for label, series in data["series"].items():
+        role = series["role"]
+        for scan, entry in series["scans"].items():
+            cells = [f"{label} ({role})", scan,
+                     ", ".join(f"{100 * f:g}" for f in entry["fractions"])]
+            for ref in ("truth", "eds"):
+                r = entry["refs"][ref]
+                n = len(r["ok_after"])
+                cells += [f"{r['worst_margin_before']:+.3f}", f"{r['worst_margin_after']:+.3f}",
+                          f"{sum(r['ok_before'])}/{n}", f"{sum(r['ok_after'])}/{n}"]
+                t = totals.setdefault((role, ref), [0, 0, 0, 0.0, 0.0])
+                t[0] += sum(r["ok_before"])
+                t[1] += sum(r["ok_after"])
+                t[2] += n
+                t[3] = min(t[3], r["worst_margin_before"])
+                t[4] = min(t[4], r["worst_margin_after"])
+            rows.append(cells)
+    header = ["series", "new scan", "fractions (%)",
+              "truth: worst before", "worst after", "within 0.01 before", "after",
+              "EDS: worst before", "worst after", "within 0.01 before", "after"]
+    summary = [f"- **{role}**, against the {'truth' if ref == 'truth' else 'blurred EDS'}: "
+               f"{t[1]} of {t[2]} points within 0.01 (unguarded kriging {t[0]}); worst "
+               f"margin {t[4]:+.3f} (unguarded {t[3]:+.3f})"
+               for (role, ref), t in sorted(totals.items())]
+    return (table(header, rows) + "\n\n" + "\n".join(summary) + "\n\n" + source_line(name)
+            + f" Criterion: {data['criterion']}. Design: {data['design']}.")
+
+
+def sparse_guard_variants() -> str:
+    """Guard variants on the design and held-out series (bench_sparse_guard_variants.py)."""
+    name = "sparse_guard_variants.json"
+    data = load(name)
+    labels = {"per_element": "per-element stack (previous round)",
+              "pooled_0.3_min": "pooled, prior variance 0.3, too-few-samples rule (**kept**)",
+              "unguarded": "unguarded kriging", "calibrated": "calibrated model alone"}
+    roles = [r for r in ("design", "held-out") if f"total_{r}" in data]
+    header = ["rule"] + [f"{r}: fails of {data[f'total_{r}']['per_element']['points']} (worst)"
+                         for r in roles]
+    rows = [[labels.get(rule, rule.replace("_", " "))]
+            + [f"{data[f'total_{r}'][rule]['fails']} ({data[f'total_{r}'][rule]['worst_margin']:+.3f})"
+               for r in roles] for rule in data["rules"]]
+    series = ", ".join(f"{k} ({v['role']})" for k, v in data["series"].items())
+    return table(header, rows) + f"\n\nSeries: {series}.\n\n" + source_line(name)
+
+
 TABLES = {
+    "sparse_guard_variants": sparse_guard_variants,
+    "sparse_guard": sparse_guard,
     "fused": fused,
     "engines": engines,
     "compare_models": compare_models,

@@ -42,6 +42,11 @@ GUARD_CANDIDATES = ("model_linear", "model_uk_unguarded", "interp_gp", "interp_l
 #: and the GP interpolation for elements the model predicts poorly where the samples
 #: are dense enough to interpolate.
 STACK_CANDIDATES = ("model_uk_unguarded", "interp_gp")
+#: Parameters each stacked candidate fits from the samples. Its left-out residuals are
+#: evidence only when a fit without one sample still has more points than these; below
+#: that the candidate gets weight 0 and the headline is the calibrated model.
+STACK_PARAMETERS = {"model_uk_unguarded": 6,  # offset, slope, variance, length, nugget, tau
+                    "interp_gp": 5}  # mean, scale (normalised targets), amplitude, length, noise
 METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "interp_gp": "sparse EDS, Gaussian-process interpolation",
                  "model_linear": "4D-STEM model + sparse EDS, linear calibration",
@@ -54,10 +59,11 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                  "model_uk_unguarded": "4D-STEM model + sparse EDS, universal kriging "
                                        "(model weight fitted jointly with the GP, prior "
                                        "1 +/- 0.5)",
-                 "model_uk": "4D-STEM model + sparse EDS, guarded: per element the "
-                             "calibrated model stacked with the universal kriging and the "
-                             "GP interpolation, weights from their leave-one-out errors on "
-                             "the sampled positions, shrunk toward the calibrated model"}
+                 "model_uk": "4D-STEM model + sparse EDS, guarded: the calibrated model "
+                             "stacked with the universal kriging and the GP interpolation, "
+                             "one set of weights for all elements from their pooled "
+                             "leave-one-out errors on the sampled positions, shrunk toward "
+                             "the calibrated model"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
 # Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
 # trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
@@ -414,8 +420,12 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
                                                            f["loo_residual"]) for f in fits]),
                      "interp_gp": np.stack(gp_residuals),
                      "interp_linear": -_linear_interp_loo_residuals(measured, mask)}
-        out["model_uk"], weights = stacked_estimate(
-            "model_linear", out, {k: residuals[k] for k in ("model_linear", *STACK_CANDIDATES)})
+        n = int(np.count_nonzero(mask))
+        stack_input = {"model_linear": residuals["model_linear"]}
+        for k in STACK_CANDIDATES:  # no evidence from fits with no more points than parameters
+            stack_input[k] = (residuals[k] if n - 1 > STACK_PARAMETERS[k]
+                              else np.full_like(residuals[k], np.nan, dtype=np.float64))
+        out["model_uk"], weights = stacked_estimate("model_linear", out, stack_input)
         if details is not None:
             details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,
                                    "fits": fits}

@@ -1,0 +1,206 @@
+"""The guard variants compared on the sparse benchmark's scans (how the guard was chosen).
+
+Reads the ensemble predictions that ``bench_sparse_guard.py`` cached
+(``WORK/LABEL/<scan>.npz``), computes at every fraction the candidates of
+:func:`~stem2eds.analysis.sparse_eds.complete_sparse` with their left-out
+residuals (cached beside them as ``<scan>.candidates.npz``), and scores
+stacking rules built from them against the same criterion: the headline's
+mean r (over elements, unsampled positions) at least the better part's minus
+0.01. Rules:
+
+- ``per_element``: a stack per element, prior variance 1 (the guard of the
+  previous round);
+- ``pooled_<v>``: one stack for all elements, prior variance ``v``;
+- ``pooled_<v>_min``: the same, a candidate entering only when its left-out
+  fits have more points than parameters (the guard kept: ``v`` = 0.3);
+- ``pooled_corr_min``: pooled weights chosen on a grid by the mean left-out
+  correlation instead of squared error;
+- ``unguarded`` (the universal kriging) and ``calibrated`` (the calibrated
+  model alone).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_sparse_guard_variants.py --work /tmp/bench-guard \\
+        --series kinematic-seed0=design --series kinematic-seed106=held-out \\
+        --out benchmarks/results/sparse_guard_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_crystallinity import _provenance  # noqa: E402
+from bench_sparse_guard import SAMPLING_SEED, TOLERANCE  # noqa: E402
+
+STACK = ("model_uk_unguarded", "interp_gp")
+KINEMATIC_FRACTIONS = (0.005, 0.01, 0.02, 0.05)
+MULTISLICE_FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def candidates(cache: Path, fractions) -> dict:
+    """``{fraction: {"mask", "est": {method: maps}, "loo": {name: (E, n)}}}``, cached."""
+    from stem2eds.analysis.sparse_eds import complete_sparse, sample_positions
+
+    out_path = cache.with_name(cache.stem + ".candidates.npz")
+    if out_path.is_file():
+        flat = np.load(out_path)
+        out: dict = {}
+        for key in flat.files:
+            f, kind, name = key.split("|")
+            entry = out.setdefault(float(f), {"est": {}, "loo": {}})
+            if kind == "mask":
+                entry["mask"] = flat[key].astype(bool)
+            else:
+                entry[kind][name] = flat[key]
+        return out
+    d = np.load(cache)
+    flat, out = {}, {}
+    for f in fractions:
+        mask = sample_positions(d["measured"].shape[1:], f, "random", SAMPLING_SEED)
+        details: dict = {}
+        est = complete_sparse(d["mean"], d["measured"], mask, d["std"], details)
+        loo = details["guard"]["loo_residual"]
+        out[f] = {"mask": mask, "est": est, "loo": loo}
+        flat[f"{f}|mask|-"] = mask
+        flat.update({f"{f}|est|{k}": v for k, v in est.items()})
+        flat.update({f"{f}|loo|{k}": v for k, v in loo.items()})
+    tmp = out_path.with_name(out_path.stem + ".part.npz")
+    np.savez(tmp, **flat)
+    tmp.replace(out_path)
+    return out
+
+
+def _r(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
+    x, y = a[keep].astype(float), b[keep].astype(float)
+    x, y = x - x.mean(), y - y.mean()
+    den = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / den) if den > 0 else float("nan")
+
+
+def mean_r(est: np.ndarray, ref: np.ndarray, keep: np.ndarray) -> float:
+    return float(np.nanmean([_r(est[e], ref[e], keep) for e in range(len(est))]))
+
+
+def _apply(c: dict, w: np.ndarray) -> np.ndarray:
+    """Stack with weights ``w`` (C,) or (C, E) on the calibrated model."""
+    base = c["est"]["model_linear"].astype(np.float64)
+    w = np.asarray(w, np.float64)
+    out = base.copy()
+    for j, k in enumerate(STACK):
+        wj = w[j] if w.ndim == 1 else w[j][:, None, None]
+        out += wj * (c["est"][k] - base)
+    return np.clip(out, 0, 1)
+
+
+def _stack_inputs(c: dict, minimum: bool) -> tuple[np.ndarray, np.ndarray]:
+    from stem2eds.analysis.sparse_eds import STACK_PARAMETERS
+
+    n = int(c["mask"].sum())
+    others = np.stack([c["loo"][k] if not minimum or n - 1 > STACK_PARAMETERS[k]
+                       else np.full(c["loo"][k].shape, np.nan) for k in STACK])
+    return np.asarray(c["loo"]["model_linear"], np.float64), others
+
+
+def per_element(c: dict, measured: np.ndarray) -> np.ndarray:
+    from stem2eds.analysis.sparse_guard import stacking_weights
+
+    base, others = _stack_inputs(c, False)
+    return _apply(c, np.stack([stacking_weights(base[e], others[:, e], 1.0)
+                               for e in range(len(base))], axis=1))
+
+
+def pooled(prior_var: float, minimum: bool):
+    def rule(c: dict, measured: np.ndarray) -> np.ndarray:
+        from stem2eds.analysis.sparse_guard import pooled_stacking_weights
+
+        base, others = _stack_inputs(c, minimum)
+        return _apply(c, pooled_stacking_weights(base, others, prior_var))
+    return rule
+
+
+def pooled_corr(c: dict, measured: np.ndarray) -> np.ndarray:
+    """Pooled weights maximising the mean left-out correlation (grid, step 0.1)."""
+    base, others = _stack_inputs(c, True)
+    y = measured[:, c["mask"]].astype(np.float64)
+    if not (np.all(np.isfinite(others)) and np.all(np.isfinite(base))):
+        return c["est"]["model_linear"]
+    preds = [y - base, *(y - o for o in others)]
+    best, best_w = -np.inf, np.zeros(len(STACK))
+    for w in itertools.product(np.linspace(0, 1, 11), repeat=len(STACK)):
+        if sum(w) > 1 + 1e-9:
+            continue
+        p = (1 - sum(w)) * preds[0] + sum(wi * pi for wi, pi in zip(w, preds[1:]))
+        score = np.mean([np.corrcoef(p[e], y[e])[0, 1] for e in range(len(y))])
+        if score > best + 1e-12:
+            best, best_w = score, np.asarray(w)
+    return _apply(c, best_w)
+
+
+RULES = {"per_element": per_element,
+         **{f"pooled_{v:g}": pooled(v, False) for v in (1.0, 0.3, 0.1)},
+         **{f"pooled_{v:g}_min": pooled(v, True) for v in (1.0, 0.3, 0.1)},
+         "pooled_corr_min": pooled_corr,
+         "unguarded": lambda c, m: c["est"]["model_uk_unguarded"],
+         "calibrated": lambda c, m: c["est"]["model_linear"]}
+
+
+def score_series(folder: Path) -> dict:
+    fractions = KINEMATIC_FRACTIONS if "kinematic" in folder.name else MULTISLICE_FRACTIONS
+    result = {name: {"fails": 0, "points": 0, "worst": np.inf, "margins": []} for name in RULES}
+    for cache in sorted(folder.glob("scan_*[0-9].npz")):
+        d = np.load(cache)
+        for f, c in candidates(cache, fractions).items():
+            keep = ~c["mask"]
+            outs = {name: rule(c, d["measured"]) for name, rule in RULES.items()}
+            for ref in ("truth", "eds"):
+                parts = max(mean_r(c["est"][k], d[ref], keep)
+                            for k in ("model_linear", "interp_gp", "interp_linear"))
+                for name, est in outs.items():
+                    margin = mean_r(est, d[ref], keep) - parts
+                    s = result[name]
+                    s["fails"] += int(margin < -TOLERANCE)
+                    s["points"] += 1
+                    s["worst"] = min(s["worst"], margin)
+                    s["margins"].append(margin)
+    return {name: {"fails": s["fails"], "points": s["points"], "worst_margin": round(s["worst"], 4),
+                   "mean_margin": round(float(np.mean(s["margins"])), 4)}
+            for name, s in result.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True, help="bench_sparse_guard.py's --work")
+    ap.add_argument("--series", action="append", required=True, help="LABEL=ROLE (repeatable)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    doc: dict = {"series": {}, "rules": list(RULES),
+                 "criterion": f"mean r >= better part - {TOLERANCE}, truth and blurred EDS"}
+    for item in args.series:
+        label, role = item.split("=", 1)
+        doc["series"][label] = {"role": role, "rules": score_series(args.work / label)}
+        print(label, role, {k: (v["fails"], v["worst_margin"])
+                            for k, v in doc["series"][label]["rules"].items()}, flush=True)
+    for role in sorted({s["role"] for s in doc["series"].values()}):
+        members = [s["rules"] for s in doc["series"].values() if s["role"] == role]
+        doc[f"total_{role}"] = {name: {"fails": sum(m[name]["fails"] for m in members),
+                                       "points": sum(m[name]["points"] for m in members),
+                                       "worst_margin": min(m[name]["worst_margin"] for m in members)}
+                                for name in RULES}
+    doc["provenance"] = _provenance()
+    text = json.dumps(doc, indent=2)
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
