@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from stem2eds.errors import InputError
-from stem2eds.analysis.sparse_eds import (METHODS, calibrate_on_sparse, complete_sparse,
+from stem2eds.analysis.sparse_calibration import _linear_loo_mse, calibrate_on_sparse
+from stem2eds.analysis.sparse_eds import (METHODS, complete_sparse,
                                           dose_saved, interpolate_gp, interpolate_linear,
                                           sample_positions)
 
@@ -74,12 +75,27 @@ def test_calibration_recovers_scale_and_offset():
     truth = _smooth_field((30, 30), 3, seed=2)[None] * 0.4 + 0.1
     predicted = (truth - 0.1) / 0.5  # model with the wrong gain and offset
     mask = sample_positions((30, 30), 0.2, "random", seed=0)
-    a, b = calibrate_on_sparse(predicted, truth, mask, prior_points=0)
+    a, b = calibrate_on_sparse(predicted, truth, mask, prior_std=np.inf)
     np.testing.assert_allclose([a[0], b[0]], [0.5, 0.1], atol=1e-6)
-    # the prior pulls a few-point slope toward 1
-    few = sample_positions((30, 30), 0.004, "random", seed=0)
-    a_few, _ = calibrate_on_sparse(predicted, truth, few, prior_points=10)
-    assert 0.5 < a_few[0] < 1.0
+    # noise-free values: no residual noise, so the prior costs nothing
+    a0, b0 = calibrate_on_sparse(predicted, truth, mask)
+    np.testing.assert_allclose([a0[0], b0[0]], [0.5, 0.1], atol=1e-6)
+
+
+def test_calibration_keeps_a_noisy_elements_sign():
+    """Noise several times the variation: least squares can invert the map, the prior not."""
+    rng = np.random.default_rng(1)
+    truth = 0.03 + 0.005 * _smooth_field((20, 20), 2, seed=5)[None]
+    predicted = truth.copy()
+    mask = sample_positions((20, 20), 0.1, "random", seed=1)  # 40 samples
+    inverted = 0
+    for k in range(20):
+        measured = truth + rng.normal(0, 0.02, truth.shape)
+        ls, _ = calibrate_on_sparse(predicted, measured, mask, prior_std=np.inf)
+        a, _ = calibrate_on_sparse(predicted, measured, mask)
+        inverted += int(ls[0] < 0)
+        assert a[0] > 0 and abs(a[0] - 1) < abs(ls[0] - 1) + 1e-12
+    assert inverted >= 3  # least squares inverts the map in a good share of draws
 
 
 def test_model_plus_sparse_beats_interpolation_when_the_model_sees_the_structure():
@@ -228,20 +244,22 @@ def test_cross_validated_choice_leaves_a_useless_model_to_the_gp():
 
 
 def test_linear_leave_one_out_error_matches_refitting():
-    from stem2eds.analysis.sparse_eds import _linear_loo_mse
-
     rng = np.random.default_rng(3)
     predicted = rng.random((2, 15, 15))
     measured = 0.6 * predicted + 0.1 + rng.normal(0, 0.05, predicted.shape)
     mask = sample_positions((15, 15), 0.1, "random", seed=3)
     loo = _linear_loo_mse(predicted, measured, mask)
+    from stem2eds.analysis.sparse_calibration import SLOPE_PRIOR_STD, _slope_penalty
+
+    # the closed form keeps the full fit's penalty (as the GP's keep its hyperparameters)
+    penalty = _slope_penalty(predicted[:, mask], measured[:, mask], SLOPE_PRIOR_STD)
+    assert np.all(penalty > 0)
     idx = np.argwhere(mask)
     errs = np.zeros(2)
     for r, c in idx:
         keep = mask.copy()
         keep[r, c] = False
-        # the penalty uses the prediction's variance over the whole map: unchanged
-        a, b = calibrate_on_sparse(predicted, measured, keep)
+        a, b = calibrate_on_sparse(predicted, measured, keep, penalty=penalty)
         errs += (measured[:, r, c] - (a * predicted[:, r, c] + b)) ** 2
     np.testing.assert_allclose(loo, errs / len(idx), rtol=1e-6)
 

@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .sparse_calibration import (SLOPE_PRIOR_STD, _linear_loo_mse, apply_linear,
+                                 calibrate_on_sparse)
 from .sparse_guard import _linear_interp_loo_residuals, stacked_estimate
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.10, 0.20)
@@ -65,12 +67,6 @@ METHOD_LABELS = {"interp_linear": "sparse EDS, linear interpolation",
                              "leave-one-out errors on the sampled positions, shrunk toward "
                              "the calibrated model"}
 HEADLINE = "model_uk"  # the estimate the dose saved and the stored maps refer to
-# Prior standard deviation of the model's weight about 1 in ``model_uk``: the model was
-# trained to predict this element, so its gain on a new scan is taken as 1 +/- 0.5 until
-# the sampled EDS says otherwise; a handful of points cannot pin a weight down, and with
-# a flat prior (``model_uk_flat``) their noise decides it. Set once; no other value
-# was tried on the simulated series.
-SLOPE_PRIOR_STD = 0.5
 #: Below this many sampled positions the kriging's leave-one-out residuals (for the
 #: guard) are computed by refitting without each point: the closed form keeps the
 #: hyperparameters fitted with it, which a handful of points makes far too optimistic.
@@ -280,77 +276,6 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
     if return_loo:
         out.append(np.array(loos))
     return out[0] if len(out) == 1 else tuple(out)
-
-
-# -- calibrating a model's prediction on the sparse positions ------------------------
-def calibrate_on_sparse(predicted: np.ndarray, measured: np.ndarray,
-                        mask: np.ndarray, prior_points: float = 10.0
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-element linear correction ``a * y_hat + b`` fitted on the sampled positions.
-
-    The slope is shrunk toward 1 (the model taken as it is) by a ridge
-    penalty worth ``prior_points`` positions: a least-squares slope from a
-    handful of noisy EDS values can come out near zero or negative for an
-    element the model predicts weakly, which would flatten or invert its
-    map. With many positions the slope tends to the least-squares one.
-
-    Parameters
-    ----------
-    predicted : ndarray, shape (E, Rx, Ry)
-        Model prediction of every position (atomic fractions).
-    measured : ndarray, shape (E, Rx, Ry)
-        EDS; only the entries at ``mask`` are used.
-    mask : ndarray of bool, shape (Rx, Ry)
-    prior_points : float
-        Strength of the pull toward slope 1, in positions.
-
-    Returns
-    -------
-    slopes, offsets : ndarray, shape (E,)
-    """
-    mask = np.asarray(mask, bool)
-    pred = np.asarray(predicted, np.float64)
-    x = pred[:, mask]
-    y = np.asarray(measured, np.float64)[:, mask]
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
-    # penalty in units of the prediction's variance over the whole scan (known everywhere)
-    lam = prior_points * pred.reshape(pred.shape[0], -1).var(axis=1)
-    sxx = np.sum(xc ** 2, axis=1) + lam
-    slopes = np.where(sxx > 0, (np.sum(xc * yc, axis=1) + lam) / np.where(sxx > 0, sxx, 1), 1.0)
-    offsets = y.mean(axis=1) - slopes * x.mean(axis=1)
-    return slopes, offsets
-
-
-def _linear_loo_mse(predicted: np.ndarray, measured: np.ndarray, mask: np.ndarray,
-                    prior_points: float = 10.0, residuals: bool = False) -> np.ndarray:
-    """Leave-one-out mean squared error of :func:`calibrate_on_sparse`, per element.
-
-    Closed form: the fit is linear in the measured values (free offset,
-    slope ridge-penalised toward 1), so each left-out residual is the
-    in-sample one divided by ``1 - h_ii`` with the leverage
-    ``h_ii = 1/n + xc_i^2 / (sum xc^2 + lambda)``. With ``residuals``: the
-    (E, n) left-out residuals instead.
-    """
-    mask = np.asarray(mask, bool)
-    pred = np.asarray(predicted, np.float64)
-    x = pred[:, mask]
-    y = np.asarray(measured, np.float64)[:, mask]
-    n = x.shape[1]
-    slopes, offsets = calibrate_on_sparse(predicted, measured, mask, prior_points)
-    resid = y - (slopes[:, None] * x + offsets[:, None])
-    xc = x - x.mean(axis=1, keepdims=True)
-    lam = prior_points * pred.reshape(pred.shape[0], -1).var(axis=1)
-    sxx = np.sum(xc ** 2, axis=1, keepdims=True) + lam[:, None]
-    lev = 1.0 / n + xc ** 2 / np.where(sxx > 0, sxx, 1)
-    loo = resid / np.maximum(1 - lev, 1e-6)
-    return loo if residuals else np.mean(loo ** 2, axis=1)
-
-
-def apply_linear(predicted: np.ndarray, slopes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """``slopes * predicted + offsets`` per element, clipped to [0, 1]; (E, Rx, Ry) float32."""
-    out = slopes[:, None, None] * np.asarray(predicted, np.float64) + offsets[:, None, None]
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,

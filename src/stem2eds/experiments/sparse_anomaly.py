@@ -20,7 +20,7 @@ import numpy as np
 
 from ..analysis import anomaly
 from ..analysis.crystallinity import CrystallinitySettings, crystallinity_map
-from ..analysis.sparse_eds import apply_linear, calibrate_on_sparse
+from ..analysis.sparse_calibration import apply_linear, calibrate_on_sparse
 from ..atomic import atomic_output
 
 _BATCH = 256  # patterns per streamed block of the anomaly passes

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..analysis.sparse_eds import calibrate_on_sparse
+from ..analysis.sparse_calibration import calibrate_on_sparse
 from .common import load_targets
 
 
