@@ -45,6 +45,15 @@ def _provenance() -> dict:
             "note": "shared machine: other jobs were running; times are indicative"}
 
 
+def write_doc(doc: dict, out) -> None:
+    """The results document as indented JSON: to ``out`` (a Path), or printed when None."""
+    text = json.dumps(doc, indent=2, default=float)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n")
+
+
 def bench_series(folder: Path, work: Path) -> dict:
     """Detection scores of every grain-bearing scan of one series, and pooled."""
     import h5py
@@ -102,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["provenance"] = _provenance()
     doc["what"] = ("crystalline map (stem2eds.analysis.crystallinity, default settings of the "
                    "sparse experiment) vs simulation/grain_mask; no training data involved")
-    text = json.dumps(doc, indent=2, default=float)
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text + "\n")
+    write_doc(doc, args.out)
     return 0
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_crystallinity import _provenance  # noqa: E402
+from bench_crystallinity import _provenance, write_doc  # noqa: E402
 
 TOLERANCE = 0.01
 SAMPLING_SEED = 0
@@ -172,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                      "all elements (stem2eds.analysis.sparse_guard.pooled_stacking_weights), "
                      f"prior variance {STACK_PRIOR_VAR}; chosen on the series with role 'design'")
     doc["provenance"] = _provenance()
-    text = json.dumps(doc, indent=2, default=float)
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text + "\n")
+    write_doc(doc, args.out)
     return 0
 
 

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_crystallinity import _provenance  # noqa: E402
+from bench_crystallinity import _provenance, write_doc  # noqa: E402
 from bench_sparse_guard import SAMPLING_SEED, TOLERANCE  # noqa: E402
 
 STACK = ("model_uk_unguarded", "interp_gp")
@@ -77,15 +76,13 @@ def candidates(cache: Path, fractions) -> dict:
     return out
 
 
-def _r(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
-    x, y = a[keep].astype(float), b[keep].astype(float)
-    x, y = x - x.mean(), y - y.mean()
-    den = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / den) if den > 0 else float("nan")
-
-
 def mean_r(est: np.ndarray, ref: np.ndarray, keep: np.ndarray) -> float:
-    return float(np.nanmean([_r(est[e], ref[e], keep) for e in range(len(est))]))
+    """Mean over elements of Pearson r on ``keep`` (NaN-aware, as the experiment's curve)."""
+    from stem2eds import metrics
+
+    names = [str(e) for e in range(len(est))]
+    return float(np.nanmean(list(metrics.element_metrics(est, ref, names, keep)["pearson"]
+                                 .values())))
 
 
 def _apply(c: dict, w: np.ndarray) -> np.ndarray:
@@ -100,12 +97,12 @@ def _apply(c: dict, w: np.ndarray) -> np.ndarray:
 
 
 def _stack_inputs(c: dict, minimum: bool) -> tuple[np.ndarray, np.ndarray]:
-    from stem2eds.analysis.sparse_eds import STACK_PARAMETERS
+    """Base and candidates' left-out residuals, (E, n) and (C, E, n)."""
+    from stem2eds.analysis.sparse_eds import stack_inputs
 
-    n = int(c["mask"].sum())
-    others = np.stack([c["loo"][k] if not minimum or n - 1 > STACK_PARAMETERS[k]
-                       else np.full(c["loo"][k].shape, np.nan) for k in STACK])
-    return np.asarray(c["loo"]["model_linear"], np.float64), others
+    loo = stack_inputs(c["loo"], int(c["mask"].sum())) if minimum else c["loo"]
+    return (np.asarray(loo["model_linear"], np.float64),
+            np.stack([np.asarray(loo[k], np.float64) for k in STACK]))
 
 
 def per_element(c: dict, measured: np.ndarray) -> np.ndarray:
@@ -194,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "worst_margin": min(m[name]["worst_margin"] for m in members)}
                                 for name in RULES}
     doc["provenance"] = _provenance()
-    text = json.dumps(doc, indent=2)
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text + "\n")
+    write_doc(doc, args.out)
     return 0
 
 

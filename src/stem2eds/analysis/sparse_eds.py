@@ -278,6 +278,27 @@ def interpolate_gp(values: np.ndarray, mask: np.ndarray, return_std: bool = Fals
     return out[0] if len(out) == 1 else tuple(out)
 
 
+def stack_inputs(residuals: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The left-out residuals the guard stacks: the base's and :data:`STACK_CANDIDATES`'.
+
+    A candidate whose left-out fits (on ``n - 1`` samples) have no more points
+    than its :data:`STACK_PARAMETERS` gets NaN residuals, hence weight 0.
+
+    Parameters
+    ----------
+    residuals : dict
+        ``{name: (E, n) left-out residuals}`` with ``model_linear`` and every
+        stack candidate.
+    n : int
+        Number of sampled positions.
+    """
+    out = {"model_linear": residuals["model_linear"]}
+    for k in STACK_CANDIDATES:
+        out[k] = (residuals[k] if n - 1 > STACK_PARAMETERS[k]
+                  else np.full(np.shape(residuals[k]), np.nan))
+    return out
+
+
 def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
                     mask: np.ndarray, predicted_std: np.ndarray | None = None,
                     details: dict | None = None) -> dict[str, np.ndarray]:
@@ -345,12 +366,8 @@ def complete_sparse(predicted: np.ndarray | None, measured: np.ndarray,
                                                            f["loo_residual"]) for f in fits]),
                      "interp_gp": np.stack(gp_residuals),
                      "interp_linear": -_linear_interp_loo_residuals(measured, mask)}
-        n = int(np.count_nonzero(mask))
-        stack_input = {"model_linear": residuals["model_linear"]}
-        for k in STACK_CANDIDATES:  # no evidence from fits with no more points than parameters
-            stack_input[k] = (residuals[k] if n - 1 > STACK_PARAMETERS[k]
-                              else np.full_like(residuals[k], np.nan, dtype=np.float64))
-        out["model_uk"], weights = stacked_estimate("model_linear", out, stack_input)
+        out["model_uk"], weights = stacked_estimate(
+            "model_linear", out, stack_inputs(residuals, int(np.count_nonzero(mask))))
         if details is not None:
             details["model_uk"] = {"std_map": std_map, "std_measured": std_measured,
                                    "fits": fits}
