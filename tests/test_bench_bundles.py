@@ -54,6 +54,61 @@ def test_tiled_bundle_is_read_directly_and_equals_its_block(tmp_path, bench_scal
         np.testing.assert_array_equal(got, expected[1:9, 2:7].reshape(-1, 48, 48))
 
 
+def test_mapped_blocks_equal_read_blocks_and_give_the_same_ring_features(tmp_path,
+                                                                        bench_scaling):
+    """Memory-mapped blocks (no copy) hold the patterns the copying reader reads."""
+    from stem2eds.features import RingGeometry, ring_features
+    from stem2eds.io.mapped import MappedPatterns
+
+    tiled, expected, _ = _tiled(tmp_path, bench_scaling)
+    flat = expected.reshape(100, 48, 48)
+    geometry = RingGeometry((48, 48), 4, 3.0, "none", 500.0, ("mean", "std", "max"), 0.05)
+    rng = np.random.default_rng(1)
+    for path in (tmp_path / "block.h5", tiled):
+        with open_bundle(path) as scan:
+            n = scan.scan_shape[0] * scan.scan_shape[1]
+            reader = PatternReader(scan.diffraction)
+            assert reader.mappable
+            for index in (range(n), [0, 19, 20, 21, n - 1], range(5, n - 3)):
+                mapped = reader.map(index)
+                assert isinstance(mapped, MappedPatterns) and len(mapped) == len(index)
+                assert not mapped.buffer.flags.writeable
+                np.testing.assert_array_equal(mapped.to_array(), flat[list(index)])
+                origins = rng.uniform(20.0, 27.0, (len(index), 2))
+                np.testing.assert_array_equal(ring_features(mapped, origins, geometry),
+                                              ring_features(flat[list(index)], origins, geometry))
+            reader.close()
+            kept = PatternReader(scan.diffraction).map(range(3))
+        # a block outlives its reader and its file handle: its map is its own
+        np.testing.assert_array_equal(kept.to_array(), flat[:3])
+
+
+def test_unmappable_layouts_are_read_and_streamed_as_arrays(tmp_path):
+    from types import SimpleNamespace
+
+    from stem2eds.features.stream import MappedBlock, iter_raw_blocks
+    from stem2eds.preprocess.settings import PreprocessSettings
+
+    rng = np.random.default_rng(4)
+    pats = rng.integers(0, 50, (3, 4, 16, 16), dtype=np.uint16)
+    pats[:, :, 6:10, 6:10] += 4000  # a beam for the origin fit
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("gzip", data=pats, chunks=(1, 1, 16, 16), compression="gzip")
+        f.create_dataset("plain", data=pats, chunks=(1, 1, 16, 16))
+    settings = PreprocessSettings(bin_factor=2, scale=100.0, origin_fit="plane")
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert not PatternReader(f["gzip"]).mappable
+        assert PatternReader(f["plain"]).mappable
+        for name, kind in (("gzip", False), ("plain", True)):
+            scan = SimpleNamespace(diffraction=f[name], scan_shape=(3, 4),
+                                   detector_shape=(16, 16), path=tmp_path / "f.h5",
+                                   kind="raw")
+            blocks = list(iter_raw_blocks(scan, settings, batch=5))
+            assert all(isinstance(b, MappedBlock) == kind for _, b in blocks)
+            got = np.concatenate([b.patterns for _, b in blocks])
+            np.testing.assert_array_equal(got, pats.reshape(12, 16, 16))
+
+
 def test_virtual_dataset_of_a_compressed_source_falls_back_to_h5py(tmp_path):
     rng = np.random.default_rng(3)
     pats = rng.integers(0, 9000, (3, 4, 8, 6), dtype=np.uint16)

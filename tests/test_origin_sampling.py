@@ -182,3 +182,22 @@ print(len(blocks), heavy)
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "[]"]
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 11])
+def test_box_sums_are_exact_box_filters_with_zero_outside(size):
+    from scipy.ndimage import uniform_filter
+
+    from stem2eds.preprocess.origin import _box_sums
+
+    rng = np.random.default_rng(size)
+    stack = rng.integers(0, 60000, (7, 9, 6)).astype(np.float32)
+    expected = uniform_filter(stack.astype(np.float64), size=(1, size, size),
+                              mode="constant") * size * size
+    got = _box_sums(stack, size)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * expected.max())
+    # integer counts: exactly the same box wins, pattern by pattern (no box reaches the next)
+    np.testing.assert_array_equal(got.reshape(7, -1).argmax(1), expected.reshape(7, -1).argmax(1))
+    one = _box_sums(stack[3:4], size)
+    np.testing.assert_array_equal(one[0], got[3])
+    assert _box_sums(stack[:0], size).shape == (0, 9, 6)

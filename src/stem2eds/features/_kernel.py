@@ -62,14 +62,19 @@ def _scale(binned: np.ndarray, scaling: int, scale: np.float32,
 
 
 @numba.njit(cache=True, parallel=True, fastmath=False)
-def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, dose_reference,
-                     ring, counts, out):  # pragma: no cover - compiled
+def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radius, scaling, scale,
+                     dose_reference, ring, counts, out):  # pragma: no cover - compiled
     """Ring sum, mean square and max of each raw pattern's centred, binned, normalised form.
 
     Parameters
     ----------
-    raw : ndarray, shape (n, Qx, Qy)
-        Raw counts (any numeric dtype).
+    buffer : ndarray, shape (m,), read-only
+        Raw counts (any numeric dtype) holding every pattern, C order: an
+        array's data or a memory-mapped file (:class:`stem2eds.io.stream.MappedPatterns`).
+    starts : ndarray, shape (n,), int64
+        Index in ``buffer`` of each pattern's first pixel.
+    qx, qy : int
+        Detector shape.
     origins : ndarray, shape (n, 2), float64
     whole : ndarray, shape (n, 2), int64
     frac : ndarray, shape (n, 2), float32
@@ -91,7 +96,7 @@ def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, 
     out : ndarray, shape (n, 3, R), float32
         Written: ring mean, standard deviation, maximum.
     """
-    n, qx, qy = raw.shape
+    n = starts.shape[0]
     bx, by = qx // f, qy // f
     n_rings = counts.shape[0]
     r2 = beam_radius * beam_radius
@@ -104,17 +109,21 @@ def fused_ring_stats(raw, origins, whole, frac, f, beam_radius, scaling, scale, 
         rows = np.zeros((bx + 1, qy), np.float32)   # last row: the dummy block
         line = np.empty(qy, np.float32)
         o_r, o_c = origins[k, 0], origins[k, 1]
+        base = starts[k]
         for p in range(qx):
+            # a view of the raw row: indices from range() let LLVM drop the
+            # negative-index checks and vectorise the loops below
+            src = buffer[base + p * qy:base + (p + 1) * qy]
             j0, j1, w0, w1 = row_j0[p], row_j1[p], row_w0[p], row_w1[p]
             if j0 == bx and j1 == bx:
                 continue
             dr = (p - o_r) * (p - o_r)
             if w1 == 0.0 and not (beam_radius > 0 and dr <= r2):
                 for q in range(qy):  # most rows: one contiguous add, no copy
-                    rows[j0, q] += np.float32(raw[k, p, q])
+                    rows[j0, q] += np.float32(src[q])
                 continue
             for q in range(qy):
-                line[q] = np.float32(raw[k, p, q])
+                line[q] = np.float32(src[q])
             if beam_radius > 0 and dr <= r2:
                 lo = max(0, int(math.floor(o_c - beam_radius)) - 1)
                 hi = min(qy, int(math.ceil(o_c + beam_radius)) + 2)

