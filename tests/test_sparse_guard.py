@@ -230,3 +230,15 @@ def test_too_few_samples_for_the_candidates_fits_give_the_calibrated_model():
     assert details["guard"]["weight"]["model_linear"] == pytest.approx(np.ones(len(ELEMENTS)))
     # the residuals are still reported (the GP's were refitted on 5 points)
     assert np.all(np.isfinite(details["guard"]["loo_residual"]["interp_gp"]))
+
+
+def test_report_guard_table_has_one_column_when_the_elements_share_the_stack():
+    from stem2eds.report.beyond import _guard_table
+
+    shared = {"2": {el: {"choice": "0.70 model_linear + 0.30 interp_gp"} for el in ELEMENTS}}
+    html_text = _guard_table(shared, ELEMENTS)
+    assert "all elements" in html_text and html_text.count("0.70 model_linear") == 1
+    apart = {"2": {el: {"choice": f"{k / 10:.2f} model_linear"} for k, el in enumerate(ELEMENTS)}}
+    html_text = _guard_table(apart, ELEMENTS)  # older experiments: a stack per element
+    assert "all elements" not in html_text
+    assert all(f">{el}<" in html_text for el in ELEMENTS)

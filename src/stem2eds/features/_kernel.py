@@ -69,8 +69,8 @@ def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radiu
     Parameters
     ----------
     buffer : ndarray, shape (m,), read-only
-        Raw counts (any numeric dtype) holding every pattern, C order: an
-        array's data or a memory-mapped file (:class:`stem2eds.io.stream.MappedPatterns`).
+        Raw counts (any numeric dtype), each pattern C-ordered from its start:
+        an array's data or a mapped file (:class:`stem2eds.io.mapped.MappedPatterns`).
     starts : ndarray, shape (n,), int64
         Index in ``buffer`` of each pattern's first pixel.
     qx, qy : int
@@ -79,10 +79,8 @@ def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radiu
     whole : ndarray, shape (n, 2), int64
     frac : ndarray, shape (n, 2), float32
         :func:`~stem2eds.features.rings.split_shift` of the origins.
-    f : int
-        Bin factor.
-    beam_radius : float
-        Raw px; pixels within it of the origin count 0.
+    f : int (bin factor)
+    beam_radius : float (raw px; pixels within it of the origin count 0)
     scaling : int
         0 none, 1 sqrt, 2 log1p.
     scale : float32
@@ -111,8 +109,7 @@ def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radiu
         o_r, o_c = origins[k, 0], origins[k, 1]
         base = starts[k]
         for p in range(qx):
-            # a view of the raw row: indices from range() let LLVM drop the
-            # negative-index checks and vectorise the loops below
+            # a row view: range() indices let LLVM drop index checks and vectorise
             src = buffer[base + p * qy:base + (p + 1) * qy]
             j0, j1, w0, w1 = row_j0[p], row_j1[p], row_w0[p], row_w1[p]
             if j0 == bx and j1 == bx:

@@ -319,13 +319,18 @@ def _curve_tables(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _guard_table(guard: Mapping[str, Any], elements: Sequence[str]) -> str:
-    """Which candidate the guarded headline used, per fraction and element."""
-    rows = [[f"{html.escape(key)} %"] + [html.escape(guard[key][el]["choice"]) for el in elements]
+    """The guarded headline's stack weights, per fraction (one column when the elements share them)."""
+    shared = all(len({guard[key][el]["choice"] for el in elements}) == 1 for key in guard)
+    columns = ["all elements"] if shared else list(elements)
+    rows = [[f"{html.escape(key)} %"] + [html.escape(guard[key][el]["choice"])
+                                         for el in (elements[:1] if shared else elements)]
             for key in guard]
-    return ("<h2>Guard of model + sparse EDS</h2><p>Per element, the estimate of least "
-            "leave-one-out error on the sampled positions among the universal kriging, "
-            "the calibrated model and the interpolations of the sparse EDS:</p>"
-            + _table(["fraction"] + list(elements), rows))
+    return ("<h2>Guard of model + sparse EDS</h2><p>The headline estimate is the calibrated "
+            "model plus weighted differences to the universal kriging and to the GP "
+            "interpolation of the sparse EDS. The weights are fitted to the leave-one-out "
+            "residuals at the sampled positions (pooled over the elements in this version, "
+            "so one stack serves them all); a candidate fitted from too few samples gets "
+            "none:</p>" + _table(["fraction"] + columns, rows))
 
 
 def _scale_text(scale: Mapping[str, Any]) -> str:
