@@ -182,16 +182,21 @@ def test_dask_worker_keeps_a_bundle_open_between_tasks(tmp_path):
     _, pats, _ = make_bundle(path, rx=3, ry=4, q=48)
     first = executor._worker_reader(str(path))
     assert executor._worker_reader(str(path)) is first
-    got = executor._run_task((4, (1, 3, 0, 4)), str(path), _sums, 3)
-    assert [start for start, _ in got] == [4, 7, 8, 11]  # pieces of one row
-    np.testing.assert_array_equal(np.concatenate([v for _, v in got]),
-                                  pats[1:3].reshape(8, -1).sum(1))
+    for mapped in (False, True):  # read, or mapped for functions that take mapped blocks
+        got = executor._run_task((4, (1, 3, 0, 4)), str(path), _sums, 3, mapped)
+        assert [start for start, _ in got] == [4, 7, 8, 11]  # pieces of one row
+        np.testing.assert_array_equal(np.concatenate([v for _, v in got]),
+                                      pats[1:3].reshape(8, -1).sum(1))
     path.unlink()
     make_bundle(path, rx=3, ry=4, q=48, seed=1)
     assert executor._worker_reader(str(path)) is not first
 
 
 def _sums(start, patterns):
+    from stem2eds.io.mapped import MappedPatterns
+
+    if isinstance(patterns, MappedPatterns):
+        patterns = patterns.to_array()
     return patterns.reshape(len(patterns), -1).sum(1)
 
 

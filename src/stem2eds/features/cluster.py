@@ -48,8 +48,8 @@ def ring_chunk(start: int, patterns: np.ndarray, origins: np.ndarray,
     ----------
     start : int
         Flat index in the region of the chunk's first pattern.
-    patterns : ndarray, shape (n, Qx, Qy)
-        Raw counts.
+    patterns : ndarray, shape (n, Qx, Qy), or MappedPatterns
+        Raw counts, read or memory-mapped (:class:`stem2eds.io.mapped.MappedPatterns`).
     origins : ndarray, shape (N, 2)
         Fitted origins of the whole region (scattered once to every worker).
     geometry : RingGeometry
@@ -164,7 +164,8 @@ class ClusterScan:
             fn, args = preprocessed_chunk, (origins, self.beam_radius, request[1])
         else:
             fn, args = raw_chunk, ()
-        for start, chunks in self.executor.map(fn, self.scan, box, args):
+        # ring statistics read mapped blocks (no copy on the workers either)
+        for start, chunks in self.executor.map(fn, self.scan, box, args, mapped=kind == "rings"):
             values = [value for _, value in chunks]
             yield start, np.concatenate(values) if len(values) > 1 else values[0]
 

@@ -58,8 +58,8 @@ class Executor:
     """
 
     def map(self, fn: Callable[..., Any], scan, box: Sequence[int], args: Sequence[Any] = (),
-            *, batch: int = 256, description: str = "", quiet: bool = True
-            ) -> Iterator[Partition]:
+            *, batch: int = 256, description: str = "", quiet: bool = True,
+            mapped: bool = False) -> Iterator[Partition]:
         """``fn(chunk_start, patterns, *args)`` for every work chunk of the region.
 
         Parameters
@@ -80,6 +80,10 @@ class Executor:
             Progress label.
         quiet : bool
             No progress output.
+        mapped : bool
+            ``fn`` also takes :class:`stem2eds.io.mapped.MappedPatterns`: where
+            the bundle's layout allows, Dask workers map their chunks instead
+            of copying them (threads read as ever).
 
         Yields
         ------
@@ -113,7 +117,8 @@ class ThreadExecutor(Executor):
     def __init__(self, threads: int | None = None):
         self.threads = threads
 
-    def map(self, fn, scan, box, args=(), *, batch=256, description="", quiet=True):
+    def map(self, fn, scan, box, args=(), *, batch=256, description="", quiet=True,
+            mapped=False):
         from ..io.stream import iter_blocks, n_blocks
 
         chunk = WORK_CHUNK
@@ -190,13 +195,14 @@ class DaskExecutor(Executor):
     def __init__(self, client):
         self.client = client
 
-    def map(self, fn, scan, box, args=(), *, batch=256, description="", quiet=True):
+    def map(self, fn, scan, box, args=(), *, batch=256, description="", quiet=True,
+            mapped=False):
         tasks = row_tasks(box)
         path = str(scan.path.resolve())
         # arrays (the origins of the whole region) go to every worker once
         shared = [self.client.scatter(np.ascontiguousarray(a), broadcast=True)
                   if isinstance(a, np.ndarray) else a for a in args]
-        results = _bounded(self.client, _run_task, tasks, path, fn, WORK_CHUNK, *shared)
+        results = _bounded(self.client, _run_task, tasks, path, fn, WORK_CHUNK, mapped, *shared)
         for (start, _), chunk_results in track(results, total=len(tasks),
                                                description=description, quiet=quiet):
             yield start, chunk_results
@@ -288,14 +294,22 @@ def _worker_reader(path: str):
         return reader
 
 
-def _run_task(task, path: str, fn, chunk: int, *args) -> list[tuple[int, Any]]:
-    """On a worker: ``fn`` on every work chunk of one row block of the bundle at ``path``."""
-    from ..io.stream import iter_blocks
+def _run_task(task, path: str, fn, chunk: int, mapped: bool, *args) -> list[tuple[int, Any]]:
+    """On a worker: ``fn`` on every work chunk of one row block of the bundle at ``path``.
+
+    With ``mapped`` (``fn`` takes mapped blocks), chunks are mapped from the
+    file when its layout allows, as in one process.
+    """
+    from ..io.stream import iter_blocks, plan_blocks
 
     start, box = task
     # a reader is safe to share between a worker's threads: each read makes
-    # its own array, with positioned reads (or h5py, which locks itself)
+    # its own array, with positioned reads (or h5py, which locks itself);
+    # each map has its own file descriptor
     reader = _worker_reader(path)
+    if mapped and reader.mappable:
+        return [(start + local, fn(start + local, reader.map(flat), *args))
+                for local, flat in plan_blocks(reader.scan_shape, box, chunk)]
     # one chunk read ahead by a thread: the worker's core computes while the
     # next chunk is copied in (the read releases the GIL)
     return [(start + local, fn(start + local, patterns, *args))
