@@ -52,6 +52,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="benchmarks/work/engines")
     p.add_argument("--out", default="benchmarks/results/engines.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the work folder's training runs: finished ones are reused and "
+                        "an interrupted one resumes from its last checkpoint")
     return p.parse_args()
 
 
@@ -91,18 +94,25 @@ def _truth_bundles(scans: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def _run(scans, run_dir: Path, strategy: str, config) -> dict:
+def _run(scans, run_dir: Path, strategy: str, config, resume: bool = False) -> dict:
     from stem2eds.experiments import run_experiment
     from stem2eds.formats.metrics_file import read_metrics
 
-    if run_dir.exists():
+    # an experiment reuses the finished training runs in its folder and resumes
+    # an interrupted one (stem2eds.train.fit.ensure_trained): kept with --resume,
+    # so a long leave-one-out can stop and go on later ("seconds" is then the
+    # last leg only)
+    if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
     run_experiment(scans, run_dir, strategy, config, quiet=True, figures=False)
     doc = read_metrics(run_dir)
-    return {"pearson": _pearson(doc, "summary"), "ceiling": _pearson(doc, "ceiling"),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "test_scans": doc["test_scans"]}
+    out = {"pearson": _pearson(doc, "summary"), "ceiling": _pearson(doc, "ceiling"),
+           "seconds": round(time.perf_counter() - t0, 1),
+           "test_scans": doc["test_scans"]}
+    if resume:
+        out["resumed"] = True  # "seconds" covers only this leg
+    return out
 
 
 def _series_info(scans: list[Path]) -> dict:
@@ -142,7 +152,7 @@ def main() -> int:
         for model in [m for m in args.models.split(",") if m]:
             for strategy in args.strategies.split(","):
                 run_dir = work / engine / f"{model}_{strategy}"
-                res = _run(scans, run_dir, strategy, _config(model, args))
+                res = _run(scans, run_dir, strategy, _config(model, args), args.resume)
                 entry["models"].setdefault(model, {})[strategy] = res
                 print(engine, model, strategy, res["pearson"], f"{res['seconds']} s", flush=True)
                 _write(out_path, results, args)
@@ -152,7 +162,7 @@ def main() -> int:
             # the same target and prediction filter as the model it bounds: unfiltered
             # per-pattern predictions would score below the filtered model by the
             # pattern noise the filter averages out (measured once, then fixed)
-            res = _run(truth_scans, run_dir, "leave-one-out", _config(model, args))
+            res = _run(truth_scans, run_dir, "leave-one-out", _config(model, args), args.resume)
             entry.setdefault("bound", {})[model] = res
             print(engine, "bound", model, res["pearson"], flush=True)
             _write(out_path, results, args)
