@@ -236,8 +236,6 @@ def make_report_run(run: Path, shape=(14, 12), crop=(1, 13, 2, 11), detector: in
     """
     import json
 
-    import h5py
-
     from stem2eds.formats.bundle import open_bundle
     from stem2eds.formats.prediction import write_prediction_file
     from stem2eds.formats.targets_file import Targets, write_targets
@@ -274,11 +272,13 @@ def make_report_run(run: Path, shape=(14, 12), crop=(1, 13, 2, 11), detector: in
                   Targets(measured, None, None, np.ones(grid, bool), np.zeros(grid, bool), crop),
                   ELEMENTS, "s1", raw)
     (run / "anomaly").mkdir()
-    with h5py.File(run / "anomaly" / "s1.h5", "w") as f:
-        f["score"] = rng.normal(size=grid).astype(np.float32)
-        if crystallinity:
-            f["crystallinity"] = maps["crystallinity"]
-            f["crystalline"] = maps["crystallinity"] > 0.5
+    from stem2eds.formats.anomaly_file import AnomalyFile, write_anomaly
+
+    score = rng.normal(size=grid).astype(np.float32)
+    write_anomaly(run / "anomaly" / "s1.h5", AnomalyFile(
+        score=score, flagged=score > 3.0, threshold=3.0,
+        crystallinity=maps["crystallinity"] if crystallinity else None,
+        crystalline=maps["crystallinity"] > 0.5 if crystallinity else None))
     per = {m: {el: 0.5 for el in ELEMENTS} for m in ("pearson", "mae", "percent_error", "r2")}
     summary = {m: {el: {"mean": 0.5, "std": 0.0, "n": 1} for el in ELEMENTS} for m in per}
     doc = {"strategy": "extrapolate", "elements": list(ELEMENTS), "train_scans": ["s0"],

@@ -10,18 +10,16 @@ training data involved), and writes ``anomaly/<scan>.h5``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import h5py
 import numpy as np
 
 from ..analysis import anomaly
 from ..analysis.crystallinity import CrystallinitySettings, crystallinity_map
 from ..analysis.sparse_calibration import apply_linear, calibrate_on_sparse
-from ..atomic import atomic_output
+from ..formats.anomaly_file import AnomalyFile, write_anomaly
 
 _BATCH = 256  # patterns per streamed block of the anomaly passes
 
@@ -87,28 +85,13 @@ class AnomalyMaps:
         return doc
 
     def write(self, path: Path, grain: np.ndarray | None) -> None:
-        """``anomaly/<scan>.h5``: score, flagged, components/*, mean patterns, grain mask,
-        ``crystallinity`` (float32) and ``crystalline`` (bool)."""
-        with atomic_output(path) as tmp:
-            with h5py.File(tmp, "w") as fh:
-                fh.create_dataset("score", data=self.score.astype(np.float32))
-                fh.create_dataset("flagged", data=self.flagged.astype(np.uint8))
-                for k, v in self.components.items():
-                    if v is not None:
-                        fh.create_dataset(f"components/{k}", data=np.asarray(v, np.float32))
-                fh.create_dataset("mean_pattern_flagged",
-                                  data=self.mean_flagged.astype(np.float32))
-                fh.create_dataset("mean_pattern_typical",
-                                  data=self.mean_typical.astype(np.float32))
-                if grain is not None:
-                    fh.create_dataset("grain_mask", data=grain.astype(np.uint8))
-                fh.attrs["threshold"] = self.threshold
-                c = fh.create_dataset("crystallinity",
-                                      data=np.asarray(self.crystallinity, np.float32))
-                c.attrs["description"] = ("largest disk-sized spot above its ring, in units "
-                                          "of the ring's noise (no training data used)")
-                b = fh.create_dataset("crystalline", data=np.asarray(self.crystalline, bool))
-                b.attrs["settings"] = json.dumps(self.crystal_settings.to_dict())
+        """``anomaly/<scan>.h5`` (:mod:`stem2eds.formats.anomaly_file`), with the grain mask if known."""
+        write_anomaly(path, AnomalyFile(
+            score=self.score, flagged=self.flagged, threshold=self.threshold,
+            components={k: v for k, v in self.components.items() if v is not None},
+            mean_flagged=self.mean_flagged, mean_typical=self.mean_typical, grain_mask=grain,
+            crystallinity=self.crystallinity, crystalline=self.crystalline,
+            crystal_settings=self.crystal_settings.to_dict()))
 
 
 def find_anomalies(ens, maps, threshold: float) -> AnomalyMaps:

@@ -21,10 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import h5py
 import numpy as np
 
-from ..errors import DAMAGED_FILE_ERRORS, InputError
+from ..errors import InputError
 from ..formats.bundle import open_bundle
 from ..formats.names import name_in_folder
 from ..formats.prediction import read_prediction
@@ -88,20 +87,16 @@ def grid_patterns(bundle: str | Path, crop: tuple[int, int, int, int] | None,
 
 def _anomaly_scores(path: Path) -> dict[str, np.ndarray | None]:
     """Anomaly score and crystallinity of ``anomaly/<scan>.h5`` (None: not computed)."""
-    # written by stem2eds.experiments.sparse_anomaly (AnomalyMaps.write): ``score``,
-    # ``crystallinity`` float32 and ``crystalline`` bool, each (Rx', Ry')
+    from ..formats.anomaly_file import read_anomaly
+
     out: dict[str, np.ndarray | None] = {"crystallinity": None, "crystalline": None}
     if not path.is_file():
         return out
-    try:
-        with h5py.File(path, "r") as f:
-            for key, label in (("score", "anomaly score"), ("crystallinity", "crystallinity"),
-                               ("crystalline", "crystalline")):
-                if isinstance(f.get(key), h5py.Dataset) and f[key].ndim == 2:
-                    out[label] = np.asarray(f[key][()], np.float32)
-    except DAMAGED_FILE_ERRORS as exc:
-        raise InputError(f"cannot read the anomaly file ({type(exc).__name__}: {exc})",
-                         path=path) from None
+    record = read_anomaly(path)
+    out["anomaly score"] = record.score
+    for label, values in (("crystallinity", record.crystallinity),
+                          ("crystalline", record.crystalline)):
+        out[label] = None if values is None else values.astype(np.float32)
     return out
 
 
