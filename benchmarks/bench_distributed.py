@@ -180,9 +180,9 @@ def _libertem_passes(ctx, ds, run_dir: Path, client) -> dict:
 
     from stem2eds.libertem import engine
     from stem2eds.libertem.udf import PredictUDF, frames_method
-    from stem2eds.predict.predictor import _finished_run
+    from stem2eds.predict.predictor import finished_run
 
-    _, settings = _finished_run(run_dir)
+    _, settings = finished_run(run_dir)
 
     def timed(fn) -> tuple[dict, object]:
         w0, c0, t0 = sum(client.run(_cpu_self).values()), _cpu_self(), time.perf_counter()

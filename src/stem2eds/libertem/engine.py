@@ -282,10 +282,10 @@ def predict_dataset(ctx, ds, run: str | os.PathLike, *, device: str = "cpu",
     stem2eds.predict.predictor.Prediction
         Maps of the run's crop of the scan.
     """
-    from ..predict.predictor import Prediction, _finished_run
+    from ..predict.predictor import finished_run
     from .udf import PredictUDF, frames_method
 
-    _, settings = _finished_run(Path(run))
+    _, settings = finished_run(Path(run))
     check_dataset(ds, settings)
     origins = fit_dataset_origins(ctx, ds, settings)
     roi = crop_roi(settings, _nav_shape(ds))

@@ -156,10 +156,10 @@ def predict_live(run_dir: str | os.PathLike, out: str | os.PathLike, settings: L
     """
     from libertem_live.api import LiveContext
 
-    from ..predict.predictor import _finished_run
+    from ..predict.predictor import finished_run
 
     out = Path(out)
-    info, run_settings = _finished_run(Path(run_dir))
+    info, run_settings = finished_run(Path(run_dir))
     if out.exists() and not out.is_dir():
         raise InputError("`out` is a file, not a folder", path=out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ _WHERE = {
     "Prediction": "result",
     "Predictor": "predictor",
     "load_run": "predictor",
+    "finished_run": "predictor",
     "predict_bundle": "bundle",
     "ArrayScan": "sources",
     "as_scan": "sources",

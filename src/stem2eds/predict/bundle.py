@@ -15,7 +15,7 @@ from pathlib import Path
 from ..atomic import refuse_overwrite
 from ..formats.bundle import open_bundle
 from ..progress import track_blocks
-from .predictor import Predictor, _finished_run, _load_model
+from .predictor import Predictor, _load_model, finished_run
 from .scanning import (_cropped_shape, _raw_stream, _read_ahead, refuse_run_outputs,
                        scan_calibration_attrs, transferred)
 
@@ -73,7 +73,7 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     out = Path(out)
     refuse_overwrite(out, bundle)
     refuse_run_outputs(out, run_dir)  # the run's own files are inputs too
-    info, settings = _finished_run(run_dir)
+    info, settings = finished_run(run_dir)
     if scheduler is not None:
         from ..preprocess.distributed import dask_client
     with open_bundle(bundle) as raw, \

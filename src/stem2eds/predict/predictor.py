@@ -451,14 +451,37 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> Predictor:
         its weights do not match its description.
     """
     run_dir = Path(run_dir)
-    info, settings = _finished_run(run_dir)
+    info, settings = finished_run(run_dir)
     return _load_model(run_dir, info, settings, device)
 
 
-def _finished_run(run_dir: Path) -> tuple[dict[str, Any], Any]:
-    """``run.json`` of a finished run and its preprocessing settings (no torch needed)."""
+def finished_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+    """``run.json`` of a finished run and its preprocessing settings, without torch.
+
+    For callers that stream or check a run's scans before (or without)
+    loading its model: the LiberTEM UDFs, ``stem2eds predict`` (which
+    starts reading before the model is built), benchmarks.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A run folder written by :func:`stem2eds.train.fit.train`.
+
+    Returns
+    -------
+    info : dict
+        ``run.json``.
+    settings : PreprocessSettings
+        The run's resolved preprocessing settings.
+
+    Raises
+    ------
+    InputError
+        If the folder does not exist or its training did not finish.
+    """
     from ..preprocess.pipeline import PreprocessSettings
 
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError("no such run folder", path=run_dir)
     info = RunDir(run_dir).info()
