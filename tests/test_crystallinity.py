@@ -200,3 +200,19 @@ def test_streaming_in_pieces_of_rows_gives_the_same_map():
     assert np.isfinite(whole).all()
     with pytest.raises(ValueError, match="out of order"):
         crystallinity_map(iter([(10, patterns[10:20])]), origins, grain.shape, SETTINGS)
+
+
+def test_map_figures_outline_the_mask_and_the_simulated_grains():
+    from stem2eds.report.beyond import anomaly_map, crystallinity_map_figure
+
+    score = np.arange(30, dtype=float).reshape(5, 6)
+    mask = score > 20
+    grain = score > 24
+    fig = anomaly_map(score, mask, grain, {"uncertainty": None}, "s", 3.0)
+    ax = fig.axes[0]
+    assert "score > 3" in ax.get_title() and "green, dashed" in ax.get_title()
+    assert len(ax.collections) == 2  # the flagged outline and the grains'
+    fig = crystallinity_map_figure(score, np.zeros_like(mask), None, "s")
+    ax = fig.axes[0]
+    assert "0 positions" in ax.get_title() and "grains" not in ax.get_title()
+    assert len(ax.collections) == 0  # nothing crystalline, no grains: no outline

@@ -136,20 +136,9 @@ def uncertainty_maps(mean: np.ndarray, std: np.ndarray, reference: np.ndarray,
 def anomaly_map(score: np.ndarray, flagged: np.ndarray, grain: np.ndarray | None,
                 components: Mapping[str, Any], scan: str, threshold: float) -> Figure:
     """The combined anomaly score with flagged positions (and true grains when known)."""
-    fig = Figure(figsize=(6, 4.8))
-    ax = fig.subplots()
-    im = ax.imshow(score, cmap="magma")
-    fig.colorbar(im, ax=ax, label="anomaly score (mean robust z)")
-    yy, xx = np.indices(score.shape)
-    ax.contour(xx, yy, flagged.astype(float), levels=[0.5], colors="cyan", linewidths=1.5)
-    title = f"flagged (cyan): score > {threshold:g}"
-    if grain is not None and grain.any():
-        ax.contour(xx, yy, grain.astype(float), levels=[0.5], colors="lime", linewidths=1,
-                   linestyles="--")
-        title += "; simulated grains (green, dashed)"
-    ax.set_title(title, fontsize=9)
-    fig.suptitle(f"Scan {scan}: anomaly map ({', '.join(components)})", fontsize=10)
-    return fig
+    return _outlined_map(score, "magma", "anomaly score (mean robust z)", flagged, "cyan",
+                         f"flagged (cyan): score > {threshold:g}", grain, ("lime", "green"),
+                         f"Scan {scan}: anomaly map ({', '.join(components)})")
 
 
 def crystallinity_map_figure(score: np.ndarray, crystalline: np.ndarray,
@@ -165,21 +154,31 @@ def crystallinity_map_figure(score: np.ndarray, crystalline: np.ndarray,
         Simulated grain mask.
     scan : str
     """
+    return _outlined_map(score, "viridis", "Bragg-disk score (ring noise units)", crystalline,
+                         "white", f"crystalline (white): {int(np.sum(crystalline))} positions",
+                         grain, ("red", "red"), f"Scan {scan}: crystallinity map")
+
+
+def _outlined_map(score: np.ndarray, cmap: str, label: str, mask: np.ndarray, colour: str,
+                  title: str, grain: np.ndarray | None, grain_colour: tuple[str, str],
+                  suptitle: str) -> Figure:
+    """A (Rx, Ry) score map with ``mask`` outlined, and the simulated grains dashed when known.
+
+    ``grain_colour`` is (matplotlib colour, its name in the title).
+    """
     fig = Figure(figsize=(6, 4.8))
     ax = fig.subplots()
-    im = ax.imshow(score, cmap="viridis")
-    fig.colorbar(im, ax=ax, label="Bragg-disk score (ring noise units)")
+    im = ax.imshow(score, cmap=cmap)
+    fig.colorbar(im, ax=ax, label=label)
     yy, xx = np.indices(score.shape)
-    title = f"crystalline (white): {int(np.sum(crystalline))} positions"
-    if np.any(crystalline):
-        ax.contour(xx, yy, crystalline.astype(float), levels=[0.5], colors="white",
-                   linewidths=1.5)
+    if np.any(mask):
+        ax.contour(xx, yy, mask.astype(float), levels=[0.5], colors=colour, linewidths=1.5)
     if grain is not None and grain.any():
-        ax.contour(xx, yy, grain.astype(float), levels=[0.5], colors="red", linewidths=1,
-                   linestyles="--")
-        title += "; simulated grains (red, dashed)"
+        ax.contour(xx, yy, grain.astype(float), levels=[0.5], colors=grain_colour[0],
+                   linewidths=1, linestyles="--")
+        title += f"; simulated grains ({grain_colour[1]}, dashed)"
     ax.set_title(title, fontsize=9)
-    fig.suptitle(f"Scan {scan}: crystallinity map", fontsize=10)
+    fig.suptitle(suptitle, fontsize=10)
     return fig
 
 
