@@ -12,7 +12,8 @@ mean r (over elements, unsampled positions) at least the better part's minus
   previous round);
 - ``pooled_<v>``: one stack for all elements, prior variance ``v``;
 - ``pooled_<v>_min``: the same, a candidate entering only when its left-out
-  fits have more points than parameters (the guard kept: ``v`` = 0.3);
+  fits have more points than parameters (the guard kept: ``v`` =
+  ``STACK_PRIOR_VAR``, 0.1 since the second round's choice on the design series);
 - ``pooled_corr_min``: pooled weights chosen on a grid by the mean left-out
   correlation instead of squared error;
 - ``unguarded`` (the universal kriging) and ``calibrated`` (the calibrated
@@ -142,7 +143,7 @@ def pooled_corr(c: dict, measured: np.ndarray) -> np.ndarray:
 
 RULES = {"per_element": per_element,
          **{f"pooled_{v:g}": pooled(v, False) for v in (1.0, 0.3, 0.1)},
-         **{f"pooled_{v:g}_min": pooled(v, True) for v in (1.0, 0.3, 0.1)},
+         **{f"pooled_{v:g}_min": pooled(v, True) for v in (1.0, 0.3, 0.1, 0.03, 0.01)},
          "pooled_corr_min": pooled_corr,
          "unguarded": lambda c, m: c["est"]["model_uk_unguarded"],
          "calibrated": lambda c, m: c["est"]["model_linear"]}
