@@ -8,8 +8,10 @@ Three ways to run the same work on the same cores (``--workers``, default 2):
   ``--workers`` single-threaded worker processes (the model runs in this
   process, the client);
 * **LiberTEM**: ``stem2eds.libertem.predict_dataset`` (the ``PredictUDF``) on a
-  LiberTEM Dask context of ``--workers`` workers, when ``stem2eds.libertem``
-  exists (otherwise skipped, with a note in the JSON).
+  LiberTEM Dask context of ``--workers`` workers, the bundle loaded as
+  ``predict --engine libertem`` loads it (``load_dataset``: LiberTEM's memory
+  maps at the patterns' byte offsets, :mod:`stem2eds.libertem.dataset`), when
+  ``stem2eds.libertem`` exists (otherwise skipped, with a note in the JSON).
 
 Every call runs ``--repeats`` times in this process (the first also pays
 imports and, on a cluster, the workers' imports); the best is the rate.
@@ -155,7 +157,7 @@ def libertem_path(bundle: Path, run_dir: Path, workers: int, repeats: int) -> di
     the workers' and this process's CPU seconds.
     """
     try:
-        from stem2eds.libertem import predict_dataset
+        from stem2eds.libertem import load_dataset, predict_dataset
     except ImportError as exc:
         return {"skipped": f"stem2eds.libertem is not available ({exc})"}
     from libertem.api import Context
@@ -164,7 +166,9 @@ def libertem_path(bundle: Path, run_dir: Path, workers: int, repeats: int) -> di
     ctx = Context.make_with("dask", cpus=workers)
     out: dict = {"cluster_start_seconds": round(time.perf_counter() - t0, 3)}
     try:
-        ds = ctx.load("hdf5", path=str(bundle), ds_path="diffraction")
+        # as `predict --engine libertem` loads a bundle: read in place where it can be
+        ds = load_dataset(ctx, bundle)
+        out["dataset"] = type(ds).__name__
         out["partitions"] = int(ds.get_num_partitions())
         client = ctx.executor.client
         out["predict"] = _best(lambda: predict_dataset(ctx, ds, run_dir), repeats)

@@ -58,7 +58,7 @@ def test_done_when_mrc_stack_with_percent_tiffs(tmp_path, velox_like, run_cli):
     assert "percent" in stderr and "divided by 100" in stderr
     with open_bundle(out) as b, mrcfile.mmap(src / "scan.mrc", mode="r") as mrc:
         assert b.diffraction.dtype == np.uint16 and b.diffraction.shape == (rx, ry, 256, 256)
-        assert b.diffraction.chunks == (1, 1, 256, 256)
+        assert b.diffraction.chunks is None  # uncompressed: one contiguous block
         frames = mrc.data
         for i in range(rx):  # row by row: diffraction[i, j] == frame[i * Ry + j]
             np.testing.assert_array_equal(b.diffraction[i], frames[i * ry:(i + 1) * ry])

@@ -190,3 +190,62 @@ def test_tiles_and_partitions_give_the_same_maps(setup):
         np.testing.assert_array_equal(maps["tile"][el].data, maps["partition"][el].data)
         np.testing.assert_allclose(maps["tile"][el].data[1:11, 0:9], ref[el], rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_bundle_is_read_in_place(setup, tmp_path):
+    """A bundle goes through DirectHDF5DataSet (LiberTEM's memory maps at its byte offsets)."""
+    from stem2eds.libertem import open_context, predict_dataset
+    from stem2eds.libertem.dataset import DirectHDF5DataSet
+    from stem2eds.libertem.engine import load_dataset
+
+    run, frames, ref, folder = setup
+    with open_context() as ctx:
+        ds = load_dataset(ctx, folder / "other.h5")
+        assert isinstance(ds, DirectHDF5DataSet) and len(ds.layout.runs) == 1
+        _assert_equal_maps(predict_dataset(ctx, ds, run), ref)
+
+
+def _chunked_copy(path: Path, frames: np.ndarray, attrs, compression=None) -> Path:
+    """A bundle written as older stem2eds wrote it: one-pattern chunks (or compressed)."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+        ds = f.create_dataset("diffraction", shape=frames.shape, dtype=frames.dtype,
+                              chunks=(1, 1, *frames.shape[2:]), compression=compression)
+        for i in range(frames.shape[0]):  # row by row, as convert writes: index nodes interleave
+            for j in range(frames.shape[1]):
+                ds[i, j] = frames[i, j]
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Loading compressed HDF5")
+def test_chunked_and_compressed_bundles_read_the_same_frames(setup, tmp_path):
+    from libertem.io.dataset.hdf5 import H5DataSet
+    from libertem.udf.raw import PickUDF
+    from libertem.udf.sum import SumUDF
+
+    from stem2eds.libertem import open_context
+    from stem2eds.libertem.dataset import DirectHDF5DataSet, runs_of
+    from stem2eds.libertem.engine import load_dataset
+
+    _, frames, _, folder = setup
+    with h5py.File(folder / "other.h5", "r") as f:
+        attrs = dict(f.attrs)
+    big = np.tile(frames, (6, 8, 1, 1))  # 72x80: enough chunks for several index nodes
+    chunked = _chunked_copy(tmp_path / "chunked.h5", big, attrs)
+    packed = _chunked_copy(tmp_path / "gzip.h5", frames, attrs, compression="gzip")
+    roi = np.zeros(big.shape[:2], bool)
+    roi[::7, ::5] = True
+    roi[-1, -1] = True
+    with open_context() as ctx:
+        ds = load_dataset(ctx, chunked)
+        assert isinstance(ds, DirectHDF5DataSet) and len(ds.layout.runs) > 1
+        picked = ctx.run_udf(ds, PickUDF(), roi=roi)["intensity"].raw_data
+        np.testing.assert_array_equal(picked, big[roi])
+        total = ctx.run_udf(ds, SumUDF(dtype=np.float64))["intensity"].data
+        np.testing.assert_array_equal(total, big.sum(axis=(0, 1), dtype=np.float64))
+        fallback = load_dataset(ctx, packed)  # compressed: LiberTEM's h5py reader
+        assert isinstance(fallback, H5DataSet)
+        np.testing.assert_array_equal(ctx.run_udf(fallback, PickUDF(), roi=roi[:12, :10])[
+            "intensity"].raw_data, frames[roi[:12, :10]])
+    runs = runs_of(np.array([0, 10, 20, 100, 110, 5]), 10)
+    np.testing.assert_array_equal(runs, [[0, 3, 0], [3, 5, 100], [5, 6, 5]])

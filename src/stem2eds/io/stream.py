@@ -160,6 +160,8 @@ class PatternReader:
         Whether :meth:`map` can map blocks instead of copying them (direct
         reads, every pattern at an offset aligned for its dtype and inside
         the file).
+    source : str or None
+        With direct reads, the file read (a virtual dataset's source); else None.
     """
 
     def __init__(self, ds: h5py.Dataset, direct: bool = True):
@@ -176,6 +178,7 @@ class PatternReader:
         elif direct:
             self._offsets = _chunk_offsets(ds)
         self.direct = self._offsets is not None
+        self.source = name if self.direct else None
         self._fd = None
         self.mappable = False
         if self.direct:
@@ -184,6 +187,15 @@ class PatternReader:
             self.mappable = bool(len(self._offsets)) and self.dtype.kind in "uif" and bool(
                 np.all(self._offsets % self.dtype.itemsize == 0)) and \
                 int(self._offsets.max()) + pattern_bytes <= os.fstat(self._fd).st_size
+
+    @property
+    def byte_offsets(self) -> np.ndarray | None:
+        """With direct reads, a read-only (Rx*Ry,) int64 array of each pattern's offset in :attr:`source`."""
+        if self._offsets is None:
+            return None
+        view = self._offsets.view()
+        view.flags.writeable = False
+        return view
 
     def close(self) -> None:
         if self._fd is not None:

@@ -87,6 +87,10 @@ def load_dataset(ctx, path: str | os.PathLike, input_type: str = "auto",
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path=path)
+    if input_type in ("auto", "hdf5") and not scan_shape:
+        ds = _bundle_dataset(ctx, path)
+        if ds is not None:
+            return ds
     try:
         ds = ctx.load(input_type, path=str(path))
         if scan_shape:
@@ -100,6 +104,30 @@ def load_dataset(ctx, path: str | os.PathLike, input_type: str = "auto",
                          path=path, hint="name its type (`input_type`) or its `scan_shape`"
                          ) from None
     return ds
+
+
+def _bundle_dataset(ctx, path: Path):
+    """A stem2eds bundle's patterns read in place (:mod:`.dataset`), or None if not a bundle.
+
+    A bundle whose patterns are compressed (or otherwise not plain bytes)
+    goes through LiberTEM's h5py-based reader, named to its ``/diffraction``.
+    """
+    import h5py
+    from libertem.io.dataset.base import DataSetException
+
+    from ..formats.bundle import FORMAT
+    from .dataset import DirectHDF5DataSet
+
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT or "diffraction" not in f:
+                return None
+    except OSError:  # not HDF5: LiberTEM's own detection decides
+        return None
+    try:
+        return ctx.load(DirectHDF5DataSet, path=str(path))
+    except DataSetException:
+        return ctx.load("hdf5", path=str(path), ds_path="/diffraction")
 
 
 @dataclass
@@ -159,33 +187,29 @@ def measurement_roi(settings, nav_shape: tuple[int, int]) -> tuple[np.ndarray, n
 def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     """Origins of every position: measured on the run's sub-grid, fitted as the run says.
 
-    On a sub-grid (a smooth fit) one pass brings the grid's frames here
-    (:class:`~stem2eds.libertem.udf.SampleUDF`), where they are measured
-    exactly as :func:`stem2eds.preprocess.pipeline.measure_origins` does;
-    when every position is measured, two passes: the first
-    :data:`RADIUS_SAMPLE` frames (their aperture radius), then the origins
-    on the workers (:class:`~stem2eds.libertem.udf.OriginUDF`).
+    Two passes, as :func:`stem2eds.preprocess.pipeline.measure_origins`
+    measures: the first :data:`RADIUS_SAMPLE` frames of the measured
+    positions come here for the aperture radius, then the workers measure
+    the origins (:class:`~stem2eds.libertem.udf.OriginUDF`) and send back two
+    numbers a position. (Bringing all the sub-grid's frames here instead,
+    128 MiB for 1,024 frames of 256x256 uint16, was slower on a 2-worker
+    cluster for the same origins: the transfer costs more than the pass.)
     """
     from .udf import OriginUDF, SampleUDF, frames_method
 
     nav_shape = _nav_shape(ds)
     roi, sampled = measurement_roi(settings, nav_shape)
     method = frames_method(ds, roi)
-    if sampled is not None and _frames_bytes(ds, int(roi.sum())) <= GRID_BYTES:
-        frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method), roi=roi)
-        measured, disk_sum, n_sum = _measure_frames(np.asarray(frames["frames"].raw_data),
-                                                    roi, nav_shape)
-    else:
-        first = np.zeros(nav_shape, bool)
-        first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
-        frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method),
-                             roi=first)["frames"].raw_data
-        radius = find_origins(frames).probe_radius
-        del frames
-        res = ctx.run_udf(ds, OriginUDF(radius, method), roi=roi)
-        measured = np.asarray(res["origin"].data)
-        disk_sum = np.asarray(res["disk_sum"].data)
-        n_sum = int(np.asarray(res["n_summed"].data).sum())
+    first = np.zeros(nav_shape, bool)
+    first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
+    frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method),
+                         roi=first)["frames"].raw_data
+    radius = find_origins(frames).probe_radius
+    del frames
+    res = ctx.run_udf(ds, OriginUDF(radius, method), roi=roi)
+    measured = np.asarray(res["origin"].data)
+    disk_sum = np.asarray(res["disk_sum"].data)
+    n_sum = int(np.asarray(res["n_summed"].data).sum())
     box = check_crop(settings.crop, nav_shape)
     measured = measured[box[0]:box[1], box[2]:box[3]]
     if n_sum == 0:
@@ -203,30 +227,6 @@ def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     fitted = np.full((*nav_shape, 2), np.nan)
     fitted[box[0]:box[1], box[2]:box[3]] = fit.fitted
     return DatasetOrigins(fitted, fit, float(probe_radius), box)
-
-
-#: Most bytes of sub-grid frames brought here in one pass (else origins are
-#: measured on the workers): 1,024 frames of 256x256 uint16 are 128 MiB.
-GRID_BYTES = 256 * 2**20
-
-
-def _frames_bytes(ds, n: int) -> int:
-    return n * int(np.prod(tuple(ds.shape.sig))) * np.dtype(ds.dtype).itemsize
-
-
-def _measure_frames(frames: np.ndarray, roi: np.ndarray, nav_shape: tuple[int, int]
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Origins (NaN off ``roi``), disk sum and count of the roi's frames (scan order).
-
-    As :func:`stem2eds.preprocess.pipeline.measure_origins` on a sub-grid:
-    blocks of :data:`RADIUS_SAMPLE` frames, the aperture radius from the first.
-    """
-    from ..preprocess.passes import measure_blocks
-
-    blocks = ((lo, frames[lo:lo + RADIUS_SAMPLE]) for lo in range(0, len(frames), RADIUS_SAMPLE))
-    measured, disk_sum, n_sum = measure_blocks(blocks, np.flatnonzero(roi),
-                                               int(np.prod(nav_shape)))
-    return measured.reshape(*nav_shape, 2), disk_sum, n_sum
 
 
 def beam_radius_for(settings, probe_radius: float) -> float:

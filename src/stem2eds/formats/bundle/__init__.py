@@ -13,8 +13,8 @@ Layout (documented in the docs' Formats page; tools outside the project rely on 
                                      q_pixel_size, q_pixel_unit,
                                      beam_energy_kev (NaN when unknown),
                                      provenance (JSON), stem2eds_version
-    /diffraction              (Rx, Ry, Qx, Qy), original dtype, chunked one
-                              pattern per chunk
+    /diffraction              (Rx, Ry, Qx, Qy), original dtype, contiguous
+                              (compressed: one pattern per chunk)
     /eds/<Element>            (Rx, Ry) float32 atomic fractions in [0, 1]
     /haadf                    (Rx, Ry) float32, optional
     /truth/<Element>          (Rx, Ry) float32, noise-free composition

@@ -209,8 +209,12 @@ def create_bundle(path: str | os.PathLike, *, scan_shape: Sequence[int],
             if detector_shape is None:
                 f.attrs["scan_shape"] = (rx, ry)
             else:
+                # Uncompressed: one contiguous block, so every reader (numpy,
+                # LiberTEM's memory maps) finds pattern k at base + k * size;
+                # a chunk index would interleave its nodes every ~60 chunks.
                 f.create_dataset(DIFFRACTION, shape=(rx, ry, qx, qy), dtype=np.dtype(dtype),
-                                 chunks=(1, 1, qx, qy), compression=compression)
+                                 chunks=(1, 1, qx, qy) if compression else None,
+                                 compression=compression)
                 f[DIFFRACTION].attrs["axes"] = "Rx,Ry,Qx,Qy"
             yield BundleBuilder(f, (rx, ry))
         release_reservation(tmp)
