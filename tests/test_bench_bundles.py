@@ -83,6 +83,25 @@ def test_mapped_blocks_equal_read_blocks_and_give_the_same_ring_features(tmp_pat
         np.testing.assert_array_equal(kept.to_array(), flat[:3])
 
 
+def test_a_bundle_cut_short_while_read_is_refused_not_mapped(tmp_path, bench_scaling):
+    """A block past the end of a file truncated after open raises InputError (no SIGBUS)."""
+    from stem2eds.errors import InputError
+
+    _tiled(tmp_path, bench_scaling)
+    path = tmp_path / "block.h5"
+    with open_bundle(path) as scan:
+        reader = PatternReader(scan.diffraction)
+        assert reader.mappable
+        n = scan.scan_shape[0] * scan.scan_shape[1]
+        last = int(reader.byte_offsets[n - 1])
+        reader.map(range(n))  # whole: fine
+        os.truncate(path, last + 10)  # another process cuts the file
+        np.testing.assert_array_equal(reader.map(range(2)).to_array().shape, (2, 48, 48))
+        with pytest.raises(InputError, match="truncated"):
+            reader.map(range(n - 2, n))
+        reader.close()
+
+
 def test_unmappable_layouts_are_read_and_streamed_as_arrays(tmp_path):
     from types import SimpleNamespace
 

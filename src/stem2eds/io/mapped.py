@@ -14,9 +14,12 @@ flight however large the scan.
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 
 import numpy as np
+
+from ..errors import InputError
 
 
 class MappedPatterns:
@@ -80,6 +83,12 @@ def map_patterns(fd: int, byte_offsets: np.ndarray, dtype: np.dtype,
     first = int(byte_offsets.min())
     begin = first - first % mmap.ALLOCATIONGRANULARITY
     length = int(byte_offsets.max()) + pattern_bytes - begin
+    size = os.fstat(fd).st_size
+    if begin + length > size:
+        # checked per block, not only at open: touching a mapped page past
+        # the end of a file cut short since would kill the process (SIGBUS)
+        raise InputError(f"the file is {size} bytes but its patterns run to byte "
+                         f"{begin + length}: it was truncated while being read")
     if sys.platform.startswith("linux") and length <= 2 * pattern_bytes * len(byte_offsets):
         # the page tables are filled here, in the reading thread, rather than
         # by page faults in the kernel's threads; not for a block scattered
