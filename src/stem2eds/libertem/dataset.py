@@ -162,6 +162,38 @@ class DirectHDF5DataSet(DataSet):
     def layout(self) -> Layout:
         return self._layout
 
+    def read_frames(self, flat: np.ndarray) -> np.ndarray | None:
+        """Frames at flat scan indices read in this process, or None if the file is not here.
+
+        For a few frames the client needs (the aperture radius): one memory
+        map of the file instead of a LiberTEM pass whose frames travel from
+        the workers. None when this process cannot open the file (a cluster
+        whose workers see files the client does not).
+
+        Parameters
+        ----------
+        flat : ndarray, shape (n,), int
+
+        Returns
+        -------
+        ndarray, shape (n, Qx, Qy), the file's dtype, or None
+        """
+        from ..io.mapped import map_patterns
+
+        flat = np.asarray(flat, dtype=np.int64)
+        runs = self._layout.runs
+        qx, qy = self._layout.shape[2:]
+        which = np.searchsorted(runs[:, 1], flat, side="right")
+        offsets = runs[which, 2] + (flat - runs[which, 0]) * (qx * qy * self.dtype.itemsize)
+        try:
+            fd = os.open(self._layout.source, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return map_patterns(fd, offsets, self.dtype, (qx, qy)).to_array()
+        finally:
+            os.close(fd)
+
     def get_base_shape(self, roi):
         # frames lie whole and contiguous: tiles of whole frames read straight
         # from the map (LiberTEM's default base is one detector row)

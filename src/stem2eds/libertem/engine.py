@@ -189,7 +189,8 @@ def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
 
     Two passes, as :func:`stem2eds.preprocess.pipeline.measure_origins`
     measures: the first :data:`RADIUS_SAMPLE` frames of the measured
-    positions come here for the aperture radius, then the workers measure
+    positions come here for the aperture radius (read here directly when the
+    dataset is a bundle this process can open), then the workers measure
     the origins (:class:`~stem2eds.libertem.udf.OriginUDF`) and send back two
     numbers a position. (Bringing all the sub-grid's frames here instead,
     128 MiB for 1,024 frames of 256x256 uint16, was slower on a 2-worker
@@ -202,8 +203,10 @@ def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     method = frames_method(ds, roi)
     first = np.zeros(nav_shape, bool)
     first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
-    frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method),
-                         roi=first)["frames"].raw_data
+    frames = _local_frames(ds, first)
+    if frames is None:
+        frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method),
+                             roi=first)["frames"].raw_data
     radius = find_origins(frames).probe_radius
     del frames
     res = ctx.run_udf(ds, OriginUDF(radius, method), roi=roi)
@@ -227,6 +230,15 @@ def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     fitted = np.full((*nav_shape, 2), np.nan)
     fitted[box[0]:box[1], box[2]:box[3]] = fit.fitted
     return DatasetOrigins(fitted, fit, float(probe_radius), box)
+
+
+def _local_frames(ds, roi: np.ndarray) -> np.ndarray | None:
+    """The ``roi``'s frames read in this process when ``ds`` is a bundle it can open, else None."""
+    from .dataset import DirectHDF5DataSet
+
+    if not isinstance(ds, DirectHDF5DataSet):
+        return None
+    return ds.read_frames(np.flatnonzero(roi))
 
 
 def beam_radius_for(settings, probe_radius: float) -> float:
