@@ -480,6 +480,10 @@ def sparse_guard_variants() -> str:
     labels = {"per_element": "per-element stack (previous round)",
               "pooled_0.3_min": "pooled, prior variance 0.3, too-few-samples rule (first round)",
               "pooled_0.1_min": "pooled, prior variance 0.1, too-few-samples rule (**kept**)",
+              "pooled_0.1_min_linear": "kept rule + linear interpolation as a candidate "
+                                       "(tried after all series were seen)",
+              "pooled_0.1_min_distance": "kept rule, distance-matched left-out residuals "
+                                         "(tried after all series were seen)",
               "unguarded": "unguarded kriging", "calibrated": "calibrated model alone"}
     roles = [r for r in ("design", "held-out") if f"total_{r}" in data]
     header = ["rule"] + [f"{r}: fails of {data[f'total_{r}']['per_element']['points']} (worst)"
