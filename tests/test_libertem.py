@@ -253,3 +253,17 @@ def test_chunked_and_compressed_bundles_read_the_same_frames(setup, tmp_path):
             "intensity"].raw_data, frames[roi[:12, :10]])
     runs = runs_of(np.array([0, 10, 20, 100, 110, 5]), 10)
     np.testing.assert_array_equal(runs, [[0, 3, 0], [3, 5, 100], [5, 6, 5]])
+
+
+def test_a_broken_bundle_is_refused_in_one_line(setup, run_cli, tmp_path):
+    """A file that says it is a bundle but whose patterns are not a 4D dataset: exit 2."""
+    run, frames, _, folder = setup
+    with h5py.File(folder / "other.h5", "r") as f:
+        attrs = dict(f.attrs)
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f.attrs.update(attrs)
+        f.create_dataset("diffraction", data=frames[0])  # (Ry, Qx, Qy): no scan axes
+    code, _, err = run_cli("predict", run, bad, "--out", tmp_path / "p.h5", "--engine", "libertem")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "p.h5").exists()

@@ -81,19 +81,22 @@ def direct_layout(path: str | os.PathLike, ds_path: str = "diffraction") -> Layo
 
     from ..io.stream import PatternReader
 
-    with h5py.File(path, "r") as f:
-        ds = f.get(ds_path)
-        if not isinstance(ds, h5py.Dataset) or ds.ndim != 4:
-            return None
-        with PatternReader(ds) as reader:
-            if not reader.mappable:
+    try:
+        with h5py.File(path, "r") as f:
+            ds = f.get(ds_path)
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 4:
                 return None
-            shape = tuple(int(v) for v in ds.shape)
-            pattern_bytes = shape[2] * shape[3] * ds.dtype.itemsize
-            runs = runs_of(reader.byte_offsets, pattern_bytes)
-            if len(runs) > MAX_RUNS:
-                return None
-            return Layout(reader.source, shape, ds.dtype.str, runs)
+            with PatternReader(ds) as reader:
+                if not reader.mappable:
+                    return None
+                shape = tuple(int(v) for v in ds.shape)
+                pattern_bytes = shape[2] * shape[3] * ds.dtype.itemsize
+                runs = runs_of(reader.byte_offsets, pattern_bytes)
+                if len(runs) > MAX_RUNS:
+                    return None
+                return Layout(reader.source, shape, ds.dtype.str, runs)
+    except (OSError, KeyError, RuntimeError, ValueError):  # a file h5py cannot read as such
+        return None
 
 
 class _RunFile(File):

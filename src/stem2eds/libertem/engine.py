@@ -87,11 +87,11 @@ def load_dataset(ctx, path: str | os.PathLike, input_type: str = "auto",
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path=path)
-    if input_type in ("auto", "hdf5") and not scan_shape:
-        ds = _bundle_dataset(ctx, path)
+    try:
+        ds = _bundle_dataset(ctx, path) if input_type in ("auto", "hdf5") and not scan_shape \
+            else None
         if ds is not None:
             return ds
-    try:
         ds = ctx.load(input_type, path=str(path))
         if scan_shape:
             # a new scan shape keeps the frames (the last two signal axes)
@@ -122,8 +122,8 @@ def _bundle_dataset(ctx, path: Path):
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT or "diffraction" not in f:
                 return None
-    except OSError:  # not HDF5: LiberTEM's own detection decides
-        return None
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError):
+        return None  # not HDF5 or unreadable: LiberTEM's own detection decides
     try:
         return ctx.load(DirectHDF5DataSet, path=str(path))
     except DataSetException:
