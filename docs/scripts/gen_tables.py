@@ -495,7 +495,62 @@ def sparse_guard_variants() -> str:
     return table(header, rows) + f"\n\nSeries: {series}.\n\n" + source_line(name)
 
 
+def sparse_experiment() -> str:
+    """Accuracy, dose saved, interval coverage and anomalies of one sparse run (metrics.json)."""
+    name = "sparse_experiment.json"
+    data = load(name)
+    sampled = data["sampled_positions"]  # {percent: positions}
+    cols = [f"{k} % ({n})" for k, n in sampled.items()]
+    curve, labels = data["curve"], data["method_labels"]
+    rows = [[f"`{m}`: {labels.get(m, m)}"] + [f"{v:.3f}" for v in curve[m]["eds"]]
+            for m in curve]
+    dose = data["dose_saved"]["eds"]
+    rows.append(["F'/F, dose saved by `model_uk`"]
+                + [f"{d['ratio']:.1f}" if d["reached"] else "(not reached)" for d in dose])
+    parts = [table(["estimate (mean r, unsampled positions, vs blurred EDS)", *cols], rows)]
+    truth = [[f"`{m}`"] + [f"{v:.3f}" for v in curve[m]["truth"]]
+             for m in ("model_linear", "interp_gp", "model_uk")]
+    parts.append(table(["vs noise-free truth", *cols], truth))
+    only = data["model_only"]["eds"]["pearson"]
+    parts.append("The model alone, no EDS of the new scan: r "
+                 + ", ".join(f"{el} {v:.3f}" for el, v in only.items())
+                 + f" (mean {sum(only.values()) / len(only):.3f}) against the blurred EDS.")
+    unc = data.get("uncertainty")
+    if unc:
+        per = unc["per_fraction"]
+        keys = list(per)
+        cov = [["`model_uk`, measurement interval vs measured EDS"]
+               + [f"{100 * per[k]['model_uk']['measured']['scaled_mean']:.1f}" for k in keys],
+               ["`model_uk`, map interval vs blurred EDS"]
+               + [f"{100 * per[k]['model_uk']['eds']['scaled_mean']:.1f}" for k in keys],
+               ["`model_uk`, map interval vs truth"]
+               + [f"{100 * per[k]['model_uk']['truth']['scaled_mean']:.1f}" for k in keys],
+               ["ensemble, factor fitted vs measured EDS, vs measured"]
+               + [f"{100 * per[k]['ensemble']['measured']['scaled_mean']:.1f}" for k in keys],
+               ["ensemble, noise separated, vs blurred EDS"]
+               + [f"{100 * per[k]['ensemble']['eds']['scaled_mean']:.1f}" for k in keys]]
+        parts.append(table(["share inside the nominal 90 % interval, %", *cols], cov))
+        ex = unc["extrapolation"]
+        parts.append("No EDS of the new scan (`extrapolation`): the raw ensemble std covers "
+                     f"{100 * ex['eds']['unscaled_mean']:.1f} % (blurred EDS) and "
+                     f"{100 * ex['truth']['unscaled_mean']:.1f} % (truth); with the factor "
+                     f"from the members' validation positions {100 * ex['eds']['scaled_mean']:.1f}"
+                     f" % and {100 * ex['truth']['scaled_mean']:.1f} %.")
+    an = data["anomaly"]
+    comb, cr = an["combined"], an["crystallinity"]["detection"]
+    parts.append(f"Anomalies: {an['flagged']} of {an['positions']} positions flagged, precision "
+                 f"{comb['precision']:.2f}, recall {comb['recall']:.2f} against the "
+                 f"{an['grain_positions']} grain positions; crystallinity map {cr['flagged']} "
+                 f"crystalline, precision {cr['precision']:.2f}, recall {cr['recall']:.2f}.")
+    parts.append(f"Scans {', '.join(data['train_scans'])} train, {data['target_scan']} is "
+                 "the new scan; "
+                 f"`{data['model']}` ensemble of {data['ensemble']}, up to {data['epochs']} "
+                 "epochs; random sampling, seed " + str(data["sampling_seed"]) + ".")
+    return "\n\n".join(parts) + "\n\n" + source_line(name)
+
+
 TABLES = {
+    "sparse_experiment": sparse_experiment,
     "sparse_guard_variants": sparse_guard_variants,
     "sparse_guard": sparse_guard,
     "fused": fused,
