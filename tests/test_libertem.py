@@ -194,18 +194,27 @@ def test_tiles_and_partitions_give_the_same_maps(setup):
 
 def test_bundle_is_read_in_place(setup, tmp_path):
     """A bundle goes through DirectHDF5DataSet (LiberTEM's memory maps at its byte offsets)."""
-    from stem2eds.libertem import open_context, predict_dataset
+    from stem2eds.libertem import fit_dataset_origins, open_context, predict_dataset
     from stem2eds.libertem.dataset import DirectHDF5DataSet
     from stem2eds.libertem.engine import load_dataset
+    from stem2eds.predict.predictor import load_run
 
     run, frames, ref, folder = setup
+    settings = load_run(run).settings
     with open_context() as ctx:
         ds = load_dataset(ctx, folder / "other.h5")
         assert isinstance(ds, DirectHDF5DataSet) and len(ds.layout.runs) == 1
+        # the origin sub-grid is read and measured here
+        local = fit_dataset_origins(ctx, ds, settings)
         _assert_equal_maps(predict_dataset(ctx, ds, run), ref)
-        # a client that cannot open the file gets the radius frames through LiberTEM
+        # a client that cannot open the file gets the radius frames through
+        # LiberTEM and the workers measure the origins: the same ones
         ds.read_frames = lambda flat: None
+        remote = fit_dataset_origins(ctx, ds, settings)
         _assert_equal_maps(predict_dataset(ctx, ds, run), ref)
+    assert local.fit.sampled is not None and local.fit.sampled.sum() < local.fit.sampled.size
+    np.testing.assert_array_equal(local.fitted, remote.fitted)
+    assert local.probe_radius == remote.probe_radius
 
 
 def _chunked_copy(path: Path, frames: np.ndarray, attrs, compression=None) -> Path:

@@ -31,6 +31,9 @@ from ..preprocess.origin import (OriginFit, disk_radius, find_origins, fit_origi
 #: As :data:`stem2eds.preprocess.pipeline.RADIUS_SAMPLE` (not imported: that
 #: module pulls in the bundle writer): patterns the aperture radius is measured on.
 RADIUS_SAMPLE = 256
+#: A sub-grid of at most this many bytes of frames is measured in this process
+#: when it can read the bundle (1,024 frames of 256x256 uint16 are 128 MiB).
+LOCAL_ORIGIN_BYTES = 512 * 2**20
 
 
 @contextmanager
@@ -187,32 +190,43 @@ def measurement_roi(settings, nav_shape: tuple[int, int]) -> tuple[np.ndarray, n
 def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     """Origins of every position: measured on the run's sub-grid, fitted as the run says.
 
-    Two passes, as :func:`stem2eds.preprocess.pipeline.measure_origins`
-    measures: the first :data:`RADIUS_SAMPLE` frames of the measured
-    positions come here for the aperture radius (read here directly when the
-    dataset is a bundle this process can open), then the workers measure
-    the origins (:class:`~stem2eds.libertem.udf.OriginUDF`) and send back two
-    numbers a position. (Bringing all the sub-grid's frames here instead,
-    128 MiB for 1,024 frames of 256x256 uint16, was slower on a 2-worker
-    cluster for the same origins: the transfer costs more than the pass.)
+    As :func:`stem2eds.preprocess.pipeline.measure_origins` measures: the
+    aperture radius from the first :data:`RADIUS_SAMPLE` frames of the
+    measured positions, then every origin with it.
+
+    When the dataset is a bundle this process can open and the measured
+    frames (typically the ``origin_sample`` sub-grid) take at most
+    :data:`LOCAL_ORIGIN_BYTES`, they are read and measured here (:func:`_local_origins`, the single-process code).
+    Otherwise the radius frames come here (read directly, or by a
+    :class:`~stem2eds.libertem.udf.SampleUDF` pass) and the workers measure
+    the origins (:class:`~stem2eds.libertem.udf.OriginUDF`), sending back
+    two numbers a position. On a 2-worker cluster the worker pass took
+    0.5-0.57 s for 1,024 frames of 256x256 uint16 and the local one 0.3 s:
+    a ``roi`` of scattered positions reaches the UDF as one-frame tiles,
+    each with LiberTEM's per-tile work. (Sending those frames from the
+    workers here would cost more than the pass.)
     """
     from .udf import OriginUDF, SampleUDF, frames_method
 
     nav_shape = _nav_shape(ds)
     roi, sampled = measurement_roi(settings, nav_shape)
-    method = frames_method(ds, roi)
-    first = np.zeros(nav_shape, bool)
-    first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
-    frames = _local_frames(ds, first)
-    if frames is None:
-        frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method),
-                             roi=first)["frames"].raw_data
-    radius = find_origins(frames).probe_radius
-    del frames
-    res = ctx.run_udf(ds, OriginUDF(radius, method), roi=roi)
-    measured = np.asarray(res["origin"].data)
-    disk_sum = np.asarray(res["disk_sum"].data)
-    n_sum = int(np.asarray(res["n_summed"].data).sum())
+    local = _local_origins(ds, roi)
+    if local is not None:
+        measured, disk_sum, n_sum = local
+    else:
+        method = frames_method(ds, roi)
+        first = np.zeros(nav_shape, bool)
+        first.flat[np.flatnonzero(roi)[:RADIUS_SAMPLE]] = True
+        frames = _local_frames(ds, first)
+        if frames is None:
+            frames = ctx.run_udf(ds, SampleUDF(tuple(ds.shape.sig), method),
+                                 roi=first)["frames"].raw_data
+        radius = find_origins(frames).probe_radius
+        del frames
+        res = ctx.run_udf(ds, OriginUDF(radius, method), roi=roi)
+        measured = np.asarray(res["origin"].data)
+        disk_sum = np.asarray(res["disk_sum"].data)
+        n_sum = int(np.asarray(res["n_summed"].data).sum())
     box = check_crop(settings.crop, nav_shape)
     measured = measured[box[0]:box[1], box[2]:box[3]]
     if n_sum == 0:
@@ -230,6 +244,48 @@ def fit_dataset_origins(ctx, ds, settings) -> DatasetOrigins:
     fitted = np.full((*nav_shape, 2), np.nan)
     fitted[box[0]:box[1], box[2]:box[3]] = fit.fitted
     return DatasetOrigins(fitted, fit, float(probe_radius), box)
+
+
+def _local_origins(ds, roi: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Origins of the ``roi``'s frames measured in this process, or None.
+
+    None unless ``ds`` is a bundle this process can open and the frames take
+    at most :data:`LOCAL_ORIGIN_BYTES`. The frames are read in blocks of
+    :data:`RADIUS_SAMPLE` (one block ahead, in a thread) and measured by
+    :func:`stem2eds.preprocess.passes.measure_blocks`, the code of
+    ``stem2eds predict``: the same origins.
+
+    Returns
+    -------
+    measured : ndarray, shape (Rx, Ry, 2)
+        NaN outside the ``roi``.
+    disk_sum : ndarray
+    n_summed : int
+    """
+    from ..io.stream import prefetch
+    from ..preprocess.passes import measure_blocks
+    from .dataset import DirectHDF5DataSet
+
+    if not isinstance(ds, DirectHDF5DataSet):
+        return None
+    flat = np.flatnonzero(roi)
+    frame_bytes = int(np.prod(tuple(ds.shape.sig))) * np.dtype(ds.dtype).itemsize
+    if not len(flat) or len(flat) * frame_bytes > LOCAL_ORIGIN_BYTES:
+        return None
+    first = ds.read_frames(flat[:RADIUS_SAMPLE])
+    if first is None:
+        return None
+
+    def blocks():
+        yield 0, first
+        for lo in range(RADIUS_SAMPLE, len(flat), RADIUS_SAMPLE):
+            frames = ds.read_frames(flat[lo:lo + RADIUS_SAMPLE])
+            if frames is None:  # the file went away since the first block
+                raise InputError("the bundle could not be read any more while measuring origins")
+            yield lo, frames
+
+    measured, disk_sum, n_sum = measure_blocks(prefetch(blocks(), 1), flat, roi.size)
+    return measured.reshape(*roi.shape, 2), disk_sum, n_sum
 
 
 def _local_frames(ds, roi: np.ndarray) -> np.ndarray | None:
