@@ -4,15 +4,15 @@ The UDFs reproduce ``stem2eds predict`` on LiberTEM's readers and executors
 (inline, Dask cluster, libertem-live); :mod:`stem2eds.libertem.engine` runs
 them in order:
 
-1. :class:`SampleUDF` brings the frames of the origin measurement set (the
-   run's ``origin_sample`` sub-grid of the cropped scan) here, where they are
-   measured exactly as :func:`stem2eds.preprocess.pipeline.measure_origins`
-   measures them (the aperture radius from the first frames, then every
-   origin); when every position is measured (no smooth fit), it brings only
-   the first frames (their aperture radius) and
-2. :class:`OriginUDF` measures the origins of every position on the workers,
+1. :class:`SampleUDF` brings the first frames of the origin measurement
+   set (the run's ``origin_sample`` sub-grid of the cropped scan) here for
+   the aperture radius, measured exactly as
+   :func:`stem2eds.preprocess.pipeline.measure_origins` measures it, and
+2. :class:`OriginUDF` measures the origins of the set on the workers,
    with the disk sum for the probe radius; the engine then fits the run's
-   origin model (:func:`stem2eds.preprocess.origin.fit_origins`);
+   origin model (:func:`stem2eds.preprocess.origin.fit_origins`). Both are
+   skipped when the client can read the frames itself
+   (:func:`stem2eds.libertem.engine.fit_dataset_origins`);
 3. :class:`PredictUDF` runs the run's front end and model on every frame
    with the fitted origins (:meth:`~stem2eds.predict.predictor.Predictor.predict_raw`:
    the fused ring statistics for ring models, else the run's
