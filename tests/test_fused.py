@@ -216,3 +216,29 @@ def test_torch_front_end_predicts_as_the_numba_one(runs):
                                           torch.from_numpy(block.origins), g)
             np.testing.assert_allclose(p._finish(p.model.forward_rings(stats).numpy()),
                                        p._predict_block(scan, 0, block), atol=1e-5)
+
+
+def test_kernel_loads_without_scipy_and_numba_blas_still_works():
+    """Loading the kernel skips numba's BLAS probe (SciPy's import); numba's BLAS users still work."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from stem2eds.features.rings import _kernel
+_kernel()
+assert "scipy.linalg" not in sys.modules, "the kernel load imported scipy.linalg"
+import numba
+
+@numba.njit
+def both(a, b):
+    return np.dot(a, b), np.correlate(a, b)
+
+a, b = np.arange(1.0, 6.0), np.array([0.5, -1.0, 2.0, 0.0, 1.0])
+d, c = both(a, b)
+assert d == np.dot(a, b) and np.allclose(c, np.correlate(a, b)), (d, c)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]

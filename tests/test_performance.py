@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -193,15 +192,21 @@ def test_predict_does_not_import_lightning():
 
 
 def test_outputs_are_written_by_flat_ranges(tmp_path, rng):
-    from stem2eds.formats.prediction import write_flat as _write_flat
+    """Blocks that start and end mid-row land in the right places of every map."""
+    from stem2eds.formats.prediction import open_prediction_writer, read_prediction
 
     values = rng.random((35, 3)).astype(np.float32)
-    with h5py.File(tmp_path / "o.h5", "w") as f:
-        ds = [f.create_dataset(str(i), shape=(5, 7), dtype=np.float32) for i in range(3)]
+    path = tmp_path / "o.h5"
+    with open_prediction_writer(path, ["Ge", "Te"], haadf=True, shape=(5, 7)) as writer:
         for start, stop in ((0, 3), (3, 14), (14, 20), (20, 35)):
-            _write_flat(ds, start, values[start:stop], 7)
-        for i in range(3):
-            np.testing.assert_array_equal(ds[i][()], values[:, i].reshape(5, 7))
+            writer.write_flat(start, values[start:stop])
+        np.testing.assert_array_equal(writer.read_eds(), values[:, :2].T.reshape(2, 5, 7))
+        with pytest.raises(ValueError, match="do not fit"):
+            writer.write_flat(30, values[:10])
+        assert not path.exists()  # nothing under the name before the file is complete
+    pred = read_prediction(path)
+    np.testing.assert_array_equal(pred.eds, values[:, :2].T.reshape(2, 5, 7))
+    np.testing.assert_array_equal(pred.haadf, values[:, 2].reshape(5, 7))
 
 
 @pytest.mark.timeout(300)

@@ -256,6 +256,46 @@ def _flat_patterns(raw_patterns) -> tuple[np.ndarray, np.ndarray, tuple[int, int
 @lru_cache(maxsize=1)
 def _kernel():
     """The compiled kernel (numba imported and the kernel loaded on first use)."""
+    _skip_numba_blas_probe()
     from ._kernel import fused_ring_stats
 
     return fused_ring_stats
+
+
+def _skip_numba_blas_probe() -> None:
+    """Import numba's array functions without their BLAS probe, unless SciPy's BLAS is loaded.
+
+    The first numba function a process loads (even from numba's on-disk
+    cache) imports ``numba.np.arraymath``, which probes for BLAS by
+    importing ``scipy.linalg.cython_blas``: SciPy's linear algebra, about a
+    quarter of a second of imports while ``stem2eds predict`` is measuring
+    the origins on the other core, for a kernel that calls no BLAS. The
+    probe's answer (``arraymath._HAVE_BLAS``) only picks the BLAS inner
+    product for ``np.correlate``/``np.convolve`` inside numba code; without
+    it they use their own loop (same values). ``np.dot`` and ``np.linalg``
+    in numba code look for BLAS themselves when they are compiled, so they
+    still work. Skipped where SciPy's BLAS is already imported (the probe is
+    then free) or numba's layout is not the one this was written for
+    (numba 0.59-0.68): then the import is the ordinary one.
+    """
+    import sys
+
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg.cython_blas" in sys.modules:
+        return
+    try:
+        import numba.np.linalg as linalg
+
+        probe = linalg.ensure_blas
+    except (ImportError, AttributeError):  # pragma: no cover - another numba layout
+        return
+
+    def no_blas() -> None:
+        raise ImportError("BLAS probe skipped by stem2eds")
+
+    linalg.ensure_blas = no_blas
+    try:
+        import numba.np.arraymath as arraymath
+    finally:
+        linalg.ensure_blas = probe
+    if vars(arraymath).get("ensure_blas") is no_blas:
+        arraymath.ensure_blas = probe

@@ -146,38 +146,57 @@ class PredictionWriter:
 
     Use :func:`open_prediction_writer`; outputs arrive as flat position ranges
     (n, K) with the K columns in output order (EDS elements, then HAADF).
+    The maps are kept in memory, (K, Rx, Ry) float32 (24 MB for a million
+    positions and six outputs; the whole maps are read back for the run's
+    filter anyway), and each dataset is written once, by :meth:`flush`:
+    block by block, the dozen small HDF5 writes per block cost about 0.1 s
+    of a 12,000-pattern prediction.
     """
 
     def __init__(self, f: h5py.File, elements: Sequence[str], haadf: bool,
                  shape: tuple[int, int], attrs: Mapping[str, Any] | None):
         _set_attrs(f, elements, attrs)
-        grp = _eds_group(f)
+        self._file = f
         self.shape = tuple(int(s) for s in shape)
-        self.eds = [grp.create_dataset(check_element(el), shape=self.shape, dtype=np.float32)
-                    for el in elements]
-        self.columns = list(self.eds)
-        if haadf:
-            self.columns.append(f.create_dataset(HAADF, shape=self.shape, dtype=np.float32))
+        self.elements = [check_element(el) for el in elements]
+        self.haadf = bool(haadf)
+        self._maps = np.zeros((len(self.elements) + self.haadf, *self.shape), np.float32)
+        self._ood: tuple[np.ndarray, dict[str, Any]] | None = None
 
     def write_flat(self, start: int, values: np.ndarray) -> None:
-        """Write outputs (n, K) of flat positions ``start .. start + n``."""
-        write_flat(self.columns, start, values, self.shape[1])
+        """Outputs (n, K) of flat positions ``start .. start + n``."""
+        values = np.asarray(values, np.float32)
+        flat = self._maps.reshape(len(self._maps), -1)
+        if values.ndim != 2 or values.shape[1] != len(flat) or \
+                not 0 <= start <= flat.shape[1] - len(values):
+            raise ValueError(f"outputs of shape {values.shape} at position {start} do not fit "
+                             f"{len(flat)} maps of {flat.shape[1]} positions")
+        flat[:, start:start + len(values)] = values.T
 
     def write_ood(self, scores: np.ndarray, attrs: Mapping[str, Any]) -> None:
         """The per-position OOD score (Rx, Ry) as dataset ``ood``, its verdict as root attributes."""
-        f = self.eds[0].file
-        f.create_dataset(OOD, data=np.asarray(scores, np.float32).reshape(self.shape))
-        for key, value in attrs.items():
-            f.attrs[key] = value
+        self._ood = (np.asarray(scores, np.float32).reshape(self.shape), dict(attrs))
 
     def read_eds(self) -> np.ndarray:
         """The EDS maps written so far, (E, Rx, Ry) float32."""
-        return np.stack([ds[()] for ds in self.eds])
+        return self._maps[:len(self.elements)].copy()
 
     def replace_eds(self, eds: np.ndarray) -> None:
         """Overwrite the EDS maps (E, Rx, Ry), e.g. with their filtered version."""
-        for ds, values in zip(self.eds, eds):
-            ds[...] = values
+        self._maps[:len(self.elements)] = eds
+
+    def flush(self) -> None:
+        """Write the maps (and the OOD score) into the file (once, when the scan is done)."""
+        grp = _eds_group(self._file)
+        for el, values in zip(self.elements, self._maps):
+            grp.create_dataset(el, data=values)
+        if self.haadf:
+            self._file.create_dataset(HAADF, data=self._maps[-1])
+        if self._ood is not None:
+            scores, attrs = self._ood
+            self._file.create_dataset(OOD, data=scores)
+            for key, value in attrs.items():
+                self._file.attrs[key] = value
 
 
 @contextlib.contextmanager
@@ -199,30 +218,9 @@ def open_prediction_writer(path: str | os.PathLike, elements: Sequence[str], *, 
     """
     with atomic_output(Path(path)) as tmp:
         with h5py.File(tmp, "w") as f:
-            yield PredictionWriter(f, elements, haadf, shape, attrs)
-
-
-def write_flat(datasets: Sequence[h5py.Dataset], start: int, values: np.ndarray,
-               width: int) -> None:
-    """Write outputs (n, K) of flat positions ``start..start+n`` into K (Rx, Ry) maps.
-
-    Whole rows are written as one slab per dataset (HDF5 writes are far
-    cheaper per call than per element), partial rows at either end row by row.
-    """
-    k, n = 0, len(values)
-    while k < n:
-        i, j = divmod(start + k, width)
-        if j == 0 and n - k >= width:
-            rows = (n - k) // width
-            block = values[k:k + rows * width].reshape(rows, width, -1)
-            for col, ds in enumerate(datasets):
-                ds[i:i + rows] = block[:, :, col]
-            k += rows * width
-        else:
-            take = min(n - k, width - j)
-            for col, ds in enumerate(datasets):
-                ds[i, j:j + take] = values[k:k + take, col]
-            k += take
+            writer = PredictionWriter(f, elements, haadf, shape, attrs)
+            yield writer
+            writer.flush()
 
 
 def _decode(value: Any) -> Any:
