@@ -159,8 +159,14 @@ class PredictionWriter:
         self._file = f
         self.shape = tuple(int(s) for s in shape)
         self.elements = [check_element(el) for el in elements]
-        self.haadf = bool(haadf)
-        self._maps = np.zeros((len(self.elements) + self.haadf, *self.shape), np.float32)
+        grp = _eds_group(f)
+        # the datasets exist from the start (a full disk or a bad name fails
+        # before the scan is read); their values are written by flush()
+        self.columns = [grp.create_dataset(el, shape=self.shape, dtype=np.float32)
+                        for el in self.elements]
+        if haadf:
+            self.columns.append(f.create_dataset(HAADF, shape=self.shape, dtype=np.float32))
+        self._maps = np.zeros((len(self.columns), *self.shape), np.float32)
         self._ood: tuple[np.ndarray, dict[str, Any]] | None = None
 
     def write_flat(self, start: int, values: np.ndarray) -> None:
@@ -187,11 +193,8 @@ class PredictionWriter:
 
     def flush(self) -> None:
         """Write the maps (and the OOD score) into the file (once, when the scan is done)."""
-        grp = _eds_group(self._file)
-        for el, values in zip(self.elements, self._maps):
-            grp.create_dataset(el, data=values)
-        if self.haadf:
-            self._file.create_dataset(HAADF, data=self._maps[-1])
+        for ds, values in zip(self.columns, self._maps):
+            ds[...] = values
         if self._ood is not None:
             scores, attrs = self._ood
             self._file.create_dataset(OOD, data=scores)
