@@ -42,8 +42,12 @@ CASES = {"training_dose": {}, "dose_x0.5": {"dose": 1e5}, "dose_x2": {"dose": 4e
          "thickness_x1.5": {"thickness_nm": 45.0}}
 
 #: (label, RadialParams.normalise, PreprocessSettings.dose_ceiling)
-RUNS = (("normalise_off_fixed_clip", False, False), ("normalise_off", False, True),
-        ("normalise_on_fixed_clip", True, False), ("normalise_on", True, True))
+RUNS = (("normalise_off_fixed_clip", "none", False), ("normalise_off", "none", True),
+        ("normalise_on_fixed_clip", "pattern", False), ("normalise_on", "pattern", True),
+        ("normalise_scan", "scan", True))
+#: The runs of the recorded dose_thickness.json (``normalise_scan`` came later:
+#: ``--runs normalise_on,normalise_scan --out benchmarks/results/dose_thickness_scan.json``).
+DEFAULT_RUNS = "normalise_off_fixed_clip,normalise_off,normalise_on_fixed_clip,normalise_on"
 
 
 def main(argv=None) -> int:
@@ -53,9 +57,15 @@ def main(argv=None) -> int:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--train-seed", type=int, default=0,
                        help="TrainConfig.seed of every run (run folders get a suffix if not 0)")
+    extra.add_argument("--runs", default=DEFAULT_RUNS,
+                       help=f"comma-separated run labels, of {', '.join(r[0] for r in RUNS)}")
     known, argv = extra.parse_known_args(argv)
     args = parse(argv)
     args.train_seed = known.train_seed
+    wanted = known.runs.split(",")
+    runs = [r for r in RUNS if r[0] in wanted]
+    if len(runs) != len(wanted):
+        raise SystemExit(f"unknown run label in {known.runs!r}")
     from stem2eds.cli import parse_pair
     from stem2eds.formats.bundle import open_bundle
     from stem2eds.metrics import metric_arrays
@@ -71,7 +81,7 @@ def main(argv=None) -> int:
         "train_scans": "first two scans of each seed's series",
         "test_scan": "third scan, simulated once per case (same specimen and seed)",
         "training_dose": 2e5, "training_thickness_nm": 30.0,
-        "runs": {label: {"normalise": n, "dose_ceiling": d} for label, n, d in RUNS}},
+        "runs": {label: {"normalise": n, "dose_ceiling": d} for label, n, d in runs}},
         "per_seed": {}}
     for seed in seeds:
         t0 = time.perf_counter()
@@ -84,7 +94,7 @@ def main(argv=None) -> int:
         with open_bundle(scans[2]) as b:
             truth = b.maps("truth")
         per_run = {}
-        for label, normalise, dose_ceiling in RUNS:
+        for label, normalise, dose_ceiling in runs:
             suffix = f"_seed{args.train_seed}" if args.train_seed else ""
             predictor = load_run(_train(scans[:2], folder / f"run_{label}{suffix}", args,
                                         normalise, dose_ceiling))
@@ -98,7 +108,7 @@ def main(argv=None) -> int:
         results["per_seed"][str(seed)] = {"runs": per_run,
                                           "seconds": round(time.perf_counter() - t0, 1)}
         print(seed, json.dumps(per_run), file=sys.stderr, flush=True)
-    results["summary"] = _summary(results["per_seed"])
+    results["summary"] = _summary(results["per_seed"], runs)
     results["provenance"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _train(scans, run_dir: Path, args, normalise: bool, dose_ceiling: bool) -> Path:
+def _train(scans, run_dir: Path, args, normalise: str, dose_ceiling: bool) -> Path:
     """The default model on ``scans`` (retrained when the folder is stale)."""
     from stem2eds.preprocess import PreprocessSettings
     from stem2eds.train.config import TrainConfig
@@ -121,9 +131,9 @@ def _train(scans, run_dir: Path, args, normalise: bool, dose_ceiling: bool) -> P
     return ensure_trained(scans, run_dir, config, quiet=True)
 
 
-def _summary(per_seed: dict) -> dict:
+def _summary(per_seed: dict, runs) -> dict:
     out: dict = {}
-    for label, _, _ in RUNS:
+    for label, _, _ in runs:
         out[label] = {}
         for name in CASES:
             rows = [s["runs"][label][name] for s in per_seed.values()]

@@ -171,7 +171,7 @@ def test_training_caches_the_ring_statistics_once(runs, monkeypatch):
     from stem2eds.features import cache
     from stem2eds.formats.rundir import RunDir
     from stem2eds.preprocess import load_settings
-    from stem2eds.train.fit import _use_cached_rings
+    from stem2eds.train.frontend import use_cached_rings
     from stem2eds.train.data import RunData, map_dataset
     from stem2eds.models import build_model
 
@@ -194,7 +194,7 @@ def test_training_caches_the_ring_statistics_once(runs, monkeypatch):
     fused = RunData(pre, ["Ge", "Sb", "Te"], small_config(), load_patterns=False)
     fused.setup()
     assert fused.train_set.patterns is None  # the patterns were never loaded
-    _use_cached_rings(net, fused, run, [scan], settings)
+    use_cached_rings(net, fused, run, [scan], settings)
     fused.cache_frontend(net.frontend)
     assert not calls  # reused from the run folder, not recomputed
     torch.testing.assert_close(fused.train_set.tensors[0], want, rtol=1e-5, atol=1e-5)

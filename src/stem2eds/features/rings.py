@@ -253,6 +253,37 @@ def _flat_patterns(raw_patterns) -> tuple[np.ndarray, np.ndarray, tuple[int, int
     return buffer, np.arange(n, dtype=np.int64) * (qx * qy), (qx, qy)
 
 
+def load_kernel(settings, detector_shape: tuple[int, int], dtype, statistics: tuple[str, ...]):
+    """Load the compiled kernel for patterns of ``dtype`` in a background thread.
+
+    Loading the cached numba kernel (numba, its typing and lowering
+    registries) is the slowest step of the fused path's start-up; a caller
+    starts it here so that it overlaps the origin measurement instead of
+    following it.
+
+    Returns
+    -------
+    threading.Thread
+        The daemon thread (joining it is optional: the first block waits for
+        numba's compiler lock anyway).
+    """
+    import threading
+
+    shape = tuple(int(v) for v in detector_shape)
+    centre = np.array([[(shape[0] - 1) / 2, (shape[1] - 1) / 2]], np.float64)
+
+    def load() -> None:
+        try:  # one zero pattern of the scan's dtype: the same kernel signature
+            geometry = RingGeometry.from_settings(settings, shape, statistics, beam_radius=1.0)
+            ring_features(np.zeros((1, *shape), dtype), centre, geometry)
+        except Exception:  # noqa: BLE001 - the real first block reports any problem
+            pass
+
+    thread = threading.Thread(target=load, name="stem2eds-kernel-load", daemon=True)
+    thread.start()
+    return thread
+
+
 @lru_cache(maxsize=1)
 def _kernel():
     """The compiled kernel (numba imported and the kernel loaded on first use)."""

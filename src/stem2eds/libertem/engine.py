@@ -154,6 +154,16 @@ class DatasetOrigins:
     box: tuple[int, int, int, int]
 
 
+def _check_frame_by_frame(info: dict, run) -> None:
+    """Refuse a run that cannot predict frame by frame (UDFs see tiles, not the scan)."""
+    from ..features.normalise import whole_scans_only
+
+    why = whole_scans_only(info.get("model_params"))
+    if why:
+        raise InputError(f"{why}, not through LiberTEM", path=run,
+                         hint="predict it with `stem2eds predict` (engine numba)")
+
+
 def crop_roi(settings, nav_shape: tuple[int, int]) -> np.ndarray | None:
     """LiberTEM ``roi`` of the run's crop (None: the whole scan)."""
     box = check_crop(settings.crop, nav_shape)
@@ -353,7 +363,8 @@ def predict_dataset(ctx, ds, run: str | os.PathLike, *, device: str = "cpu",
     from ..predict.predictor import finished_run
     from .udf import PredictUDF, frames_method
 
-    _, settings = finished_run(Path(run))
+    info, settings = finished_run(Path(run))
+    _check_frame_by_frame(info, run)
     check_dataset(ds, settings)
     origins = fit_dataset_origins(ctx, ds, settings)
     roi = crop_roi(settings, _nav_shape(ds))

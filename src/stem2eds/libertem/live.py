@@ -156,10 +156,14 @@ def predict_live(run_dir: str | os.PathLike, out: str | os.PathLike, settings: L
     """
     from libertem_live.api import LiveContext
 
+    from ..features.normalise import whole_scans_only
     from ..predict.predictor import finished_run
 
     out = Path(out)
     info, run_settings = finished_run(Path(run_dir))
+    why = whole_scans_only(info.get("model_params"))
+    if why:
+        raise InputError(f"{why}, not live", path=run_dir)
     if out.exists() and not out.is_dir():
         raise InputError("`out` is a file, not a folder", path=out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..features.normalise import normalise_mode
+
 #: Version of the recipe this module evaluates (stored in ``head.npz``).
 HEAD_VERSION = 1
 
@@ -41,8 +43,11 @@ class NumpyRingHead:
         Registered name of the model the recipe came from.
     statistics : tuple of str
         Ring statistics the head takes, in order (S of them).
-    normalise : bool
-        Subtract each pattern's mean log statistic over the rings.
+    normalise : {"pattern", "scan", "none"}
+        The run's ``model_params.normalise``: ``"pattern"`` subtracts each
+        pattern's mean log statistic over the rings; ``"scan"`` takes
+        statistics already divided by their scan's reference
+        (:mod:`stem2eds.features.normalise`), as ``"none"`` takes them raw.
     log_offset : float
         Added before the log.
     feature_mean, feature_scale : ndarray, shape (S*R,), float32
@@ -56,7 +61,7 @@ class NumpyRingHead:
 
     model: str
     statistics: tuple[str, ...]
-    normalise: bool
+    normalise: str
     log_offset: float
     feature_mean: np.ndarray
     feature_scale: np.ndarray
@@ -67,6 +72,7 @@ class NumpyRingHead:
     correction: tuple[tuple[np.ndarray, np.ndarray], ...] = field(default=())
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "normalise", normalise_mode(self.normalise))
         n_out, n_feat = np.shape(self.linear_weight)
         want = {"feature_mean": (n_feat,), "feature_scale": (n_feat,),
                 "linear_bias": (n_out,), "target_mean": (n_out,), "target_scale": (n_out,)}
@@ -110,7 +116,7 @@ class NumpyRingHead:
             raise ValueError(f"ring statistics are {stats.shape}, the head takes "
                              f"(n, {len(self.statistics)}, {self.n_rings})")
         feats = np.log(stats + f32(self.log_offset))
-        if self.normalise:
+        if self.normalise == "pattern":
             feats = feats - feats.mean(axis=2, keepdims=True, dtype=f32)
         x = (feats.reshape(len(feats), -1) - self.feature_mean) / self.feature_scale
         # The products are small ((n, F) by (F, hidden)): BLAS threads cost
@@ -130,7 +136,7 @@ class NumpyRingHead:
     def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(recipe, arrays)``: plain JSON data and named float32 arrays (for ``head.npz``)."""
         recipe = {"version": HEAD_VERSION, "model": self.model,
-                  "statistics": list(self.statistics), "normalise": bool(self.normalise),
+                  "statistics": list(self.statistics), "normalise": self.normalise,
                   "log_offset": float(self.log_offset), "n_correction": len(self.correction)}
         arrays = {name: np.asarray(getattr(self, name), np.float32)
                   for name in ("feature_mean", "feature_scale", "linear_weight", "linear_bias",
@@ -152,7 +158,7 @@ class NumpyRingHead:
                                for i in range(n))
             return cls(model=str(recipe["model"]),
                        statistics=tuple(str(s) for s in recipe["statistics"]),
-                       normalise=bool(recipe["normalise"]),
+                       normalise=recipe["normalise"],
                        log_offset=float(recipe["log_offset"]),
                        correction=tuple((np.asarray(w, np.float32), np.asarray(b, np.float32))
                                         for w, b in correction),

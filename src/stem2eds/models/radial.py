@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..features.normalise import normalise_mode
 from .base import FixedFrontend, ModelParams, StemModel
 from .ridge import ALPHAS, LOG_OFFSET, ridge_fit
 from .rings import STATISTICS, RingFrontend, RingStatistics
@@ -60,13 +61,22 @@ class RadialParams(ModelParams):
         mean only: the standard deviation and maximum respond to crystalline
         grains, whose number differs from scan to scan, and lowered the
         accuracy on unseen scans in our benchmark.
-    normalise : bool
-        Subtract each pattern's mean log intensity over the rings (removes the
-        overall level set by dose and thickness). On by default: predictions
-        then barely move when a scan is recorded at another dose or film
-        thickness, and on held-out scans at the training dose it was as
-        accurate as without (docs, "Other detector setups, dose and OOD").
-        Runs store it, so runs made with it off keep predicting that way.
+    normalise : {"pattern", "scan", "none"}
+        What cancels the overall intensity level set by dose and thickness.
+        ``"pattern"`` (the default; ``true`` in runs made before the choice)
+        subtracts each pattern's mean log intensity over the rings: the
+        predictions then barely move when a scan is recorded at another dose
+        or film thickness, but the intensity differences between the
+        positions of a scan, which carry composition (Si most), are lost too.
+        ``"scan"`` divides the ring statistics of every scan by the scan's
+        own reference intensity (:func:`stem2eds.features.normalise.scan_reference`,
+        the geometric mean over all its positions) and keeps the differences
+        between positions; a whole scan at another dose predicts the same,
+        but a dose that drifts during the scan is not cancelled, and a scan
+        must be predicted whole (not frame by frame: no LiberTEM or live
+        prediction). ``"none"`` (``false``) keeps the absolute level.
+        Runs store it and keep predicting the way they were trained
+        (docs, "Other detector setups, dose and OOD").
     alphas : tuple of float
         Ridge strengths tried by cross-validation for the linear start.
     """
@@ -75,10 +85,11 @@ class RadialParams(ModelParams):
     n_hidden: int = 2
     dropout: float = 0.1
     statistics: tuple[str, ...] = ("mean",)
-    normalise: bool = True
+    normalise: str | bool = "pattern"  # bool: what runs stored before "scan" existed
     alphas: tuple[float, ...] = ALPHAS
 
     def __post_init__(self):
+        object.__setattr__(self, "normalise", normalise_mode(self.normalise))
         if not (0 <= self.n_hidden <= 64 and 1 <= self.hidden <= 65536):
             raise ValueError("hidden must be in 1..65536 and n_hidden in 0..64")
         if not 0 <= self.dropout < 1:
@@ -127,7 +138,7 @@ class RingHeadNet(StemModel, FixedFrontend):
                  params: RadialParams = RadialParams()):
         super().__init__(input_shape, n_outputs, params)
         hidden, n_hidden, dropout = params.hidden, params.n_hidden, params.dropout
-        self.normalise = bool(params.normalise)
+        self.normalise = params.normalise
         self.rings = RingStatistics(tuple(input_shape), params.statistics)
         n_features = (len(params.statistics) * self.rings.n_rings
                       + self.extra_features(tuple(input_shape), params))
@@ -168,7 +179,7 @@ class RingHeadNet(StemModel, FixedFrontend):
     def features_from_rings(self, stats: torch.Tensor) -> torch.Tensor:
         """(n, S, R) ring statistics -> (n, S, R) log features (:meth:`frontend`)."""
         feats = torch.log(stats + LOG_OFFSET)
-        if self.normalise:
+        if self.normalise == "pattern":
             feats = feats - feats.mean(dim=2, keepdim=True)
         return feats
 

@@ -20,6 +20,7 @@ existed), other models and CUDA get the :class:`TorchHead`.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -61,6 +62,9 @@ class Head(Protocol):
 
     def outputs(self, patterns: np.ndarray) -> np.ndarray:
         """(n, Qb, Qb) preprocessed float32 patterns -> (n, O) float32 linear outputs."""
+
+    def stats_outputs(self, stats: np.ndarray) -> np.ndarray:
+        """(n, S, R) ring statistics (:attr:`ring_statistics`) -> (n, O) float32 linear outputs."""
 
     def ring_outputs(self, block: "RawBlock", geometry: "RingGeometry", settings,
                      means: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -164,6 +168,13 @@ class TorchHead:
                 if means else None
             return self._forward_rings(stats[:, :used]).float().cpu().numpy(), mean
 
+    def stats_outputs(self, stats: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(stats, dtype=np.float32))
+            return self._forward_rings(x.to(self.device)).float().cpu().numpy()
+
     def _forward_rings(self, stats: "torch.Tensor") -> "torch.Tensor":
         """The model on ring statistics; autocast for the trainable layers on CUDA."""
         import torch
@@ -216,6 +227,9 @@ class NumpyHead:
 
     def outputs(self, patterns: np.ndarray) -> np.ndarray:
         return self.torch_head.outputs(patterns)
+
+    def stats_outputs(self, stats: np.ndarray) -> np.ndarray:
+        return self.head.forward_rings(stats)
 
     def ring_outputs(self, block, geometry, settings, means=False):
         stats = block.ring_features(settings, geometry.statistics).reshape(
@@ -283,3 +297,39 @@ def _torch_head(run_dir: Path, info: dict[str, Any], device: str) -> TorchHead:
     dev = _device(device)
     model.to(dev).eval()
     return TorchHead(model, dev)
+
+
+def finished_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+    """``run.json`` of a finished run and its preprocessing settings, without torch.
+
+    For callers that stream or check a run's scans before (or without)
+    loading its model: the LiberTEM UDFs, ``stem2eds predict`` (which
+    starts reading before the model is built), benchmarks.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A run folder written by :func:`stem2eds.train.fit.train`.
+
+    Returns
+    -------
+    info : dict
+        ``run.json``.
+    settings : PreprocessSettings
+        The run's resolved preprocessing settings.
+
+    Raises
+    ------
+    InputError
+        If the folder does not exist or its training did not finish.
+    """
+    from ..preprocess.pipeline import PreprocessSettings
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError("no such run folder", path=run_dir)
+    info = RunDir(run_dir).info()
+    if info.get("status") != "complete":
+        raise InputError("training of this run did not finish", path=run_dir,
+                         hint="finish it: train again with resume=True")
+    return info, PreprocessSettings.from_dict(info["preprocess"])

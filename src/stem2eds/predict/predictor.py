@@ -36,7 +36,7 @@ from ..errors import InputError
 from ..formats.bundle import ScanBundle, open_bundle
 # not from ..train: that would import Lightning (seconds of start-up) for nothing here
 from ..formats.rundir import RunDir
-from .heads import Head, load_head
+from .heads import Head, finished_run, load_head  # noqa: F401 - finished_run: public here
 from .result import Prediction
 from .scanning import _cropped_shape, _raw_stream, scan_step_nm, transferred
 
@@ -296,8 +296,14 @@ class Predictor:
         if first is None:
             return
         stream = itertools.chain([first], stream)
+        fused = isinstance(first[1], RawBlock) and self._fused()
+        if self.scan_normalised:
+            if not fused:
+                raise self._whole_scans_only("from raw bundles through the fused ring statistics")
+            yield from self._scan_outputs(scan, stream)
+            return
         if isinstance(first[1], RawBlock):
-            if self._fused():
+            if fused:
                 for start, block in stream:
                     yield start, self._predict_block(scan, start, block)
                 return
@@ -334,6 +340,8 @@ class Predictor:
         """
         from ..features.stream import RawBlock
 
+        if self.scan_normalised:
+            raise self._whole_scans_only("with `stem2eds predict` or Predictor.predict")
         block = RawBlock(np.ascontiguousarray(patterns), np.asarray(origins, np.float64),
                          float(beam_radius))
         if self._fused():
@@ -341,6 +349,45 @@ class Predictor:
         values = block.preprocessed(self.settings)
         self._check_input_shape(None, values.shape[1:])
         return self.predict_patterns(values)
+
+    @property
+    def scan_normalised(self) -> bool:
+        """Whether the run divides a scan's ring statistics by its reference (``normalise = "scan"``)."""
+        return self._why_whole_scans() is not None
+
+    def _why_whole_scans(self) -> str | None:
+        from ..features.normalise import whole_scans_only
+
+        return whole_scans_only(self.info.get("model_params"))
+
+    def _whole_scans_only(self, how: str) -> InputError:
+        return InputError(f"{self._why_whole_scans()}, {how}", path=self.run_dir)
+
+    def _scan_outputs(self, scan: ScanBundle, stream) -> "Iterator[tuple[int, np.ndarray]]":
+        """Outputs of a whole scan for a run that normalises per scan.
+
+        The ring statistics of every block come first (n x S x R float32,
+        180 MB for a million positions and 45 rings), then the scan's
+        reference (:mod:`stem2eds.features.normalise`), then the model.
+        """
+        from ..features.normalise import ScanReference
+
+        used = self.head.ring_statistics
+        wanted = used if self.ood_monitor is None or "mean" in used else used + ("mean",)
+        reference, blocks = ScanReference(), []
+        for start, block in stream:
+            geometry = block.geometry(self.settings, wanted)
+            self._check_input_shape(scan, geometry.binned_shape)
+            stats = block.ring_features(self.settings, wanted).reshape(
+                len(block), -1, geometry.n_rings)
+            if self.ood_monitor is not None:
+                self.ood_monitor.observe_means(start, stats[:, wanted.index("mean")])
+            blocks.append((start, np.ascontiguousarray(stats[:, :len(used)])))
+            reference.add(blocks[-1][1])
+        if blocks:
+            scale = np.float32(reference.value)
+            for start, stats in blocks:
+                yield start, self._finish(self.head.stats_outputs(stats / scale))
 
     def _check_input_shape(self, scan: ScanBundle | None, shape) -> None:
         if tuple(shape) != tuple(self.info["input_shape"]):
@@ -356,37 +403,19 @@ class Predictor:
     def warm_up(self, scan: ScanBundle) -> threading.Thread | None:
         """Load the fused front end's compiled kernel for ``scan`` in a background thread.
 
-        Loading the cached numba kernel (numba, its typing and lowering
-        registries) is the slowest step of the fused path's start-up;
-        started here, it overlaps the origin measurement that precedes the
-        first block instead of following it. A no-op (None) unless raw blocks of ``scan`` will go
-        through the numba ring statistics (:meth:`_fused`, on the CPU).
-
-        Returns
-        -------
-        threading.Thread or None
-            The daemon thread (joining it is optional: the first block waits
-            for numba's compiler lock anyway).
+        Loading the cached numba kernel is the slowest step of the fused
+        path's start-up; started here, it overlaps the origin measurement
+        that precedes the first block instead of following it
+        (:func:`stem2eds.features.rings.load_kernel`). A no-op (None) unless
+        raw blocks of ``scan`` will go through the numba ring statistics
+        (:meth:`_fused`, on the CPU).
         """
         if scan.kind != "raw" or not self._fused() or self.head.device_type != "cpu":
             return None
-        from ..features.rings import RingGeometry, ring_features
+        from ..features.rings import load_kernel
 
-        shape = tuple(int(v) for v in scan.detector_shape)
-        dtype = scan.diffraction.dtype
-        centre = np.array([[(shape[0] - 1) / 2, (shape[1] - 1) / 2]], np.float64)
-
-        def load() -> None:
-            try:  # one zero pattern of the scan's dtype: the same kernel signature
-                geometry = RingGeometry.from_settings(self.settings, shape,
-                                                      self.head.ring_statistics, beam_radius=1.0)
-                ring_features(np.zeros((1, *shape), dtype), centre, geometry)
-            except Exception:  # noqa: BLE001 - the real first block reports any problem
-                pass
-
-        thread = threading.Thread(target=load, name="stem2eds-kernel-load", daemon=True)
-        thread.start()
-        return thread
+        return load_kernel(self.settings, tuple(int(v) for v in scan.detector_shape),
+                           scan.diffraction.dtype, self.head.ring_statistics)
 
     def _predict_block(self, scan: ScanBundle | None, start: int, block) -> np.ndarray:
         """Outputs (n, E [+ 1]) of a raw block through the fused front end.
@@ -453,42 +482,6 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> Predictor:
     run_dir = Path(run_dir)
     info, settings = finished_run(run_dir)
     return _load_model(run_dir, info, settings, device)
-
-
-def finished_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
-    """``run.json`` of a finished run and its preprocessing settings, without torch.
-
-    For callers that stream or check a run's scans before (or without)
-    loading its model: the LiberTEM UDFs, ``stem2eds predict`` (which
-    starts reading before the model is built), benchmarks.
-
-    Parameters
-    ----------
-    run_dir : path-like
-        A run folder written by :func:`stem2eds.train.fit.train`.
-
-    Returns
-    -------
-    info : dict
-        ``run.json``.
-    settings : PreprocessSettings
-        The run's resolved preprocessing settings.
-
-    Raises
-    ------
-    InputError
-        If the folder does not exist or its training did not finish.
-    """
-    from ..preprocess.pipeline import PreprocessSettings
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError("no such run folder", path=run_dir)
-    info = RunDir(run_dir).info()
-    if info.get("status") != "complete":
-        raise InputError("training of this run did not finish", path=run_dir,
-                         hint="finish it: train again with resume=True")
-    return info, PreprocessSettings.from_dict(info["preprocess"])
 
 
 def _load_model(run_dir: Path, info: dict[str, Any], settings, device: str) -> Predictor:

@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..formats.bundle import fingerprint, open_bundle
 from ..formats.rundir import RUN_FORMAT, RUN_FORMAT_VERSION, RunDir, write_json
 from .config import TrainConfig
+from .frontend import fused_rings, scan_normalised, use_cached_rings
 
 
 def _versions() -> dict[str, str]:
@@ -207,33 +208,6 @@ def _fit_closed_form(net, data, config: TrainConfig) -> dict[str, Any]:
             "epochs_run": 0}
 
 
-def _fused_rings(config: TrainConfig, settings) -> bool:
-    """Whether the model trains on fused ring statistics (a ring model, ``binned`` centring)."""
-    from ..models import get_model
-    from ..models.rings import RingFrontend
-
-    return issubclass(get_model(config.model), RingFrontend) and settings.centring == "binned"
-
-
-def _use_cached_rings(net, data, run: RunDir, paths: Sequence[Path], settings) -> None:
-    """Give ``data`` the ring statistics of the raw bundles, cached in the run folder.
-
-    Computed once by the fused front end (:mod:`stem2eds.features.cache`)
-    and reused by later runs in this folder with the same bundles and
-    preprocessing (another seed, a resume).
-    """
-    from ..features.cache import cache_key, ring_statistics_cache
-    from ..features.rings import RingGeometry
-
-    statistics = tuple(net.ring_statistics)
-    with open_bundle(paths[0]) as scan:
-        geometry = RingGeometry.from_settings(settings, scan.detector_shape, statistics)
-    key = cache_key(paths, settings, statistics)
-    stats = ring_statistics_cache(run.frontend_cache(key), paths, settings, statistics,
-                                  geometry.n_rings)
-    data.use_ring_statistics(stats, net.features_from_rings, len(statistics))
-
-
 def _run_state(config: TrainConfig, net, data, settings, paths, pre_paths,
                run: RunDir) -> dict[str, Any]:
     """``run.json`` of a run whose training starts now (status ``training``)."""
@@ -353,14 +327,17 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
     pre_paths, settings = _preprocess_all(paths, run, config, reuse=resume or child,
                                           quiet=quiet)
     detector = check_same_detector(pre_paths)
-    fused = _fused_rings(config, settings)
+    fused = fused_rings(config, settings)
+    if scan_normalised(config.hparams) and not fused:
+        raise InputError('model_params.normalise = "scan" needs the fused ring statistics',
+                         hint='use preprocess centring = "binned" (the default)')
     data = RunData(pre_paths, elements, config, load_patterns=not fused)
     data.setup("fit")
     lightning.seed_everything(config.seed, workers=True, verbose=False)
     net = build_model(config.model, detector, data.n_outputs, config.hparams)
     closed_form = isinstance(net, ClosedFormModel)
     if fused:
-        _use_cached_rings(net, data, run, paths, settings)
+        use_cached_rings(net, data, run, paths, settings)
     if net.output_layer is not None:
         # Start at the mean target: with a ReLU output (HAADF) a start below
         # zero gives no gradient, and it saves the first epochs for the offset.
