@@ -549,7 +549,33 @@ def sparse_experiment() -> str:
     return "\n\n".join(parts) + "\n\n" + source_line(name)
 
 
+def normalise_scan() -> str:
+    """Leave-one-out r per element for each ``normalise``, per series; dose and thickness."""
+    name = "normalise_scan.json"
+    data = load(name)
+    els = ["O", "Si", "Ge", "Sb", "Te"]
+    labels = {"pattern": "`pattern` (default)", "scan": "`scan`", "none": "`none`"}
+    rows = []
+    for role in ("development", "held_out"):
+        for series, variants in data[role].items():
+            for v, res in variants.items():
+                r = res["truth"]
+                rows.append([f"{series} ({role.replace('_', ' ')})", labels.get(v, v)]
+                            + [r3(r[e]) for e in els] + [r3(sum(r[e] for e in els) / len(els))])
+    parts = [table(["series", "normalise", *els, "mean"], rows)]
+    dose = data.get("dose")
+    if dose:
+        cases = list(next(iter(dose["summary"].values())))
+        drows = [[labels.get(v, v)] + [f"{c['mean_r_truth']:.3f} ({c['mean_abs_change_vs_training_dose']:.3f})"
+                                       for c in res.values()]
+                 for v, res in dose["summary"].items()]
+        parts.append(table(["normalise", *[c.replace("_", " ") for c in cases]], drows))
+        parts.append(dose["note"])
+    return "\n\n".join(parts) + "\n\n" + data["note"] + "\n\n" + source_line(name)
+
+
 TABLES = {
+    "normalise_scan": normalise_scan,
     "sparse_experiment": sparse_experiment,
     "sparse_guard_variants": sparse_guard_variants,
     "sparse_guard": sparse_guard,
