@@ -112,3 +112,16 @@ def test_training_off_the_fused_path_is_refused(runs, tmp_path):
                                                      centring="full"))
     with pytest.raises(InputError, match="needs the fused ring statistics"):
         train(scans[:2], tmp_path / "run", cfg, quiet=True)
+
+
+def test_libertem_refuses_a_scan_normalised_run(runs):
+    pytest.importorskip("libertem")
+    from stem2eds.libertem import open_context, predict_dataset
+
+    out, scans, _ = runs
+    with h5py.File(scans[2], "r") as f:
+        frames = f["diffraction"][()]
+    with open_context() as ctx:
+        ds = ctx.load("memory", data=frames, num_partitions=1)
+        with pytest.raises(InputError, match="whole scans only, not through LiberTEM"):
+            predict_dataset(ctx, ds, out["scan"])
