@@ -329,8 +329,11 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
     detector = check_same_detector(pre_paths)
     fused = fused_rings(config, settings)
     if scan_normalised(config.hparams) and not fused:
-        raise InputError('model_params.normalise = "scan" needs the fused ring statistics',
-                         hint='use preprocess centring = "binned" (the default)')
+        raise InputError(f'model_params.normalise = "scan" needs the fused ring statistics, '
+                         f'which model {config.model!r} with centring {settings.centring!r} '
+                         f'does not train on',
+                         hint='use model "radial" with preprocess centring = "binned" (the '
+                              'defaults), or another normalise')
     data = RunData(pre_paths, elements, config, load_patterns=not fused)
     data.setup("fit")
     lightning.seed_everything(config.seed, workers=True, verbose=False)
