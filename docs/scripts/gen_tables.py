@@ -554,7 +554,8 @@ def normalise_scan() -> str:
     name = "normalise_scan.json"
     data = load(name)
     els = ["O", "Si", "Ge", "Sb", "Te"]
-    labels = {"pattern": "`pattern` (default)", "scan": "`scan`", "none": "`none`"}
+    labels = {"pattern": "`pattern` (default)", "scan": "`scan`", "none": "`none`",
+              "normalise_on": "`pattern` (default)", "normalise_scan": "`scan`"}
     rows = []
     for role in ("development", "held_out"):
         for series, variants in data[role].items():
@@ -571,7 +572,7 @@ def normalise_scan() -> str:
                  for v, res in dose["summary"].items()]
         parts.append(table(["normalise", *[c.replace("_", " ") for c in cases]], drows))
         parts.append(dose["note"])
-    return "\n\n".join(parts) + "\n\n" + data["note"] + "\n\n" + source_line(name)
+    return "\n\n".join(parts) + "\n\n" + source_line(name)
 
 
 TABLES = {

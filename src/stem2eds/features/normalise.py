@@ -18,7 +18,7 @@ three ways:
 ``"none"``
     the absolute level is kept.
 
-Pure functions on arrays; training (:mod:`stem2eds.train.fit`) and
+Pure functions on arrays; training (:mod:`stem2eds.train.frontend`) and
 prediction (:mod:`stem2eds.predict.predictor`) call them with each scan's
 statistics.
 """
