@@ -161,7 +161,8 @@ def _check_frame_by_frame(info: dict, run) -> None:
     why = whole_scans_only(info.get("model_params"))
     if why:
         raise InputError(f"{why}, not through LiberTEM", path=run,
-                         hint="predict it with `stem2eds predict` (engine numba)")
+                         hint="predict it with the stem2eds engine, the default, or "
+                              "with Predictor.predict")
 
 
 def crop_roi(settings, nav_shape: tuple[int, int]) -> np.ndarray | None:
