@@ -372,17 +372,16 @@ class Predictor:
         """
         from ..features.normalise import ScanReference
 
-        used = self.head.ring_statistics
-        wanted = used if self.ood_monitor is None or "mean" in used else used + ("mean",)
+        used = len(self.head.ring_statistics)
         reference, blocks = ScanReference(), []
         for start, block in stream:
-            geometry = block.geometry(self.settings, wanted)
-            self._check_input_shape(scan, geometry.binned_shape)
-            stats = block.ring_features(self.settings, wanted).reshape(
+            geometry = self._block_geometry(scan, block)
+            stats = block.ring_features(self.settings, geometry.statistics).reshape(
                 len(block), -1, geometry.n_rings)
             if self.ood_monitor is not None:
-                self.ood_monitor.observe_means(start, stats[:, wanted.index("mean")])
-            blocks.append((start, np.ascontiguousarray(stats[:, :len(used)])))
+                self.ood_monitor.observe_means(start,
+                                               stats[:, geometry.statistics.index("mean")])
+            blocks.append((start, np.ascontiguousarray(stats[:, :used])))
             reference.add(blocks[-1][1])
         if blocks:
             scale = np.float32(reference.value)
@@ -423,15 +422,20 @@ class Predictor:
         The ring means the OOD score needs come from the same pass (added to
         the model's statistics when it does not use them).
         """
-        used = self.head.ring_statistics
-        wanted = used if self.ood_monitor is None or "mean" in used else used + ("mean",)
-        geometry = block.geometry(self.settings, wanted)
-        self._check_input_shape(scan, geometry.binned_shape)
+        geometry = self._block_geometry(scan, block)
         out, means = self.head.ring_outputs(block, geometry, self.settings,
                                             means=self.ood_monitor is not None)
         if self.ood_monitor is not None:
             self.ood_monitor.observe_means(start, means)
         return self._finish(out)
+
+    def _block_geometry(self, scan: ScanBundle | None, block):
+        """A raw block's ring geometry: the model's statistics, and the means the OOD score needs."""
+        used = self.head.ring_statistics
+        wanted = used if self.ood_monitor is None or "mean" in used else used + ("mean",)
+        geometry = block.geometry(self.settings, wanted)
+        self._check_input_shape(scan, geometry.binned_shape)
+        return geometry
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
         """Output activations, EDS clipped to [0, 1], HAADF in detector units.
