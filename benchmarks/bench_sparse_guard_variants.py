@@ -27,6 +27,12 @@ mean r (over elements, unsampled positions) at least the better part's minus
 - ``unguarded`` (the universal kriging) and ``calibrated`` (the calibrated
   model alone).
 
+Then, in hindsight (with the truth; not rules), whether the criterion is
+within reach of left-out errors at all (:func:`separability`): how often the
+best single part, picked per scan and fraction, misses it, and for pairs of
+parts whose r differs by at least 0.02, how often the paired left-out
+comparison cannot rank them (|z| < 2) or ranks them the wrong way.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_sparse_guard_variants.py --work /tmp/bench-guard \\
@@ -243,6 +249,103 @@ def score_series(folder: Path) -> dict:
             for name, s in result.items()}
 
 
+#: The parts the guard weighs (its base and :data:`STACK`), for the separability analysis.
+WEIGHED = ("model_linear", *STACK)
+#: Sample-count bins of the separability table (left edges; the last is open).
+N_BINS = (8, 20, 40)
+#: A pair of parts whose r (against the truth) differs by at least this is "clearly ranked".
+CLEAR_GAP = 0.02
+
+
+def _paired_z(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> float:
+    """z of the paired left-out comparison of two parts (> 0: ``b`` has the smaller errors).
+
+    ``a``, ``b``: (E, n) left-out residuals; each element is divided by
+    ``scale`` (E,) (the base's left-out RMS, as the pooled stack does), the
+    squared residuals are averaged over elements per sample, and the mean of
+    the per-sample differences is divided by its standard error. 0 with
+    fewer than 4 finite samples.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.mean((a / scale[:, None]) ** 2 - (b / scale[:, None]) ** 2, axis=0)
+    d = d[np.isfinite(d)]
+    if len(d) < 4:
+        return 0.0
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean() / se) if se > 0 else 0.0
+
+
+def separability(folder: Path) -> dict:
+    """Could any rule built on left-out errors meet the criterion on this series?
+
+    Two measurements, both in hindsight (they use the truth; neither is a rule):
+
+    - ``oracle_fails``: points where the best single part of
+      ``model_linear``, ``model_uk_unguarded``, ``interp_gp`` and
+      ``interp_linear``, chosen per (scan, fraction) with the truth, misses
+      the criterion (for both references at once);
+    - ``pairs``: for every pair of the parts the guard weighs whose mean r
+      against the truth differs by at least :data:`CLEAR_GAP`, the sample
+      count, that gap and the paired left-out z (sign: > 0 when the left-out
+      errors favour the part that is better against the truth);
+    - ``noise_to_signal``: per element, the median over scans of the
+      variance of the measured EDS about the noise-free (blurred) EDS over
+      the variance of the latter: how much of a left-out error is counting
+      noise that no part can predict.
+    """
+    fractions = KINEMATIC_FRACTIONS if "kinematic" in folder.name else MULTISLICE_FRACTIONS
+    parts = ("model_linear", "interp_gp", "interp_linear")
+    oracle_fails, points, pairs, noise = 0, 0, [], []
+    for cache in sorted(folder.glob("scan_*[0-9].npz")):
+        d = np.load(cache)
+        eds = d["eds"].astype(np.float64)
+        noise.append((d["measured"] - eds).reshape(len(eds), -1).var(axis=1)
+                     / eds.reshape(len(eds), -1).var(axis=1))
+        for f, c in candidates(cache, fractions).items():
+            keep = ~c["mask"]
+            r = {ref: {k: mean_r(c["est"][k], d[ref], keep)
+                       for k in (*parts, "model_uk_unguarded")} for ref in ("truth", "eds")}
+            best = {ref: max(r[ref][k] for k in parts) for ref in r}
+            pick = max(r["truth"], key=lambda k: min(r[ref][k] - best[ref] for ref in r))
+            oracle_fails += sum(int(r[ref][pick] - best[ref] < -TOLERANCE) for ref in r)
+            points += len(r)
+            base = np.asarray(c["loo"]["model_linear"], np.float64)
+            with np.errstate(invalid="ignore"):
+                scale = np.sqrt(np.mean(base ** 2, axis=1))
+            if not np.all(np.isfinite(scale) & (scale > 0)):
+                continue
+            n = int(c["mask"].sum())
+            for a, b in itertools.combinations(WEIGHED, 2):
+                gap = r["truth"][b] - r["truth"][a]
+                if abs(gap) < CLEAR_GAP:
+                    continue
+                worse, better = (a, b) if gap > 0 else (b, a)
+                z = _paired_z(np.asarray(c["loo"][worse], np.float64),
+                              np.asarray(c["loo"][better], np.float64), scale)
+                pairs.append({"n": n, "gap": round(abs(gap), 4), "z": round(z, 3)})
+    return {"oracle_fails": oracle_fails, "points": points, "pairs": pairs,
+            "elements": [str(e) for e in d["elements"]],
+            "noise_to_signal": np.round(np.median(noise, axis=0), 3).tolist()}
+
+
+def _separability_summary(per_series: list[dict]) -> dict:
+    pairs = [p for s in per_series for p in s["pairs"]]
+    bins = []
+    edges = (*N_BINS, None)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = [p for p in pairs if p["n"] >= lo and (hi is None or p["n"] < hi)]
+        z = np.array([p["z"] for p in sel])
+        bins.append({"n_min": lo, "n_max": None if hi is None else hi - 1, "pairs": len(sel),
+                     "median_gap": round(float(np.median([p["gap"] for p in sel])), 3)
+                     if sel else None,
+                     "undecided": round(float(np.mean(np.abs(z) < 2)), 3) if sel else None,
+                     "wrong_way": round(float(np.mean(z < 0)), 3) if sel else None,
+                     "median_z": round(float(np.median(z)), 2) if sel else None})
+    return {"oracle_fails": sum(s["oracle_fails"] for s in per_series),
+            "points": sum(s["points"] for s in per_series), "clear_gap": CLEAR_GAP,
+            "bins": bins}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="bench_sparse_guard.py's --work")
@@ -256,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         doc["series"][label] = {"role": role, "rules": score_series(args.work / label)}
         print(label, role, {k: (v["fails"], v["worst_margin"])
                             for k, v in doc["series"][label]["rules"].items()}, flush=True)
+    separable = {item.split("=", 1)[0]: separability(args.work / item.split("=", 1)[0])
+                 for item in args.series}
+    doc["separability"] = _separability_summary(list(separable.values()))
+    doc["separability"]["per_series_oracle_fails"] = {k: v["oracle_fails"]
+                                                      for k, v in separable.items()}
+    doc["separability"]["noise_to_signal"] = {k: dict(zip(v["elements"], v["noise_to_signal"]))
+                                              for k, v in separable.items()}
+    print("separability", doc["separability"], flush=True)
     for role in sorted({s["role"] for s in doc["series"].values()}):
         members = [s["rules"] for s in doc["series"].values() if s["role"] == role]
         doc[f"total_{role}"] = {name: {"fails": sum(m[name]["fails"] for m in members),

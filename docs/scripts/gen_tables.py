@@ -495,6 +495,36 @@ def sparse_guard_variants() -> str:
     return table(header, rows) + f"\n\nSeries: {series}.\n\n" + source_line(name)
 
 
+def sparse_guard_separability() -> str:
+    """Can left-out errors rank the guard's parts? (bench_sparse_guard_variants.py, in hindsight)."""
+    name = "sparse_guard_variants.json"
+    data = load(name)["separability"]
+    header = ["samples", f"pairs of parts with r gap ≥ {data['clear_gap']:g}", "median gap",
+              "left-out comparison undecided (\\|z\\| < 2)", "ranked the wrong way (z < 0)",
+              "median z"]
+    rows = []
+    for b in data["bins"]:
+        span = f"{b['n_min']}-{b['n_max']}" if b["n_max"] is not None else f"≥ {b['n_min']}"
+        if not b["pairs"]:
+            continue
+        rows.append([span, b["pairs"], f"{b['median_gap']:.3f}", f"{b['undecided']:.0%}",
+                     f"{b['wrong_way']:.0%}", f"{b['median_z']:+.2f}"])
+    noise = data["noise_to_signal"]
+    elements = list(next(iter(noise.values())))
+    spans = []
+    for engine in ("kinematic", "multislice"):
+        values = [v for k, v in noise.items() if k.startswith(engine)]
+        if values:
+            spans.append([f"{engine} ({len(values)} series)"]
+                         + [f"{min(v[e] for v in values):.2f}-{max(v[e] for v in values):.2f}"
+                            for e in elements])
+    noise_table = table(["EDS noise variance / map variance"] + elements, spans)
+    return (table(header, rows) + "\n\n" + noise_table
+            + f"\n\nThe best single part, picked per scan and fraction with "
+            f"the truth, misses the criterion at {data['oracle_fails']} of {data['points']} "
+            f"points ({len(data['per_series_oracle_fails'])} series).\n\n" + source_line(name))
+
+
 def sparse_experiment() -> str:
     """Accuracy, dose saved, interval coverage and anomalies of one sparse run (metrics.json)."""
     name = "sparse_experiment.json"
@@ -579,6 +609,7 @@ TABLES = {
     "normalise_scan": normalise_scan,
     "sparse_experiment": sparse_experiment,
     "sparse_guard_variants": sparse_guard_variants,
+    "sparse_guard_separability": sparse_guard_separability,
     "sparse_guard": sparse_guard,
     "fused": fused,
     "engines": engines,
