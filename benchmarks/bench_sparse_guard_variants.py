@@ -91,13 +91,18 @@ def candidates(cache: Path, fractions) -> dict:
     return out
 
 
-def mean_r(est: np.ndarray, ref: np.ndarray, keep: np.ndarray) -> float:
-    """Mean over elements of Pearson r on ``keep`` (NaN-aware, as the experiment's curve)."""
+def element_r(est: np.ndarray, ref: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Pearson r of each element on ``keep``, (E,) (NaN where undefined)."""
     from stem2eds import metrics
 
     names = [str(e) for e in range(len(est))]
-    return float(np.nanmean(list(metrics.element_metrics(est, ref, names, keep)["pearson"]
-                                 .values())))
+    return np.array(list(metrics.element_metrics(est, ref, names, keep)["pearson"].values()),
+                    np.float64)
+
+
+def mean_r(est: np.ndarray, ref: np.ndarray, keep: np.ndarray) -> float:
+    """Mean over elements of Pearson r on ``keep`` (NaN-aware, as the experiment's curve)."""
+    return float(np.nanmean(element_r(est, ref, keep)))
 
 
 def _apply(c: dict, w: np.ndarray) -> np.ndarray:
@@ -288,6 +293,7 @@ def separability(folder: Path) -> dict:
       against the truth differs by at least :data:`CLEAR_GAP`, the sample
       count, that gap and the paired left-out z (sign: > 0 when the left-out
       errors favour the part that is better against the truth);
+      Each pair also carries its per-element |r| differences (``element_gaps``).
     - ``noise_to_signal``: per element, the median over scans of the
       variance of the measured EDS about the noise-free (blurred) EDS over
       the variance of the latter: how much of a left-out error is counting
@@ -303,6 +309,7 @@ def separability(folder: Path) -> dict:
                      / eds.reshape(len(eds), -1).var(axis=1))
         for f, c in candidates(cache, fractions).items():
             keep = ~c["mask"]
+            per_element = {k: element_r(c["est"][k], d["truth"], keep) for k in WEIGHED}
             r = {ref: {k: mean_r(c["est"][k], d[ref], keep)
                        for k in (*parts, "model_uk_unguarded")} for ref in ("truth", "eds")}
             best = {ref: max(r[ref][k] for k in parts) for ref in r}
@@ -322,7 +329,9 @@ def separability(folder: Path) -> dict:
                 worse, better = (a, b) if gap > 0 else (b, a)
                 z = _paired_z(np.asarray(c["loo"][worse], np.float64),
                               np.asarray(c["loo"][better], np.float64), scale)
-                pairs.append({"n": n, "gap": round(abs(gap), 4), "z": round(z, 3)})
+                pairs.append({"n": n, "gap": round(abs(gap), 4), "z": round(z, 3),
+                              "element_gaps": np.round(np.abs(np.nan_to_num(
+                                  per_element[a] - per_element[b])), 4).tolist()})
     return {"oracle_fails": oracle_fails, "points": points, "pairs": pairs,
             "elements": [str(e) for e in d["elements"]],
             "noise_to_signal": np.round(np.median(noise, axis=0), 3).tolist()}
@@ -341,7 +350,10 @@ def _separability_summary(per_series: list[dict]) -> dict:
                      "undecided": round(float(np.mean(np.abs(z) < 2)), 3) if sel else None,
                      "wrong_way": round(float(np.mean(z < 0)), 3) if sel else None,
                      "median_z": round(float(np.median(z)), 2) if sel else None})
+    gaps = np.sum([p["element_gaps"] for p in pairs], axis=0)
+    share = dict(zip(per_series[0]["elements"], np.round(gaps / gaps.sum(), 3).tolist()))
     return {"oracle_fails": sum(s["oracle_fails"] for s in per_series),
+            "element_share_of_gaps": share,
             "points": sum(s["points"] for s in per_series), "clear_gap": CLEAR_GAP,
             "bins": bins}
 

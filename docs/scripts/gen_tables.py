@@ -519,7 +519,10 @@ def sparse_guard_separability() -> str:
                          + [f"{min(v[e] for v in values):.2f}-{max(v[e] for v in values):.2f}"
                             for e in elements])
     noise_table = table(["EDS noise variance / map variance"] + elements, spans)
+    share = ", ".join(f"{e} {v:.0%}" for e, v in data["element_share_of_gaps"].items())
     return (table(header, rows) + "\n\n" + noise_table
+            + f"\n\nShare of each element in the per-element r differences of the clearly "
+            f"ranked pairs (all sample counts): {share}."
             + f"\n\nThe best single part, picked per scan and fraction with "
             f"the truth, misses the criterion at {data['oracle_fails']} of {data['points']} "
             f"points ({len(data['per_series_oracle_fails'])} series).\n\n" + source_line(name))
