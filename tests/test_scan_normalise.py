@@ -114,14 +114,40 @@ def test_training_off_the_fused_path_is_refused(runs, tmp_path):
         train(scans[:2], tmp_path / "run", cfg, quiet=True)
 
 
-def test_libertem_refuses_a_scan_normalised_run(runs):
+def test_libertem_predicts_a_scan_normalised_run_as_stem2eds_does(runs):
+    """Statistics on the workers (StatsUDF), the scan's reference and the model here."""
     pytest.importorskip("libertem")
     from stem2eds.libertem import open_context, predict_dataset
+    from stem2eds.libertem.udf import StatsUDF
+    from stem2eds.predict.predictor import load_run
 
-    out, scans, _ = runs
-    with h5py.File(scans[2], "r") as f:
-        frames = f["diffraction"][()]
+    out, scans, double = runs
     with open_context() as ctx:
-        ds = ctx.load("memory", data=frames, num_partitions=1)
-        with pytest.raises(InputError, match="whole scans only, not through LiberTEM"):
-            predict_dataset(ctx, ds, out["scan"])
+        for scan in (scans[2], double):
+            with h5py.File(scan, "r") as f:
+                frames = f["diffraction"][()]
+            ds = ctx.load("memory", data=frames, num_partitions=2)
+            pred = predict_dataset(ctx, ds, out["scan"])
+            np.testing.assert_allclose(pred.eds, _predict(out["scan"], scan), atol=1e-5)
+        # the statistics themselves equal the predictor's of the same frames
+        predictor = load_run(out["scan"])
+        origins = np.full((*frames.shape[:2], 2), 15.5)
+        res = ctx.run_udf(ds, StatsUDF(out["scan"], origins, 2.0))
+        flat = frames.reshape(-1, *frames.shape[2:])
+        expected = predictor.raw_statistics(flat, origins.reshape(-1, 2), 2.0)
+        np.testing.assert_allclose(np.asarray(res["stats"].data).reshape(expected.shape),
+                                   expected, rtol=1e-6)
+
+
+def test_raw_statistics_need_the_fused_ring_statistics(runs, tmp_path):
+    from stem2eds.predict.predictor import load_run
+    from stem2eds.preprocess import PreprocessSettings
+    from stem2eds.train.fit import train
+
+    _, scans, _ = runs
+    cfg = small_config(preprocess=PreprocessSettings(bin_factor=1, eds_kernel=3,
+                                                     centring="full"))
+    run = train(scans[:2], tmp_path / "full", cfg, quiet=True)
+    with pytest.raises(InputError, match="does not start with ring statistics"):
+        load_run(run).raw_statistics(np.zeros((2, 32, 32), np.uint16), np.full((2, 2), 15.5),
+                                     2.0)

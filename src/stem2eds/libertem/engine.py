@@ -154,17 +154,6 @@ class DatasetOrigins:
     box: tuple[int, int, int, int]
 
 
-def _check_frame_by_frame(info: dict, run) -> None:
-    """Refuse a run that cannot predict frame by frame (UDFs see tiles, not the scan)."""
-    from ..features.normalise import whole_scans_only
-
-    why = whole_scans_only(info.get("model_params"))
-    if why:
-        raise InputError(f"{why}, not through LiberTEM", path=run,
-                         hint="predict it with the stem2eds engine, the default, or "
-                              "with Predictor.predict")
-
-
 def crop_roi(settings, nav_shape: tuple[int, int]) -> np.ndarray | None:
     """LiberTEM ``roi`` of the run's crop (None: the whole scan)."""
     box = check_crop(settings.crop, nav_shape)
@@ -361,18 +350,53 @@ def predict_dataset(ctx, ds, run: str | os.PathLike, *, device: str = "cpu",
     stem2eds.predict.predictor.Prediction
         Maps of the run's crop of the scan.
     """
+    from ..features.normalise import whole_scans_only
     from ..predict.predictor import finished_run
-    from .udf import PredictUDF, frames_method
+    from .udf import PredictUDF, StatsUDF, frames_method
 
     info, settings = finished_run(Path(run))
-    _check_frame_by_frame(info, run)
     check_dataset(ds, settings)
     origins = fit_dataset_origins(ctx, ds, settings)
     roi = crop_roi(settings, _nav_shape(ds))
-    udf = PredictUDF(run, origins.fitted, beam_radius_for(settings, origins.probe_radius),
-                     device=device, filtered=filtered, method=frames_method(ds, roi))
+    beam_radius = beam_radius_for(settings, origins.probe_radius)
+    if whole_scans_only(info.get("model_params")):
+        udf = StatsUDF(run, origins.fitted, beam_radius, device=device,
+                       method=frames_method(ds, roi))
+        res = ctx.run_udf(ds, udf, roi=roi)
+        return maps_from_statistics(np.asarray(res["stats"].data), udf.predictor, origins.box,
+                                    filtered)
+    udf = PredictUDF(run, origins.fitted, beam_radius, device=device, filtered=filtered,
+                     method=frames_method(ds, roi))
     res = ctx.run_udf(ds, udf, roi=roi)
     return maps_from_results(res, udf.predictor, origins.box)
+
+
+def maps_from_statistics(stats: np.ndarray, predictor, box, filtered: bool | None = None):
+    """A :class:`~stem2eds.predict.predictor.Prediction` from StatsUDF's statistics.
+
+    Parameters
+    ----------
+    stats : ndarray, shape (Rx, Ry, S * R)
+        Ring statistics of every frame (the run's crop ``box`` is used).
+    predictor : Predictor
+        A run that normalises per scan.
+    box : (r0, r1, c0, c1)
+    filtered : bool, optional
+        Filter the EDS maps (default: as the run says).
+    """
+    from ..features.normalise import scan_reference
+    from ..predict.predictor import Prediction
+
+    r0, r1, c0, c1 = box
+    shape = (r1 - r0, c1 - c0)
+    n_stats = len(predictor.head.ring_statistics)
+    flat = np.ascontiguousarray(stats[r0:r1, c0:c1], np.float32).reshape(
+        shape[0] * shape[1], n_stats, -1)
+    out = predictor.statistics_outputs(flat, scan_reference(flat))
+    n_eds = len(predictor.elements)
+    eds = predictor.finish_eds(out[:, :n_eds].T.reshape(n_eds, *shape).copy(), filtered)
+    haadf = out[:, n_eds].reshape(shape).copy() if out.shape[1] > n_eds else None
+    return Prediction(eds.astype(np.float32), haadf, predictor.elements, shape)
 
 
 def maps_from_results(res, predictor, box) -> "Any":

@@ -18,7 +18,9 @@ them in order:
    the fused ring statistics for ring models, else the run's
    preprocessing) and returns one ``kind="nav"`` buffer per element (and
    ``haadf``); :meth:`PredictUDF.get_results` applies the run's map filter
-   (:meth:`stem2eds.predict.predictor.Predictor.finish_eds`).
+   (:meth:`stem2eds.predict.predictor.Predictor.finish_eds`). For runs
+   that normalise per scan, :class:`StatsUDF` returns the ring statistics
+   instead, and the engine applies the scan's reference and the model.
 
 The UDFs take frames in stacks (tiles of whole frames, or whole
 partitions, :class:`_StackUDF`) and handle them in batches: the array
@@ -317,6 +319,54 @@ class PredictUDF(_BatchingUDF):
         out.update({name: eds[i].reshape(-1).astype(np.float32)
                     for i, name in enumerate(names[:n_eds])})
         return out
+
+
+class StatsUDF(_BatchingUDF):
+    """The ring statistics of every frame, for runs that normalise per scan.
+
+    A run with ``model_params.normalise = "scan"`` divides a scan's ring
+    statistics by the scan's reference, which needs every frame
+    (:mod:`stem2eds.features.normalise`): the workers compute the statistics
+    (:meth:`~stem2eds.predict.predictor.Predictor.raw_statistics`) and the
+    client the reference and the model
+    (:func:`stem2eds.libertem.engine.maps_from_statistics`).
+
+    Parameters
+    ----------
+    run, origins, beam_radius, device, method
+        As :class:`PredictUDF`.
+
+    Notes
+    -----
+    Result buffer: ``stats`` (``kind="nav"``, extra shape (S * R,), float32;
+    statistic-major), about 180 MB for a million frames and 45 rings.
+    """
+
+    def __init__(self, run, origins, beam_radius: float, device: str = "cpu",
+                 method: str = "partition"):
+        super().__init__(run=str(run), origins=np.asarray(origins, np.float64),
+                         beam_radius=float(beam_radius), device=device, method=method)
+
+    @property
+    def predictor(self):
+        return cached_predictor(self.params.run, self.params.device)
+
+    def get_result_buffers(self):
+        from ..features.rings import RingGeometry
+
+        p = self.predictor
+        geometry = RingGeometry.from_settings(p.settings, tuple(self.meta.dataset_shape.sig),
+                                              p.head.ring_statistics, self.params.beam_radius)
+        return {"stats": self.buffer(kind="nav", extra_shape=(geometry.n_features,),
+                                     dtype=np.float32)}
+
+    def handle(self, frames, coords):
+        origins = self.params.origins[tuple(coords.T)]
+        stats = self.predictor.raw_statistics(frames, origins, self.params.beam_radius)
+        return stats.reshape(len(frames), -1)
+
+    def columns(self):
+        return [("stats", slice(None))]
 
 
 def _roi_box_shape(roi: np.ndarray | None, nav_shape: tuple[int, ...]) -> tuple[int, int]:

@@ -66,6 +66,13 @@ class Head(Protocol):
     def stats_outputs(self, stats: np.ndarray) -> np.ndarray:
         """(n, S, R) ring statistics (:attr:`ring_statistics`) -> (n, O) float32 linear outputs."""
 
+    def block_statistics(self, block: "RawBlock", geometry: "RingGeometry",
+                         settings) -> np.ndarray:
+        """(n, S, R) float32 ring statistics ``geometry.statistics`` of a raw block.
+
+        Computed where the head runs: the numba kernel on the CPU, torch on CUDA.
+        """
+
     def ring_outputs(self, block: "RawBlock", geometry: "RingGeometry", settings,
                      means: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """A raw block through the fused ring statistics and the model.
@@ -150,20 +157,31 @@ class TorchHead:
         with torch.autocast("cuda", dtype=dtype):
             return self.model(x)
 
+    def _block_statistics(self, block, geometry, settings) -> "torch.Tensor":
+        """(n, S, R) ring statistics of a raw block on the head's device."""
+        import torch
+
+        if self.device.type == "cuda":
+            from ..features.torch_rings import ring_statistics_torch
+
+            raw = torch.from_numpy(block.patterns).pin_memory()
+            return ring_statistics_torch(raw.to(self.device, non_blocking=True),
+                                         torch.from_numpy(block.origins), geometry)
+        return torch.from_numpy(block.ring_features(settings, geometry.statistics)
+                                ).reshape(len(block), -1, geometry.n_rings)
+
+    def block_statistics(self, block, geometry, settings):
+        import torch
+
+        with torch.inference_mode():
+            return self._block_statistics(block, geometry, settings).float().cpu().numpy()
+
     def ring_outputs(self, block, geometry, settings, means=False):
         import torch
 
         used = len(self.ring_statistics or ())
         with torch.inference_mode():
-            if self.device.type == "cuda":
-                from ..features.torch_rings import ring_statistics_torch
-
-                raw = torch.from_numpy(block.patterns).pin_memory()
-                stats = ring_statistics_torch(raw.to(self.device, non_blocking=True),
-                                              torch.from_numpy(block.origins), geometry)
-            else:
-                stats = torch.from_numpy(block.ring_features(settings, geometry.statistics)
-                                         ).reshape(len(block), -1, geometry.n_rings)
+            stats = self._block_statistics(block, geometry, settings)
             mean = stats[:, geometry.statistics.index("mean")].float().cpu().numpy() \
                 if means else None
             return self._forward_rings(stats[:, :used]).float().cpu().numpy(), mean
@@ -231,9 +249,12 @@ class NumpyHead:
     def stats_outputs(self, stats: np.ndarray) -> np.ndarray:
         return self.head.forward_rings(stats)
 
-    def ring_outputs(self, block, geometry, settings, means=False):
-        stats = block.ring_features(settings, geometry.statistics).reshape(
+    def block_statistics(self, block, geometry, settings):
+        return block.ring_features(settings, geometry.statistics).reshape(
             len(block), -1, geometry.n_rings)
+
+    def ring_outputs(self, block, geometry, settings, means=False):
+        stats = self.block_statistics(block, geometry, settings)
         mean = stats[:, geometry.statistics.index("mean")] if means else None
         return self.head.forward_rings(stats[:, :len(self.head.statistics)]), mean
 

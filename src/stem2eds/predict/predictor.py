@@ -1,25 +1,15 @@
 """Prediction from a run directory: EDS atomic-fraction maps and HAADF for any raw scan.
 
-Patterns are streamed from the bundle in batches through
-``stem2eds.preprocess.iter_preprocessed`` with the run's stored settings
-(so prediction preprocesses exactly as training did), or as raw blocks
-through the fused ring statistics, and through the model
-(:mod:`stem2eds.predict.heads`: the torch model, or for ring-feature runs on
-the CPU their head in numpy, without importing torch). Reading (a background
-thread), preprocessing (a second background thread,
-:func:`stem2eds.io.stream.prefetch`) and the model
-(the caller's thread) overlap; numpy, OpenCV, HDF5 reads and torch all
-release the GIL. :func:`stem2eds.predict.bundle.predict_bundle` writes each batch's outputs into the
-prediction file as it comes, so memory does not grow with the scan.
-
-:func:`~stem2eds.predict.bundle.predict_bundle` starts preprocessing from the run's ``run.json``
-before it imports torch and builds the model, so the first batches are
-ready when the model is (importing torch takes seconds).
-
-On CUDA the batches go through pinned host memory with non-blocking copies,
-and the trainable layers run under autocast (bfloat16 where supported,
-else float16); parameter-free front ends that subtract large similar
-numbers (the ring statistics of ``radial``) stay in float32.
+Raw scans stream from the bundle in blocks with their fitted origins, through
+the fused ring statistics (ring models) or preprocessed with the run's stored
+settings (:func:`stem2eds.preprocess.iter_preprocessed`, exactly as in
+training), then through the model (:mod:`stem2eds.predict.heads`: torch, or
+numpy for ring models on the CPU, without importing torch). Reading and
+preprocessing run in background threads ahead of the model (numpy, OpenCV,
+HDF5 and torch release the GIL); :func:`stem2eds.predict.bundle.predict_bundle`
+starts reading before the model is built and writes the outputs as they come.
+On CUDA, batches go through pinned memory and the trainable layers run under
+autocast; front ends that subtract large similar sums stay in float32.
 """
 
 from __future__ import annotations
@@ -33,12 +23,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..errors import InputError
+from ..features.normalise import whole_scans_only
 from ..formats.bundle import ScanBundle, open_bundle
 # not from ..train: that would import Lightning (seconds of start-up) for nothing here
 from ..formats.rundir import RunDir
 from .heads import Head, finished_run, load_head  # noqa: F401 - finished_run: public here
 from .result import Prediction
-from .scanning import _cropped_shape, _raw_stream, scan_step_nm, transferred
+from .scanning import (_cropped_shape, _raw_stream, check_preprocessed, scan_step_nm,
+                       transferred)
 
 if TYPE_CHECKING:  # torch is imported when the model is built
     import torch
@@ -271,7 +263,7 @@ class Predictor:
         if batch < 1:
             raise InputError(f"batch must be positive, got {batch}")
         if scan.kind == "preprocessed":
-            self._check_preprocessed(scan)
+            check_preprocessed(scan, self.settings)
             stream = scan.iter_patterns(batch=batch)
         else:
             self.output_shape(scan)  # checks the crop before the long pass
@@ -341,7 +333,8 @@ class Predictor:
         from ..features.stream import RawBlock
 
         if self.scan_normalised:
-            raise self._whole_scans_only("with `stem2eds predict` or Predictor.predict")
+            raise self._whole_scans_only("with `stem2eds predict` (either engine) or "
+                                         "Predictor.predict")
         block = RawBlock(np.ascontiguousarray(patterns), np.asarray(origins, np.float64),
                          float(beam_radius))
         if self._fused():
@@ -350,18 +343,45 @@ class Predictor:
         self._check_input_shape(None, values.shape[1:])
         return self.predict_patterns(values)
 
+    def raw_statistics(self, patterns: np.ndarray, origins: np.ndarray,
+                       beam_radius: float) -> np.ndarray:
+        """The ring statistics the model takes, of raw patterns centred on given origins.
+
+        For per-scan runs, before the reference is known (then
+        :meth:`statistics_outputs`). Arguments as :meth:`predict_raw`.
+
+        Returns
+        -------
+        ndarray, shape (n, S, R), float32
+        """
+        from ..features.stream import RawBlock
+
+        if not self._fused():
+            raise InputError("this run's model does not start with ring statistics "
+                             "(or does not centre after binning)", path=self.run_dir)
+        block = RawBlock(np.ascontiguousarray(patterns), np.asarray(origins, np.float64),
+                         float(beam_radius))
+        geometry = block.geometry(self.settings, self.head.ring_statistics)
+        self._check_input_shape(None, geometry.binned_shape)
+        return self.head.block_statistics(block, geometry, self.settings)
+
+    def statistics_outputs(self, stats: np.ndarray, reference: float) -> np.ndarray:
+        """Outputs (n, E [+ 1]) of one scan's ring statistics (n, S, R) divided by its reference.
+
+        ``reference``: :func:`stem2eds.features.normalise.scan_reference` of
+        all the scan's statistics (the run's crop).
+        """
+        return self._finish(self.head.stats_outputs(
+            np.asarray(stats, np.float32) / np.float32(reference)))
+
     @property
     def scan_normalised(self) -> bool:
         """Whether the run divides a scan's ring statistics by its reference (``normalise = "scan"``)."""
-        return self._why_whole_scans() is not None
-
-    def _why_whole_scans(self) -> str | None:
-        from ..features.normalise import whole_scans_only
-
-        return whole_scans_only(self.info.get("model_params"))
+        return whole_scans_only(self.info.get("model_params")) is not None
 
     def _whole_scans_only(self, how: str) -> InputError:
-        return InputError(f"{self._why_whole_scans()}, {how}", path=self.run_dir)
+        return InputError(f"{whole_scans_only(self.info.get('model_params'))}, {how}",
+                          path=self.run_dir)
 
     def _scan_outputs(self, scan: ScanBundle, stream) -> "Iterator[tuple[int, np.ndarray]]":
         """Outputs of a whole scan for a run that normalises per scan.
@@ -376,17 +396,15 @@ class Predictor:
         reference, blocks = ScanReference(), []
         for start, block in stream:
             geometry = self._block_geometry(scan, block)
-            stats = block.ring_features(self.settings, geometry.statistics).reshape(
-                len(block), -1, geometry.n_rings)
+            stats = self.head.block_statistics(block, geometry, self.settings)
             if self.ood_monitor is not None:
                 self.ood_monitor.observe_means(start,
                                                stats[:, geometry.statistics.index("mean")])
             blocks.append((start, np.ascontiguousarray(stats[:, :used])))
             reference.add(blocks[-1][1])
         if blocks:
-            scale = np.float32(reference.value)
             for start, stats in blocks:
-                yield start, self._finish(self.head.stats_outputs(stats / scale))
+                yield start, self.statistics_outputs(stats, reference.value)
 
     def _check_input_shape(self, scan: ScanBundle | None, shape) -> None:
         if tuple(shape) != tuple(self.info["input_shape"]):
@@ -451,17 +469,6 @@ class Predictor:
         if out.shape[1] > n_eds:
             out[:, n_eds] = np.maximum(out[:, n_eds], 0.0) * np.float32(self.haadf_scale)
         return out
-
-    def _check_preprocessed(self, scan: ScanBundle) -> None:
-        stored = scan.json_attr("preprocess", {}) or {}
-        mine = self.settings.to_dict()
-        keys = ("bin_factor", "scaling", "scale", "crop", "origin_fit", "dose_ceiling",
-                "dose_reference")
-        diff = [k for k in keys if k in stored and stored[k] != mine.get(k)]
-        if diff:
-            raise InputError("bundle was preprocessed with other settings than the run "
-                             f"({', '.join(diff)} differ)", path=scan.path,
-                             hint="pass the raw bundle; predict preprocesses it itself")
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> Predictor:

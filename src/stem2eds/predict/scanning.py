@@ -138,3 +138,16 @@ def refuse_run_outputs(out: str | os.PathLike, run_dir: str | os.PathLike) -> No
         if product.resolve() == out or product.resolve() in out.parents:
             raise InputError("`out` would overwrite a file of the training run (an input)",
                              path=out, hint="write the prediction elsewhere")
+
+
+def check_preprocessed(scan: ScanBundle, settings) -> None:
+    """Refuse a preprocessed bundle made with other settings than the run's ``settings``."""
+    stored = scan.json_attr("preprocess", {}) or {}
+    mine = settings.to_dict()
+    keys = ("bin_factor", "scaling", "scale", "crop", "origin_fit", "dose_ceiling",
+            "dose_reference")
+    diff = [k for k in keys if k in stored and stored[k] != mine.get(k)]
+    if diff:
+        raise InputError("bundle was preprocessed with other settings than the run "
+                         f"({', '.join(diff)} differ)", path=scan.path,
+                         hint="pass the raw bundle; predict preprocesses it itself")
