@@ -84,6 +84,19 @@ def test_a_scan_at_twice_the_dose_predicts_nearly_the_same(runs):
     assert diff["scan"] < 0.15 * diff["none"], diff
 
 
+def test_progress_follows_the_statistics_pass(runs, tmp_path, capsys):
+    from stem2eds.predict.bundle import predict_bundle
+
+    out, scans, _ = runs
+    predict_bundle(out["scan"], scans[2], tmp_path / "pred.h5", batch=16, quiet=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": " in line]
+    assert lines and all(line.startswith("ring statistics of the scan: ") for line in lines)
+    with h5py.File(scans[2], "r") as f:
+        n = int(np.prod(f["diffraction"].shape[:2]))
+    assert lines[-1].split(": ")[1].startswith(f"{n}/{n} ")
+    assert len(lines) >= 3  # several blocks, reported as they are read
+
+
 def test_numpy_and_torch_heads_agree(runs, tmp_path):
     out, scans, _ = runs
     torch_run = tmp_path / "torch_head"

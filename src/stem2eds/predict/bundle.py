@@ -103,10 +103,16 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
             with open_prediction_writer(out, predictor.elements,
                                         haadf="haadf" in predictor.targets, shape=shape,
                                         attrs=attrs) as writer:
-                outputs = predictor._outputs(scan, early) if early is not None else \
-                    predictor.iter_outputs(scan, batch, client=client)
-                for start, values in track_blocks(outputs, shape[0] * shape[1],
-                                                  "predicting positions", quiet):
+                n, per_scan = shape[0] * shape[1], predictor.scan_normalised
+                if early is not None:
+                    # a run that normalises per scan computes the whole scan's ring
+                    # statistics before its first output: the progress is that pass
+                    outputs = predictor._outputs(scan, track_blocks(
+                        early, n, "ring statistics of the scan", quiet) if per_scan else early)
+                else:
+                    outputs = predictor.iter_outputs(scan, batch, client=client)
+                for start, values in track_blocks(outputs, n, "predicting positions",
+                                                  quiet or per_scan):
                     writer.write_flat(start, values)
                 if predictor.filter_predictions:
                     writer.replace_eds(predictor.finish_eds(writer.read_eds()))
