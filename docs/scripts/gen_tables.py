@@ -15,6 +15,9 @@ Provenance comes from the JSON's top-level ``provenance`` object (``commit``,
 benchmark scripts do not write it) gets its commit from ``git log`` and is marked
 as such, so a rerun of a benchmark never breaks the build, and never passes for
 something it is not.
+
+Run by hand (``python docs/scripts/gen_tables.py [NAME ...]``) it prints the
+tables instead of touching the pages.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import math
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import mkdocs_gen_files
@@ -627,6 +631,18 @@ TABLES = {
 
 
 def main() -> None:
+    # Outside a MkDocs build, mkdocs_gen_files.open writes to the real docs/
+    # pages, replacing their table markers for good: print tables instead.
+    from mkdocs_gen_files.editor import FilesEditor
+
+    if FilesEditor._current is None:
+        names = sys.argv[1:] or sorted(TABLES)
+        unknown = sorted(set(names) - set(TABLES))
+        if unknown:
+            raise SystemExit(f"unknown table(s) {unknown}; known: {sorted(TABLES)}")
+        for name in names:
+            print(f"<!-- table: {name} -->\n{TABLES[name]()}\n")
+        return
     used = set()
     for page in sorted(DOCS.rglob("*.md")):
         text = page.read_text()
