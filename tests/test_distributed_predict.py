@@ -1,8 +1,8 @@
 """Prediction on a 2-worker Dask LocalCluster equals prediction in one process.
 
-Ring models (``ridge``) get their ring statistics computed on the workers
-(only those travel); other models (``angular``) get preprocessed patterns
-from the workers. The run crops the scan and fits the origins on a
+Ring models (``ridge``, and ``radial`` normalised per scan) get their ring
+statistics computed on the workers (only those travel); other models
+(``angular``) get preprocessed patterns from the workers. The run crops the scan and fits the origins on a
 sub-grid; small tasks make several blocks on both workers.
 """
 
@@ -35,12 +35,17 @@ def scans(tmp_path_factory):
 
 
 def _train(folder, model: str, epochs: int = 2):
-    """The run of ``model`` on the training scan (trained once per module)."""
+    """The run of ``model`` on the training scan (trained once per module).
+
+    ``radial_scan``: ``radial`` normalised per scan (the statistics of the
+    whole scan come back from the workers before the model runs).
+    """
     from stem2eds.train.fit import train
 
     if (folder / f"run_{model}" / "run.json").exists():
         return folder / f"run_{model}"
-    cfg = small_config(model=model, max_epochs=epochs,
+    params = {"normalise": "scan"} if model == "radial_scan" else {}
+    cfg = small_config(model=model.removesuffix("_scan"), max_epochs=epochs, model_params=params,
                        preprocess=PreprocessSettings(bin_factor=2, eds_kernel=3,
                                                      origin_sample=40, crop=(1, 11, 0, 9)))
     return train([folder / "train.h5"], folder / f"run_{model}", cfg, quiet=True)
@@ -55,7 +60,7 @@ def _maps(path) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("model", ["ridge", "angular"])
+@pytest.mark.parametrize("model", ["ridge", "angular", "radial_scan"])
 def test_cluster_prediction_equals_one_process(scans, client, model, monkeypatch, tmp_path):
     from stem2eds.predict.bundle import predict_bundle
     from stem2eds.predict.predictor import load_run
