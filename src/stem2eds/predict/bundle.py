@@ -104,13 +104,11 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                                         haadf="haadf" in predictor.targets, shape=shape,
                                         attrs=attrs) as writer:
                 n, per_scan = shape[0] * shape[1], predictor.scan_normalised
-                if early is not None:
-                    # a run that normalises per scan computes the whole scan's ring
-                    # statistics before its first output: the progress is that pass
-                    outputs = predictor._outputs(scan, track_blocks(
-                        early, n, "ring statistics of the scan", quiet) if per_scan else early)
-                else:
-                    outputs = predictor.iter_outputs(scan, batch, client=client)
+                # a run normalised per scan computes the scan's statistics before its
+                # first output: the progress is that pass
+                outputs = predictor._outputs(scan, track_blocks(
+                    early, n, "ring statistics of the scan", quiet) if per_scan else early) \
+                    if early is not None else predictor.iter_outputs(scan, batch, client=client)
                 for start, values in track_blocks(outputs, n, "predicting positions",
                                                   quiet or per_scan):
                     writer.write_flat(start, values)
