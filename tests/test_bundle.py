@@ -114,6 +114,22 @@ def test_atomic_output_cleans_up(tmp_path):
     assert target.read_text() == "whole"
 
 
+def test_atomic_output_never_replaces_what_is_not_a_regular_file(tmp_path):
+    """`out` naming a device (/dev/null as root) or a pipe must not turn it into a file."""
+    import os
+    import stat
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    (tmp_path / "folder").mkdir()
+    for target, kind in ((pipe, "not a regular file"), (tmp_path / "folder", "a folder")):
+        with pytest.raises(InputError, match=f"exists and is {kind}"):
+            with atomic_output(target) as tmp:
+                tmp.write_text("x")
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and (tmp_path / "folder").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "pipe"]
+
+
 def test_helpers(tmp_path):
     assert parse_pair("110x45") == (110, 45)
     with pytest.raises(InputError):

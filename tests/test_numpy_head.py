@@ -67,8 +67,11 @@ def test_head_file_round_trip_and_stale_weights(tmp_path):
     head = read_head(tmp_path / "head.npz", weights, net.hparams)
     np.testing.assert_array_equal(head.forward_rings(stats),
                                   net.numpy_head().forward_rings(stats))
-    # run.json edited: its hyperparameters are not the head's (torch decides)
-    assert read_head(tmp_path / "head.npz", weights, {**net.hparams, "hidden": 10}) is None
+    # run.json edited after training: the same weights would load into another
+    # model (e.g. another normalisation, same shapes) and predict nonsense
+    for edit in ({"hidden": 10}, {"normalise": "none"}):
+        with pytest.raises(InputError, match="model_params differ from those the weights"):
+            read_head(tmp_path / "head.npz", weights, {**net.hparams, **edit})
     weights.write_bytes(b"other weights")  # e.g. trained again: the sidecar is ignored
     assert read_head(tmp_path / "head.npz", weights, net.hparams) is None
     assert read_head(tmp_path / "missing.npz", weights, net.hparams) is None

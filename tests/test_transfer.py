@@ -289,3 +289,14 @@ def test_cli_transfers_binned_scans_and_names_uncovered_ranges(run_cli, run_dir,
     code, _, err = run_cli("predict", run_dir, narrow, "--out", tmp_path / "r.h5")
     assert code == 2 and err.count("1/nm") >= 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q.h5").exists() and not (tmp_path / "r.h5").exists()
+
+
+def test_libertem_refuses_a_bundle_that_needs_transfer(run_cli, run_dir, setups, tmp_path):
+    """The LiberTEM engine takes frames as recorded: another camera length is refused, not
+    predicted on the wrong q grid (the stem2eds engine resamples it)."""
+    pytest.importorskip("libertem")
+    code, _, err = run_cli("predict", run_dir, setups["longer_q"][2], "--out", tmp_path / "p.h5",
+                           "--engine", "libertem", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "needs transfer onto the run's q grid" in err and "stem2eds engine" in err
+    assert not (tmp_path / "p.h5").exists()

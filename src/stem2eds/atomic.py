@@ -207,6 +207,12 @@ def atomic_output(path: str | os.PathLike,
     if not folder.is_dir():
         raise InputError("output folder does not exist", path=folder,
                          hint="create it first or choose another output folder")
+    if target.exists() and not target.is_file():
+        # the rename below would replace it: a folder fails only then, and a
+        # device such as /dev/null would become a regular file
+        kind = "a folder" if target.is_dir() else "not a regular file"
+        raise InputError(f"the output exists and is {kind}", path=target,
+                         hint="name a new file or an existing regular file to replace")
     if expected_bytes:
         check_free_space(folder, expected_bytes, what=target.name)
     remove_stale_partials(target)

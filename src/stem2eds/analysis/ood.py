@@ -134,11 +134,56 @@ class OodReference:
                 "first_ring": np.int64(self.first)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "OodReference":
-        return cls(np.asarray(arrays["mean"], np.float64),
-                   np.asarray(arrays["precision"], np.float64),
-                   float(arrays["threshold"]), float(arrays["heldout_median"]),
-                   int(arrays.get("first_ring", 0)))
+    def from_arrays(cls, arrays: dict[str, np.ndarray], shape: tuple[int, int] | None = None,
+                    path=None) -> "OodReference":
+        """Inverse of :meth:`to_arrays`, checked (the arrays come from a file).
+
+        Parameters
+        ----------
+        arrays : dict
+        shape : (H, W), optional
+            The patterns (binned) whose ring means the reference scores: its
+            feature count must fit their rings.
+        path : path-like, optional
+            The file, for messages.
+
+        Raises
+        ------
+        InputError
+            When the arrays do not describe a usable reference.
+        """
+        from ..errors import InputError
+
+        try:
+            ref = cls(np.asarray(arrays["mean"], np.float64),
+                      np.asarray(arrays["precision"], np.float64),
+                      float(arrays["threshold"]), float(arrays["heldout_median"]),
+                      int(arrays.get("first_ring", 0)))
+            first = float(arrays.get("first_ring", 0))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"ood.npz does not describe an OOD reference ({exc})", path=path,
+                             hint="delete it: prediction then skips the OOD score") from None
+        problem = ref._problem(shape, first)
+        if problem:
+            raise InputError(f"ood.npz: {problem}", path=path,
+                             hint="delete it: prediction then skips the OOD score")
+        return ref
+
+    def _problem(self, shape: tuple[int, int] | None, first: float) -> str | None:
+        from ..features.rings import n_rings
+
+        r = self.mean.shape[0] if self.mean.ndim == 1 else -1
+        if r < 1 or self.precision.shape != (r, r):
+            return f"mean {self.mean.shape} and precision {self.precision.shape} do not fit"
+        if first != self.first or self.first < 0:
+            return f"first_ring must be a whole number >= 0, got {first}"
+        if shape is not None and r != n_rings(shape) - self.first:
+            return (f"{r} features from ring {self.first} do not fit the run's "
+                    f"{n_rings(shape)} rings")
+        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.precision))
+                and np.isfinite(self.threshold) and np.isfinite(self.heldout_median)):
+            return "non-finite values"
+        return None
 
 
 def fit_reference(train: np.ndarray, heldout: np.ndarray, seed: int = 0,

@@ -135,8 +135,7 @@ class RingGeometry:
     @property
     def n_rings(self) -> int:
         """R: rings about the binned detector's centre, up to its corners."""
-        bx, by = self.binned_shape
-        return int(math.floor(math.hypot((bx - 1) / 2, (by - 1) / 2))) + 1
+        return n_rings(self.binned_shape)
 
     @property
     def n_features(self) -> int:
@@ -146,6 +145,11 @@ class RingGeometry:
     def ring_index(self) -> np.ndarray:
         """(Qx/f, Qy/f) int64 ring of every binned pixel (as ``models.rings.ring_index``)."""
         return _ring_index(self.binned_shape)
+
+
+def n_rings(shape: tuple[int, int]) -> int:
+    """Rings of unit width about the centre of a (H, W) pattern, up to its corners."""
+    return int(math.floor(math.hypot((shape[0] - 1) / 2, (shape[1] - 1) / 2))) + 1
 
 
 @lru_cache(maxsize=8)
@@ -245,7 +249,9 @@ def _flat_patterns(raw_patterns) -> tuple[np.ndarray, np.ndarray, tuple[int, int
     raw = np.ascontiguousarray(raw_patterns)
     if raw.ndim != 3:
         raise InputError(f"patterns must be (n, Qx, Qy), got shape {raw.shape}")
-    if raw.dtype.kind not in "uif" or raw.dtype.itemsize > 8:
+    if not raw.dtype.isnative:  # big-endian files: the kernel reads native numbers
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+    if raw.dtype.kind not in "uif" or raw.dtype.itemsize > 8 or raw.dtype == np.float16:
         raw = raw.astype(np.float32)
     n, qx, qy = raw.shape
     buffer = raw.reshape(-1).view()

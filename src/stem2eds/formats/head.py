@@ -16,9 +16,11 @@ with ``allow_pickle=False``, so loading cannot run code)::
 
 The weights file and ``run.json`` stay the source of truth: a sidecar whose
 ``weights_sha256`` does not match the weights next to it (a run trained
-again, weights copied in by hand), or whose ``model_params`` are not those of
-``run.json``, is ignored, and prediction builds the torch model from the
-weights instead (which validates both). This module imports neither torch nor
+again, weights copied in by hand) is ignored, and prediction builds the torch
+model from the weights instead (which validates both). Where the weights
+match but ``run.json``'s ``model_params`` do not (edited after training),
+the run is refused: the torch model built from the edited description would
+load the same weights without complaint and predict nonsense. This module imports neither torch nor
 safetensors.
 """
 
@@ -33,7 +35,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..features.normalise import normalise_mode
 from ..models.numpy_head import NumpyRingHead
+from .npz import read_npz
 
 #: ``format`` of the recipe JSON.
 HEAD_FORMAT = "stem2eds-ring-head"
@@ -102,21 +106,34 @@ def read_head(path: str | os.PathLike, weights: str | os.PathLike,
     p = Path(path)
     if not p.is_file() or not Path(weights).is_file():
         return None
+    hint = "delete it: prediction then loads the weights with torch"
+    arrays = read_npz(p, "head.npz", hint=hint)
     try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: np.asarray(z[k]) for k in z.files}
         recipe = json.loads(str(arrays.pop("recipe")))
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise InputError(f"head.npz cannot be read ({exc})", path=p,
-                         hint="delete it: prediction then loads the weights with torch") from None
+    except (KeyError, ValueError, RecursionError) as exc:
+        raise InputError(f"head.npz cannot be read (recipe: {exc})", path=p, hint=hint) from None
     if not isinstance(recipe, dict) or recipe.get("format") != HEAD_FORMAT:
-        raise InputError("head.npz does not describe a ring-feature head", path=p,
-                         hint="delete it: prediction then loads the weights with torch")
-    if recipe.get("model_params") != json.loads(json.dumps(model_params)) \
-            or recipe.get("weights_sha256") != file_sha256(weights):
+        raise InputError("head.npz does not describe a ring-feature head", path=p, hint=hint)
+    if recipe.get("weights_sha256") != file_sha256(weights):
         return None
+    trained, stated = recipe.get("model_params"), json.loads(json.dumps(model_params))
+    if trained != stated:
+        # the same weights, described otherwise: run.json was edited after training,
+        # and the torch model built from it would load these weights all the same
+        trained = trained if isinstance(trained, dict) else {}
+        keys = sorted(k for k in set(trained) | set(stated) if trained.get(k) != stated.get(k))
+        changes = ", ".join(f"{k}: {trained.get(k)!r} -> {stated.get(k)!r}" for k in keys[:4])
+        raise InputError(f"run.json's model_params differ from those the weights were trained "
+                         f"with, recorded in head.npz ({changes[:200]})",
+                         path=Path(weights).parent / "run.json",
+                         hint="restore run.json's model_params; they are fixed by training")
     try:
-        return NumpyRingHead.from_arrays(recipe, arrays)
-    except ValueError as exc:
-        raise InputError(f"head.npz: {exc}", path=p,
-                         hint="delete it: prediction then loads the weights with torch") from None
+        head = NumpyRingHead.from_arrays(recipe, arrays)
+        stated = (normalise_mode(model_params.get("normalise", head.normalise)),
+                  tuple(model_params.get("statistics", head.statistics)))
+    except (ValueError, TypeError, InputError) as exc:
+        raise InputError(f"head.npz: {getattr(exc, 'message', exc)}", path=p, hint=hint) from None
+    if stated != (head.normalise, head.statistics):
+        raise InputError(f"head.npz's layers ({head.normalise}, {list(head.statistics)}) disagree "
+                         f"with its model_params", path=p, hint=hint)
+    return head

@@ -396,13 +396,12 @@ class RunDir:
 
     def read_ood(self) -> dict[str, np.ndarray] | None:
         """The arrays of ``ood.npz``; None for runs made without one."""
+        from .npz import read_npz
+
         if not self.ood_npz.is_file():
             return None
-        try:
-            with np.load(self.ood_npz, allow_pickle=False) as z:
-                return {k: np.asarray(z[k]) for k in z.files}
-        except (ValueError, OSError) as exc:
-            raise InputError(f"ood.npz cannot be read ({exc})", path=self.ood_npz) from None
+        return read_npz(self.ood_npz, "ood.npz",
+                        hint="delete it: prediction then skips the OOD score")
 
     # -- logs -------------------------------------------------------------------
     def training_curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

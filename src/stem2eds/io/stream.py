@@ -39,11 +39,11 @@ T = TypeVar("T")
 def _chunk_offsets(ds: h5py.Dataset) -> np.ndarray | None:
     """File byte offset of every pattern (flat scan index), or None if not directly readable.
 
-    Directly readable: a 4D dataset of one-pattern chunks ``(1, 1, Qx, Qy)``,
-    no filters, every chunk allocated, native byte order; or a contiguous
-    4D dataset.
+    Directly readable: native byte order, not float16 (the kernel's dtypes), and a 4D
+    dataset of one-pattern chunks ``(1, 1, Qx, Qy)``, no filters, every chunk allocated; or
+    a contiguous 4D dataset.
     """
-    if ds.ndim != 4 or ds.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+    if ds.ndim != 4 or not ds.dtype.isnative or ds.dtype == np.float16:
         return None
     rx, ry, qx, qy = ds.shape
     n = rx * ry

@@ -115,22 +115,29 @@ def _bundle_dataset(ctx, path: Path):
     A bundle whose patterns are compressed (or otherwise not plain bytes)
     goes through LiberTEM's h5py-based reader, named to its ``/diffraction``.
     """
-    import h5py
     from libertem.io.dataset.base import DataSetException
 
-    from ..formats.bundle import FORMAT
     from .dataset import DirectHDF5DataSet
 
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT or "diffraction" not in f:
-                return None
-    except (OSError, KeyError, RuntimeError, ValueError, TypeError):
-        return None  # not HDF5 or unreadable: LiberTEM's own detection decides
+    if not _is_bundle(path):
+        return None  # not a bundle, not HDF5 or unreadable: LiberTEM's own detection decides
     try:
         return ctx.load(DirectHDF5DataSet, path=str(path))
     except DataSetException:
         return ctx.load("hdf5", path=str(path), ds_path="/diffraction")
+
+
+def _is_bundle(path: Path) -> bool:
+    """Whether ``path`` is a readable stem2eds bundle with patterns (an HDF5 file saying so)."""
+    import h5py
+
+    from ..formats.bundle import FORMAT
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT and "diffraction" in f
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError):
+        return False
 
 
 @dataclass
@@ -306,6 +313,33 @@ def beam_radius_for(settings, probe_radius: float) -> float:
     return float(probe_radius * settings.beam_margin)
 
 
+def check_bundle(run_dir: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuse a stem2eds bundle that ``stem2eds predict`` would refuse, or that needs transfer.
+
+    A bundle is opened as the stem2eds engine opens it first
+    (:func:`~stem2eds.formats.bundle.open_bundle`: numeric patterns, sizes
+    that fit in memory, no data in other files). That engine also resamples
+    a scan from another camera length or detector binning onto the run's q
+    grid (:mod:`stem2eds.preprocess.transfer`); the UDFs take the frames as
+    recorded, so such a scan is refused here, where its calibration is
+    known. Other formats carry no calibration this engine reads: LiberTEM's
+    readers check them, and they are predicted as recorded.
+    """
+    from ..formats.bundle import open_bundle
+    from ..predict.predictor import finished_run
+    from ..preprocess.transfer import plan_transfer
+
+    info, _ = finished_run(Path(run_dir))
+    if not _is_bundle(Path(path)):
+        return
+    with open_bundle(path) as scan:
+        plan = plan_transfer(info.get("q_grid"), scan.calibration, scan.detector_shape)
+    if plan is not None:
+        raise InputError(f"the scan needs transfer onto the run's q grid ({plan.describe()}), "
+                         "which the LiberTEM engine does not do", path=path,
+                         hint="predict it with the stem2eds engine (the default), which resamples")
+
+
 def check_dataset(ds, settings) -> None:
     """Refuse a dataset the run cannot predict (scan not 2D, other detector, bad binning)."""
     _nav_shape(ds)
@@ -440,6 +474,7 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
     from ..predict.bundle import _filter_description
 
     refuse_overwrite(out, path)
+    check_bundle(run_dir, path)
     with open_context(scheduler) as ctx:
         ds = load_dataset(ctx, path, input_type, scan_shape)
         pred = predict_dataset(ctx, ds, run_dir, device=device)

@@ -16,6 +16,7 @@ against the torch model's ``forward_rings``. This module must not import torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -88,6 +89,17 @@ class NumpyRingHead:
             raise ValueError(f"the correction ends with {width} outputs, not {n_out}")
         if not self.statistics or n_feat % len(self.statistics):
             raise ValueError(f"{n_feat} features do not split into {self.statistics}")
+        arrays = {name: getattr(self, name) for name in want}
+        arrays["linear_weight"] = self.linear_weight
+        arrays.update({f"correction_{i}": np.concatenate([np.ravel(w), np.ravel(b)])
+                       for i, (w, b) in enumerate(self.correction)})
+        bad = [name for name, a in arrays.items() if not np.all(np.isfinite(a))]
+        if bad:
+            raise ValueError(f"non-finite values in {', '.join(bad)}")
+        if not (np.all(self.feature_scale > 0) and np.all(self.target_scale > 0)):
+            raise ValueError("feature_scale and target_scale must be positive")
+        if not (math.isfinite(self.log_offset) and self.log_offset > 0):
+            raise ValueError(f"log_offset must be a positive number, got {self.log_offset}")
 
     @property
     def n_outputs(self) -> int:

@@ -266,8 +266,9 @@ def load_head(run_dir: Path, info: dict[str, Any], settings, device: str = "cpu"
     binning (the fused path) and have a ``head.npz`` exported from their
     current weights; anything else loads the weights with torch.
 
-    A ``head.npz`` that does not describe the model of ``run.json`` is
-    ignored like a missing one: the weights, loaded with torch, decide.
+    A ``head.npz`` exported from other weights is ignored like a missing
+    one: the weights, loaded with torch, decide. One exported from these
+    weights with other ``model_params`` than ``run.json``'s is refused.
 
     Raises
     ------
@@ -280,13 +281,13 @@ def load_head(run_dir: Path, info: dict[str, Any], settings, device: str = "cpu"
     def torch_head() -> TorchHead:
         return _torch_head(run_dir, info, device)
 
-    if device != "cpu" or settings.centring != "binned":
-        return torch_head()
     from ..formats.head import read_head
 
     run = RunDir(run_dir)
+    # read on every device: a head.npz exported from these weights also says which
+    # model_params they were trained with (read_head refuses an edited run.json)
     head = read_head(run.head_npz, run.weights, info.get("model_params") or {})
-    if head is None:
+    if head is None or device != "cpu" or settings.centring != "binned":
         return torch_head()
     qx, qy = info["input_shape"]
     rings = int(math.floor(math.hypot((qx - 1) / 2, (qy - 1) / 2))) + 1
@@ -310,6 +311,7 @@ def _torch_head(run_dir: Path, info: dict[str, Any], device: str) -> TorchHead:
     except InputError as exc:
         raise InputError(exc.message, path=run.run_json, hint=exc.hint) from None
     state = run.load_weights()
+    _check_weights(model.state_dict(), state, run.weights)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -318,6 +320,20 @@ def _torch_head(run_dir: Path, info: dict[str, Any], device: str) -> TorchHead:
     dev = _device(device)
     model.to(dev).eval()
     return TorchHead(model, dev)
+
+
+def _check_weights(expected: dict, state: dict, path: Path) -> None:
+    """Refuse weights that would load but cannot be right: NaN, infinity, or ints for floats."""
+    import torch
+
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and want.is_floating_point() and not tensor.is_floating_point():
+            raise InputError(f"weights: {name} is {tensor.dtype}, not floating point", path=path,
+                             hint="retrain, or copy the run folder again")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"weights: {name} holds NaN or infinite values", path=path,
+                             hint="retrain (a diverged training), or copy the run folder again")
 
 
 def finished_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:

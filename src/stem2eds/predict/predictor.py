@@ -66,9 +66,10 @@ class Predictor:
         """
         from ..analysis.ood import OodMonitor, OodReference
 
-        arrays = RunDir(self.run_dir).read_ood()
-        self.ood_monitor = None if arrays is None else \
-            OodMonitor(OodReference.from_arrays(arrays), scan_shape)
+        run = RunDir(self.run_dir)
+        arrays = run.read_ood()
+        self.ood_monitor = None if arrays is None else OodMonitor(OodReference.from_arrays(
+            arrays, tuple(self.info["input_shape"]), run.ood_npz), scan_shape)
         return self.ood_monitor
 
     def __init__(self, run_dir: Path, info: dict[str, Any], head: Head, settings):
@@ -456,13 +457,11 @@ class Predictor:
         return geometry
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
-        """Output activations, EDS clipped to [0, 1], HAADF in detector units.
-
-        Parameters
-        ----------
-        out : ndarray, shape (n, E [+ 1]), float32
-            Linear model outputs (a :class:`~.heads.Head`'s), changed in place.
-        """
+        """Output activations of ``out`` (n, E [+ 1]) float32 (changed in place): EDS in [0, 1]."""
+        if not np.isfinite(out).all():  # NaN survives the clip: never write it as a map
+            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            raise InputError(f"the model gave NaN or infinite outputs at {bad} of {len(out)} "
+                             "positions (non-finite counts in the scan?)")
         n_eds = len(self.elements)
         # the activations of apply_output_activation: EDS linear, HAADF ReLU
         out[:, :n_eds] = np.clip(out[:, :n_eds], 0.0, 1.0)

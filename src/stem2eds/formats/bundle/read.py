@@ -236,8 +236,10 @@ def _check_diffraction(ds, path: Path) -> None:
         raise InputError(f"'diffraction' declares {rx}x{ry} probe positions (more than "
                          f"{MAX_POSITIONS:.0e})", path=path,
                          hint="the file is damaged or not what it claims")
-    # One scan row of patterns is the most any reader holds at once.
-    check_memory((ry, qx, qy), np.float32, path, "'diffraction' row")
+    # Readers hold blocks of up to 256 patterns (one in work, two read ahead):
+    # a small file declaring a huge detector is refused here, not killed later
+    block = min(256, max(rx * ry, 1))
+    check_memory((3 * block, qx, qy), np.float32, path, f"'diffraction' (blocks of {block})")
     check_self_contained(ds, path)
 
 
@@ -319,6 +321,11 @@ def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)
             if name not in f:
                 raise InputError(f"bundle has no {name!r}", path=p)
         if DIFFRACTION in f:
+            if isinstance(f.get(DIFFRACTION, getlink=True), h5py.ExternalLink):
+                # another file's data under this bundle's name: refused like
+                # external storage and outside virtual sources (io.hdf5)
+                raise InputError("'diffraction' is a link to another file, which is refused",
+                                 path=p, hint="convert the patterns into a bundle of their own")
             _check_diffraction(f[DIFFRACTION], p)
         scan = ScanBundle(p, f)
         # Read the metadata every stage needs now, so damage there fails here.

@@ -1,0 +1,103 @@
+"""Scan bundles made careless or hostile, as a fuzzing session made them.
+
+Each was predicted (or crashed, or took the machine's memory) before: a
+``diffraction`` that is a link into another file, a tiny file declaring a
+huge detector, big-endian and float16 patterns, and the LiberTEM engine,
+which did not open bundles as the stem2eds engine does.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from builders import make_raw_scan, small_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from stem2eds.train.fit import train
+
+    folder = tmp_path_factory.mktemp("hostile")
+    scans = [make_raw_scan(folder / f"s{k}.h5", seed=60 + k, detector=32) for k in range(2)]
+    run = train([scans[0]], folder / "run", small_config(max_epochs=2), quiet=True)
+    return run, scans[1]
+
+
+def _refused(run_cli, run, scan, tmp_path, match: str, *extra: str) -> None:
+    code, _, err = run_cli("predict", run, scan, "--out", tmp_path / "pred.h5", "-q", *extra)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "pred.h5").exists()
+
+
+def _replace_diffraction(path, make) -> None:
+    with h5py.File(path, "r+") as f:
+        data, attrs = f["diffraction"][()], dict(f["diffraction"].attrs)
+        del f["diffraction"]
+        make(f, data)
+        for k, v in attrs.items():
+            if "diffraction" in f:
+                f["diffraction"].attrs[k] = v
+
+
+@pytest.mark.parametrize("engine", ["stem2eds", "libertem"])
+def test_diffraction_linked_to_another_file(trained, run_cli, tmp_path, engine):
+    if engine == "libertem":
+        pytest.importorskip("libertem")
+    run, scan = trained
+    other = tmp_path / "elsewhere.h5"
+    with h5py.File(other, "w") as g, h5py.File(scan, "r") as f:
+        g["data"] = f["diffraction"][()]
+    linked = tmp_path / "linked.h5"
+    shutil.copy(scan, linked)
+    _replace_diffraction(linked, lambda f, _: f.__setitem__(
+        "diffraction", h5py.ExternalLink(str(other), "/data")))
+    _refused(run_cli, run, linked, tmp_path, "link to another file", "--engine", engine)
+
+
+@pytest.mark.parametrize("engine", ["stem2eds", "libertem"])
+def test_tiny_file_declaring_a_huge_detector(trained, run_cli, tmp_path, engine):
+    """An unallocated chunked dataset of 16384x16384 patterns: blocks of them cannot fit."""
+    if engine == "libertem":
+        pytest.importorskip("libertem")
+    run, scan = trained
+    huge = tmp_path / "huge.h5"
+    shutil.copy(scan, huge)
+    _replace_diffraction(huge, lambda f, data: f.create_dataset(
+        "diffraction", shape=data.shape[:2] + (16384, 16384), dtype=np.uint16,
+        chunks=(1, 1, 256, 256)))
+    _refused(run_cli, run, huge, tmp_path, "GiB of memory", "--engine", engine)
+
+
+@pytest.mark.parametrize("dtype", [">u2", "<f2"])
+def test_big_endian_and_float16_patterns_predict_as_native(trained, tmp_path, dtype):
+    from stem2eds.predict.predictor import load_run
+
+    run, scan = trained
+    odd = tmp_path / "odd.h5"
+    shutil.copy(scan, odd)
+    _replace_diffraction(odd, lambda f, data: f.create_dataset(
+        "diffraction", data=data.astype(dtype)))
+    predictor = load_run(run)
+    np.testing.assert_allclose(predictor.predict(odd).eds, predictor.predict(scan).eds,
+                               atol=1e-5)
+
+
+def test_libertem_refuses_what_the_stem2eds_engine_refuses(trained, run_cli, tmp_path):
+    """External raw storage (data in another file, e.g. /etc/passwd) is never read."""
+    pytest.importorskip("libertem")
+    run, scan = trained
+    outside = tmp_path / "outside.bin"
+    with h5py.File(scan, "r") as f:
+        shape, raw = f["diffraction"].shape, f["diffraction"][()]
+    outside.write_bytes(raw.tobytes())
+    ext = tmp_path / "ext.h5"
+    shutil.copy(scan, ext)
+    _replace_diffraction(ext, lambda f, _: f.create_dataset(
+        "diffraction", shape=shape, dtype=np.uint16, external=[(str(outside), 0, raw.nbytes)]))
+    for engine in ("stem2eds", "libertem"):
+        _refused(run_cli, run, ext, tmp_path, "external storage", "--engine", engine)
