@@ -101,3 +101,14 @@ def test_libertem_refuses_what_the_stem2eds_engine_refuses(trained, run_cli, tmp
         "diffraction", shape=shape, dtype=np.uint16, external=[(str(outside), 0, raw.nbytes)]))
     for engine in ("stem2eds", "libertem"):
         _refused(run_cli, run, ext, tmp_path, "external storage", "--engine", engine)
+
+
+def test_empty_scan_axis(trained, run_cli, tmp_path):
+    run, scan = trained
+    empty = tmp_path / "empty.h5"
+    shutil.copy(scan, empty)
+    _replace_diffraction(empty, lambda f, data: f.create_dataset(
+        "diffraction", shape=(0,) + data.shape[1:], dtype=data.dtype))
+    _refused(run_cli, run, empty, tmp_path, "empty axis")
+    code, _, err = run_cli("preprocess", empty, "--out", tmp_path / "pre.h5", "-q")
+    assert code == 2 and "empty axis" in err and len(err.strip().splitlines()) == 1, err

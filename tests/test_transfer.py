@@ -300,3 +300,17 @@ def test_libertem_refuses_a_bundle_that_needs_transfer(run_cli, run_dir, setups,
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "needs transfer onto the run's q grid" in err and "stem2eds engine" in err
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_absurd_q_calibration_is_refused(run_cli, run_dir, setups, tmp_path):
+    """A q pixel 10^30 times the run's is a calibration error, not a camera length to resample."""
+    import h5py
+
+    scan = tmp_path / "absurd.h5"
+    shutil.copy(setups["same"][2], scan)
+    with h5py.File(scan, "r+") as f:
+        holder = f["diffraction"] if "q_pixel_size" in f["diffraction"].attrs else f
+        holder.attrs["q_pixel_size"] = holder.attrs["q_pixel_size"] * 1e30
+    code, _, err = run_cli("predict", run_dir, scan, "--out", tmp_path / "p.h5", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "not a camera-length change" in err

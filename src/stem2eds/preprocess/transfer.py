@@ -93,7 +93,7 @@ class QGrid:
 
     @property
     def calibrated(self) -> bool:
-        return self.q_pixel_unit in Q_UNITS and self.q_pixel_size > 0
+        return self.q_pixel_unit in Q_UNITS and 0 < self.q_pixel_size < math.inf
 
     def pixel_inv_nm(self, what: str) -> float:
         """Pixel size in 1/nm (mrad converted with the beam energy's wavelength)."""
@@ -207,8 +207,17 @@ def plan_transfer(run_grid: QGrid | Mapping[str, Any] | None, scan_calibration: 
     ratio = _pixel_ratio(source, target)
     if same_shape and abs(ratio - 1.0) < SAME_PIXEL_RTOL:
         return None
+    if not MAX_PIXEL_RATIO ** -1 <= ratio <= MAX_PIXEL_RATIO:
+        raise InputError(f"the scan's q pixel ({source.describe()}) is {1 / ratio:.3g} times the "
+                         f"run's ({target.describe()}): not a camera-length change this can "
+                         "resample", hint="check the scan's q calibration")
     _check_coverage(source, target, ratio)
     return Transfer(source.detector_shape, target.detector_shape, ratio, source, target)
+
+
+#: Largest factor between a scan's q pixel and the run's that is resampled (a
+#: camera length or binning 64 times another's is a calibration error).
+MAX_PIXEL_RATIO = 64.0
 
 
 def _pixel_ratio(source: QGrid, target: QGrid) -> float:

@@ -232,6 +232,9 @@ def _check_diffraction(ds, path: Path) -> None:
         raise InputError(f"'diffraction' holds {ds.dtype} values, not numbers", path=path,
                          hint="convert the patterns again from the microscope file")
     rx, ry, qx, qy = (int(v) for v in ds.shape)
+    if 0 in ds.shape:
+        raise InputError(f"'diffraction' has an empty axis (shape {tuple(ds.shape)})", path=path,
+                         hint="convert the patterns again from the microscope file")
     if rx * ry > MAX_POSITIONS:
         raise InputError(f"'diffraction' declares {rx}x{ry} probe positions (more than "
                          f"{MAX_POSITIONS:.0e})", path=path,
