@@ -112,3 +112,13 @@ def test_empty_scan_axis(trained, run_cli, tmp_path):
     _refused(run_cli, run, empty, tmp_path, "empty axis")
     code, _, err = run_cli("preprocess", empty, "--out", tmp_path / "pre.h5", "-q")
     assert code == 2 and "empty axis" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_raw_patterns_that_say_they_are_preprocessed(trained, run_cli, tmp_path):
+    run, scan = trained
+    liar = tmp_path / "liar.h5"
+    shutil.copy(scan, liar)
+    with h5py.File(liar, "r+") as f:
+        f.attrs["kind"] = "preprocessed"
+    code, _, err = run_cli("predict", run, liar, "--out", tmp_path / "pred.h5", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -305,9 +305,9 @@ class Predictor:
             stream = prefetch(((start, block.preprocessed(self.settings))
                                for start, block in stream), 2)
         for start, patterns in stream:
+            self._check_input_shape(scan, patterns.shape[1:])
             if self.ood_monitor is not None:
                 self.ood_monitor.observe(start, patterns)
-            self._check_input_shape(scan, patterns.shape[1:])
             yield start, self.predict_patterns(patterns)
 
     def predict_raw(self, patterns: np.ndarray, origins: np.ndarray,

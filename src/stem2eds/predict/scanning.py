@@ -143,6 +143,9 @@ def refuse_run_outputs(out: str | os.PathLike, run_dir: str | os.PathLike) -> No
 def check_preprocessed(scan: ScanBundle, settings) -> None:
     """Refuse a preprocessed bundle made with other settings than the run's ``settings``."""
     stored = scan.json_attr("preprocess", {}) or {}
+    if not isinstance(stored, dict) or "bin_factor" not in stored:
+        raise InputError("bundle says it is preprocessed but does not record its preprocessing",
+                         path=scan.path, hint="pass the raw bundle; predict preprocesses it itself")
     mine = settings.to_dict()
     keys = ("bin_factor", "scaling", "scale", "crop", "origin_fit", "dose_ceiling",
             "dose_reference")
