@@ -122,9 +122,11 @@ def read_head(path: str | os.PathLike, weights: str | os.PathLike,
         # and the torch model built from it would load these weights all the same
         trained = trained if isinstance(trained, dict) else {}
         keys = sorted(k for k in set(trained) | set(stated) if trained.get(k) != stated.get(k))
-        changes = ", ".join(f"{k}: {trained.get(k)!r} -> {stated.get(k)!r}" for k in keys[:4])
+        changes = ", ".join(str(k)[:40] for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+        if len(keys) == 1:
+            changes += f": {str(trained.get(keys[0]))[:40]} -> {str(stated.get(keys[0]))[:40]}"
         raise InputError(f"run.json's model_params differ from those the weights were trained "
-                         f"with, recorded in head.npz ({changes[:200]})",
+                         f"with, recorded in head.npz ({changes})",
                          path=Path(weights).parent / "run.json",
                          hint="restore run.json's model_params; they are fixed by training")
     try:

@@ -65,8 +65,11 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise InputError("no run.json: not a stem2eds run folder", path=run_dir)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"run.json is not valid JSON ({exc})", path=run_dir) from None
+    except RecursionError:
+        raise InputError("run.json is not valid JSON (nested too deeply)", path=run_dir) from None
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
+        raise InputError(f"run.json is not valid JSON ({str(exc).split(';')[0]})",
+                         path=run_dir) from None
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
         raise InputError("run.json is not a stem2eds run description", path=run_dir)
     check_run_info(data, path)
@@ -82,9 +85,11 @@ def check_run_info(data: dict[str, Any], path: str | os.PathLike) -> None:
 
     Checks ``format_version`` (not newer than this package reads), ``model`` (a name), ``model_params`` (a table; its values are
     checked by the model's ``Params`` when built), ``input_shape`` (two ints
-    in 1..4096), ``n_outputs`` (1..64), ``elements`` (chemical symbols),
-    ``targets`` (``eds`` [, ``haadf``]), ``target_scales`` (positive numbers),
-    ``preprocess`` (a table) and ``status``. The registered-model check is
+    in 1..4096, the preprocess detector binned), ``n_outputs`` (1..64), ``elements``
+    (distinct chemical symbols), ``targets`` (``eds`` [, ``haadf``]), ``target_scales``
+    (positive numbers), ``preprocess`` (valid settings with a ``scale``:
+    :func:`stem2eds.preprocess.settings.run_settings`), ``filter_predictions``
+    (true, false or absent) and ``status``. The registered-model check is
     the registry's (:func:`stem2eds.models.get_model`, when the run is loaded).
 
     Raises
@@ -95,6 +100,7 @@ def check_run_info(data: dict[str, Any], path: str | os.PathLike) -> None:
     import math
 
     from ..elements import check_element
+    from ..preprocess.settings import run_settings
 
     def bad(field: str, why: str):
         return InputError(f"run.json field {field!r} {why}, got {data.get(field)!r}"[:300],
@@ -125,6 +131,8 @@ def check_run_info(data: dict[str, Any], path: str | os.PathLike) -> None:
     for e in elements:
         if check_element(e, source=path) != e:
             raise bad("elements", "must hold element symbols as written by train")
+    if len(set(elements)) != len(elements):
+        raise bad("elements", "must not name an element twice")
     targets = data.get("targets")
     if not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)
             and len(set(targets)) == len(targets) and set(targets) in ({"eds"}, {"eds", "haadf"})):
@@ -138,6 +146,14 @@ def check_run_info(data: dict[str, Any], path: str | os.PathLike) -> None:
         raise bad("target_scales", "must hold the haadf scale of a run with a haadf target")
     if not isinstance(data.get("preprocess"), dict):
         raise bad("preprocess", "must be a table of preprocessing settings")
+    settings = run_settings(data, path)  # what preprocessing makes of a scan: the model's input
+    if settings.detector_shape is not None:
+        (qx, qy), f = settings.detector_shape, settings.bin_factor
+        if shape != [qx // f, qy // f]:
+            raise bad("input_shape", f"must be {[qx // f, qy // f]} (the {qx}x{qy} detector "
+                                     f"of 'preprocess' binned by {f})")
+    if not isinstance(data.get("filter_predictions", False), (bool, type(None))):
+        raise bad("filter_predictions", "must be true or false")
     if data.get("status") not in ("training", "complete"):
         raise bad("status", "must be 'training' or 'complete'")
     fingerprint = data.get("fingerprint")

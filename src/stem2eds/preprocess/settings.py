@@ -10,7 +10,10 @@ scan grid (read by :mod:`stem2eds.preprocess.register`).
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,7 +65,8 @@ class PreprocessSettings:
     eds_kernel : int
         Filter window (odd, scan px); 7 is the paper's 7x7 Gaussian.
     eds_sigma : float or None
-        Gaussian sigma in scan px; None derives it from the kernel (OpenCV).
+        Gaussian sigma in scan px (above 0, at most :data:`MAX_EDS_SIGMA`);
+        None derives it from the kernel (OpenCV).
     scale : float or None
         Divisor mapping processed values into [0, 1]; None fits it on this
         scan as the ``scale_percentile`` of the processed values.
@@ -110,42 +114,46 @@ class PreprocessSettings:
 
     def __post_init__(self) -> None:
         for name in ("bin_factor", "eds_kernel", "origin_sample"):
+            setattr(self, name, _integer(name, getattr(self, name)))
+        for name, size in (("crop", 4), ("detector_shape", 2)):
             value = getattr(self, name)
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise InputError(f"{name} must be an integer, got {value!r}")
-            setattr(self, name, int(float(value)))
-        if self.crop is not None:
-            self.crop = tuple(int(v) for v in self.crop)  # type: ignore[assignment]
-        if self.detector_shape is not None:
-            self.detector_shape = tuple(int(v) for v in self.detector_shape)  # type: ignore[assignment]
+            if value is not None:
+                setattr(self, name, _integers(name, value, size))
         self.validate()
 
     def validate(self) -> None:
-        """Raise InputError for impossible values."""
-        if int(self.bin_factor) < 1:
-            raise InputError(f"bin factor must be >= 1, got {self.bin_factor}")
-        for what, value, choices in (("scaling", self.scaling, SCALINGS),
-                                     ("centring", self.centring, CENTRINGS),
-                                     ("origin fit", self.origin_fit, ORIGIN_FITS),
-                                     ("EDS filter", self.eds_filter, EDS_FILTERS)):
-            if value not in choices:
-                raise InputError(f"unknown {what} {value!r}",
-                                 hint=f"choose one of {', '.join(choices)}")
-        if int(self.origin_sample) < 0:
-            raise InputError(f"origin sample must be >= 0 (0: every position), "
+        """Raise InputError for impossible values, naming the setting in backquotes.
+
+        Every value may come from a file (``run.json``, a TOML configuration,
+        a settings JSON): types are checked, numbers must be finite.
+        """
+        for name in ("bin_factor", "eds_kernel", "origin_sample"):
+            _integer(name, getattr(self, name))
+        for name, choices in (("scaling", SCALINGS), ("centring", CENTRINGS),
+                              ("origin_fit", ORIGIN_FITS), ("eds_filter", EDS_FILTERS)):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value in choices):
+                raise InputError(f"`{name}` must be one of {', '.join(choices)}, "
+                                 f"got {_show(value)}")
+        if self.bin_factor < 1:
+            raise InputError(f"`bin_factor` must be >= 1 (a bin factor of 1 keeps every "
+                             f"detector pixel), got {self.bin_factor}")
+        if self.origin_sample < 0:
+            raise InputError(f"`origin_sample` must be >= 0 (0: every position), "
                              f"got {self.origin_sample}")
-        if int(self.eds_kernel) < 1 or int(self.eds_kernel) % 2 == 0:
-            raise InputError(f"EDS filter kernel must be odd and positive, got {self.eds_kernel}")
-        if self.beam_radius is not None and self.beam_radius < 0:
-            raise InputError(f"beam radius must be >= 0, got {self.beam_radius}")
-        if self.scale is not None and not self.scale > 0:
-            raise InputError(f"scale must be positive, got {self.scale}")
+        if self.eds_kernel < 1 or self.eds_kernel % 2 == 0:
+            raise InputError(f"`eds_kernel` must be odd and positive, got {self.eds_kernel}")
+        for name, (optional, low, strict, high, what) in _REAL_SETTINGS.items():
+            value = getattr(self, name)
+            if not (optional and value is None):
+                _real(name, value, low, strict, high, what)
         if not isinstance(self.dose_ceiling, bool):
-            raise InputError(f"`dose_ceiling` must be true or false, got {self.dose_ceiling!r}")
-        if self.dose_reference is not None and not self.dose_reference > 0:
-            raise InputError(f"`dose_reference` must be positive, got {self.dose_reference}")
-        if self.crop is not None and len(self.crop) != 4:
-            raise InputError(f"crop must be (r0, r1, c0, c1), got {self.crop}")
+            raise InputError(f"`dose_ceiling` must be true or false, "
+                             f"got {_show(self.dose_ceiling)}")
+        for name, size in (("crop", 4), ("detector_shape", 2)):
+            value = getattr(self, name)
+            if value is not None:
+                _integers(name, value, size)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists)."""
@@ -161,7 +169,9 @@ class PreprocessSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InputError(f"unknown preprocessing setting(s) {', '.join(unknown)}")
+            names = ", ".join(unknown)  # cut: the keys may come from any file
+            raise InputError(f"unknown preprocessing setting(s) "
+                             f"{names if len(names) <= 60 else names[:57] + '...'}")
         return cls(**dict(data))
 
     @property
@@ -173,6 +183,95 @@ class PreprocessSettings:
     def resolved(self) -> bool:
         """True when scale and beam radius are known (what prediction needs)."""
         return self.scale is not None and self.beam_radius is not None
+
+
+def run_settings(info: Mapping[str, Any],
+                 path: str | os.PathLike | None = None) -> PreprocessSettings:
+    """The resolved settings of a training run: its ``run.json`` ``preprocess`` table.
+
+    Errors name the field of ``run.json`` (``'preprocess.scale'``) rather
+    than the setting in backquotes, which a command line shows as its flag:
+    the value came from the file, no flag sets it.
+
+    Raises
+    ------
+    InputError
+        A value of the wrong type or out of range, an unknown setting, or no
+        ``scale`` (every run stores the scale fitted on its training scans).
+    """
+    def field(text: str) -> str:
+        return re.sub(r"`([a-z][a-z0-9_]*)`", r"'preprocess.\1'", text)
+
+    try:
+        settings = PreprocessSettings.from_dict(info["preprocess"])
+    except InputError as exc:
+        text = field(exc.message)
+        text = text if text.startswith("'preprocess.") else f"'preprocess': {text}"
+        raise InputError(f"run.json field {text}", path=path,
+                         hint=exc.hint and field(exc.hint)) from None
+    if settings.scale is None:
+        raise InputError("run.json field 'preprocess.scale' must hold the scale fitted on "
+                         "the training scans, got None", path=path)
+    return settings
+
+
+#: Largest Gaussian sigma of the EDS filter (scan px); a wider blur flattens any scan.
+MAX_EDS_SIGMA = 1000.0
+
+#: The real-valued settings: (None allowed, lowest, lowest excluded, highest, what is allowed).
+_REAL_SETTINGS = {
+    "beam_radius": (True, 0.0, False, math.inf, "a finite number >= 0"),
+    "beam_margin": (False, 0.0, True, math.inf, "positive and finite"),
+    "eds_sigma": (True, 0.0, True, MAX_EDS_SIGMA,
+                  f"positive and at most {MAX_EDS_SIGMA:g} (scan px)"),
+    "scale": (True, 0.0, True, math.inf, "positive and finite"),
+    "scale_percentile": (False, 0.0, True, 100.0, "in (0, 100]"),
+    "dose_reference": (True, 0.0, True, math.inf, "positive and finite"),
+    "probe_radius": (True, 0.0, False, math.inf, "a finite number >= 0"),
+}
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a (possibly huge, untrusted) value, cut for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(name: str, value: Any) -> int:
+    """``value`` as an int: an integer or a whole number such as 4.0 (not a bool or a string)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and float(value).is_integer():
+        return int(value)
+    raise InputError(f"`{name}` must be an integer, got {_show(value)}")
+
+
+def _integers(name: str, value: Any, size: int) -> tuple[int, ...]:
+    """``crop`` (four integers) or ``detector_shape`` (two positive integers) as a tuple."""
+    what = ("four integers (r0, r1, c0, c1), e.g. [0, 70, 0, 45]" if size == 4
+            else "two positive integers (rows, columns)")
+    if not (isinstance(value, (list, tuple)) and len(value) == size):
+        raise InputError(f"`{name}` must be {what}, got {_show(value)}")
+    try:
+        out = tuple(_integer(name, v) for v in value)
+    except InputError:
+        raise InputError(f"`{name}` must be {what}, got {_show(value)}") from None
+    if size == 2 and min(out) < 1:
+        raise InputError(f"`{name}` must be {what}, got {_show(value)}")
+    return out
+
+
+def _real(name: str, value: Any, low: float, strict: bool, high: float, what: str) -> None:
+    """InputError unless ``value`` is a real number (not a bool or a string) in the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"`{name}` must be a number, got {_show(value)}")
+    try:
+        x = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        x = math.inf
+    if not (math.isfinite(x) and (x > low if strict else x >= low) and x <= high):
+        raise InputError(f"`{name}` must be {what}, got {_show(value)}")
 
 
 def load_settings(path: str | os.PathLike) -> PreprocessSettings:
@@ -188,9 +287,12 @@ def load_settings(path: str | os.PathLike) -> PreprocessSettings:
                              hint="pass a bundle written by 'stem2eds preprocess'")
         return PreprocessSettings.from_dict(data)
     try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a JSON settings file ({exc})", path=p) from None
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise InputError("not a JSON settings file (nested too deeply)", path=p) from None
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
+        raise InputError(f"not a JSON settings file ({str(exc).split(';')[0]})",
+                         path=p) from None
     if not isinstance(data, dict):
         raise InputError("settings JSON must be an object", path=p)
     # a bare settings object, or one nested as in a training run's

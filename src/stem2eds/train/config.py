@@ -156,6 +156,8 @@ class TrainConfig:
 
         if isinstance(self.preprocess, Mapping):
             self.preprocess = PreprocessSettings.from_dict(dict(self.preprocess))
+        if not isinstance(self.preprocess, PreprocessSettings):
+            raise InputError(f"preprocess must be a table of settings, got {self.preprocess!r:.60}")
         if isinstance(self.targets, str):
             self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
         self.targets = tuple(self.targets)
