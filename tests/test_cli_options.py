@@ -56,9 +56,8 @@ def test_library_messages_get_the_flags_the_user_typed():
     flags = {"max_epochs": "--epochs", "scale": "--scale", "crop": "--crop"}
     assert name_flags("max_epochs must be at least 1, got 0", flags) == \
         "--epochs must be at least 1, got 0"
-    # backquoted names (the library's convention) anywhere; a setting the command has
-    # no flag for (from a config file, a run.json) keeps its name, not an invented flag
-    assert name_flags("bad `crop`; set `beam_radius`", flags) == "bad --crop; set beam_radius"
+    # backquoted names (the library's convention) anywhere, unmapped ones with dashes
+    assert name_flags("bad `crop`; set `beam_radius`", flags) == "bad --crop; set --beam-radius"
     assert name_flags("scale must be positive", flags) == "--scale must be positive"
     # a plain word inside prose is left alone
     assert name_flags("the crop leaves no positions", flags) == "the crop leaves no positions"

@@ -109,7 +109,7 @@ def test_preprocess_records_the_sub_grid_and_old_settings_still_load(tmp_path):
     # settings written before the option existed load with the default
     old = {k: v for k, v in stored.items() if k != "origin_sample"}
     assert PreprocessSettings.from_dict(old).origin_sample == settings_module.ORIGIN_SAMPLE
-    with pytest.raises(InputError, match="origin sample"):
+    with pytest.raises(InputError, match="origin_sample"):
         PreprocessSettings(origin_sample=-1)
     # "none" keeps every measured origin, whatever origin_sample says
     with open_bundle(tmp_path / "raw.h5") as scan:

@@ -202,13 +202,13 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
     command line the user typed flags (``--epochs``). A setting is replaced
     where it is unambiguous: a name in backquotes (`` `beam_radius` ``, the
     convention of library messages) anywhere, with this command's flag or
-    else the plain name (a setting this command has no flag for: from a
-    config file or a run's ``run.json``); a keyword (``resume=True`` becomes
+    else the name with dashes; a keyword (``resume=True`` becomes
     ``--resume``, ``device="cpu"`` becomes ``--device cpu``); an unquoted
     name with an underscore anywhere; a plain word only at the start of the
     message.
     """
-    message = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flags.get(m[1], m[1]), message)
+    message = re.sub(r"`([a-z][a-z0-9_]*)`",
+                     lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")), message)
     for setting, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
         keyword = rf"(?<![\w-]){re.escape(setting)}=(True\b|\"[^\"]*\"|'[^']*'|[^\s,;()]+)"
         message = re.sub(keyword, lambda m: flag if m.group(1) == "True"
