@@ -122,3 +122,39 @@ def test_raw_patterns_that_say_they_are_preprocessed(trained, run_cli, tmp_path)
         f.attrs["kind"] = "preprocessed"
     code, _, err = run_cli("predict", run, liar, "--out", tmp_path / "pred.h5", "-q")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_chunks_never_written(trained, run_cli, tmp_path):
+    """Half the patterns missing from a chunked file: HDF5 would read them as zeros."""
+    run, scan = trained
+    holey = tmp_path / "holey.h5"
+    shutil.copy(scan, holey)
+
+    def half(f, data):
+        ds = f.create_dataset("diffraction", shape=data.shape, dtype=data.dtype,
+                              chunks=(1, 1) + data.shape[2:])
+        ds[: data.shape[0] // 2] = data[: data.shape[0] // 2]
+    _replace_diffraction(holey, half)
+    _refused(run_cli, run, holey, tmp_path, "chunks of 'diffraction' were never written")
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, np.nan, np.inf])
+def test_calibration_that_is_no_size(trained, run_cli, tmp_path, value):
+    run, scan = trained
+    bad = tmp_path / "bad_cal.h5"
+    shutil.copy(scan, bad)
+    with h5py.File(bad, "r+") as f:
+        f.attrs["r_pixel_size"] = value
+    _refused(run_cli, run, bad, tmp_path, "is not a positive number")
+
+
+def test_convert_refuses_nan_patterns(run_cli, tmp_path):
+    src = tmp_path / "nan.h5"
+    data = np.ones((3, 4, 16, 16), np.float32)
+    data[1, 2, 3, 4] = np.nan
+    with h5py.File(src, "w") as f:
+        f["data"] = data
+    code, _, err = run_cli("convert", "--diffraction", src, "--out", tmp_path / "b.h5",
+                           "--r-pixel", "1", "--q-pixel", "0.5", "-q")
+    assert code == 2 and "NaN or infinite" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b.h5").exists()

@@ -293,6 +293,10 @@ def copy_patterns(source: DiffractionSource, target, *, block_bytes: int = DEFAU
     blocks = source.iter_rows(rows)
     for start, block in track(blocks, total=-(-source.scan_shape[0] // rows),
                               description="copying patterns", quiet=quiet):
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            raise InputError(f"the patterns of scan rows {start}-{start + len(block) - 1} hold "
+                             "NaN or infinite values", path=source.path,
+                             hint="replace them (e.g. dead pixels by 0) before converting")
         target[start:start + len(block)] = block
 
 

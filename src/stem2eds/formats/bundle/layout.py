@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -47,6 +49,10 @@ class PixelCalibration:
         for name in ("r_pixel_size", "q_pixel_size", "beam_energy_kev"):
             if name in attrs:
                 kw[name] = float(attrs[name])
+        for name in ("r_pixel_size", "q_pixel_size"):
+            if name in kw and not 0 < kw[name] < math.inf:
+                # a bundle's sizes are written by convert, checked; anything else is damage
+                raise ValueError(f"calibration {name} = {kw[name]} is not a positive number")
         for name in ("r_pixel_unit", "q_pixel_unit"):
             if name in attrs:
                 kw[name] = _as_str(attrs[name])

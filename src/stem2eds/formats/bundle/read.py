@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,13 @@ def _check_diffraction(ds, path: Path) -> None:
     block = min(256, max(rx * ry, 1))
     check_memory((3 * block, qx, qy), np.float32, path, f"'diffraction' (blocks of {block})")
     check_self_contained(ds, path)
+    if ds.chunks is not None and not ds.is_virtual:
+        expected = math.prod(-(-int(s) // int(c)) for s, c in zip(ds.shape, ds.chunks))
+        written = ds.id.get_num_chunks()
+        if written < expected:  # HDF5 reads the missing ones as zeros, silently
+            raise InputError(f"{expected - written} of {expected} chunks of 'diffraction' were "
+                             "never written", path=path,
+                             hint="the file is incomplete; convert the patterns again")
 
 
 def bundle_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
