@@ -81,11 +81,11 @@ class RingGeometry:
     dose_reference: float | None = None
 
     def __post_init__(self) -> None:
+        from ..preprocess.patterns import check_bin_factor
+
         qx, qy = (int(v) for v in self.detector_shape)
         f = int(self.bin_factor)
-        if f < 1 or qx % f or qy % f:
-            raise InputError(f"bin factor {f} does not divide the {qx}x{qy} detector",
-                             hint="choose a divisor such as 1, 2, 4 or 8")
+        check_bin_factor(f, (qx, qy))
         if self.scaling not in SCALING_CODES:
             raise InputError(f"unknown scaling {self.scaling!r}",
                              hint=f"choose one of {', '.join(SCALING_CODES)}")

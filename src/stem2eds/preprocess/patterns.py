@@ -9,6 +9,8 @@ detector, so the radial axis is the same for every bin factor.
 
 from __future__ import annotations
 
+import math
+
 import threading
 from functools import lru_cache
 
@@ -107,9 +109,7 @@ def bin_patterns(patterns: np.ndarray, factor: int) -> np.ndarray:
     """
     n, qx, qy = patterns.shape
     factor = int(factor)
-    if factor < 1 or qx % factor or qy % factor:
-        raise InputError(f"bin factor {factor} does not divide the {qx}x{qy} detector",
-                         hint="choose a divisor such as 1, 2, 4 or 8")
+    check_bin_factor(factor, (qx, qy))
     if factor == 1:
         return np.asarray(patterns, dtype=np.float32)
     return block_sum(patterns, factor)
@@ -280,9 +280,7 @@ def centre_binned(patterns: np.ndarray, origins: np.ndarray, beam_radius: float,
     patterns = np.asarray(patterns)
     n, qx, qy = patterns.shape
     f = int(bin_factor)
-    if f < 1 or qx % f or qy % f:
-        raise InputError(f"bin factor {f} does not divide the {qx}x{qy} detector",
-                         hint="choose a divisor such as 1, 2, 4 or 8")
+    check_bin_factor(f, (qx, qy))
     origins = np.asarray(origins, dtype=np.float64).reshape(n, 2)
     if not np.all(np.isfinite(origins)):
         raise ValueError("origins must be finite (use fitted origins)")
@@ -446,3 +444,14 @@ class TopValues:
     def result(self) -> float:
         """The smallest kept value: the percentile (NaN when nothing was added)."""
         return float(self.values.min()) if self.values.size else float("nan")
+
+
+def check_bin_factor(factor: int, detector_shape, path=None) -> None:
+    """Refuse a bin factor that does not divide the (Qx, Qy) detector, naming ones that do."""
+    qx, qy = (int(v) for v in detector_shape)
+    if factor >= 1 and not (qx % factor or qy % factor):
+        return
+    common = math.gcd(qx, qy)
+    fits = [str(d) for d in range(1, 17) if common % d == 0]
+    raise InputError(f"bin factor {factor} does not divide the {qx}x{qy} detector", path=path,
+                     hint=f"choose one that does: {', '.join(fits)}")

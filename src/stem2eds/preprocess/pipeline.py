@@ -276,10 +276,9 @@ def resolve_origins(scan: ScanBundle, settings: PreprocessSettings, batch: int =
 
 def _check_detector(scan: ScanBundle, settings: PreprocessSettings) -> None:
     qx, qy = scan.detector_shape
-    f = int(settings.bin_factor)
-    if qx % f or qy % f:
-        raise InputError(f"bin factor {f} does not divide the {qx}x{qy} detector",
-                         path=scan.path, hint="choose a divisor such as 1, 2, 4 or 8")
+    from .patterns import check_bin_factor
+
+    check_bin_factor(int(settings.bin_factor), (qx, qy), scan.path)
     if settings.detector_shape is not None and tuple(settings.detector_shape) != (qx, qy):
         raise InputError(f"detector is {qx}x{qy} but the settings were made for "
                          f"{settings.detector_shape[0]}x{settings.detector_shape[1]}",
