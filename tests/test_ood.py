@@ -114,3 +114,30 @@ def test_cli_warns_on_an_untransferred_camera_length_only(run_cli, run_dir, setu
     assert read_prediction(tmp_path / "b.h5").attrs["ood_outside"]
     code, _, err = run_cli("predict", run_dir, setups["longer_q"][2], "--out", tmp_path / "c.h5")
     assert code == 0 and "warning" not in err
+
+
+@pytest.mark.slow
+def test_libertem_engine_scores_like_the_stem2eds_engine(run_cli, run_dir, setups, tmp_path):
+    """The same OOD map and verdict from the LiberTEM engine; a file that carries no q
+    calibration (here .npy frames of another camera length) is predicted as recorded and
+    warned about."""
+    pytest.importorskip("libertem")
+    import h5py
+
+    from stem2eds.formats.prediction import read_prediction
+
+    for engine, out in (("stem2eds", "s.h5"), ("libertem", "l.h5")):
+        code, _, err = run_cli("predict", run_dir, setups["same"][2], "--out", tmp_path / out,
+                               "--engine", engine, "-q")
+        assert code == 0 and err == "", err
+    ref, got = read_prediction(tmp_path / "s.h5"), read_prediction(tmp_path / "l.h5")
+    np.testing.assert_allclose(got.ood, ref.ood, rtol=1e-4, atol=1e-4)
+    for key in ("ood_score", "ood_threshold", "ood_outside"):
+        assert got.attrs[key] == pytest.approx(ref.attrs[key], rel=1e-4), key
+    with h5py.File(setups["longer_q"][2], "r") as f:
+        np.save(tmp_path / "other_q.npy", f["diffraction"][()])
+    code, _, err = run_cli("predict", run_dir, tmp_path / "other_q.npy", "--out",
+                           tmp_path / "o.h5", "--engine", "libertem", "-q")
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1 and "outside the training" in lines[0], err
+    assert read_prediction(tmp_path / "o.h5").attrs["ood_outside"]

@@ -89,8 +89,10 @@ def run(args) -> int:
                              hint="export it afterwards: stem2eds.predict.Prediction.load(PRED)"
                                   ".export(...)")
         shape = parse_pair(args.scan_shape) if args.scan_shape else None
-        print(predict_file(args.run_dir, args.bundle, args.out, input_type=args.input_type,
-                           scan_shape=shape, scheduler=args.scheduler, device=args.device))
+        with _warnings_on_stderr():
+            out = predict_file(args.run_dir, args.bundle, args.out, input_type=args.input_type,
+                               scan_shape=shape, scheduler=args.scheduler, device=args.device)
+        print(out)
         return 0
     if args.format != "hdf5":
         from ..predict.tofile import predict_to_file

@@ -19,7 +19,7 @@ _WHERE = {
     "StatsUDF": "udf",
     "predict_dataset": "engine",
     "predict_file": "engine",
-    "maps_from_statistics": "engine",
+    "maps_from_statistics": "results",
     "fit_dataset_origins": "engine",
     "open_context": "engine",
     "load_dataset": "engine",

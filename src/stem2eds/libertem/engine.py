@@ -15,6 +15,7 @@ Dask cluster, one worker per core; an address: an existing cluster).
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -384,9 +385,16 @@ def predict_dataset(ctx, ds, run: str | os.PathLike, *, device: str = "cpu",
     stem2eds.predict.predictor.Prediction
         Maps of the run's crop of the scan.
     """
+    return _predict(ctx, ds, run, device, filtered, ood=False)[0]
+
+
+def _predict(ctx, ds, run, device: str, filtered: bool | None, ood: bool):
+    """:func:`predict_dataset`, and with ``ood`` the scan's OOD verdict (None without one)."""
     from ..features.normalise import whole_scans_only
+    from ..formats.rundir import RunDir
     from ..predict.predictor import finished_run
-    from .udf import PredictUDF, StatsUDF, frames_method
+    from .results import maps_from_results, maps_from_statistics, ood_from_results
+    from .udf import PredictUDF, StatsUDF, cached_predictor, frames_method
 
     info, settings = finished_run(Path(run))
     check_dataset(ds, settings)
@@ -398,50 +406,14 @@ def predict_dataset(ctx, ds, run: str | os.PathLike, *, device: str = "cpu",
                        method=frames_method(ds, roi))
         res = ctx.run_udf(ds, udf, roi=roi)
         return maps_from_statistics(np.asarray(res["stats"].data), udf.predictor, origins.box,
-                                    filtered)
+                                    filtered), None
+    # the OOD score, as the stem2eds engine gives it, where the run has one
+    ood = ood and cached_predictor(run, device).fused and RunDir(Path(run)).ood_npz.is_file()
     udf = PredictUDF(run, origins.fitted, beam_radius, device=device, filtered=filtered,
-                     method=frames_method(ds, roi))
+                     method=frames_method(ds, roi), ood=ood)
     res = ctx.run_udf(ds, udf, roi=roi)
-    return maps_from_results(res, udf.predictor, origins.box)
-
-
-def maps_from_statistics(stats: np.ndarray, predictor, box, filtered: bool | None = None):
-    """A :class:`~stem2eds.predict.predictor.Prediction` from StatsUDF's statistics.
-
-    Parameters
-    ----------
-    stats : ndarray, shape (Rx, Ry, S * R)
-        Ring statistics of every frame (the run's crop ``box`` is used).
-    predictor : Predictor
-        A run that normalises per scan.
-    box : (r0, r1, c0, c1)
-    filtered : bool, optional
-        Filter the EDS maps (default: as the run says).
-    """
-    from ..features.normalise import scan_reference
-    from ..predict.predictor import Prediction
-
-    r0, r1, c0, c1 = box
-    shape = (r1 - r0, c1 - c0)
-    n_stats = len(predictor.head.ring_statistics)
-    flat = np.ascontiguousarray(stats[r0:r1, c0:c1], np.float32).reshape(
-        shape[0] * shape[1], n_stats, -1)
-    out = predictor.statistics_outputs(flat, scan_reference(flat))
-    n_eds = len(predictor.elements)
-    eds = predictor.finish_eds(out[:, :n_eds].T.reshape(n_eds, *shape).copy(), filtered)
-    haadf = out[:, n_eds].reshape(shape).copy() if out.shape[1] > n_eds else None
-    return Prediction(eds.astype(np.float32), haadf, predictor.elements, shape)
-
-
-def maps_from_results(res, predictor, box) -> "Any":
-    """A :class:`~stem2eds.predict.predictor.Prediction` from PredictUDF's results (crop box)."""
-    from ..predict.predictor import Prediction
-
-    r0, r1, c0, c1 = box
-    eds = np.stack([np.asarray(res[el].data)[r0:r1, c0:c1] for el in predictor.elements])
-    haadf = np.asarray(res["haadf"].data)[r0:r1, c0:c1] if "haadf" in res else None
-    return Prediction(eds.astype(np.float32), None if haadf is None else
-                      haadf.astype(np.float32), predictor.elements, (r1 - r0, c1 - c0))
+    pred = maps_from_results(res, udf.predictor, origins.box)
+    return pred, (ood_from_results(res, udf.predictor, origins.box) if ood else None)
 
 
 def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
@@ -477,7 +449,7 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
     check_bundle(run_dir, path)
     with open_context(scheduler) as ctx:
         ds = load_dataset(ctx, path, input_type, scan_shape)
-        pred = predict_dataset(ctx, ds, run_dir, device=device)
+        pred, ood = _predict(ctx, ds, run_dir, device, None, ood=True)
         from .udf import cached_predictor
 
         predictor = cached_predictor(run_dir, device)
@@ -486,4 +458,9 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
              "scan_shape": list(pred.scan_shape), "targets": list(predictor.targets),
              "source": str(Path(path).resolve()), "engine": "libertem",
              "eds_filter": _filter_description(predictor)}
-    return pred.save(out, attrs=attrs)
+    if ood is None:
+        return pred.save(out, attrs=attrs)
+    if ood.outside:
+        logging.getLogger("stem2eds.predict").warning("%s: %s", Path(path).stem, ood.message())
+    attrs.update(ood_score=ood.score, ood_threshold=ood.threshold, ood_outside=ood.outside)
+    return pred.save(out, attrs=attrs, extra={"ood": ood.positions})

@@ -56,8 +56,10 @@ class LivePredictUDF(PredictUDF):
     """
 
     def __init__(self, run, radius: float, beam_radius: float, device: str = "cpu",
-                 origins=None, filtered: bool = False, method: str = "partition"):
-        # LiberTEM rebuilds a UDF per partition from its parameters (all of them)
+                 origins=None, filtered: bool = False, method: str = "partition",
+                 ood: bool = False):
+        # LiberTEM rebuilds a UDF per partition from its parameters (all of them);
+        # the preview has no OOD score (ood is always False here)
         super().__init__(run, None, beam_radius, device, filtered=False, method=method,
                          radius=float(radius))
 

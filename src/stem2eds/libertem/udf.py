@@ -263,6 +263,9 @@ class PredictUDF(_BatchingUDF):
         How frames arrive (:func:`frames_method`): ``"tile"`` (stacks of
         about :data:`FRAME_BATCH` whole frames) only for datasets whose tiles
         span whole frames; ``"partition"`` works for any.
+    ood : bool
+        Also return each frame's ring means (``ring_means``, (R,) float32),
+        which the run's OOD score takes (fused ring models only).
 
     Notes
     -----
@@ -273,11 +276,12 @@ class PredictUDF(_BatchingUDF):
     """
 
     def __init__(self, run, origins, beam_radius: float, device: str = "cpu",
-                 filtered: bool | None = None, method: str = "partition", **params):
+                 filtered: bool | None = None, method: str = "partition", ood: bool = False,
+                 **params):
         super().__init__(run=str(run),
                          origins=None if origins is None else np.asarray(origins, np.float64),
                          beam_radius=float(beam_radius), device=device, filtered=filtered,
-                         method=method, **params)
+                         method=method, ood=bool(ood), **params)
 
     @property
     def predictor(self):
@@ -291,7 +295,17 @@ class PredictUDF(_BatchingUDF):
                    for name in names}
         buffers["outputs"] = self.buffer(kind="nav", extra_shape=(len(names),),
                                          dtype=np.float32, use="private")
+        if self.params.ood:
+            buffers["ring_means"] = self.buffer(kind="nav", extra_shape=(self._n_rings(),),
+                                                dtype=np.float32)
         return buffers
+
+    def _n_rings(self) -> int:
+        from ..features.rings import RingGeometry
+
+        p = self.predictor
+        return RingGeometry.from_settings(p.settings, tuple(self.meta.dataset_shape.sig),
+                                          ("mean",), self.params.beam_radius).n_rings
 
     def output_names(self) -> list[str]:
         p = self.predictor
@@ -300,11 +314,16 @@ class PredictUDF(_BatchingUDF):
     def handle(self, frames, coords):
         p = self.predictor
         origins = self.params.origins[tuple(coords.T)]
+        if self.params.ood:  # the ring means of the OOD score come from the same pass
+            out, means = p.predict_raw_with_means(frames, origins, self.params.beam_radius)
+            return np.concatenate([out, means], axis=1)
         # fused ring statistics for ring models (as stem2eds predict), else preprocessing
         return p.predict_raw(frames, origins, self.params.beam_radius)
 
     def columns(self):
-        return [("outputs", slice(None))]
+        n = len(self.output_names())
+        return [("outputs", slice(0, n))] + ([("ring_means", slice(n, None))]
+                                             if self.params.ood else [])
 
     def get_results(self):
         # LiberTEM hands nav buffers over flat, only the roi's positions
@@ -318,6 +337,8 @@ class PredictUDF(_BatchingUDF):
         out = {name: outputs[:, i].copy() for i, name in enumerate(names) if i >= n_eds}
         out.update({name: eds[i].reshape(-1).astype(np.float32)
                     for i, name in enumerate(names[:n_eds])})
+        if self.params.ood:
+            out["ring_means"] = np.asarray(self.results.ring_means)
         return out
 
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..errors import InputError
-from ..features.normalise import whole_scans_only
 from ..formats.bundle import ScanBundle, open_bundle
 # not from ..train: that would import Lightning (seconds of start-up) for nothing here
 from ..formats.rundir import RunDir
 from .heads import Head, finished_run, load_head  # noqa: F401 - finished_run: public here
+from .per_scan import PerScanPrediction
 from .result import Prediction
 from .scanning import (_cropped_shape, _raw_stream, check_preprocessed, scan_step_nm,
                        transferred)
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # torch is imported when the model is built
     import torch
 
 
-class Predictor:
+class Predictor(PerScanPrediction):
     """A trained model with its preprocessing settings, ready to predict scans.
 
     Use :func:`load_run`.
@@ -344,68 +344,30 @@ class Predictor:
         self._check_input_shape(None, values.shape[1:])
         return self.predict_patterns(values)
 
-    def raw_statistics(self, patterns: np.ndarray, origins: np.ndarray,
-                       beam_radius: float) -> np.ndarray:
-        """The ring statistics the model takes, of raw patterns centred on given origins.
+    def predict_raw_with_means(self, patterns: np.ndarray, origins: np.ndarray,
+                               beam_radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_raw` and each pattern's ring means (n, R), which the OOD score takes.
 
-        For per-scan runs, before the reference is known (then
-        :meth:`statistics_outputs`). Arguments as :meth:`predict_raw`.
-
-        Returns
-        -------
-        ndarray, shape (n, S, R), float32
+        For runs whose raw patterns go through the fused ring statistics
+        (:attr:`fused`); the means come from the same pass.
         """
         from ..features.stream import RawBlock
 
-        if not self._fused():
-            raise InputError("this run's model does not start with ring statistics "
-                             "(or does not centre after binning)", path=self.run_dir)
+        if self.scan_normalised or not self._fused():
+            raise InputError("ring means come with the outputs only for ring models that "
+                             "predict frame by frame", path=self.run_dir)
         block = RawBlock(np.ascontiguousarray(patterns), np.asarray(origins, np.float64),
                          float(beam_radius))
-        geometry = block.geometry(self.settings, self.head.ring_statistics)
+        used = self.head.ring_statistics
+        geometry = block.geometry(self.settings, used if "mean" in used else used + ("mean",))
         self._check_input_shape(None, geometry.binned_shape)
-        return self.head.block_statistics(block, geometry, self.settings)
-
-    def statistics_outputs(self, stats: np.ndarray, reference: float) -> np.ndarray:
-        """Outputs (n, E [+ 1]) of one scan's ring statistics (n, S, R) divided by its reference.
-
-        ``reference``: :func:`stem2eds.features.normalise.scan_reference` of
-        all the scan's statistics (the run's crop).
-        """
-        return self._finish(self.head.stats_outputs(
-            np.asarray(stats, np.float32) / np.float32(reference)))
+        out, means = self.head.ring_outputs(block, geometry, self.settings, means=True)
+        return self._finish(out), means
 
     @property
-    def scan_normalised(self) -> bool:
-        """Whether the run divides a scan's ring statistics by its reference (``normalise = "scan"``)."""
-        return whole_scans_only(self.info.get("model_params")) is not None
-
-    def _whole_scans_only(self, how: str) -> InputError:
-        return InputError(f"{whole_scans_only(self.info.get('model_params'))}, {how}",
-                          path=self.run_dir)
-
-    def _scan_outputs(self, scan: ScanBundle, stream) -> "Iterator[tuple[int, np.ndarray]]":
-        """Outputs of a whole scan for a run that normalises per scan.
-
-        The ring statistics of every block come first (n x S x R float32,
-        180 MB for a million positions and 45 rings), then the scan's
-        reference (:mod:`stem2eds.features.normalise`), then the model.
-        """
-        from ..features.normalise import ScanReference
-
-        used = len(self.head.ring_statistics)
-        reference, blocks = ScanReference(), []
-        for start, block in stream:
-            geometry = self._block_geometry(scan, block)
-            stats = self.head.block_statistics(block, geometry, self.settings)
-            if self.ood_monitor is not None:
-                self.ood_monitor.observe_means(start,
-                                               stats[:, geometry.statistics.index("mean")])
-            blocks.append((start, np.ascontiguousarray(stats[:, :used])))
-            reference.add(blocks[-1][1])
-        if blocks:
-            for start, stats in blocks:
-                yield start, self.statistics_outputs(stats, reference.value)
+    def fused(self) -> bool:
+        """Whether raw patterns go through the fused ring statistics (ring models, binned centring)."""
+        return self._fused()
 
     def _check_input_shape(self, scan: ScanBundle | None, shape) -> None:
         if tuple(shape) != tuple(self.info["input_shape"]):

@@ -63,13 +63,17 @@ class Prediction:
             attrs["scan_name"] = self.source_name
         return attrs
 
-    def save(self, path: str | os.PathLike, attrs: dict[str, Any] | None = None) -> Path:
-        """Write these maps as a prediction file (:mod:`stem2eds.formats.prediction`)."""
+    def save(self, path: str | os.PathLike, attrs: dict[str, Any] | None = None,
+             extra: dict[str, np.ndarray] | None = None) -> Path:
+        """Write these maps as a prediction file (:mod:`stem2eds.formats.prediction`).
+
+        ``extra``: further datasets (e.g. ``ood``, the per-position OOD score).
+        """
         from ..formats.prediction import write_prediction_file
 
         return write_prediction_file(path, self.elements, self.eds, haadf=self.haadf,
                                      eds_std=self.eds_std,
-                                     attrs={**self.file_attrs(), **(attrs or {})})
+                                     attrs={**self.file_attrs(), **(attrs or {})}, extra=extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Prediction":
