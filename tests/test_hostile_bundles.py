@@ -158,3 +158,18 @@ def test_convert_refuses_nan_patterns(run_cli, tmp_path):
                            "--r-pixel", "1", "--q-pixel", "0.5", "-q")
     assert code == 2 and "NaN or infinite" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b.h5").exists()
+
+
+@pytest.mark.parametrize("engine", ["stem2eds", "libertem"])
+def test_out_inside_the_run_is_refused_by_both_engines(trained, run_cli, tmp_path, engine):
+    if engine == "libertem":
+        pytest.importorskip("libertem")
+    run, scan = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = (copy / "weights.safetensors").read_bytes()
+    for out in (copy / "weights.safetensors", copy / "new.h5"):
+        code, _, err = run_cli("predict", copy, scan, "--out", out, "-q", "--engine", engine)
+        assert code == 2 and "lies in the training run" in err, err
+    assert (copy / "weights.safetensors").read_bytes() == before
+    assert not (copy / "new.h5").exists()

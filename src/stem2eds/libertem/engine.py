@@ -444,8 +444,10 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
     from .. import __version__
     from ..atomic import refuse_overwrite
     from ..predict.bundle import _filter_description
+    from ..predict.scanning import refuse_run_outputs
 
     refuse_overwrite(out, path)
+    refuse_run_outputs(out, run_dir)  # the run's own files are inputs too
     check_bundle(run_dir, path)
     with open_context(scheduler) as ctx:
         ds = load_dataset(ctx, path, input_type, scan_shape)

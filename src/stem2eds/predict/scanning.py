@@ -136,7 +136,7 @@ def refuse_run_outputs(out: str | os.PathLike, run_dir: str | os.PathLike) -> No
     out = Path(out).resolve()
     for product in (Path(run_dir), *RunDir(Path(run_dir)).products()):
         if product.resolve() == out or product.resolve() in out.parents:
-            raise InputError("`out` would overwrite a file of the training run (an input)",
+            raise InputError("`out` lies in the training run, whose files are inputs",
                              path=out, hint="write the prediction elsewhere")
 
 
