@@ -242,3 +242,26 @@ assert d == np.dot(a, b) and np.allclose(c, np.correlate(a, b)), (d, c)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_damaged_ring_cache_is_computed_again(runs, tmp_path):
+    """NaN written over the cache (found by fuzzing `train --resume`): recomputed, not trusted."""
+    import shutil
+
+    from stem2eds.features.cache import ring_statistics_cache
+    from stem2eds.formats.rundir import RunDir
+    from stem2eds.preprocess import load_settings
+
+    run_dirs, scan, _ = runs
+    run = RunDir(run_dirs["radial"])
+    cached = sorted(run.features.glob("rings_*.npy"))[0]
+    good = np.load(cached)
+    damaged = tmp_path / cached.name
+    shutil.copy(cached, damaged)
+    arr = np.load(damaged, mmap_mode="r+")
+    arr[3, 2] = np.nan
+    arr.flush()
+    del arr
+    settings = load_settings(run.preprocess_record)
+    again = ring_statistics_cache(damaged, [scan], settings, ("mean",), good.shape[1])
+    np.testing.assert_array_equal(np.asarray(again), good)

@@ -173,3 +173,29 @@ def test_out_inside_the_run_is_refused_by_both_engines(trained, run_cli, tmp_pat
         assert code == 2 and "lies in the training run" in err, err
     assert (copy / "weights.safetensors").read_bytes() == before
     assert not (copy / "new.h5").exists()
+
+
+@pytest.mark.parametrize("attr, value, match", [
+    ("format_version", 1.9, "is not a version number"),
+    ("format_version", -5, "is not a version number"),
+    ("kind", "bogus", "neither raw nor preprocessed"),
+])
+def test_bundle_attributes_that_cannot_be_right(trained, run_cli, tmp_path, attr, value, match):
+    run, scan = trained
+    bad = tmp_path / "bad_attr.h5"
+    shutil.copy(scan, bad)
+    with h5py.File(bad, "r+") as f:
+        f.attrs[attr] = value
+    _refused(run_cli, run, bad, tmp_path, match)
+
+
+def test_a_calibrated_unit_without_its_size(trained, run_cli, tmp_path):
+    """`q_pixel_unit` 1/nm with no size read as 1 1/nm and resampled wrongly (exit 0)."""
+    run, scan = trained
+    bad = tmp_path / "unit_only.h5"
+    shutil.copy(scan, bad)
+    with h5py.File(bad, "r+") as f:
+        if "q_pixel_size" in f.attrs:
+            del f.attrs["q_pixel_size"]
+        f.attrs["q_pixel_unit"] = "1/nm"
+    _refused(run_cli, run, bad, tmp_path, "q_pixel_unit but no q_pixel_size")

@@ -153,6 +153,13 @@ def test_metrics_file_refuses_non_objects_and_missing_keys(tmp_path, run_cli):
     path.write_text(json.dumps(sparse))
     with pytest.raises(InputError, match="'train_scans'"):
         read_metrics(tmp_path)
+    # found by fuzzing: parts of the wrong shape, JSON nested 100,000 deep
+    path.write_text(json.dumps({**_fake_metrics(), "parts": "x"}))
+    with pytest.raises(InputError, match="'parts'"):
+        read_metrics(tmp_path)
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_metrics(tmp_path)
 
 
 def test_metrics_file_round_trip_writes_strict_json(tmp_path):

@@ -92,14 +92,20 @@ def ring_statistics_cache(path: str | os.PathLike, bundles: Sequence[str | os.Pa
             offset += size
         out.flush()
         del out
-    stored = _open(path, shape)
+    stored = _open(path, shape, finite=False)
     if stored is None:
         raise InputError("the front-end cache just written cannot be read back", path=path)
+    if not np.isfinite(stored).all():
+        raise InputError("the ring statistics of the training scans hold NaN or infinite "
+                         "values", path=path, hint="check the scans' counts for NaN or infinity")
     return stored
 
 
-def _open(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The stored array when it is a float32 .npy of ``shape``; None otherwise."""
+def _open(path: Path, shape: tuple[int, int], finite: bool = True) -> np.ndarray | None:
+    """The stored array when it is a float32 .npy of ``shape`` (and finite); None otherwise.
+
+    A cache left damaged (e.g. NaN written over it) is computed again, like a missing one.
+    """
     if not path.is_file():
         return None
     try:
@@ -107,5 +113,7 @@ def _open(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     except (ValueError, OSError):
         return None
     if arr.shape != shape or arr.dtype != np.float32:
+        return None
+    if finite and not np.isfinite(arr).all():
         return None
     return arr

@@ -137,8 +137,10 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
                          hint="run the experiment into this folder first")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"metrics.json is not valid JSON ({exc})", path=path) from None
+    except RecursionError:
+        raise InputError("metrics.json is not valid JSON (nested too deeply)", path=path) from None
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
+        raise InputError(f"metrics.json is not valid JSON ({str(exc)[:120]})", path=path) from None
     except OSError as exc:
         raise InputError(f"cannot read metrics.json ({exc.strerror or exc})", path=path) from None
     validate_metrics(data, path)
@@ -181,6 +183,13 @@ def validate_metrics(data: Any, path: str | os.PathLike = FILE_NAME) -> None:
         if check_element(e, source=path) != e:
             raise InputError(f"metrics.json key 'elements' holds {e[:20]!r}, not a symbol as "
                              "written by experiment", path=path)
+    parts = data.get("parts", [])
+    if not isinstance(parts, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str)
+            and all(isinstance(p.get(k), list) and all(isinstance(s, str) for s in p[k])
+                    for k in ("train_scans", "test_scans")) for p in parts):
+        raise InputError("metrics.json key 'parts' is not a list of parts (name, train_scans, "
+                         "test_scans)", path=path)
     figures = data.get("figures", [])
     if not isinstance(figures, list):
         raise InputError("metrics.json key 'figures' is not a list", path=path)

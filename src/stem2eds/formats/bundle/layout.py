@@ -49,6 +49,10 @@ class PixelCalibration:
         for name in ("r_pixel_size", "q_pixel_size", "beam_energy_kev"):
             if name in attrs:
                 kw[name] = float(attrs[name])
+        for axis, calibrated in (("r", ("nm",)), ("q", ("1/nm", "mrad"))):
+            if f"{axis}_pixel_size" not in kw and _as_str(attrs.get(f"{axis}_pixel_unit", "")) \
+                    in calibrated:  # a unit without its size would read as 1 of that unit
+                raise ValueError(f"calibration has {axis}_pixel_unit but no {axis}_pixel_size")
         for name in ("r_pixel_size", "q_pixel_size"):
             if name in kw and not 0 < kw[name] < math.inf:
                 # a bundle's sizes are written by convert, checked; anything else is damage

@@ -130,7 +130,10 @@ class ScanBundle:
     @property
     @_damage_is_input_error
     def kind(self) -> str:
-        return _as_str(self.file.attrs.get("kind", "raw"))
+        kind = _as_str(self.file.attrs.get("kind", "raw"))
+        if kind not in ("raw", "preprocessed"):
+            raise ValueError(f"kind {kind[:20]!r} is neither raw nor preprocessed")
+        return kind
 
     @property
     @_damage_is_input_error
@@ -323,7 +326,10 @@ def open_bundle(path: str | os.PathLike, require: Sequence[str] = (DIFFRACTION,)
         if _as_str(f.attrs.get("format", "")) != FORMAT:
             raise InputError("not a stem2eds scan bundle", path=p,
                              hint="make one with 'stem2eds convert'")
-        version = int(f.attrs.get("format_version", 0))
+        version = f.attrs.get("format_version", 0)
+        if not (isinstance(version, (int, np.integer)) and 0 <= version):
+            raise InputError(f"bundle format_version {str(version)[:20]!r} is not a version "
+                             "number", path=p, hint="the file is damaged or not a bundle")
         if version > FORMAT_VERSION:
             raise InputError(f"bundle format version {version} is newer than this "
                              f"stem2eds understands ({FORMAT_VERSION})", path=p,
