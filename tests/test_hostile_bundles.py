@@ -199,3 +199,33 @@ def test_a_calibrated_unit_without_its_size(trained, run_cli, tmp_path):
             del f.attrs["q_pixel_size"]
         f.attrs["q_pixel_unit"] = "1/nm"
     _refused(run_cli, run, bad, tmp_path, "q_pixel_unit but no q_pixel_size")
+
+
+def test_libertem_refuses_chunks_its_reader_cannot_tile(trained, run_cli, tmp_path):
+    pytest.importorskip("libertem")
+    run, scan = trained
+    odd = tmp_path / "odd_chunks.h5"
+    shutil.copy(scan, odd)
+    _replace_diffraction(odd, lambda f, data: f.create_dataset(
+        "diffraction", data=data, chunks=(5, 3, 7, 9)))
+    _refused(run_cli, run, odd, tmp_path, "LiberTEM's HDF5 reader does not take",
+             "--engine", "libertem")
+    code, _, err = run_cli("predict", run, odd, "--out", tmp_path / "ok.h5", "-q")
+    assert code == 0, err  # the stem2eds engine reads any chunking
+
+
+def test_libertem_reads_row_chunks(trained, tmp_path):
+    """Chunks of whole frames (here a scan row each) still go through LiberTEM's reader."""
+    pytest.importorskip("libertem")
+    from stem2eds.libertem import predict_file
+    from stem2eds.predict.predictor import load_run
+
+    run, scan = trained
+    rows = tmp_path / "row_chunks.h5"
+    shutil.copy(scan, rows)
+    _replace_diffraction(rows, lambda f, data: f.create_dataset(
+        "diffraction", data=data, chunks=(1,) + data.shape[1:]))
+    predict_file(run, rows, tmp_path / "p.h5")
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        got = np.stack([f["eds"][el][()] for el in load_run(run).elements])
+    np.testing.assert_allclose(got, load_run(run).predict(scan).eds, atol=1e-5)

@@ -120,12 +120,23 @@ def _bundle_dataset(ctx, path: Path):
 
     from .dataset import DirectHDF5DataSet
 
+    import h5py
+
     if not _is_bundle(path):
         return None  # not a bundle, not HDF5 or unreadable: LiberTEM's own detection decides
     try:
         return ctx.load(DirectHDF5DataSet, path=str(path))
     except DataSetException:
-        return ctx.load("hdf5", path=str(path), ds_path="/diffraction")
+        pass
+    with h5py.File(path, "r") as f:
+        chunks, shape = f["diffraction"].chunks, f["diffraction"].shape
+    if chunks is not None and tuple(chunks[2:]) != tuple(shape[2:]):
+        # LiberTEM's HDF5 reader fails inside its tiling on chunks that cut
+        # frames into pieces (found by fuzzing); whole-frame chunks work
+        raise InputError(f"the bundle's patterns are stored in chunks of {tuple(chunks)}, which "
+                         "LiberTEM's HDF5 reader does not take", path=path,
+                         hint="predict it with the stem2eds engine (the default)")
+    return ctx.load("hdf5", path=str(path), ds_path="/diffraction")
 
 
 def _is_bundle(path: Path) -> bool:
