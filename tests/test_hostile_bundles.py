@@ -229,3 +229,17 @@ def test_libertem_reads_row_chunks(trained, tmp_path):
     with h5py.File(tmp_path / "p.h5", "r") as f:
         got = np.stack([f["eds"][el][()] for el in load_run(run).elements])
     np.testing.assert_allclose(got, load_run(run).predict(scan).eds, atol=1e-5)
+
+
+def test_convert_and_preprocess_never_replace_a_run_file(trained, run_cli, tmp_path):
+    run, scan = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = (copy / "weights.safetensors").read_bytes()
+    out = copy / "weights.safetensors"
+    for args in (("preprocess", scan, "--out", out, "-q"),
+                 ("convert", "--diffraction", scan, "--out", out, "-q", "--r-pixel", "1",
+                  "--q-pixel", "0.5")):
+        code, _, err = run_cli(*args)
+        assert code == 2 and "file of the training run" in err, err
+    assert (copy / "weights.safetensors").read_bytes() == before

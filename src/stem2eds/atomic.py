@@ -294,6 +294,20 @@ def refuse_overwrite(out: str | os.PathLike, *inputs: str | os.PathLike,
                                                "may be one of its inputs")
 
 
+def refuse_run_file(out: str | os.PathLike, what: str = "out") -> None:
+    """Refuse an output that would replace a file of a training run (a folder with ``run.json``).
+
+    A run's files are the inputs of later predictions; a bundle written over
+    its ``weights.safetensors`` (found by fuzzing ``convert`` and
+    ``preprocess``) breaks the run for good.
+    """
+    target = Path(out)
+    if target.is_file() and (target.parent / "run.json").is_file():
+        raise InputError(f"`{what}` would replace a file of the training run in "
+                         f"{str(target.parent)!r}", path=target,
+                         hint="write it elsewhere; a run's files are inputs of its predictions")
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
     """Hold ``folder/.lock`` (see :meth:`RunDir.lock`); the second writer gets InputError.

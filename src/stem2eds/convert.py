@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .formats.bundle import PixelCalibration, create_bundle, describe_source
-from .atomic import refuse_overwrite
+from .atomic import refuse_overwrite, refuse_run_file
 from .elements import element_list
 from .errors import InputError
 from .io.calibration import check_pixel, standard_units
@@ -177,6 +177,7 @@ def convert(diffraction: str | os.PathLike | None, out: str | os.PathLike, *,
     inputs += [f for f in Path(eds).iterdir() if f.is_file()] if eds is not None and \
         Path(eds).is_dir() else []
     refuse_overwrite(out, *inputs)
+    refuse_run_file(out)
     with contextlib.ExitStack() as stack:
         source = None
         if diffraction is not None:

@@ -321,9 +321,10 @@ def preprocess_bundle(src: str | os.PathLike, out: str | os.PathLike,
         was measured (origins and their fit, registration offset) is in the
         output bundle; :func:`summarise` reads it back.
     """
-    from ..atomic import refuse_overwrite
+    from ..atomic import refuse_overwrite, refuse_run_file
 
     refuse_overwrite(out, src)
+    refuse_run_file(out)
     settings = PreprocessSettings(**asdict(settings or PreprocessSettings()))
     if scheduler is not None and register:
         raise InputError("registration (`register`) is not available with a Dask `scheduler`",
