@@ -234,7 +234,7 @@ def test_settings_json_that_json_cannot_convert_is_an_input_error(tmp_path):
         load_settings(deep)
     huge = tmp_path / "huge.json"
     huge.write_text('{"bin_factor": ' + "1" * 5000 + "}")
-    with pytest.raises(InputError, match="not a JSON settings file"):
+    with pytest.raises(InputError, match="the settings file is not valid JSON"):
         load_settings(huge)
 
 

@@ -135,14 +135,9 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise InputError("no metrics.json here; not an experiment run directory", path=run,
                          hint="run the experiment into this folder first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise InputError("metrics.json is not valid JSON (nested too deeply)", path=path) from None
-    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
-        raise InputError(f"metrics.json is not valid JSON ({str(exc)[:120]})", path=path) from None
-    except OSError as exc:
-        raise InputError(f"cannot read metrics.json ({exc.strerror or exc})", path=path) from None
+    from .jsonfile import read_json
+
+    data = read_json(path, "metrics.json")
     validate_metrics(data, path)
     return data
 

@@ -63,13 +63,9 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise InputError("no run.json: not a stem2eds run folder", path=run_dir)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise InputError("run.json is not valid JSON (nested too deeply)", path=run_dir) from None
-    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
-        raise InputError(f"run.json is not valid JSON ({str(exc).split(';')[0]})",
-                         path=run_dir) from None
+    from .jsonfile import read_json
+
+    data = read_json(path, "run.json", shown=run_dir)
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
         raise InputError("run.json is not a stem2eds run description", path=run_dir)
     check_run_info(data, path)

@@ -9,7 +9,6 @@ scan grid (read by :mod:`stem2eds.preprocess.register`).
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -286,13 +285,9 @@ def load_settings(path: str | os.PathLike) -> PreprocessSettings:
             raise InputError("bundle has no preprocessing settings", path=p,
                              hint="pass a bundle written by 'stem2eds preprocess'")
         return PreprocessSettings.from_dict(data)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise InputError("not a JSON settings file (nested too deeply)", path=p) from None
-    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
-        raise InputError(f"not a JSON settings file ({str(exc).split(';')[0]})",
-                         path=p) from None
+    from ..formats.jsonfile import read_json
+
+    data = read_json(p, "the settings file")
     if not isinstance(data, dict):
         raise InputError("settings JSON must be an object", path=p)
     # a bare settings object, or one nested as in a training run's
