@@ -243,3 +243,26 @@ def test_convert_and_preprocess_never_replace_a_run_file(trained, run_cli, tmp_p
         code, _, err = run_cli(*args)
         assert code == 2 and "file of the training run" in err, err
     assert (copy / "weights.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("engine", ["stem2eds", "libertem"])
+def test_positions_without_counts_are_named(trained, run_cli, tmp_path, engine):
+    """A few empty patterns among good ones got plausible compositions and no word (fuzzing)."""
+    if engine == "libertem":
+        pytest.importorskip("libertem")
+    run, scan = trained
+    holes = tmp_path / "holes.h5"
+    shutil.copy(scan, holes)
+    with h5py.File(holes, "r+") as f:
+        for r, c in ((0, 0), (3, 4), (7, 2)):
+            f["diffraction"][r, c] = 0
+    code, _, err = run_cli("predict", run, holes, "--out", tmp_path / "p.h5", "-q",
+                           "--engine", engine)
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1, err
+    assert "3 of 120 positions have no counts beyond the direct beam" in lines[0]
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert f.attrs["empty_positions"] == 3
+    code, _, err = run_cli("predict", run, scan, "--out", tmp_path / "q.h5", "-q",
+                           "--engine", engine)
+    assert code == 0 and err == "", err

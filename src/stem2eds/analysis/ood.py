@@ -235,17 +235,25 @@ class ScanScore:
         The reference's threshold.
     outside : bool
         ``score > threshold``: the whole scan lies outside the training distribution.
+    empty : int
+        Positions whose patterns have no counts beyond the direct beam (the
+        OOD features' rings): nothing there to predict a composition from.
     """
 
     positions: np.ndarray
     score: float
     threshold: float
     outside: bool
+    empty: int = 0
 
     def message(self) -> str:
         return (f"the scan lies outside the training scans' distribution (OOD score "
                 f"{self.score:.3g} > threshold {self.threshold:.3g}; training-like scans "
                 "score about the held-out median): predictions may be unreliable")
+
+    def empty_message(self) -> str:
+        return (f"{self.empty} of {self.positions.size} positions have no counts beyond the "
+                "direct beam: their predicted compositions mean nothing")
 
 
 class OodMonitor:
@@ -262,27 +270,34 @@ class OodMonitor:
         self.reference = reference
         self.scan_shape = tuple(int(v) for v in scan_shape)
         self._scores = np.full(self.scan_shape[0] * self.scan_shape[1], np.nan, np.float32)
+        self._empty = np.zeros(self._scores.size, bool)
 
     def observe(self, start: int, patterns: np.ndarray) -> None:
         """Score patterns (n, Qx, Qy) of flat positions ``start .. start + n``."""
         if start + len(patterns) > self._scores.size:
             raise ValueError("positions beyond the scan this monitor was made for; start a "
                              "monitor per scan (Predictor.start_ood)")
-        self._store(start, ring_features(patterns, self.reference.first))
+        flat = np.asarray(patterns).reshape(len(patterns), -1)
+        self._store(start, ring_features(patterns, self.reference.first),
+                    ~np.any(flat > 0, axis=1))
 
     def observe_means(self, start: int, means: np.ndarray) -> None:
         """Score positions from their ring means (n, R) (the fused path computes them)."""
         if start + len(means) > self._scores.size:
             raise ValueError("positions beyond the scan this monitor was made for; start a "
                              "monitor per scan (Predictor.start_ood)")
-        self._store(start, features_from_means(means, self.reference.first))
+        beyond = np.asarray(means)[:, self.reference.first:]
+        self._store(start, features_from_means(means, self.reference.first),
+                    ~np.any(beyond > 0, axis=1))
 
-    def _store(self, start: int, feats: np.ndarray) -> None:
+    def _store(self, start: int, feats: np.ndarray, empty: np.ndarray) -> None:
+        """Scores of the features, and which positions had no counts (nothing to score)."""
         self._scores[start:start + len(feats)] = self.reference.score(feats)
+        self._empty[start:start + len(feats)] = empty
 
     def result(self) -> ScanScore:
         positions = self._scores.reshape(self.scan_shape)
         seen = positions[np.isfinite(positions)]
         score = float(np.median(seen)) if seen.size else float("nan")
         return ScanScore(positions, score, self.reference.threshold,
-                         bool(score > self.reference.threshold))
+                         bool(score > self.reference.threshold), int(self._empty.sum()))

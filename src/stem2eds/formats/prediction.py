@@ -65,7 +65,7 @@ class PredictionFile:
         Out-of-distribution score per position (Mahalanobis distance of the
         pattern's ring features from the training positions'); root
         attributes ``ood_score``, ``ood_threshold``, ``ood_outside`` give the
-        scan's verdict.
+        scan's verdict, ``empty_positions`` the positions without counts.
     """
 
     elements: list[str]

@@ -15,7 +15,6 @@ Dask cluster, one worker per core; an address: an existing cluster).
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -473,7 +472,7 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
              "eds_filter": _filter_description(predictor)}
     if ood is None:
         return pred.save(out, attrs=attrs)
-    if ood.outside:
-        logging.getLogger("stem2eds.predict").warning("%s: %s", Path(path).stem, ood.message())
-    attrs.update(ood_score=ood.score, ood_threshold=ood.threshold, ood_outside=ood.outside)
-    return pred.save(out, attrs=attrs, extra={"ood": ood.positions})
+    from ..predict.bundle import ood_attrs, warn_ood
+
+    warn_ood(ood, Path(path).stem)
+    return pred.save(out, attrs={**attrs, **ood_attrs(ood)}, extra={"ood": ood.positions})

@@ -123,12 +123,24 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
 
 
 def _write_ood(writer, result, scan_name: str) -> None:
-    """The OOD map and verdict into the prediction file; a warning when the scan lies outside."""
-    writer.write_ood(result.positions, {"ood_score": result.score,
-                                        "ood_threshold": result.threshold,
-                                        "ood_outside": result.outside})
+    """The OOD map and verdict into the prediction file; warnings for what it found."""
+    writer.write_ood(result.positions, ood_attrs(result))
+    warn_ood(result, scan_name)
+
+
+def ood_attrs(result) -> dict:
+    """The prediction file's root attributes of an OOD verdict (:class:`~stem2eds.analysis.ood.ScanScore`)."""
+    return {"ood_score": result.score, "ood_threshold": result.threshold,
+            "ood_outside": result.outside, "empty_positions": result.empty}
+
+
+def warn_ood(result, scan_name: str) -> None:
+    """One warning line each: the scan lies outside the training data; positions without counts."""
+    log = logging.getLogger("stem2eds.predict")
     if result.outside:
-        logging.getLogger("stem2eds.predict").warning("%s: %s", scan_name, result.message())
+        log.warning("%s: %s", scan_name, result.message())
+    if result.empty:
+        log.warning("%s: %s", scan_name, result.empty_message())
 
 
 def _filter_description(predictor: Predictor) -> str:
