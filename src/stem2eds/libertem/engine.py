@@ -324,8 +324,10 @@ def beam_radius_for(settings, probe_radius: float) -> float:
     return float(probe_radius * settings.beam_margin)
 
 
-def check_bundle(run_dir: str | os.PathLike, path: str | os.PathLike) -> None:
+def check_bundle(run_dir: str | os.PathLike, path: str | os.PathLike) -> str:
     """Refuse a stem2eds bundle that ``stem2eds predict`` would refuse, or that needs transfer.
+
+    Returns the scan's name: a bundle's own, else the file's stem.
 
     A bundle is opened as the stem2eds engine opens it first
     (:func:`~stem2eds.formats.bundle.open_bundle`: numeric patterns, sizes
@@ -342,13 +344,15 @@ def check_bundle(run_dir: str | os.PathLike, path: str | os.PathLike) -> None:
 
     info, _ = finished_run(Path(run_dir))
     if not _is_bundle(Path(path)):
-        return
+        return Path(path).stem
     with open_bundle(path) as scan:
         plan = plan_transfer(info.get("q_grid"), scan.calibration, scan.detector_shape)
+        name = scan.name
     if plan is not None:
         raise InputError(f"the scan needs transfer onto the run's q grid ({plan.describe()}), "
                          "which the LiberTEM engine does not do", path=path,
                          hint="predict it with the stem2eds engine (the default), which resamples")
+    return name
 
 
 def check_dataset(ds, settings) -> None:
@@ -458,14 +462,14 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
 
     refuse_overwrite(out, path)
     refuse_run_outputs(out, run_dir)  # the run's own files are inputs too
-    check_bundle(run_dir, path)
+    name = check_bundle(run_dir, path)
     with open_context(scheduler) as ctx:
         ds = load_dataset(ctx, path, input_type, scan_shape)
         pred, ood = _predict(ctx, ds, run_dir, device, None, ood=True)
         from .udf import cached_predictor
 
         predictor = cached_predictor(run_dir, device)
-    attrs = {"scan_name": Path(path).stem, "model": predictor.model_name,
+    attrs = {"scan_name": name, "model": predictor.model_name,
              "run_dir": str(Path(run_dir).resolve()), "stem2eds_version": __version__,
              "scan_shape": list(pred.scan_shape), "targets": list(predictor.targets),
              "source": str(Path(path).resolve()), "engine": "libertem",
@@ -474,5 +478,5 @@ def predict_file(run_dir: str | os.PathLike, path: str | os.PathLike,
         return pred.save(out, attrs=attrs)
     from ..predict.bundle import ood_attrs, warn_ood
 
-    warn_ood(ood, Path(path).stem)
+    warn_ood(ood, name)
     return pred.save(out, attrs={**attrs, **ood_attrs(ood)}, extra={"ood": ood.positions})
