@@ -266,3 +266,12 @@ def test_positions_without_counts_are_named(trained, run_cli, tmp_path, engine):
     code, _, err = run_cli("predict", run, scan, "--out", tmp_path / "q.h5", "-q",
                            "--engine", engine)
     assert code == 0 and err == "", err
+
+
+def test_a_calibration_unit_convert_never_writes(trained, run_cli, tmp_path):
+    run, scan = trained
+    bad = tmp_path / "bananas.h5"
+    shutil.copy(scan, bad)
+    with h5py.File(bad, "r+") as f:
+        f.attrs["q_pixel_unit"] = "bananas"
+    _refused(run_cli, run, bad, tmp_path, "is not one of px, 1/nm, mrad")

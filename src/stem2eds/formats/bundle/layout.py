@@ -45,21 +45,31 @@ class PixelCalibration:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> "PixelCalibration":
-        kw = {}
+        """A bundle's calibration attributes, checked (``ValueError`` names what is wrong).
+
+        ``convert`` writes sizes that are positive numbers and the units
+        ``px``/``nm`` (scan) and ``px``/``1/nm``/``mrad`` (detector) only;
+        anything else is damage, and a calibrated unit without its size
+        would read as 1 of that unit.
+        """
+        kw: dict[str, Any] = {}
         for name in ("r_pixel_size", "q_pixel_size", "beam_energy_kev"):
             if name in attrs:
                 kw[name] = float(attrs[name])
-        for axis, calibrated in (("r", ("nm",)), ("q", ("1/nm", "mrad"))):
-            if f"{axis}_pixel_size" not in kw and _as_str(attrs.get(f"{axis}_pixel_unit", "")) \
-                    in calibrated:  # a unit without its size would read as 1 of that unit
-                raise ValueError(f"calibration has {axis}_pixel_unit but no {axis}_pixel_size")
-        for name in ("r_pixel_size", "q_pixel_size"):
-            if name in kw and not 0 < kw[name] < math.inf:
-                # a bundle's sizes are written by convert, checked; anything else is damage
-                raise ValueError(f"calibration {name} = {kw[name]} is not a positive number")
         for name in ("r_pixel_unit", "q_pixel_unit"):
             if name in attrs:
                 kw[name] = _as_str(attrs[name])
+        for axis, units in (("r", ("px", "nm")), ("q", ("px", "1/nm", "mrad"))):
+            unit = kw.get(f"{axis}_pixel_unit", "px")
+            if unit not in units:
+                raise ValueError(f"calibration {axis}_pixel_unit {unit[:20]!r} is not one of "
+                                 f"{', '.join(units)}")
+            size = kw.get(f"{axis}_pixel_size")
+            if size is None and unit != "px":
+                raise ValueError(f"calibration has {axis}_pixel_unit but no {axis}_pixel_size")
+            if size is not None and not 0 < size < math.inf:
+                raise ValueError(f"calibration {axis}_pixel_size = {size} is not a positive "
+                                 "number")
         return cls(**kw)
 
 
