@@ -275,3 +275,18 @@ def test_a_calibration_unit_convert_never_writes(trained, run_cli, tmp_path):
     with h5py.File(bad, "r+") as f:
         f.attrs["q_pixel_unit"] = "bananas"
     _refused(run_cli, run, bad, tmp_path, "is not one of px, 1/nm, mrad")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_counts_are_named(trained, run_cli, tmp_path, value):
+    """A hand-made float bundle with NaN or inf: said so in one line, not "origins are noise"."""
+    run, scan = trained
+    bad = tmp_path / "nonfinite.h5"
+    shutil.copy(scan, bad)
+
+    def floats(f, data):
+        data = data.astype(np.float32)
+        data[2, 3, 5, 6] = value
+        f.create_dataset("diffraction", data=data)
+    _replace_diffraction(bad, floats)
+    _refused(run_cli, run, bad, tmp_path, "NaN or infinite values")

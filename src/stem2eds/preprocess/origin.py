@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 #: Factor by which the coarse search bins the detector (to about 64 px across).
 _COARSE_TARGET = 64
 #: Aperture radius beyond the disk radius (px) for the centre of mass: covers
@@ -235,6 +237,10 @@ def find_origins(patterns: np.ndarray, probe_radius: float | None = None,
     patterns = np.asarray(patterns)
     if patterns.ndim != 3:
         raise ValueError(f"patterns must be (n, Qx, Qy), got shape {patterns.shape}")
+    if patterns.dtype.kind == "f" and not np.isfinite(patterns).all():
+        # the disk search would report noise, with numpy's overflow warnings
+        raise InputError("the patterns hold NaN or infinite values",
+                         hint="replace them (e.g. dead pixels by 0) and convert the scan again")
     n, qx, qy = patterns.shape
     small, f = _binned(patterns)
     if probe_radius is None:
