@@ -237,8 +237,7 @@ def find_origins(patterns: np.ndarray, probe_radius: float | None = None,
     patterns = np.asarray(patterns)
     if patterns.ndim != 3:
         raise ValueError(f"patterns must be (n, Qx, Qy), got shape {patterns.shape}")
-    if patterns.dtype.kind == "f" and not np.isfinite(patterns).all():
-        # the disk search would report noise, with numpy's overflow warnings
+    if patterns.dtype.kind == "f" and not np.isfinite(patterns).all():  # else: "noise"
         raise InputError("the patterns hold NaN or infinite values",
                          hint="replace them (e.g. dead pixels by 0) and convert the scan again")
     n, qx, qy = patterns.shape
