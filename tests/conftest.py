@@ -29,3 +29,19 @@ def run_cli(capsys):
         return code, out, err
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """(finished two-epoch default run on a 12x10 scan, 32x32 detector; another such scan).
+
+    Shared by the tests that damage copies of a run folder or feed it hostile
+    scans (they never change the run itself).
+    """
+    from builders import make_raw_scan, small_config
+    from stem2eds.train.fit import train
+
+    folder = tmp_path_factory.mktemp("small_run")
+    scans = [make_raw_scan(folder / f"s{k}.h5", seed=60 + k, detector=32) for k in range(2)]
+    run = train([scans[0]], folder / "run", small_config(max_epochs=2), quiet=True)
+    return run, scans[1]

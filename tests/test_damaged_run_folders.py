@@ -16,18 +16,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from builders import make_raw_scan, small_config
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from stem2eds.train.fit import train
-
-    folder = tmp_path_factory.mktemp("damaged_runs")
-    scans = [make_raw_scan(folder / f"s{k}.h5", seed=40 + k, detector=32) for k in range(2)]
-    run = train([scans[0]], folder / "run", small_config(max_epochs=2), quiet=True)
+def trained(small_run):
+    run, scan = small_run
     assert (run / "head.npz").is_file() and (run / "ood.npz").is_file()
-    return run, scans[1]
+    return run, scan
 
 
 def _copy(run, tmp_path):

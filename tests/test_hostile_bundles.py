@@ -14,17 +14,13 @@ import h5py
 import numpy as np
 import pytest
 
-from builders import make_raw_scan, small_config
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from stem2eds.train.fit import train
-
-    folder = tmp_path_factory.mktemp("hostile")
-    scans = [make_raw_scan(folder / f"s{k}.h5", seed=60 + k, detector=32) for k in range(2)]
-    run = train([scans[0]], folder / "run", small_config(max_epochs=2), quiet=True)
-    return run, scans[1]
+def trained(small_run):
+    run, scan = small_run
+    assert (run / "head.npz").is_file() and (run / "ood.npz").is_file()
+    return run, scan
 
 
 def _refused(run_cli, run, scan, tmp_path, match: str, *extra: str) -> None:
