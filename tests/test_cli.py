@@ -27,3 +27,23 @@ def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "stem2eds", "--version"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith("stem2eds ")
+
+
+def test_only_the_command_line_skips_the_final_collections(monkeypatch, tmp_path, capsys):
+    """``main()`` of the console script freezes the objects left for exit; ``main(argv)`` does not."""
+    import gc
+
+    from stem2eds.cli import main
+
+    args = ["predict", str(tmp_path / "no-run"), str(tmp_path / "no.h5"),
+            "--out", str(tmp_path / "p.h5")]
+    gc.unfreeze()
+    try:
+        assert main(args) == 2
+        assert gc.get_freeze_count() == 0
+        monkeypatch.setattr(sys, "argv", ["stem2eds", *args])
+        assert main() == 2  # an error line, not a traceback, either way
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert "error:" in capsys.readouterr().err

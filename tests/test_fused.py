@@ -43,6 +43,7 @@ def _reference(raw, origins, g: RingGeometry) -> np.ndarray:
     (2, "sqrt", 3.0, 9.0),
     (1, "log", 0.0, 5.0),      # no binning, beam kept
     (8, "none", 7.2, 900.0),
+    (16, "none", 7.2, 3600.0),  # a factor without its own compiled stride
 ])
 def test_ring_features_equal_the_preprocessed_path(f, scaling, radius, scale):
     raw, origins = _raw()

@@ -36,6 +36,32 @@ def _axis_weights(q: int, whole: int, frac: np.float32, f: int, dummy: int,
 
 
 @numba.njit(cache=True, inline="always")
+def _add_strided(dst: np.ndarray, src: np.ndarray, w: np.float32, count: int, f: int) -> None:
+    """``dst[j] += w * src[f j]`` for ``j < count``.
+
+    Slices that start at the first index let every index be provably
+    non-negative (no wraparound checks), and the common bin factors get a
+    stride known at compile time, which LLVM vectorises; together about a
+    third of the kernel's time per pattern (``benchmarks/bench_fused.py``).
+    """
+    if f == 4:
+        for j in range(count):
+            dst[j] += w * src[4 * j]
+    elif f == 2:
+        for j in range(count):
+            dst[j] += w * src[2 * j]
+    elif f == 8:
+        for j in range(count):
+            dst[j] += w * src[8 * j]
+    elif f == 1:
+        for j in range(count):
+            dst[j] += w * src[j]
+    else:
+        for j in range(count):
+            dst[j] += w * src[f * j]
+
+
+@numba.njit(cache=True, inline="always")
 def _scale(binned: np.ndarray, scaling: int, scale: np.float32,
            dose_reference: float) -> np.float32:
     """Scale and divide one (Qx/f, Qy/f) pattern in place; return its clip ceiling.
@@ -138,12 +164,12 @@ def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radiu
         for m in range(f + 1):
             w = np.float32(1.0) - r if m == 0 else (r if m == f else np.float32(1.0))
             j_lo = max(0, -((t + m) // f))
-            j_hi = min(by - 1, (qy - 1 - t - m) // f)
+            count = min(by - 1, (qy - 1 - t - m) // f) + 1 - j_lo
+            if count <= 0:
+                continue
+            first = f * j_lo + t + m
             for i in range(bx):
-                src = rows[i]
-                dst = binned[i]
-                for j in range(j_lo, j_hi + 1):
-                    dst[j] += w * src[f * j + t + m]
+                _add_strided(binned[i, j_lo:], rows[i, first:], w, count, f)
         ceiling = _scale(binned, scaling, scale, dose_reference)
         total = np.zeros(n_rings, np.float64)
         total_sq = np.zeros(n_rings, np.float64)
