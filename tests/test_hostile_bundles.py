@@ -110,6 +110,26 @@ def test_empty_scan_axis(trained, run_cli, tmp_path):
     assert code == 2 and "empty axis" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_maps_off_the_scan_grid(trained, run_cli, tmp_path):
+    """Patterns written with their scan axes swapped: the maps no longer lie on the scan."""
+    run, scan = trained
+    swapped = tmp_path / "swapped.h5"
+    shutil.copy(scan, swapped)
+
+    def swap(f, data):
+        if data.shape[0] == data.shape[1]:  # a square scan: drop a row instead
+            data = data[:-1]
+        f["diffraction"] = np.ascontiguousarray(data.swapaxes(0, 1))
+        f.attrs["scan_shape"] = data.shape[1::-1]
+
+    _replace_diffraction(swapped, swap)
+    for command in ("preprocess", "train"):
+        code, _, err = run_cli(command, swapped, "--out", tmp_path / command, "-q")
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "map is" in err and "crop" not in err, err
+    assert not (tmp_path / "preprocess").exists() and not (tmp_path / "train").exists()
+
+
 def test_raw_patterns_that_say_they_are_preprocessed(trained, run_cli, tmp_path):
     run, scan = trained
     liar = tmp_path / "liar.h5"

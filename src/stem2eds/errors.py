@@ -32,13 +32,18 @@ class InputError(Exception):
         The file or folder concerned; put in front of the message.
     hint : str, optional
         How to fix it, e.g. ``"give `scan_shape` as (rows, columns)"``.
+    keys_of_file : bool
+        The settings named are keys the user wrote in the file ``path`` (a
+        TOML configuration): the command line shows them as they are, not as
+        flags.
     """
 
     def __init__(self, message: str, path: str | os.PathLike | None = None,
-                 hint: str | None = None):
+                 hint: str | None = None, *, keys_of_file: bool = False):
         self.message = message
         self.path = None if path is None else str(path)
         self.hint = hint
+        self.keys_of_file = keys_of_file
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -315,8 +315,9 @@ def _run_command(args: argparse.Namespace) -> int:
         from .options import name_flags
 
         flags = vars(args).get("setting_flags") or {}
-        exc = InputError(name_flags(exc.message, flags), exc.path,
-                         exc.hint and name_flags(exc.hint, flags))
+        if not exc.keys_of_file:
+            exc = InputError(name_flags(exc.message, flags), exc.path,
+                             exc.hint and name_flags(exc.hint, flags))
         print(f"stem2eds {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -221,15 +221,18 @@ class TrainConfig:
         """Build from a dictionary; unknown keys are an InputError."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
+        in_file = source is not None  # the user wrote keys, not flags
         if unknown:
             raise InputError(f"unknown training setting(s) {', '.join(unknown)}", path=source,
-                             hint=f"known: {', '.join(sorted(names))}")
+                             hint=f"known: {', '.join(sorted(names))}", keys_of_file=in_file)
         try:
             return cls(**dict(data))
         except InputError as exc:
-            raise InputError(exc.message, path=source, hint=exc.hint) from None
+            raise InputError(exc.message, path=source, hint=exc.hint,
+                             keys_of_file=in_file) from None
         except (TypeError, ValueError) as exc:
-            raise InputError(f"bad training settings: {exc}", path=source) from None
+            raise InputError(f"bad training settings: {exc}", path=source,
+                             keys_of_file=in_file) from None
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> "TrainConfig":

@@ -184,12 +184,20 @@ class ScanBundle:
         return self.file[HAADF][()].astype(np.float32)
 
     def _check_map_datasets(self, datasets: Sequence[Any], count: int) -> None:
-        """Maps read whole: self-contained, numeric, 2D, and fitting in memory."""
+        """Maps read whole: self-contained, numeric, 2D, on the scan grid, and fitting in memory."""
         from ...io.hdf5 import check_memory, check_self_contained
 
+        scan = tuple(self.scan_shape)
         for ds in datasets:
             if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.dtype.kind not in "iuf":
                 raise InputError(f"{ds.name!r} is not a 2D numeric map", path=self.path)
+            if tuple(ds.shape) != scan:
+                # e.g. patterns written with their scan axes swapped: cropping or
+                # training would otherwise fail later, naming a crop nobody set
+                raise InputError(f"the {ds.name.lstrip('/')!r} map is {ds.shape[0]}x{ds.shape[1]} "
+                                 f"but the scan is {scan[0]}x{scan[1]} positions",
+                                 path=self.path, hint="maps must lie on the scan grid "
+                                 "(Rx, Ry); convert the scan again")
             check_self_contained(ds, self.path)
         if datasets:
             check_memory((count + 1, *datasets[0].shape), np.float32, self.path,
