@@ -61,6 +61,22 @@ def test_ring_features_equal_the_preprocessed_path(f, scaling, radius, scale):
     assert np.any(want[:, 2 * r:] == 1.0)
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_counts_give_non_finite_statistics(value):
+    """A float scan's NaN or infinite count makes its pattern's statistics NaN, not a clipped number.
+
+    (The origins are measured on a sub-grid only, so such a pattern may reach
+    the kernel unmeasured; the predictor then refuses the NaN outputs.)
+    """
+    raw, origins = _raw(n=6)
+    raw = raw.astype(np.float32)
+    raw[2, 40, 50] = value  # far from the beam
+    g = RingGeometry((64, 64), 4, 4.6, "none", 150.0, STATS, 0.05)
+    got = ring_features(raw, origins, g)
+    assert np.isnan(got[2]).all()
+    assert np.isfinite(np.delete(got, 2, axis=0)).all()
+
+
 def test_ring_features_accept_any_dtype_and_pick_statistics():
     raw, origins = _raw(n=6)
     g = RingGeometry((64, 64), 4, 4.6, "none", 150.0, ("max", "mean"))

@@ -68,13 +68,17 @@ def _scale(binned: np.ndarray, scaling: int, scale: np.float32,
 
     The ceiling is 1, or with ``dose_reference > 0`` ``max(1, mean /
     dose_reference)`` of the divided values
-    (:func:`stem2eds.preprocess.patterns.pattern_ceiling`).
+    (:func:`stem2eds.preprocess.patterns.pattern_ceiling`); NaN when a
+    binned value is NaN or infinite (a float scan's bad counts, which the
+    clip would otherwise turn into numbers).
     """
     bx, by = binned.shape
     level = 0.0
+    counts = 0.0  # float64: finite float32 values cannot overflow it
     for i in range(bx):
         for j in range(by):
             v = binned[i, j]
+            counts += v
             if scaling == 1:
                 v = np.float32(math.sqrt(max(v, np.float32(0.0))))
             elif scaling == 2:
@@ -82,6 +86,8 @@ def _scale(binned: np.ndarray, scaling: int, scale: np.float32,
             v = v / scale
             binned[i, j] = v
             level += v
+    if not math.isfinite(counts):
+        return np.float32(np.nan)
     if dose_reference > 0:
         return np.float32(max(level / (bx * by) / dose_reference, 1.0))
     return np.float32(1.0)
@@ -171,6 +177,10 @@ def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radiu
             for i in range(bx):
                 _add_strided(binned[i, j_lo:], rows[i, first:], w, count, f)
         ceiling = _scale(binned, scaling, scale, dose_reference)
+        if math.isnan(ceiling):  # NaN statistics: the prediction refuses them
+            for r in range(n_rings):
+                out[k, 0, r] = out[k, 1, r] = out[k, 2, r] = np.nan
+            continue
         total = np.zeros(n_rings, np.float64)
         total_sq = np.zeros(n_rings, np.float64)
         peak = np.zeros(n_rings, np.float32)
