@@ -93,6 +93,38 @@ def _scale(binned: np.ndarray, scaling: int, scale: np.float32,
     return np.float32(1.0)
 
 
+@numba.njit(cache=True, inline="always")
+def _ring_moments(binned: np.ndarray, ceiling: np.float32, ring: np.ndarray,
+                  counts: np.ndarray, out: np.ndarray) -> None:
+    """Ring mean, standard deviation and maximum of one scaled pattern clipped to [0, ceiling].
+
+    ``out`` (3, R) is written; all NaN when ``ceiling`` is NaN (non-finite
+    counts, :func:`_scale`): the prediction refuses them.
+    """
+    n_rings = counts.shape[0]
+    if math.isnan(ceiling):
+        out[:, :] = np.nan
+        return
+    bx, by = binned.shape
+    total = np.zeros(n_rings, np.float64)
+    total_sq = np.zeros(n_rings, np.float64)
+    peak = np.zeros(n_rings, np.float32)
+    for i in range(bx):
+        for j in range(by):
+            v = min(max(binned[i, j], np.float32(0.0)), ceiling)
+            r = ring[i, j]
+            total[r] += v
+            total_sq[r] += v * v
+            if v > peak[r]:
+                peak[r] = v
+    for r in range(n_rings):
+        c = max(counts[r], 1.0)
+        mean = total[r] / c
+        out[0, r] = mean
+        out[1, r] = math.sqrt(max(total_sq[r] / c - mean * mean, 0.0) + 1e-12)
+        out[2, r] = peak[r]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=False)
 def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radius, scaling, scale,
                      dose_reference, ring, counts, out):  # pragma: no cover - compiled
@@ -128,7 +160,6 @@ def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radiu
     """
     n = starts.shape[0]
     bx, by = qx // f, qy // f
-    n_rings = counts.shape[0]
     r2 = beam_radius * beam_radius
     for k in numba.prange(n):
         row_j0 = np.empty(qx, np.int64)
@@ -176,25 +207,5 @@ def fused_ring_stats(buffer, starts, qx, qy, origins, whole, frac, f, beam_radiu
             first = f * j_lo + t + m
             for i in range(bx):
                 _add_strided(binned[i, j_lo:], rows[i, first:], w, count, f)
-        ceiling = _scale(binned, scaling, scale, dose_reference)
-        if math.isnan(ceiling):  # NaN statistics: the prediction refuses them
-            for r in range(n_rings):
-                out[k, 0, r] = out[k, 1, r] = out[k, 2, r] = np.nan
-            continue
-        total = np.zeros(n_rings, np.float64)
-        total_sq = np.zeros(n_rings, np.float64)
-        peak = np.zeros(n_rings, np.float32)
-        for i in range(bx):
-            for j in range(by):
-                v = min(max(binned[i, j], np.float32(0.0)), ceiling)
-                r = ring[i, j]
-                total[r] += v
-                total_sq[r] += v * v
-                if v > peak[r]:
-                    peak[r] = v
-        for r in range(n_rings):
-            c = max(counts[r], 1.0)
-            mean = total[r] / c
-            out[k, 0, r] = mean
-            out[k, 1, r] = math.sqrt(max(total_sq[r] / c - mean * mean, 0.0) + 1e-12)
-            out[k, 2, r] = peak[r]
+        _ring_moments(binned, _scale(binned, scaling, scale, dose_reference), ring, counts,
+                      out[k])
