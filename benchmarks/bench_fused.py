@@ -59,7 +59,7 @@ import stem2eds.predict.predictor as P
 import stem2eds.predict.scanning as S
 from stem2eds.preprocess import iter_preprocessed
 
-def _stream(scan, settings, batch, client=None):
+def _stream(scan, settings, batch, client=None, forked=None):
     return iter_preprocessed(scan, settings, batch=batch, client=client)
 
 def _ahead(batch, settings, scan):
@@ -71,14 +71,14 @@ P._raw_stream = B._raw_stream = S._raw_stream = _stream
 B._read_ahead = S._read_ahead = _ahead
 P.Predictor.warm_up = lambda self, scan: None  # no numba kernel on this path
 from stem2eds.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:]))  # not forking: this path measures its own origins
 """
 
 #: A child that predicts with the stem2eds of another source tree (``--before-src``).
 _BEFORE_CHILD = _HWM + r"""
 sys.path.insert(0, sys.argv.pop(1))
 from stem2eds.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main())  # as the command runs (benchmarks.run._CLI_CHILD)
 """
 
 TARGETS = {"fused_patterns_per_s": 10000.0, "fused_peak_rss_mb": 1024.0,

@@ -79,9 +79,12 @@ def _dump_hwm():
 atexit.register(_dump_hwm)
 """
 
+#: ``stem2eds ARGS...`` as the installed command runs it: ``main()`` without
+#: arguments (it then skips the final garbage collections, and ``predict``
+#: forks its origin measurement: :func:`stem2eds.cli.main`).
 _CLI_CHILD = _HWM + r"""
 from stem2eds.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main())
 """
 
 _TRAIN_CHILD = _HWM + r"""

@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # run as the command (not main(argv) from Python): nothing else runs in this
+    # process, which a command may use (stem2eds predict forks a child)
+    args.own_process = argv_given is None
     show = bool(getattr(args, "verbose", False) or args.debug)
     try:
         with _sigterm_as_interrupt(), _library_logs(args.command, show,

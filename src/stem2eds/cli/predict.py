@@ -106,7 +106,7 @@ def run(args) -> int:
     with _warnings_on_stderr():
         out = predict_bundle(args.run_dir, args.bundle, args.out, batch=args.batch,
                              device=args.device, scheduler=args.scheduler, quiet=args.quiet,
-                             transfer=args.transfer)
+                             transfer=args.transfer, fork=args.own_process)
     print(out)
     return 0
 

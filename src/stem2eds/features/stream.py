@@ -99,7 +99,7 @@ class MappedBlock(RawBlock):
 
 
 def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | None = None,
-                    read_ahead: int = 1) -> Iterator[tuple[int, RawBlock]]:
+                    read_ahead: int = 1, forked=None) -> Iterator[tuple[int, RawBlock]]:
     """Stream a RAW scan's region as :class:`RawBlock` s, origins fitted first.
 
     Parameters
@@ -117,6 +117,9 @@ def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | Non
         Use these instead of measuring.
     read_ahead : int
         Blocks read ahead in a background thread.
+    forked : stem2eds.preprocess.forked.ForkedOrigins, optional
+        A child measuring the origins (with ``origins`` None): its result is
+        used when it has one, else they are measured here.
 
     Yields
     ------
@@ -134,7 +137,8 @@ def iter_raw_blocks(scan, settings, batch: int = 1024, origins: np.ndarray | Non
     if settings.scale is None:
         raise InputError("preprocessing `scale` is not set",
                          hint="use the settings of the training bundle")
-    fitted, beam_radius = resolve_origins(scan, settings, max(int(batch), 1), origins)
+    found = forked.result() if forked is not None and origins is None else None
+    fitted, beam_radius = found or resolve_origins(scan, settings, max(int(batch), 1), origins)
     flat = np.ascontiguousarray(np.asarray(fitted, dtype=np.float64).reshape(-1, 2))
     r0, r1, c0, c1 = check_crop(settings.crop, scan.scan_shape)
     # the region as flat indices: blocks of exactly ``step`` patterns across scan rows

@@ -16,13 +16,13 @@ from ..atomic import refuse_overwrite
 from ..formats.bundle import open_bundle
 from ..progress import track_blocks
 from .predictor import Predictor, _load_model, finished_run
-from .scanning import (_cropped_shape, _raw_stream, _read_ahead, refuse_run_outputs,
-                       scan_calibration_attrs, transferred)
+from .scanning import refuse_run_outputs, scan_calibration_attrs, started_stream, transferred
 
 
 def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                    out: str | os.PathLike, *, batch: int = 1024, device: str = "cpu",
-                   scheduler=None, quiet: bool = True, transfer: bool = True) -> Path:
+                   scheduler=None, quiet: bool = True, transfer: bool = True,
+                   fork: bool = False) -> Path:
     """Predict a scan with a trained run and write the prediction file, streaming.
 
     Outputs are written into the file batch by batch as they are predicted
@@ -53,6 +53,10 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     transfer : bool
         Resample a scan of another camera length or binning onto the run's q
         grid (:func:`~stem2eds.predict.predictor.transferred`).
+    fork : bool
+        Measure the origins in a forked child while the model loads
+        (:mod:`stem2eds.preprocess.forked`; Linux, and only where nothing else
+        runs in the process yet: ``stem2eds predict`` sets it). Same results.
 
     Notes
     -----
@@ -67,8 +71,7 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     """
     from .. import __version__
     from ..formats.prediction import open_prediction_writer
-    from ..io.stream import Prefetcher
-
+    
     run_dir = Path(run_dir)
     out = Path(out)
     refuse_overwrite(out, bundle)
@@ -79,15 +82,7 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
     with open_bundle(bundle) as raw, \
             transferred(raw, info, transfer, distributed=scheduler is not None) as scan, \
             (dask_client(scheduler) if scheduler is not None else nullcontext()) as client:
-        early = None
-        if scan.kind == "raw":
-            _cropped_shape(scan.scan_shape, settings.crop, scan.path)
-            # Fitting the origins and reading (background threads; on a
-            # cluster, its tasks once the model asks) start now and run while
-            # torch is imported and the model built below.
-            early = Prefetcher(_raw_stream(scan, settings, batch, client),
-                               _read_ahead(batch, settings, scan))
-        try:
+        with started_stream(scan, settings, batch, client, fork) as early:
             predictor = _load_model(run_dir, info, settings, device)
             if early is not None:
                 predictor.warm_up(scan)  # the numba kernel loads while origins are measured
@@ -116,9 +111,6 @@ def predict_bundle(run_dir: str | os.PathLike, bundle: str | os.PathLike,
                     writer.replace_eds(predictor.finish_eds(writer.read_eds()))
                 if monitor is not None:
                     _write_ood(writer, monitor.result(), scan.name)
-        finally:
-            if early is not None:
-                early.close()  # stops and joins the preprocessing threads
     return out
 
 

@@ -56,7 +56,7 @@ def transferred(scan: ScanBundle, info: dict[str, Any], transfer: bool = True,
         yield seen
 
 
-def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):
+def _raw_stream(scan: ScanBundle, settings, batch: int, client=None, forked=None):
     """(start, raw block) of a raw bundle with a run's settings, origins fitted first.
 
     Without a Dask ``client``: raw blocks with their fitted origins
@@ -68,15 +68,52 @@ def _raw_stream(scan: ScanBundle, settings, batch: int, client=None):
     once it knows the model: ring statistics (fused), preprocessed patterns,
     or the raw patterns; on a cluster the workers compute it and return only
     that (for ring models a few hundred floats per pattern). This starts
-    before the model is built (:func:`~stem2eds.predict.bundle.predict_bundle`).
+    before the model is built (:func:`~stem2eds.predict.bundle.predict_bundle`),
+    the origins possibly by a ``forked`` child
+    (:class:`~stem2eds.preprocess.forked.ForkedOrigins`).
     """
     if client is None:
         from ..features.stream import iter_raw_blocks
 
-        return iter_raw_blocks(scan, settings, batch)
+        return iter_raw_blocks(scan, settings, batch, forked=forked)
     from ..features.cluster import iter_cluster_blocks
 
     return iter_cluster_blocks(scan, settings, batch, client)
+
+
+@contextlib.contextmanager
+def started_stream(scan: ScanBundle, settings, batch: int, client=None, fork: bool = False):
+    """A raw scan's blocks (:func:`_raw_stream`) made from now on, in the background.
+
+    The origins are fitted and the first blocks read (background threads; on
+    a cluster, its tasks once the model asks) while the caller imports torch
+    and builds the model; with ``fork``, the origins are measured by a child
+    process (:func:`stem2eds.preprocess.forked.fork_origins`). Yields the
+    :class:`~stem2eds.io.stream.Prefetcher`, or None for a preprocessed
+    scan; stops both on exit.
+    """
+    if scan.kind != "raw":
+        yield None
+        return
+    from ..io.stream import Prefetcher
+
+    _cropped_shape(scan.scan_shape, settings.crop, scan.path)
+    forked = None
+    if fork and client is None:  # before any thread of this process starts
+        from ..preprocess.forked import fork_origins
+
+        forked = fork_origins(scan, settings, batch)
+    try:
+        with Prefetcher(_raw_stream(scan, settings, batch, client, forked),
+                        _read_ahead(batch, settings, scan)) as early:
+            try:
+                yield early
+            finally:
+                if forked is not None:  # first: the prefetch thread may be waiting for it
+                    forked.close()
+    finally:
+        if forked is not None:
+            forked.close()
 
 
 def _read_ahead(batch: int, settings, scan: ScanBundle) -> int:

@@ -1,0 +1,127 @@
+"""Origins measured by a forked child while ``stem2eds predict`` loads its model.
+
+Forking is only safe in a process that runs nothing else, so the child is
+exercised in fresh Python processes here (the test process has threads and
+thread pools), and the command line's prediction is compared with the
+in-process one, which does not fork.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from builders import make_raw_scan
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the child is forked on Linux only")
+
+
+def _fresh_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+_CHILD_EQUALS_HERE = """
+    import sys, threading
+    import numpy as np
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.preprocess.forked import fork_origins
+    from stem2eds.preprocess.pipeline import resolve_origins
+    from stem2eds.preprocess.settings import PreprocessSettings
+
+    settings = PreprocessSettings(origin_sample=int(sys.argv[2]), crop=eval(sys.argv[3]))
+    with open_bundle(sys.argv[1]) as scan:
+        forked = fork_origins(scan, settings, 64)
+        assert forked is not None
+        got = forked.result()
+        if sys.argv[3] != "None" and got is None:  # a crop outside the scan: the child failed
+            print("child failed")
+            sys.exit(0)
+        fitted, radius = resolve_origins(scan, settings, 64)
+        assert got[0].shape == fitted.shape and np.array_equal(got[0], fitted)
+        assert got[1] == radius
+        assert forked.result() is None  # consumed once
+        # with another thread running, no child is forked
+        t = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+        t.start()
+        assert fork_origins(scan, settings, 64) is None
+    print("equal")
+"""
+
+
+@pytest.mark.parametrize("sample", [1024, 30])  # every position; a sub-grid
+def test_child_measures_the_same_origins(tmp_path, sample):
+    scan = make_raw_scan(tmp_path / "scan.h5", seed=4)
+    done = _fresh_python(_CHILD_EQUALS_HERE, scan, sample, "None")
+    assert done.returncode == 0 and "equal" in done.stdout, done.stderr
+
+
+def test_a_failing_child_leaves_the_measurement_to_the_parent(tmp_path):
+    scan = make_raw_scan(tmp_path / "scan.h5", seed=4)
+    done = _fresh_python(_CHILD_EQUALS_HERE, scan, 1024, "(0, 99, 0, 5)")
+    assert done.returncode == 0 and "child failed" in done.stdout, done.stderr
+
+
+def test_closing_stops_the_child_and_a_waiting_reader():
+    """close() while another thread waits for the result: the child is killed and reaped."""
+    done = _fresh_python("""
+        import os, threading, time
+        from stem2eds.preprocess.forked import Cancelled, ForkedOrigins
+
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a child that would take a minute
+            time.sleep(60)
+            os._exit(0)
+        os.close(write_end)
+        forked = ForkedOrigins(pid, read_end)
+        seen = []
+
+        def wait():
+            try:
+                seen.append(forked.result())
+            except Cancelled:
+                seen.append("cancelled")
+
+        reader = threading.Thread(target=wait)
+        reader.start()
+        time.sleep(0.2)
+        start = time.monotonic()
+        forked.close()
+        reader.join(10)
+        forked.close()  # idempotent
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            seen.append("reaped")
+        print(seen, time.monotonic() - start < 5)
+        try:
+            forked.result()
+        except Cancelled:
+            print("cancelled again")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "['cancelled', 'reaped'] True" in done.stdout and "cancelled again" in done.stdout, \
+        done.stdout
+
+
+def test_command_line_prediction_equals_the_in_process_one(small_run, run_cli, tmp_path):
+    """``python -m stem2eds predict`` forks the origin measurement; ``main(argv)`` does not."""
+    run, scan = small_run
+    code, _, err = run_cli("predict", run, scan, "--out", tmp_path / "here.h5", "-q")
+    assert code == 0, err
+    done = subprocess.run([sys.executable, "-m", "stem2eds", "predict", str(run), str(scan),
+                           "--out", str(tmp_path / "forked.h5"), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "here.h5") as a, h5py.File(tmp_path / "forked.h5") as b:
+        for element in a["eds"]:
+            np.testing.assert_array_equal(a["eds"][element][()], b["eds"][element][()])
+    assert not list(Path(tmp_path).glob("*.tmp*"))
