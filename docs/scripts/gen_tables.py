@@ -394,6 +394,13 @@ def engines() -> str:
     return table(header, rows) + "\n\n" + caption + "\n\n" + source_line(name)
 
 
+def _repeats(variant: dict, n: int) -> str:
+    """Every repeat's wall time, and the rate of the median one."""
+    seconds = sorted(r["seconds"] for r in variant.get("repeats", [variant]))
+    median = seconds[len(seconds) // 2]
+    return f"{', '.join(f'{s:.2f}' for s in seconds)} ({n / median:,.0f})"
+
+
 def fused() -> str:
     """The fused ring-statistics path against the ordinary one (benchmarks/bench_fused.py)."""
     name = "fused.json"
@@ -407,10 +414,15 @@ def fused() -> str:
         [f"`stem2eds predict`, {pr['n_patterns']:,} patterns, whole process: wall (CPU)",
          f"{cur['seconds']:.1f} s ({cur['cpu_seconds']:.1f} s)",
          f"{fus['seconds']:.1f} s ({fus['cpu_seconds']:.1f} s)"],
-        ["patterns/s, whole process", f"{cur['patterns_per_s']:,.0f}",
+        ["patterns/s, whole process (best run)", f"{cur['patterns_per_s']:,.0f}",
          f"{fus['patterns_per_s']:,.0f}"],
+        ["every run: wall s (patterns/s of the median run)", _repeats(cur, pr["n_patterns"]),
+         _repeats(fus, pr["n_patterns"])],
         ["peak RSS", f"{cur['peak_rss_mb']:,.0f} MB", f"{fus['peak_rss_mb']:,.0f} MB"],
     ]
+    if "fused_before" in pr:  # the same bundle and run with the code before a change
+        rows.append(["fused, the code before this run's change: every run", "-",
+                     _repeats(pr["fused_before"], pr["n_patterns"])])
     if "fused_torch_head" in pr:  # runs without head.npz predict with the torch model
         th = pr["fused_torch_head"]
         rows.append(["fused, torch head (runs without `head.npz`): wall (CPU), peak RSS", "-",
