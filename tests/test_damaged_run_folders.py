@@ -124,6 +124,21 @@ def test_model_params_edited_after_training(trained, run_cli, tmp_path, edit):
     _refused(run_cli, run, trained[1], tmp_path, "model_params differ from those the weights")
 
 
+@pytest.mark.parametrize("edit", [{"beam_radius": 1e9}, {"scale": 1e30}, {"scaling": "log"},
+                                  {"bin_factor": 2}])
+def test_preprocess_edited_after_training(trained, run_cli, tmp_path, edit):
+    """Finite but other settings (fuzzing found constant maps with exit 0): refused by name."""
+    run = _copy(trained[0], tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    info["preprocess"].update(edit)
+    (run / "run.json").write_text(json.dumps(info))
+    code, _, err = run_cli("predict", run, trained[1], "--out", tmp_path / "pred.h5", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "pred.h5").exists()
+    if "bin_factor" not in edit:  # (a bin factor is refused earlier: the input shape)
+        assert "preprocess differ from those the weights" in err and next(iter(edit)) in err, err
+
+
 def test_non_finite_outputs_are_never_written(trained, tmp_path):
     """Whatever makes the model's outputs NaN (here its bias, after loading): refused, not clipped."""
     from stem2eds.errors import InputError

@@ -53,7 +53,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def write_head(path: str | os.PathLike, head: NumpyRingHead,
-               weights: str | os.PathLike, model_params: dict[str, Any]) -> None:
+               weights: str | os.PathLike, model_params: dict[str, Any],
+               preprocess: dict[str, Any] | None = None) -> None:
     """Write ``head`` to ``path`` (atomically), tied to the weights file it came from.
 
     Parameters
@@ -66,19 +67,42 @@ def write_head(path: str | os.PathLike, head: NumpyRingHead,
         The run's ``weights.safetensors``, already written.
     model_params : dict
         The hyperparameters ``run.json`` records for the model.
+    preprocess : dict, optional
+        The resolved preprocessing settings ``run.json`` records (the head's
+        features were computed with them).
     """
     from ..atomic import atomic_output
 
     recipe, arrays = head.to_arrays()
     recipe = {"format": HEAD_FORMAT, **recipe, "weights_sha256": file_sha256(weights),
               "model_params": model_params}
+    if preprocess is not None:
+        recipe["preprocess"] = preprocess
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, recipe=np.array(json.dumps(recipe)), **arrays)
 
 
+def _same_as_trained(trained: Any, stated: dict[str, Any], field: str,
+                     weights: str | os.PathLike) -> None:
+    """Refuse a ``run.json`` field edited after training (the weights would load all the same)."""
+    stated = json.loads(json.dumps(stated))
+    if trained == stated:
+        return
+    trained = trained if isinstance(trained, dict) else {}
+    keys = sorted(k for k in set(trained) | set(stated) if trained.get(k) != stated.get(k))
+    changes = ", ".join(str(k)[:40] for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+    if len(keys) == 1:
+        changes += f": {str(trained.get(keys[0]))[:40]} -> {str(stated.get(keys[0]))[:40]}"
+    raise InputError(f"run.json's {field} differ from those the weights were trained "
+                     f"with, recorded in head.npz ({changes})",
+                     path=Path(weights).parent / "run.json",
+                     hint=f"restore run.json's {field}; they are fixed by training")
+
+
 def read_head(path: str | os.PathLike, weights: str | os.PathLike,
-              model_params: dict[str, Any]) -> NumpyRingHead | None:
+              model_params: dict[str, Any],
+              preprocess: dict[str, Any] | None = None) -> NumpyRingHead | None:
     """The head stored in ``path``; None when there is none or it is not from these files.
 
     Parameters
@@ -89,6 +113,9 @@ def read_head(path: str | os.PathLike, weights: str | os.PathLike,
         The run's ``weights.safetensors``.
     model_params : dict
         ``model_params`` of the run's ``run.json``.
+    preprocess : dict, optional
+        ``preprocess`` of the run's ``run.json``: compared with the settings
+        recorded at training (heads written since they are recorded).
 
     Returns
     -------
@@ -116,19 +143,9 @@ def read_head(path: str | os.PathLike, weights: str | os.PathLike,
         raise InputError("head.npz does not describe a ring-feature head", path=p, hint=hint)
     if recipe.get("weights_sha256") != file_sha256(weights):
         return None
-    trained, stated = recipe.get("model_params"), json.loads(json.dumps(model_params))
-    if trained != stated:
-        # the same weights, described otherwise: run.json was edited after training,
-        # and the torch model built from it would load these weights all the same
-        trained = trained if isinstance(trained, dict) else {}
-        keys = sorted(k for k in set(trained) | set(stated) if trained.get(k) != stated.get(k))
-        changes = ", ".join(str(k)[:40] for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
-        if len(keys) == 1:
-            changes += f": {str(trained.get(keys[0]))[:40]} -> {str(stated.get(keys[0]))[:40]}"
-        raise InputError(f"run.json's model_params differ from those the weights were trained "
-                         f"with, recorded in head.npz ({changes})",
-                         path=Path(weights).parent / "run.json",
-                         hint="restore run.json's model_params; they are fixed by training")
+    _same_as_trained(recipe.get("model_params"), model_params, "model_params", weights)
+    if preprocess is not None and "preprocess" in recipe:
+        _same_as_trained(recipe["preprocess"], preprocess, "preprocess", weights)
     try:
         head = NumpyRingHead.from_arrays(recipe, arrays)
         stated = (normalise_mode(model_params.get("normalise", head.normalise)),

@@ -286,7 +286,8 @@ def load_head(run_dir: Path, info: dict[str, Any], settings, device: str = "cpu"
     run = RunDir(run_dir)
     # read on every device: a head.npz exported from these weights also says which
     # model_params they were trained with (read_head refuses an edited run.json)
-    head = read_head(run.head_npz, run.weights, info.get("model_params") or {})
+    head = read_head(run.head_npz, run.weights, info.get("model_params") or {},
+                     info.get("preprocess"))
     if head is None or device != "cpu" or settings.centring != "binned":
         return torch_head()
     qx, qy = info["input_shape"]

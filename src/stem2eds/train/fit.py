@@ -364,7 +364,8 @@ def _train(bundles, run: RunDir, config: TrainConfig, resume: bool, quiet: bool)
     training["seconds"] = round(time.perf_counter() - started, 2)
     run.save_weights(net.state_dict())
     if isinstance(net, RingFrontend):  # CPU prediction then needs no torch
-        write_head(run.head_npz, net.numpy_head(), run.weights, net.hparams)
+        write_head(run.head_npz, net.numpy_head(), run.weights, net.hparams,
+                   state["preprocess"])
     state.update(status="complete", training=training, model_params=net.hparams,
                  finished=_now())
     run.write_info(state)
