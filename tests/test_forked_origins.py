@@ -125,3 +125,86 @@ def test_command_line_prediction_equals_the_in_process_one(small_run, run_cli, t
         for element in a["eds"]:
             np.testing.assert_array_equal(a["eds"][element][()], b["eds"][element][()])
     assert not list(Path(tmp_path).glob("*.tmp*"))
+
+
+_SLOW_CHILD = """
+    import os, signal, sys, time
+    import numpy as np
+    import stem2eds.preprocess.pipeline as pipeline
+    from stem2eds.formats.bundle import open_bundle
+    from stem2eds.preprocess.forked import fork_origins
+    from stem2eds.preprocess.settings import PreprocessSettings
+
+    measure = pipeline.resolve_origins
+
+    def slow(*args, **kwargs):  # the child inherits this: a measurement taking a second
+        time.sleep(1.0)
+        return measure(*args, **kwargs)
+
+    pipeline.resolve_origins = slow
+    with open_bundle(sys.argv[1]) as scan:
+        forked = fork_origins(scan, PreprocessSettings(), 64)
+        if sys.argv[2] == "orphan":
+            print(forked._pid, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(forked._pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        os.kill(forked._pid, signal.SIGTERM)
+        time.sleep(0.2)
+        print("alive", os.waitpid(forked._pid, os.WNOHANG) == (0, 0))
+        got = forked.result()
+        print("equal", np.array_equal(got[0], measure(scan, PreprocessSettings(), 64)[0]))
+"""
+
+
+def test_ctrl_c_and_sigterm_are_the_parents(tmp_path):
+    """The child ignores them (the parent stops it), so an interrupted command never measures twice."""
+    scan = make_raw_scan(tmp_path / "scan.h5", seed=4)
+    done = _fresh_python(_SLOW_CHILD, scan, "signals")
+    assert done.returncode == 0, done.stderr
+    assert "alive True" in done.stdout and "equal True" in done.stdout, done.stdout
+
+
+def test_the_child_dies_with_its_parent(tmp_path):
+    import os
+    import time
+
+    scan = make_raw_scan(tmp_path / "scan.h5", seed=4)
+    done = _fresh_python(_SLOW_CHILD, scan, "orphan")
+    assert done.returncode == -9, done.stderr
+    child = int(done.stdout.split()[0])
+    for _ in range(50):  # PR_SET_PDEATHSIG: killed at once, reaped by init
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the child {child} outlived its parent")
+
+
+def test_command_forks_and_survives_an_ignored_sigchld(small_run, tmp_path):
+    """As the installed command, predict forks; a launcher that ignores SIGCHLD changes nothing."""
+    import signal
+
+    run, scan = small_run
+    done = _fresh_python("""
+        import signal, sys
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel then reaps children itself
+        import stem2eds.preprocess.forked as forked
+        made = []
+        fork = forked.fork_origins
+
+        def counted(*args):
+            made.append(fork(*args))
+            return made[-1]
+
+        forked.fork_origins = counted
+        from stem2eds.cli import main
+        sys.argv = ["stem2eds", "predict", *sys.argv[1:]]
+        code = main()
+        print("forked", len(made) == 1 and made[0] is not None)
+        sys.exit(code)
+    """, run, scan, "--out", tmp_path / "p.h5", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "forked True" in done.stdout, done.stdout
+    assert signal.getsignal(signal.SIGCHLD) is not signal.SIG_IGN  # (only in the child process)

@@ -14,7 +14,10 @@ without its threads. The command line is such a process when it forks
 (before the model, numba or torch are loaded); :func:`fork_origins` is
 called there only, on Linux, and checks that no other Python thread runs.
 Whatever goes wrong in the child, the parent measures the origins itself,
-as without it, and reports any error then.
+as without it, and reports any error then. Ctrl-C and SIGTERM are the
+parent's: the child ignores them and is killed when the parent stops (it
+also dies with the parent, ``PR_SET_PDEATHSIG``), so an interrupted command
+never measures the origins twice.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class ForkedOrigins:
     def __init__(self, pid: int, fd: int):
         self._pid, self._fd = pid, fd
         self._lock = threading.Lock()
-        self._reading = self._released = self._cancelled = False
+        self._reading = self._released = self._cancelled = self._clean_exit = False
 
     def result(self) -> tuple[np.ndarray, float] | None:
         """``(fitted origins (Rx', Ry', 2), beam radius)``, or None when the child failed.
@@ -79,7 +82,7 @@ class ForkedOrigins:
                 cancelled = self._cancelled
         if cancelled:
             raise Cancelled
-        return _decode(b"".join(chunks))
+        return _decode(b"".join(chunks)) if self._clean_exit else None
 
     def close(self) -> None:
         """Stop the child if it still runs (idempotent); a waiting :meth:`result` raises :class:`Cancelled`."""
@@ -95,11 +98,15 @@ class ForkedOrigins:
                 self._release()
 
     def _release(self) -> None:
-        """Close the pipe and reap the child (under the lock)."""
+        """Close the pipe and reap the child (under the lock); note whether it exited cleanly."""
         if not self._released:
             self._released = True
             os.close(self._fd)
-            os.waitpid(self._pid, 0)
+            try:
+                _, status = os.waitpid(self._pid, 0)
+                self._clean_exit = os.waitstatus_to_exitcode(status) == 0
+            except ChildProcessError:  # SIGCHLD ignored (inherited): the kernel reaped it
+                self._clean_exit = True  # then the data decide: all of it or nothing
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, float] | None:
@@ -109,7 +116,7 @@ def _decode(data: bytes) -> tuple[np.ndarray, float] | None:
     (beam_radius,) = struct.unpack("<d", data[:8])
     try:
         fitted = np.load(io.BytesIO(data[8:]), allow_pickle=False)
-    except ValueError:
+    except (ValueError, EOFError, OSError):
         return None
     if fitted.ndim != 3 or fitted.shape[2] != 2 or fitted.dtype != np.float64:
         return None
@@ -133,26 +140,63 @@ def fork_origins(scan, settings, batch: int) -> ForkedOrigins | None:
     """
     if not sys.platform.startswith("linux") or threading.active_count() != 1:
         return None
+    import signal
+    import warnings
+
+    stop = {signal.SIGINT, signal.SIGTERM}
+    parent = os.getpid()
     read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
+    # Ctrl-C or SIGTERM between the fork and the handlers below would raise in
+    # the child's copy of the command (which would then run on) or leave the
+    # parent without a handle on its child: both are held until then.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking with threads: C libraries' idle
+            # pools (OpenBLAS) are safe, and no Python thread runs (checked)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:  # no process to be had: measure here
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(read_end)
-        _measure_and_exit(scan, settings, batch, write_end)
+        os.close(write_end)
+        return None
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(read_end)
+            _measure_and_exit(scan, settings, batch, write_end, parent, stop)
+        finally:
+            os._exit(1)
     os.close(write_end)
-    return ForkedOrigins(pid, read_end)
+    forked = ForkedOrigins(pid, read_end)
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # runs what is pending
+    except BaseException:
+        forked.close()
+        raise
+    return forked
 
 
-def _measure_and_exit(scan, settings, batch: int, fd: int) -> None:  # pragma: no cover
+def _measure_and_exit(scan, settings, batch: int, fd: int, parent: int,
+                      stop: set) -> None:  # pragma: no cover
     """In the child: write ``beam radius, fitted origins (.npy)`` to ``fd`` and exit.
 
-    ``os._exit`` skips the parent's exit handlers and finalizers, which the
-    child inherited (temporary outputs, open files); coverage cannot follow.
+    Ctrl-C and SIGTERM are the parent's to act on (it kills the child when it
+    stops); the child dies with its parent in any case. ``os._exit`` skips the
+    parent's exit handlers and finalizers, which the child inherited
+    (temporary outputs, open files); coverage cannot follow.
     """
     status = 1
     try:
+        import ctypes
         import signal
 
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent says so
+        for number in stop:
+            signal.signal(number, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            return
         from .pipeline import resolve_origins
 
         fitted, beam_radius = resolve_origins(scan, settings, batch)
