@@ -47,3 +47,40 @@ def test_only_the_command_line_skips_the_final_collections(monkeypatch, tmp_path
     finally:
         gc.unfreeze()
     assert "error:" in capsys.readouterr().err
+
+
+def test_an_interrupt_raised_in_a_c_callback_is_not_lost(capsys):
+    """Ctrl-C or SIGTERM inside a C library's callback (numba's compiler makes them) is kept.
+
+    Python can only print such an exception ("Exception ignored", with a
+    traceback) and carry on; the command raises it at its next progress block,
+    or reports it when it ends.
+    """
+    import argparse
+    import ctypes
+
+    from stem2eds.cli import _run_command, _sigterm_as_interrupt, _Terminated
+    from stem2eds.progress import track_blocks
+
+    def raise_terminated():
+        raise _Terminated()
+
+    callback = ctypes.CFUNCTYPE(None)(raise_terminated)  # called from C, as by llvmlite
+
+    def loop(args):
+        callback()
+        for _ in track_blocks(((i, [0]) for i in range(3)), 3, quiet=True):
+            pass
+        return 0
+
+    def finish(args):
+        callback()
+        return 0
+
+    for func, said in ((loop, "terminated; no partial output was kept"),
+                       (finish, "terminated after its work was done")):
+        with _sigterm_as_interrupt():
+            code = _run_command(argparse.Namespace(func=func, command="predict", debug=False))
+        err = capsys.readouterr().err
+        assert code == 143, err
+        assert said in err and "Traceback" not in err and "Exception ignored" not in err, err

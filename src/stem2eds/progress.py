@@ -9,6 +9,32 @@ from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
+#: Ctrl-C or SIGTERM that arrived while a C library was calling back into
+#: Python (numba's compiler, for one), where Python can only print it and
+#: carry on: kept here and raised at the next item of a progress loop
+#: (:func:`defer_stop`, :func:`check_stop`).
+_deferred: list[BaseException] = []
+
+
+def defer_stop(exc: BaseException) -> None:
+    """Keep a KeyboardInterrupt that could not be raised where it arrived."""
+    _deferred.append(exc)
+
+
+def check_stop() -> None:
+    """Raise a deferred KeyboardInterrupt (:func:`defer_stop`), if any."""
+    if _deferred:
+        exc = _deferred.pop()
+        _deferred.clear()
+        raise exc
+
+
+def stop_pending() -> BaseException | None:
+    """The deferred KeyboardInterrupt not raised yet (and forget it), or None."""
+    exc = _deferred.pop() if _deferred else None
+    _deferred.clear()
+    return exc
+
 
 def interactive() -> bool:
     """True when stderr is a terminal and we are not in CI."""
@@ -38,17 +64,22 @@ def track(items: Iterable[T], total: int | None = None, description: str = "",
         except TypeError:
             total = None
     if quiet:
-        yield from items
+        for item in items:
+            check_stop()
+            yield item
         return
     if interactive():
         from rich.progress import track as rich_track
-        yield from rich_track(items, total=total, description=description,
-                              console=None, transient=True)
+        for item in rich_track(items, total=total, description=description,
+                               console=None, transient=True):
+            check_stop()
+            yield item
         return
     start = time.perf_counter()
     next_mark = 0.1
     done = 0
     for item in items:
+        check_stop()
         yield item
         done += 1
         if total and (done / total >= next_mark or done == total):
@@ -76,7 +107,9 @@ def track_blocks(blocks: Iterable[tuple[int, T]], total: int, description: str =
     quiet : bool
     """
     if quiet or total <= 0:
-        yield from blocks
+        for item in blocks:
+            check_stop()
+            yield item
         return
     if interactive():
         from rich.progress import Progress
@@ -84,11 +117,13 @@ def track_blocks(blocks: Iterable[tuple[int, T]], total: int, description: str =
         with Progress(transient=True) as bar:
             task = bar.add_task(description, total=total)
             for item in blocks:
+                check_stop()
                 yield item
                 bar.advance(task, len(item[1]))  # type: ignore[arg-type]
         return
     start, done, next_mark = time.perf_counter(), 0, 0.1
     for item in blocks:
+        check_stop()
         yield item
         done += len(item[1])  # type: ignore[arg-type]
         if done / total >= next_mark or done >= total:

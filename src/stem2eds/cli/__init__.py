@@ -179,10 +179,33 @@ def _sigterm_as_interrupt():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    hook = sys.unraisablehook
+    sys.unraisablehook = _defer_interrupts(hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = hook
+
+
+def _defer_interrupts(hook):
+    """An unraisable-exception hook that keeps Ctrl-C and SIGTERM for later.
+
+    Raised while a C library calls back into Python (numba's compiler does,
+    as it loads), a KeyboardInterrupt can only be printed, as "Exception
+    ignored" with a traceback, and the command would run on. It is kept
+    instead (:func:`stem2eds.progress.defer_stop`) and raised at the next
+    block of the command's progress loop, or reported when the command ends.
+    """
+    from ..progress import defer_stop
+
+    def keep(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            defer_stop(unraisable.exc_value)
+        else:
+            hook(unraisable)
+
+    return keep
 
 
 def _named_command(argv: list[str]) -> str | None:
@@ -309,8 +332,18 @@ def _library_logs(command: str, show_warnings: bool, quiet: bool):
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    from ..progress import stop_pending
+
+    stop_pending()  # none left from an earlier command of this process
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        late = stop_pending()  # arrived in a C callback and not raised since
+        if late is None:
+            return code
+        terminated = isinstance(late, _Terminated)
+        print(f"stem2eds {args.command}: {'terminated' if terminated else 'interrupted'} "
+              "after its work was done (its output is complete)", file=sys.stderr)
+        return 143 if terminated else 130
     except InputError as exc:
         if args.debug:
             raise
