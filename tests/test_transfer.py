@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,25 @@ def test_cli_transfers_binned_scans_and_names_uncovered_ranges(run_cli, run_dir,
     code, _, err = run_cli("predict", run_dir, narrow, "--out", tmp_path / "r.h5")
     assert code == 2 and err.count("1/nm") >= 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q.h5").exists() and not (tmp_path / "r.h5").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks on Linux only")
+def test_command_line_transfer_with_forked_origins(run_cli, run_dir, setups, tmp_path):
+    """As the installed command, predict measures the origins of the resampled scan in a child."""
+    import subprocess
+
+    import h5py
+
+    scan = setups["longer_q"][2]
+    code, _, err = run_cli("predict", run_dir, scan, "--out", tmp_path / "here.h5", "-q")
+    assert code == 0, err
+    done = subprocess.run([sys.executable, "-m", "stem2eds", "predict", str(run_dir), str(scan),
+                           "--out", str(tmp_path / "forked.h5"), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "here.h5") as a, h5py.File(tmp_path / "forked.h5") as b:
+        for element in a["eds"]:
+            np.testing.assert_array_equal(a["eds"][element][()], b["eds"][element][()])
 
 
 def test_libertem_refuses_a_bundle_that_needs_transfer(run_cli, run_dir, setups, tmp_path):
