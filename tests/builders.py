@@ -304,3 +304,22 @@ def simulate_setup(folder: Path, seed: int = 7, n_scans: int = 2, detector: int 
     settings = SimulationSettings(n_scans=n_scans, scan_shape=(12, 10), detector=detector,
                                   seed=seed, workers=1, **overrides)
     return simulate_series(folder, settings)
+
+
+def assert_command_predicts_as_in_process(run_cli, run, scan, folder: Path) -> None:
+    """``python -m stem2eds predict`` (a fresh process: it forks its origin measurement)
+    writes the same EDS maps as ``main(argv)`` in this process (which does not fork)."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    code, _, err = run_cli("predict", run, scan, "--out", folder / "here.h5", "-q")
+    assert code == 0, err
+    done = subprocess.run([sys.executable, "-m", "stem2eds", "predict", str(run), str(scan),
+                           "--out", str(folder / "forked.h5"), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(folder / "here.h5") as a, h5py.File(folder / "forked.h5") as b:
+        for element in a["eds"]:
+            np.testing.assert_array_equal(a["eds"][element][()], b["eds"][element][()])

@@ -13,11 +13,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
-from builders import make_raw_scan
+from builders import assert_command_predicts_as_in_process, make_raw_scan
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the child is forked on Linux only")
@@ -115,15 +113,7 @@ def test_closing_stops_the_child_and_a_waiting_reader():
 def test_command_line_prediction_equals_the_in_process_one(small_run, run_cli, tmp_path):
     """``python -m stem2eds predict`` forks the origin measurement; ``main(argv)`` does not."""
     run, scan = small_run
-    code, _, err = run_cli("predict", run, scan, "--out", tmp_path / "here.h5", "-q")
-    assert code == 0, err
-    done = subprocess.run([sys.executable, "-m", "stem2eds", "predict", str(run), str(scan),
-                           "--out", str(tmp_path / "forked.h5"), "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    with h5py.File(tmp_path / "here.h5") as a, h5py.File(tmp_path / "forked.h5") as b:
-        for element in a["eds"]:
-            np.testing.assert_array_equal(a["eds"][element][()], b["eds"][element][()])
+    assert_command_predicts_as_in_process(run_cli, run, scan, tmp_path)
     assert not list(Path(tmp_path).glob("*.tmp*"))
 
 

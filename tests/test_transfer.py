@@ -15,7 +15,7 @@ from stem2eds.formats.bundle import PixelCalibration, open_bundle
 from stem2eds.preprocess.resample import area_resample, fit_disk, guided_resample
 from stem2eds.preprocess.transfer import (QGrid, TransferredScan, electron_wavelength_nm,
                                           grid_of_bundles, plan_transfer, transfer_patterns)
-from builders import simulate_setup, small_config
+from builders import assert_command_predicts_as_in_process, simulate_setup, small_config
 
 RUN_GRID = QGrid((256, 256), 0.1451, "1/nm", 200.0)
 
@@ -295,20 +295,7 @@ def test_cli_transfers_binned_scans_and_names_uncovered_ranges(run_cli, run_dir,
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks on Linux only")
 def test_command_line_transfer_with_forked_origins(run_cli, run_dir, setups, tmp_path):
     """As the installed command, predict measures the origins of the resampled scan in a child."""
-    import subprocess
-
-    import h5py
-
-    scan = setups["longer_q"][2]
-    code, _, err = run_cli("predict", run_dir, scan, "--out", tmp_path / "here.h5", "-q")
-    assert code == 0, err
-    done = subprocess.run([sys.executable, "-m", "stem2eds", "predict", str(run_dir), str(scan),
-                           "--out", str(tmp_path / "forked.h5"), "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    with h5py.File(tmp_path / "here.h5") as a, h5py.File(tmp_path / "forked.h5") as b:
-        for element in a["eds"]:
-            np.testing.assert_array_equal(a["eds"][element][()], b["eds"][element][()])
+    assert_command_predicts_as_in_process(run_cli, run_dir, setups["longer_q"][2], tmp_path)
 
 
 def test_libertem_refuses_a_bundle_that_needs_transfer(run_cli, run_dir, setups, tmp_path):

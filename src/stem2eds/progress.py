@@ -21,19 +21,17 @@ def defer_stop(exc: BaseException) -> None:
     _deferred.append(exc)
 
 
-def check_stop() -> None:
-    """Raise a deferred KeyboardInterrupt (:func:`defer_stop`), if any."""
-    if _deferred:
-        exc = _deferred.pop()
-        _deferred.clear()
-        raise exc
-
-
 def stop_pending() -> BaseException | None:
     """The deferred KeyboardInterrupt not raised yet (and forget it), or None."""
     exc = _deferred.pop() if _deferred else None
     _deferred.clear()
     return exc
+
+
+def check_stop() -> None:
+    """Raise a deferred KeyboardInterrupt (:func:`defer_stop`), if any."""
+    if _deferred:
+        raise stop_pending()
 
 
 def interactive() -> bool:

@@ -103,17 +103,16 @@ def started_stream(scan: ScanBundle, settings, batch: int, client=None, fork: bo
         from ..preprocess.forked import fork_origins
 
         forked = fork_origins(scan, settings, batch)
+    early = None
     try:
-        with Prefetcher(_raw_stream(scan, settings, batch, client, forked),
-                        _read_ahead(batch, settings, scan)) as early:
-            try:
-                yield early
-            finally:
-                if forked is not None:  # first: the prefetch thread may be waiting for it
-                    forked.close()
+        early = Prefetcher(_raw_stream(scan, settings, batch, client, forked),
+                           _read_ahead(batch, settings, scan))
+        yield early
     finally:
-        if forked is not None:
+        if forked is not None:  # first: the prefetch thread may be waiting for it
             forked.close()
+        if early is not None:
+            early.close()
 
 
 def _read_ahead(batch: int, settings, scan: ScanBundle) -> int:
